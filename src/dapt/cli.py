@@ -1,0 +1,170 @@
+"""The `dapt` command: run a whole pipeline, one stage of it, or the offline demo.
+
+User errors (bad config, bad data, missing files) print one clear message and exit with code 2; add
+`--debug` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from dapt.errors import DaptError
+
+STAGES = {
+    "ingest": "read the text sources into documents (Parquet)",
+    "base": "materialise the original base model as a Hugging Face folder",
+    "task": "build the tasks' labelled train/test splits",
+    "curate": "clean, deduplicate and decontaminate the documents (with a rejection ledger)",
+    "tokenize": "tokenise into packed shards with held-out splits",
+    "pretrain": "continued pretraining: the DAPT base",
+    "adapt": "train each task variant from the DAPT base and from the original base (control)",
+    "evaluate": "perplexity of both bases; task metrics of every variant",
+}
+
+
+def demo_config_path() -> Path:
+    return Path(str(resources.files("dapt") / "pipelines" / "demo.yaml"))
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="run folder (default: ./runs/<name from the config>)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set pretrain.max_steps=10 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dapt",
+        description=(
+            "Domain-adaptive pretraining, the pretrain-then-adapt way: curate domain text, continue "
+            "pretraining a base model on it, branch the adapted base into task variants, and measure every "
+            "variant against the same adaptation of the original base."
+        ),
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="the offline demo: SmolLM2-135M adapted to SciPy's documentation (about 5-10 minutes on 2 cores)",
+        description="Run the shipped demo pipeline. Re-running skips finished stages.",
+    )
+    _add_run_options(demo)
+
+    run = commands.add_parser("run", help="run a pipeline YAML end to end (finished stages are skipped)")
+    run.add_argument("pipeline", type=Path, help="the pipeline YAML (see `dapt config --demo` for an example)")
+    _add_run_options(run)
+
+    for stage, summary in STAGES.items():
+        command = commands.add_parser(
+            stage,
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}. Runs the stages it needs first, unless already finished.",
+        )
+        command.add_argument("pipeline", type=Path, help="the pipeline YAML")
+        _add_run_options(command)
+
+    report = commands.add_parser("report", help="rebuild report.md / report.json of a finished run")
+    report.add_argument("run_dir", type=Path, nargs="?", default=Path("runs/demo"), help="the run folder")
+
+    config = commands.add_parser("config", help="explain the config keys, or print the demo pipeline")
+    group = config.add_mutually_exclusive_group(required=True)
+    group.add_argument("--explain", action="store_true", help="every config key with its default and meaning")
+    group.add_argument("--demo", action="store_true", help="print the demo pipeline YAML (a starting point)")
+    return parser
+
+
+def _run(pipeline_path: Path, out: Path | None, overrides: list[str], until: str | None) -> int:
+    import yaml
+
+    from dapt.config import load_config
+    from dapt.pipeline import run_pipeline, say
+    from dapt.report.build import build_report
+
+    config = load_config(pipeline_path, overrides)
+    run_dir = (out or Path("runs") / config.name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    artifacts = run_pipeline(config, run_dir, until=until)
+    if until is not None:
+        say(f"dapt: {until} finished; artifacts in {run_dir}")
+        return 0
+    report = build_report(config, run_dir, artifacts)
+    print_headline(report, run_dir)
+    return 0
+
+
+def print_headline(report: dict, run_dir: Path) -> None:
+    base = report["base"]
+    print(f"\nReport: {run_dir / 'report.md'} (and report.json)")
+    print(
+        f"Domain perplexity  {base['domain_ppl_before']:.3f} → {base['domain_ppl_after']:.3f}   "
+        f"general perplexity {base['general_ppl_before']:.3f} → {base['general_ppl_after']:.3f}"
+    )
+    for task in report["tasks"]:
+        difference = task["difference"]["accuracy"] * 100
+        print(
+            f"{task['name']}: accuracy control {task['control']['accuracy']:.3f} vs DAPT {task['dapt']['accuracy']:.3f} "
+            f"({difference:+.1f} points); macro-F1 {task['control']['macro_f1']:.3f} vs {task['dapt']['macro_f1']:.3f}"
+        )
+        print(f"  verdict: {task['verdict']}")
+
+
+def _rebuild_report(run_dir: Path) -> int:
+    from dapt.config import load_config
+    from dapt.errors import ConfigError
+    from dapt.report.build import build_report
+
+    if not (run_dir / "pipeline.yaml").is_file():
+        raise ConfigError(f"{run_dir}: no pipeline.yaml here; is it a run folder written by `dapt run` or `dapt demo`?")
+    config = load_config(run_dir / "pipeline.yaml")
+    try:
+        report = build_report(config, run_dir)
+    except KeyError as missing:
+        raise ConfigError(f"{run_dir}: stage {missing} has not finished; run the pipeline first") from None
+    print_headline(report, run_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _run(demo_config_path(), args.out or Path("runs/demo"), args.overrides, None)
+        if args.command == "run":
+            return _run(args.pipeline, args.out, args.overrides, None)
+        if args.command in STAGES:
+            return _run(args.pipeline, args.out, args.overrides, args.command)
+        if args.command == "report":
+            return _rebuild_report(args.run_dir)
+        if args.command == "config":
+            if args.demo:
+                print(demo_config_path().read_text(), end="")
+            else:
+                from dapt.config import explain_fields
+
+                print("\n".join(explain_fields()))
+            return 0
+    except DaptError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; finished stages are kept, the unfinished one will start over", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

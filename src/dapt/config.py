@@ -1,0 +1,372 @@
+"""The pipeline config: one YAML file, validated into typed objects.
+
+Every field is documented once, here, where it is declared; `dapt config --explain` prints these
+descriptions. Unknown keys, wrong types and missing files are `ConfigError`s that name the key and
+say how to fix it. Relative paths in the YAML are resolved against the YAML file's folder.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dapt.errors import ConfigError
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# base model
+
+
+class PresetConfig(Section):
+    """A from-scratch Llama-style model (for tests and tiny experiments), with a byte-level tokenizer."""
+
+    hidden_size: int = Field(64, gt=0, description="Width of the residual stream.")
+    num_layers: int = Field(2, gt=0, description="Number of decoder blocks.")
+    num_heads: int = Field(4, gt=0, description="Attention heads (hidden_size must divide by it).")
+    num_kv_heads: int = Field(2, gt=0, description="Key/value heads; fewer than num_heads = grouped-query.")
+    intermediate_size: int = Field(176, gt=0, description="Width of the MLP.")
+    max_position_embeddings: int = Field(1024, gt=0, description="Longest sequence the model accepts.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> PresetConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
+        return self
+
+
+class BaseConfig(Section):
+    """The original base model that the pipeline adapts. Give exactly one of `model` or `preset`."""
+
+    model: str | None = Field(
+        None,
+        description=(
+            "A local Hugging Face folder, a hub id (e.g. HuggingFaceTB/SmolLM2-135M), a .gguf file, or "
+            "'package:PKG/FILE.gguf' for a GGUF file shipped inside an installed Python package."
+        ),
+    )
+    preset: PresetConfig | None = Field(None, description="Build a small Llama-style model from scratch instead.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `model` is a hub id.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust it.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BaseConfig:
+        if (self.model is None) == (self.preset is None):
+            raise ValueError("give exactly one of `model` (folder, hub id or .gguf) or `preset` (from scratch)")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data
+
+
+class SourceConfig(Section):
+    """One source of text. Its role says what the pipeline does with it."""
+
+    name: str = Field(description="Name kept in every document's `source` column.")
+    role: Literal["domain", "replay", "general_eval"] = Field(
+        description=(
+            "domain: the corpus to adapt to. replay: general text mixed into pretraining against forgetting. "
+            "general_eval: held-out general text of another source or style that measures forgetting "
+            "(general text drawn from the replay source mostly measures how well the replay was learned)."
+        )
+    )
+    kind: Literal["files", "python_docstrings", "pydoc_topics"] = Field(
+        "files",
+        description=(
+            "files: your own .txt/.md/.jsonl/.parquet files. python_docstrings: the docstrings of an "
+            "installed Python package ('stdlib' = the standard library). pydoc_topics: Python's language "
+            "reference as shipped in pydoc_data."
+        ),
+    )
+    paths: list[str] = Field(default_factory=list, description="files: paths or globs, relative to the YAML.")
+    text_field: str = Field("text", description="files: JSONL key (dotted for nested) or Parquet column of text.")
+    package: str | None = Field(None, description="python_docstrings: the package to read (never imported).")
+    min_chars: int = Field(200, ge=0, description="python_docstrings/pydoc_topics: skip shorter texts.")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> SourceConfig:
+        if self.kind == "files" and not self.paths:
+            raise ValueError("kind 'files' needs `paths:` (a list of files or globs)")
+        if self.kind == "python_docstrings" and not self.package:
+            raise ValueError("kind 'python_docstrings' needs `package:` (e.g. scipy, or stdlib)")
+        return self
+
+
+class CurateConfig(Section):
+    """Cleaning before tokenisation. Every dropped document lands in the rejection ledger with its reason."""
+
+    min_chars: int = Field(200, ge=0, description="Drop documents shorter than this (characters).")
+    max_chars: int = Field(200_000, gt=0, description="Drop documents longer than this (characters).")
+    min_words: int = Field(20, ge=0, description="Drop documents with fewer whitespace-separated words.")
+    max_symbol_ratio: float = Field(
+        0.25, ge=0, le=1, description="Drop documents whose share of non-alphanumeric, non-punctuation chars is higher."
+    )
+    min_alpha_words_ratio: float = Field(
+        0.5, ge=0, le=1, description="Drop documents where fewer than this share of words contain a letter."
+    )
+    exact_dedup: bool = Field(True, description="Drop exact duplicates of normalised text (the first one is kept).")
+    decontaminate_ngram: int = Field(
+        13, gt=0, description="Drop documents sharing a word n-gram of this length with any task's test text."
+    )
+
+
+class TokenizeConfig(Section):
+    """Tokenisation with the base's tokenizer into packed shards, and held-out splits by document."""
+
+    eval_tokens: int = Field(
+        4096,
+        gt=0,
+        description="Tokens per held-out split (domain val, domain test, general val, general test), by document.",
+    )
+    max_train_tokens: int | None = Field(
+        None, gt=0, description="Stop adding training documents once this many tokens are in (None: all)."
+    )
+
+
+class EarlyStoppingConfig(Section):
+    """Stop when the monitored validation loss has not improved for `patience` evaluations."""
+
+    monitor: Literal["domain_val_loss", "general_val_loss"] = Field(
+        "domain_val_loss", description="Which validation loss decides the best checkpoint and the stop."
+    )
+    patience: int = Field(2, ge=1, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="An improvement smaller than this does not count.")
+
+
+class PretrainConfig(Section):
+    """Continued pretraining: next-token prediction on domain text with a share of general replay."""
+
+    seq_len: int = Field(256, gt=1, description="Tokens per packed training sequence.")
+    micro_batch_size: int = Field(4, gt=0, description="Sequences per forward pass.")
+    grad_accum_steps: int = Field(1, gt=0, description="Forward passes per optimizer step.")
+    max_steps: int = Field(20, gt=0, description="Optimizer steps at most (early stopping may end sooner).")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (re-warmed from 0: the base is already trained).")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio.")
+    warmup_steps: int = Field(2, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to norms and biases).")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (None: no clipping).")
+    replay_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of training sequences drawn from the replay source (0: domain only)."
+    )
+    eval_every: int = Field(5, gt=0, description="Measure domain and general validation loss every N steps.")
+    keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept besides the best one.")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tasks
+
+
+class TaskDataConfig(Section):
+    """Where a task's labelled examples come from."""
+
+    kind: Literal["files", "python_docstrings"] = Field(
+        "files",
+        description=(
+            "files: `train` (and optionally `test`) files with text and label. python_docstrings: the "
+            "docstrings of `package`, labelled by the subpackage they come from."
+        ),
+    )
+    train: str | None = Field(None, description="files: labelled examples (.jsonl, .csv or .parquet).")
+    test: str | None = Field(None, description="files: held-out test examples; if absent, split from train.")
+    text_field: str = Field("text", description="files: the field holding the text.")
+    label_field: str = Field("label", description="files: the field holding the label.")
+    package: str | None = Field(None, description="python_docstrings: the package whose docstrings to label.")
+    classes: list[str] = Field(default_factory=list, description="python_docstrings: the subpackages to use.")
+    max_per_class: int = Field(150, gt=0, description="python_docstrings: examples per class at most.")
+    min_chars: int = Field(200, ge=0, description="python_docstrings: skip shorter docstrings.")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> TaskDataConfig:
+        if self.kind == "files" and not self.train:
+            raise ValueError("kind 'files' needs `train:` (a labelled .jsonl, .csv or .parquet file)")
+        if self.kind == "python_docstrings" and (not self.package or len(self.classes) < 2):
+            raise ValueError("kind 'python_docstrings' needs `package:` and at least two `classes:`")
+        return self
+
+
+class TaskConfig(Section):
+    """A downstream task. Each is adapted twice: from the DAPT base and from the original base (the control)."""
+
+    name: str = Field(description="Task name, used in folder names and the report.")
+    type: Literal["classification"] = Field("classification", description="Only classification so far.")
+    data: TaskDataConfig
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="Share held out for testing when no test file.")
+    recipe: Literal["top_blocks", "full"] = Field(
+        "top_blocks",
+        description=(
+            "top_blocks: train the classification head plus the last `top_blocks` decoder blocks (the rest "
+            "frozen; their activations are computed once). full: train every weight."
+        ),
+    )
+    top_blocks: int = Field(2, ge=0, description="top_blocks recipe: how many final decoder blocks to train.")
+    max_length: int = Field(64, gt=0, description="Tokens per example (longer texts are truncated).")
+    epochs: int = Field(4, gt=0, description="Passes over the training examples.")
+    batch_size: int = Field(16, gt=0, description="Examples per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(5, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the pipeline
+
+
+class PipelineConfig(Section):
+    """A whole run: sources → curate → tokenize → continued pretraining → task variants → evaluation → report."""
+
+    name: str = Field(description="Run name; the default run folder is ./runs/<name>.")
+    seed: int = Field(0, description="Seed for every random choice (splits, sampling, initialisation).")
+    base: BaseConfig
+    sources: list[SourceConfig] = Field(min_length=1, description="Text sources; at least one with role domain.")
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    tasks: list[TaskConfig] = Field(default_factory=list, description="Downstream tasks to adapt and evaluate.")
+
+    @model_validator(mode="after")
+    def _roles_and_names(self) -> PipelineConfig:
+        if not any(s.role == "domain" for s in self.sources):
+            raise ValueError("no source has role: domain; the pipeline needs domain text to adapt to")
+        for what, names in (("sources", [s.name for s in self.sources]), ("tasks", [t.name for t in self.tasks])):
+            duplicated = sorted({n for n in names if names.count(n) > 1})
+            if duplicated:
+                raise ValueError(f"{what} names must be unique; repeated: {', '.join(duplicated)}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _explain(error: ValidationError, origin: str) -> ConfigError:
+    lines = []
+    for item in error.errors():
+        where = _dotted(tuple(p for p in item["loc"] if not str(p).startswith("function-after")))
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key (check the spelling; `dapt config --explain` lists the keys)")
+        elif item["type"] == "missing":
+            lines.append(f"{where}: required key is missing")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {message} (got {item.get('input')!r})")
+    return ConfigError(f"{origin}: invalid config:\n  " + "\n  ".join(lines))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides (value parsed as YAML; list items by index: `tasks.0.epochs=2`)."""
+    raw = copy.deepcopy(raw)
+    for override in overrides:
+        key, sep, value_text = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. --set pretrain.max_steps=10")
+        parts = key.split(".")
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not an index into a list")
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        last = parts[-1]
+        value = yaml.safe_load(value_text)
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"--set {key}: {last!r} is not an index into the list")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def _resolve_paths(config: PipelineConfig, root: Path) -> PipelineConfig:
+    def resolve(path: str) -> str:
+        return str((root / path).resolve()) if not Path(path).is_absolute() else path
+
+    for source in config.sources:
+        source.paths = [resolve(p) for p in source.paths]
+    for task in config.tasks:
+        if task.data.train:
+            task.data.train = resolve(task.data.train)
+        if task.data.test:
+            task.data.test = resolve(task.data.test)
+    model = config.base.model
+    if model and not model.startswith("package:") and (model.startswith((".", "/")) or (root / model).exists()):
+        config.base.model = resolve(model)
+    return config
+
+
+def _check_files(config: PipelineConfig) -> None:
+    for i, task in enumerate(config.tasks):
+        for field in ("train", "test"):
+            path = getattr(task.data, field)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"tasks[{i}].data.{field}: file {Path(path).name!r} not found (looked in {path})")
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML, apply `--set` overrides, validate, and resolve relative paths."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"pipeline file {str(path)!r} not found (looked in {path.resolve()})")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (name, base, sources, ...), got {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, overrides or []), origin=str(path), root=path.parent)
+
+
+def config_from_dict(raw: dict[str, Any], *, origin: str = "config", root: Path | None = None) -> PipelineConfig:
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise _explain(error, origin) from None
+    config = _resolve_paths(config, (root or Path.cwd()).resolve())
+    _check_files(config)
+    return config
+
+
+def explain_fields(model: type[BaseModel] = PipelineConfig, indent: str = "") -> list[str]:
+    """The documentation of every config key, as printed by `dapt config --explain`."""
+    lines = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        nested = _section_type(annotation)
+        default = "" if field.is_required() or nested else f" (default: {field.get_default(call_default_factory=True)!r})"
+        doc = field.description or (nested.__doc__ or "").strip().splitlines()[0] if nested else field.description
+        lines.append(f"{indent}{name}:{default}  {doc or ''}".rstrip())
+        if nested:
+            lines.extend(explain_fields(nested, indent + "  "))
+    return lines
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None

@@ -1,0 +1,213 @@
+"""Run a pipeline config: plan the stages, run them in order, skip the ones already finished.
+
+The plan is a list of `StageSpec`s in dependency order. Each writes one artifact folder in the run
+folder, named after the stage (`ingest`, `pretrain`, `adapt-<task>-dapt`, ...). A stage is skipped
+(cache hit) when its folder holds a finished artifact with the same id, made from inputs with the
+same content; otherwise its folder is cleared and it runs again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dapt.artifacts import Artifact, artifact_id, read_artifact, write_manifest
+from dapt.config import PipelineConfig
+from dapt.errors import ConfigError
+
+
+def say(message: str) -> None:
+    """Progress for people: stderr, flushed, so it interleaves correctly with progress bars."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class StageContext:
+    """What a running stage sees: its output folder, its config section, its finished inputs."""
+
+    name: str
+    out: Path
+    config: dict[str, Any]
+    inputs: dict[str, Artifact]
+    pipeline: PipelineConfig
+
+    def log(self, message: str) -> None:
+        say(f"  {message}")
+
+
+StageFunction = Callable[[StageContext], dict[str, Any]]
+
+
+@dataclass
+class StageSpec:
+    """One planned stage: what it is, what configures it, what it reads."""
+
+    name: str
+    kind: str
+    run: StageFunction
+    config: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)  # role -> name of the stage that makes it
+    summary: str = ""
+
+
+def plan(config: PipelineConfig) -> list[StageSpec]:
+    """The stages of a pipeline, in dependency order."""
+    from dapt.stages import adapt, base, curate, evaluate, ingest, pretrain, tasks, tokenize
+
+    dump = config.model_dump(mode="json")
+    stages = [
+        StageSpec("ingest", "ingest", ingest.run, {"sources": dump["sources"]}, summary="read the text sources"),
+        StageSpec("base", "base", base.run, {"base": dump["base"], "seed": config.seed}, summary="materialise the original base"),
+    ]
+    for task in dump["tasks"]:
+        stages.append(
+            StageSpec(
+                f"task-{task['name']}",
+                "task",
+                tasks.run,
+                {"task": {k: task[k] for k in ("name", "type", "data", "test_fraction")}, "seed": config.seed},
+                summary="labelled train/test examples",
+            )
+        )
+    task_inputs = {f"task:{t['name']}": f"task-{t['name']}" for t in dump["tasks"]}
+    stages += [
+        StageSpec(
+            "curate",
+            "curate",
+            curate.run,
+            {"curate": dump["curate"]},
+            {"corpus": "ingest", **task_inputs},
+            summary="clean, dedup, decontaminate",
+        ),
+        StageSpec(
+            "tokenize",
+            "tokenize",
+            tokenize.run,
+            {"tokenize": dump["tokenize"], "seed": config.seed},
+            {"corpus": "curate", "base": "base"},
+            summary="packed token shards + held-out splits",
+        ),
+        StageSpec(
+            "pretrain",
+            "pretrain",
+            pretrain.run,
+            {"pretrain": dump["pretrain"], "seed": config.seed},
+            {"tokens": "tokenize", "base": "base"},
+            summary="continued pretraining → the DAPT base",
+        ),
+        StageSpec(
+            "evaluate-lm",
+            "evaluate_lm",
+            evaluate.run_lm,
+            {"seq_len": config.pretrain.seq_len},
+            {"tokens": "tokenize", "original": "base", "dapt": "pretrain"},
+            summary="domain and general perplexity, before and after",
+        ),
+    ]
+    for task in dump["tasks"]:
+        task_config = {k: v for k, v in task.items() if k not in ("data", "test_fraction")}
+        for variant, base_stage in (("control", "base"), ("dapt", "pretrain")):
+            adapted = f"adapt-{task['name']}-{variant}"
+            stages.append(
+                StageSpec(
+                    adapted,
+                    "adapt",
+                    adapt.run,
+                    {"task": task_config, "variant": variant, "seed": config.seed},
+                    {"task": f"task-{task['name']}", "base": base_stage},
+                    summary=f"{task['type']} variant from the {'original' if variant == 'control' else 'DAPT'} base",
+                )
+            )
+            stages.append(
+                StageSpec(
+                    f"evaluate-{task['name']}-{variant}",
+                    "evaluate_task",
+                    evaluate.run_task,
+                    {"max_length": task["max_length"]},
+                    {"task": f"task-{task['name']}", "model": adapted},
+                    summary="test-set accuracy and macro-F1",
+                )
+            )
+    return stages
+
+
+def _stale_reason(existing: Artifact | None, stage_id: str, inputs: dict[str, Artifact]) -> str | None:
+    """None when `existing` can be reused, else why not."""
+    if existing is None:
+        return "not built yet"
+    if existing.id != stage_id:
+        return "config or inputs changed"
+    for role, artifact in inputs.items():
+        recorded = existing.manifest["inputs"].get(role, {})
+        if recorded.get("content_hash") != artifact.content_hash:
+            return f"input {artifact.manifest['name']} was rebuilt with different content"
+    return None
+
+
+def run_pipeline(config: PipelineConfig, run_dir: Path, *, until: str | None = None) -> dict[str, Artifact]:
+    """Run every stage (or up to and including `until`), skipping finished ones. Returns the artifacts."""
+    stages = plan(config)
+    if until is not None:
+        stages = _upstream_of(stages, until)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts: dict[str, Artifact] = {}
+    say(f"dapt: run {config.name!r} in {run_dir} ({len(stages)} stages)")
+    for number, spec in enumerate(stages, start=1):
+        inputs = {role: artifacts[source] for role, source in spec.inputs.items()}
+        stage_id = artifact_id(spec.kind, spec.config, {role: a.id for role, a in inputs.items()})
+        folder = run_dir / spec.name
+        existing = read_artifact(folder)
+        reason = _stale_reason(existing, stage_id, inputs)
+        header = f"[{number}/{len(stages)}] {spec.name}"
+        if reason is None:
+            assert existing is not None
+            say(f"{header}: cached, skipped (finished {existing.manifest['timings']['finished']}, id {stage_id})")
+            artifacts[spec.name] = existing
+            continue
+        say(f"{header}: running — {spec.summary} ({reason})")
+        if folder.exists():
+            shutil.rmtree(folder)  # an unfinished or stale artifact: start it over
+        folder.mkdir(parents=True)
+        started = datetime.now(timezone.utc)
+        clock = time.perf_counter()
+        context = StageContext(spec.name, folder, spec.config, inputs, config)
+        metrics = spec.run(context)
+        seconds = time.perf_counter() - clock
+        artifacts[spec.name] = write_manifest(
+            folder,
+            kind=spec.kind,
+            name=spec.name,
+            id=stage_id,
+            config=spec.config,
+            inputs=inputs,
+            metrics=metrics,
+            timings={
+                "started": started.isoformat(timespec="seconds"),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seconds": round(seconds, 2),
+            },
+        )
+        say(f"{header}: done in {seconds:.1f}s")
+    return artifacts
+
+
+def _upstream_of(stages: list[StageSpec], target: str) -> list[StageSpec]:
+    by_name = {s.name: s for s in stages}
+    matches = [s.name for s in stages if s.name == target or s.kind == target or s.name.startswith(f"{target}-")]
+    if not matches:
+        names = ", ".join(s.name for s in stages)
+        raise ConfigError(f"no stage named {target!r} in this pipeline (stages: {names})")
+    needed: set[str] = set()
+    pending = list(matches)
+    while pending:
+        name = pending.pop()
+        if name not in needed:
+            needed.add(name)
+            pending.extend(by_name[name].inputs.values())
+    return [s for s in stages if s.name in needed]

@@ -1,0 +1,222 @@
+"""The run report: `report.json` for tools, `report.md` for people.
+
+It reads the finished artifacts' manifests afterwards — no stage has to remember to call it — and it
+states the result as it came out: if the adaptation did not help, the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from dapt.artifacts import Artifact, atomic_write_text, read_artifact
+from dapt.config import PipelineConfig
+
+BOOTSTRAP_SAMPLES = 2000
+
+
+def paired_bootstrap(control_correct: np.ndarray, dapt_correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the accuracy difference (dapt − control), resampling test examples with replacement."""
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(0, len(control_correct), size=(BOOTSTRAP_SAMPLES, len(control_correct)))
+    differences = dapt_correct[samples].mean(axis=1) - control_correct[samples].mean(axis=1)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _correct(artifact: Artifact) -> np.ndarray:
+    table = pq.read_table(artifact.path / "predictions.parquet")
+    return np.asarray(table.column("label").to_pylist()) == np.asarray(table.column("predicted").to_pylist())
+
+
+def _task_entry(name: str, artifacts: dict[str, Artifact]) -> dict[str, Any]:
+    control, dapt = artifacts[f"evaluate-{name}-control"], artifacts[f"evaluate-{name}-dapt"]
+    adapted = artifacts[f"adapt-{name}-dapt"].metrics
+    entry: dict[str, Any] = {
+        "name": name,
+        "recipe": adapted["recipe"],
+        "top_blocks": adapted.get("top_blocks"),
+        "train_examples": adapted["train_examples"],
+        "test_examples": dapt.metrics["examples"],
+        "control": {k: control.metrics[k] for k in ("accuracy", "macro_f1")},
+        "dapt": {k: dapt.metrics[k] for k in ("accuracy", "macro_f1")},
+    }
+    entry["difference"] = {k: entry["dapt"][k] - entry["control"][k] for k in ("accuracy", "macro_f1")}
+    low, high = paired_bootstrap(_correct(control), _correct(dapt))
+    entry["difference"]["accuracy_ci95"] = [low, high]
+    if low > 0:
+        entry["verdict"] = "the DAPT base helped: its variant is more accurate, beyond the 95% interval of chance"
+    elif high < 0:
+        entry["verdict"] = "the DAPT base hurt: its variant is less accurate, beyond the 95% interval of chance"
+    else:
+        entry["verdict"] = "no clear difference: the accuracy gap is within the 95% interval of chance on this test set"
+    return entry
+
+
+def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Artifact] | None = None) -> dict[str, Any]:
+    """Assemble report.json and report.md from the run's manifests; returns the report's content."""
+    if artifacts is None:
+        from dapt.pipeline import plan
+
+        found = {spec.name: read_artifact(run_dir / spec.name) for spec in plan(config)}
+        artifacts = {name: a for name, a in found.items() if a is not None}
+    base, pretrain, lm = artifacts["base"].metrics, artifacts["pretrain"].metrics, artifacts["evaluate-lm"].metrics
+    curate, tokenize = artifacts["curate"].metrics, artifacts["tokenize"].metrics
+    report: dict[str, Any] = {
+        "run": config.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}",
+        "base": {
+            "original": base["origin"],
+            "architecture": base["architecture"],
+            "parameters": base["parameters"],
+            "domain_ppl_before": lm["original"].get("domain_ppl"),
+            "domain_ppl_after": lm["dapt"].get("domain_ppl"),
+            "general_ppl_before": lm["original"].get("general_ppl"),
+            "general_ppl_after": lm["dapt"].get("general_ppl"),
+            "test_tokens": lm["test_tokens"],
+            "general_heldout_from": tokenize["general_heldout_from"],
+        },
+        "pretrain": {
+            key: pretrain[key]
+            for key in ("steps", "tokens_trained", "tokens_per_second", "train_seconds", "best_step", "stopped_early",
+                        "stop_reason", "evaluations")
+        },
+        "data": {
+            "funnel": {
+                "documents_in": curate["docs_in"],
+                "kept": curate["docs_kept"],
+                "dropped_by_reason": curate["dropped_by_reason"],
+                "decontaminated_by_task": curate.get("decontaminated_by_task", {}),
+            },
+            "sources": artifacts["ingest"].metrics["by_source"],
+            "token_splits": tokenize["splits"],
+        },
+        "tasks": [_task_entry(task.name, artifacts) for task in config.tasks],
+        "lineage": {
+            "original": {"artifact": "base", "id": artifacts["base"].id, "origin": base["origin"]},
+            "dapt": {"artifact": "pretrain", "id": artifacts["pretrain"].id, "parent": artifacts["base"].id},
+            "variants": [
+                {"artifact": f"adapt-{t.name}-{v}", "id": artifacts[f"adapt-{t.name}-{v}"].id,
+                 "parent": artifacts["pretrain" if v == "dapt" else "base"].id}
+                for t in config.tasks
+                for v in ("control", "dapt")
+            ],
+        },
+        "timings": {name: a.manifest["timings"]["seconds"] for name, a in artifacts.items()},
+    }
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(run_dir / "report.md", render_markdown(report))
+    return report
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _change(before: float | None, after: float | None) -> str:
+    if before is None or after is None:
+        return "—"
+    return f"{(after - before) / before:+.1%}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    base, pretrain, funnel = report["base"], report["pretrain"], report["data"]["funnel"]
+    lines = [
+        f"# dapt report — run `{report['run']}`",
+        "",
+        f"Created {report['created']} on {report['machine']}.",
+        "",
+        "## Did domain-adaptive pretraining pay off?",
+        "",
+    ]
+    for task in report["tasks"]:
+        d = task["difference"]
+        low, high = d["accuracy_ci95"]
+        lines.append(
+            f"- **{task['name']}**: accuracy {task['control']['accuracy']:.3f} (control, original base) → "
+            f"{task['dapt']['accuracy']:.3f} (DAPT base), {d['accuracy'] * 100:+.1f} points "
+            f"(95% bootstrap interval {low * 100:+.1f} to {high * 100:+.1f}); macro-F1 "
+            f"{task['control']['macro_f1']:.3f} → {task['dapt']['macro_f1']:.3f}. Verdict: {task['verdict']}."
+        )
+    lines += [
+        f"- **Domain perplexity** {_num(base['domain_ppl_before'])} → {_num(base['domain_ppl_after'])} "
+        f"({_change(base['domain_ppl_before'], base['domain_ppl_after'])}); **general perplexity** "
+        f"{_num(base['general_ppl_before'])} → {_num(base['general_ppl_after'])} "
+        f"({_change(base['general_ppl_before'], base['general_ppl_after'])}, the forgetting signal).",
+        "",
+        "One seed, one test split: read small differences as noise. The interval comes from resampling the "
+        "test examples, so it does not cover seed-to-seed variation.",
+        "",
+        "## Base models",
+        "",
+        f"Original base: {base['original']} ({base['architecture']}, {base['parameters'] / 1e6:.1f}M parameters).",
+        "",
+        "| model | domain ppl | general ppl |",
+        "|---|---|---|",
+        f"| original | {_num(base['domain_ppl_before'])} | {_num(base['general_ppl_before'])} |",
+        f"| DAPT | {_num(base['domain_ppl_after'])} | {_num(base['general_ppl_after'])} |",
+        "",
+        f"Measured on held-out test documents ({base['test_tokens']} tokens); general text held out from "
+        f"the `{base['general_heldout_from']}` source"
+        + (
+            " — the replay source, so it mostly shows how well the replay was learned."
+            if base["general_heldout_from"] == "replay"
+            else ", not the replay source."
+        ),
+        "",
+        "## Continued pretraining",
+        "",
+        f"{pretrain['steps']} steps, {pretrain['tokens_trained']} tokens at {pretrain['tokens_per_second']:.0f} "
+        f"tokens/s ({pretrain['train_seconds']:.0f} s of training); best step {pretrain['best_step']}."
+        + (f" Stopped early: {pretrain['stop_reason']}." if pretrain["stopped_early"] else ""),
+        "",
+        "| step | domain val loss | general val loss |",
+        "|---|---|---|",
+    ]
+    for evaluation in pretrain["evaluations"]:
+        lines.append(
+            f"| {evaluation['step']} | {_num(evaluation.get('domain_val_loss'), 4)} | "
+            f"{_num(evaluation.get('general_val_loss'), 4)} |"
+        )
+    lines += ["", "## Tasks", "", "| task | recipe | train / test | control acc | DAPT acc | control F1 | DAPT F1 |",
+              "|---|---|---|---|---|---|---|"]
+    for task in report["tasks"]:
+        recipe = task["recipe"] + (f" (last {task['top_blocks']} blocks + head)" if task["top_blocks"] else "")
+        lines.append(
+            f"| {task['name']} | {recipe} | {task['train_examples']} / {task['test_examples']} | "
+            f"{task['control']['accuracy']:.3f} | {task['dapt']['accuracy']:.3f} | "
+            f"{task['control']['macro_f1']:.3f} | {task['dapt']['macro_f1']:.3f} |"
+        )
+    lines += [
+        "",
+        "Both variants of a task use the same recipe, data, budget and seed; only their base differs.",
+        "",
+        "## Data funnel",
+        "",
+        f"{funnel['documents_in']} documents in, {funnel['kept']} kept.",
+        "",
+        "| dropped because | documents |",
+        "|---|---|",
+    ]
+    lines += [f"| {reason} | {count} |" for reason, count in sorted(funnel["dropped_by_reason"].items())]
+    for task, count in funnel["decontaminated_by_task"].items():
+        lines.append(f"\nDecontamination: {count} documents shared a long n-gram with the `{task}` test set.")
+    lines += ["", "| token split | documents | tokens |", "|---|---|---|"]
+    for split, stats in report["data"]["token_splits"].items():
+        lines.append(f"| {split} | {stats['documents']} | {stats['tokens']} |")
+    lineage = report["lineage"]
+    lines += ["", "## Lineage", "", "```", f"original base  {lineage['original']['id']}  ({lineage['original']['origin']})",
+              f"├── DAPT base  {lineage['dapt']['id']}  (pretrain)"]
+    for variant in lineage["variants"]:
+        prefix = "│   └──" if variant["parent"] == lineage["dapt"]["id"] else "└──"
+        lines.append(f"{prefix} {variant['artifact']}  {variant['id']}")
+    lines += ["```", "", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in report["timings"].items()]
+    return "\n".join(lines) + "\n"

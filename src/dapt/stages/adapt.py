@@ -1,0 +1,133 @@
+"""adapt: branch a base into a task variant — here, a sequence classifier.
+
+The same recipe, data, budget and seed run twice: from the DAPT base and from the original base (the
+control), so the only difference between the two variants is the continued pretraining. The base's
+files are only read; the variant is a new HF folder (`model/`) that
+`AutoModelForSequenceClassification.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer
+
+from dapt.model.classifier import (
+    TopBlocks,
+    build_classifier,
+    encode_right_padded,
+    freeze_all_but,
+    frozen_features,
+)
+from dapt.model.load import parameter_count, save_model_folder
+from dapt.pipeline import StageContext
+from dapt.stages.tasks import read_examples
+from dapt.train.loop import LoopSettings, train_loop
+from dapt.train.objectives import classification_loss
+
+FEATURE_BATCH = 16
+
+
+def run(context: StageContext) -> dict[str, Any]:
+    task, seed = context.config["task"], context.config["seed"]
+    torch.manual_seed(seed)  # same head initialisation and batch order for the control and the DAPT variant
+    base_folder = context.inputs["base"].path / "model"
+    task_folder = context.inputs["task"].path
+    labels = json.loads((task_folder / "labels.json").read_text())
+    train = read_examples(task_folder / "train.parquet")
+    tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    classifier = build_classifier(base_folder, labels, pad_id)
+    label_index = torch.tensor([labels.index(e["label"]) for e in train])
+    input_ids, attention_mask = encode_right_padded(tokenizer, [e["text"] for e in train], task["max_length"], pad_id)
+    last_index = attention_mask.sum(dim=1) - 1  # the head reads the last real token
+
+    if task["recipe"] == "top_blocks":
+        # The frozen lower blocks see each example once; every epoch then runs only the top blocks.
+        classifier.eval()
+        features = torch.cat(
+            [
+                frozen_features(
+                    classifier,
+                    input_ids[i : i + FEATURE_BATCH],
+                    attention_mask[i : i + FEATURE_BATCH],
+                    task["top_blocks"],
+                )
+                for i in range(0, len(train), FEATURE_BATCH)
+            ]
+        )
+        trained: torch.nn.Module = TopBlocks(classifier, task["top_blocks"])
+        freeze_all_but(classifier, trained)
+
+        def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+            return classification_loss(model(batch["features"], batch["last_index"]), batch["labels"])
+
+        def rows(index: torch.Tensor) -> dict[str, torch.Tensor]:
+            longest = int(last_index[index].max()) + 1
+            return {"features": features[index, :longest], "last_index": last_index[index], "labels": label_index[index]}
+    else:
+        trained = classifier
+
+        def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return classification_loss(logits, batch["labels"])
+
+        def rows(index: torch.Tensor) -> dict[str, torch.Tensor]:
+            longest = int(last_index[index].max()) + 1
+            return {
+                "input_ids": input_ids[index, :longest],
+                "attention_mask": attention_mask[index, :longest],
+                "labels": label_index[index],
+            }
+
+    generator = torch.Generator().manual_seed(seed)
+    batch_size = task["batch_size"]
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+
+    def batches() -> Any:
+        while True:  # a fresh seeded shuffle per epoch
+            order = torch.randperm(len(train), generator=generator)
+            for start in range(0, len(train), batch_size):
+                yield rows(order[start : start + batch_size])
+
+    stream = batches()
+    settings = LoopSettings(
+        max_steps=task["epochs"] * steps_per_epoch,
+        lr=task["lr"],
+        warmup_steps=task["warmup_steps"],
+        weight_decay=task["weight_decay"],
+        unit="ex",
+    )
+    context.log(
+        f"recipe {task['recipe']}"
+        + (f" (last {task['top_blocks']} blocks + head)" if task["recipe"] == "top_blocks" else "")
+        + f": {parameter_count(classifier, trainable_only=True) / 1e6:.2f}M of {parameter_count(classifier) / 1e6:.1f}M "
+        f"parameters trained, {len(train)} examples × {task['epochs']} epochs"
+    )
+    result = train_loop(
+        trained,
+        lambda: next(stream),
+        loss_fn,
+        settings,
+        metrics_file=context.out / "metrics.jsonl",
+        description=f"adapt {task['name']} ({context.config['variant']})",
+    )
+    for parameter in classifier.parameters():
+        parameter.requires_grad_(True)
+    save_model_folder(classifier, tokenizer, context.out / "model")
+    return {
+        "variant": context.config["variant"],
+        "base_artifact": context.inputs["base"].manifest["name"],
+        "base_id": context.inputs["base"].id,
+        "recipe": task["recipe"],
+        "top_blocks": task["top_blocks"] if task["recipe"] == "top_blocks" else None,
+        "trainable_parameters": sum(p.numel() for p in trained.parameters()),
+        "parameters": parameter_count(classifier),
+        "train_examples": len(train),
+        "steps": result.steps,
+        "final_train_loss": result.final_train_loss,
+        "train_seconds": round(result.seconds, 1),
+    }

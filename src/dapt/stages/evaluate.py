@@ -1,0 +1,79 @@
+"""evaluate: measure each model on its own test — perplexity for bases, task metrics for variants.
+
+"How well the base predicts text does not tell you how good a variant is": the bases are measured on
+held-out domain and general text, the variants on their task's test split, loaded the way a user
+would load them (`AutoModelForSequenceClassification.from_pretrained`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from dapt.data.shards import TokenShard, eval_windows
+from dapt.eval.metrics import classification_report
+from dapt.model.classifier import encode_right_padded
+from dapt.model.load import load_causal_lm
+from dapt.pipeline import StageContext
+from dapt.stages.tasks import read_examples
+from dapt.train.objectives import mean_lm_loss, perplexity
+
+BATCH = 16
+
+
+def run_lm(context: StageContext) -> dict[str, Any]:
+    seq_len = context.config["seq_len"]
+    shard_root = context.inputs["tokens"].path / "shards"
+    test_sets = {
+        name: eval_windows(TokenShard(shard_root / split), seq_len)
+        for name, split in (("domain", "domain_test"), ("general", "general_test"))
+        if (shard_root / split).is_dir()
+    }
+    metrics: dict[str, Any] = {"test_tokens": {name: len(w) * seq_len for name, w in test_sets.items()}}
+    for role in ("original", "dapt"):
+        model, _ = load_causal_lm(context.inputs[role].path / "model")
+        model.eval()
+        metrics[role] = {}
+        for name, windows in test_sets.items():
+            loss = mean_lm_loss(model, windows)
+            metrics[role][f"{name}_loss"] = loss
+            metrics[role][f"{name}_ppl"] = perplexity(loss)
+        context.log(f"{role}: " + ", ".join(f"{n} ppl {metrics[role][f'{n}_ppl']:.3f}" for n in test_sets))
+    return metrics
+
+
+@torch.no_grad()
+def run_task(context: StageContext) -> dict[str, Any]:
+    folder = context.inputs["model"].path / "model"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
+    labels = json.loads((context.inputs["task"].path / "labels.json").read_text())
+    if [model.config.id2label[i] for i in range(len(labels))] != labels:
+        raise AssertionError(f"{folder}: the model's labels do not match the task's")
+    test = read_examples(context.inputs["task"].path / "test.parquet")
+    pad_id = model.config.pad_token_id
+    predicted: list[int] = []
+    for start in tqdm(range(0, len(test), BATCH), desc=f"evaluate {context.name}", unit="batch", leave=False):
+        texts = [e["text"] for e in test[start : start + BATCH]]
+        input_ids, attention_mask = encode_right_padded(tokenizer, texts, context.config["max_length"], pad_id)
+        predicted += model(input_ids=input_ids, attention_mask=attention_mask).logits.argmax(dim=-1).tolist()
+    truth = [labels.index(e["label"]) for e in test]
+    report = classification_report(truth, predicted, labels)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [e["id"] for e in test],
+                "label": [e["label"] for e in test],
+                "predicted": [labels[p] for p in predicted],
+            }
+        ),
+        context.out / "predictions.parquet",
+    )
+    context.log(f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f} on {len(test)} test examples")
+    return report

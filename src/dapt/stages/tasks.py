@@ -1,0 +1,63 @@
+"""task: a task's labelled examples, split into train and test, as Parquet (id, text, label)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dapt.config import TaskConfig
+from dapt.data.tasks import docstring_classification_examples, read_labelled_file, split_examples
+from dapt.errors import DataError
+from dapt.pipeline import StageContext
+
+
+def write_examples(examples: list[dict[str, Any]], path: Path) -> None:
+    table = pa.table({key: [str(e[key]) for e in examples] for key in ("id", "text", "label")})
+    pq.write_table(table, path)
+
+
+def read_examples(path: Path) -> list[dict[str, str]]:
+    return pq.read_table(path).to_pylist()
+
+
+def run(context: StageContext) -> dict[str, Any]:
+    task = TaskConfig.model_validate(context.config["task"])
+    data, seed = task.data, context.config["seed"]
+    if data.kind == "python_docstrings":
+        assert data.package is not None
+        examples = docstring_classification_examples(
+            data.package, classes=data.classes, max_per_class=data.max_per_class, min_chars=data.min_chars, seed=seed
+        )
+        train, test = split_examples(examples, test_fraction=task.test_fraction, seed=seed)
+    else:
+        assert data.train is not None
+        train = read_labelled_file(Path(data.train), text_field=data.text_field, label_field=data.label_field)
+        if data.test:
+            test = read_labelled_file(Path(data.test), text_field=data.text_field, label_field=data.label_field)
+        else:
+            train, test = split_examples(train, test_fraction=task.test_fraction, seed=seed)
+    labels = sorted({e["label"] for e in train})
+    unknown = sorted({e["label"] for e in test} - set(labels))
+    if unknown:
+        raise DataError(
+            f"tasks.{task.name}: test labels {unknown} never occur in the training data (labels: {labels}); "
+            "a classifier cannot learn them — add training examples or fix the labels"
+        )
+    if len(labels) < 2:
+        raise DataError(f"tasks.{task.name}: the training data has {len(labels)} label(s); classification needs 2+")
+    write_examples(train, context.out / "train.parquet")
+    write_examples(test, context.out / "test.parquet")
+    (context.out / "labels.json").write_text(json.dumps(labels) + "\n")
+    train_counts, test_counts = Counter(e["label"] for e in train), Counter(e["label"] for e in test)
+    context.log(f"{task.name}: {len(train)} train / {len(test)} test examples, {len(labels)} classes")
+    return {
+        "train_examples": len(train),
+        "test_examples": len(test),
+        "labels": labels,
+        "per_class": {label: {"train": train_counts[label], "test": test_counts[label]} for label in labels},
+    }

@@ -1,0 +1,205 @@
+"""The one training loop. Every stage that trains (continued pretraining, task variants) uses it.
+
+A stage differs only in the batches it feeds and the loss it takes; the loop owns the rest:
+gradient accumulation, clipping, the learning-rate schedule, periodic evaluation, early stopping on a
+monitored metric, the NaN guard, throughput logging and a metrics JSONL file. Devices and precision
+come from `accelerate`, so the same code runs on a CPU or a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from dapt.errors import TrainingError
+from dapt.train.schedule import warmup_cosine
+
+# loss_fn(model, batch) -> (mean loss over the batch's counted units, number of units: tokens or examples)
+LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, int]]
+
+
+@dataclass
+class LoopSettings:
+    max_steps: int
+    lr: float
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    grad_accum_steps: int = 1
+    eval_every: int | None = None  # None: evaluate only before and after training
+    monitor: str | None = None  # metric (lower is better) that picks the best step and drives early stopping
+    patience: int | None = None  # evaluations without improvement before stopping; None: never stop early
+    min_delta: float = 0.0
+    unit: str = "tok"  # what loss_fn counts, for the progress bar: tokens or examples
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    units: int
+    seconds: float
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    best_step: int | None = None
+    best_value: float | None = None
+    stopped_early: bool = False
+    stop_reason: str = ""
+    final_train_loss: float | None = None
+    eval_seconds: float = 0.0
+
+    @property
+    def units_per_second(self) -> float:
+        """Training throughput, evaluation time excluded."""
+        train_seconds = self.seconds - self.eval_seconds
+        return self.units / train_seconds if train_seconds > 0 else 0.0
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: norms, biases and embeddings are not decayed (as in GPT-2 / LLaMA)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if parameter.ndim < 2 or "embed" in name:
+            no_decay.append(parameter)
+        else:
+            decay.append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {key: _to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to_device(value, device) for value in batch)
+    return batch
+
+
+def train_loop(
+    model: torch.nn.Module,
+    next_batch: Callable[[], Any],
+    loss_fn: LossFn,
+    settings: LoopSettings,
+    *,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    on_evaluation: Callable[[int, dict[str, float], bool], None] | None = None,
+    metrics_file: Path | None = None,
+    description: str = "train",
+) -> TrainResult:
+    """Train `model`'s trainable parameters for up to `settings.max_steps` optimizer steps.
+
+    `evaluate()` runs before the first step, every `eval_every` steps and after the last one;
+    `on_evaluation(step, metrics, is_best)` is called after each (e.g. to save a checkpoint).
+    """
+    accelerator = Accelerator()
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95), foreach=True
+    )
+    scheduler = warmup_cosine(optimizer, settings.warmup_steps, settings.max_steps, settings.min_lr_ratio)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    result = TrainResult(steps=0, units=0, seconds=0.0)
+    log_handle = metrics_file.open("a", encoding="utf-8") if metrics_file else None
+    bad_evaluations = 0
+
+    def log(record: dict[str, Any]) -> None:
+        if log_handle:
+            log_handle.write(json.dumps(record) + "\n")
+            log_handle.flush()
+
+    def run_evaluation(step: int) -> bool:
+        """Evaluate, track the best, and say whether training should stop early."""
+        nonlocal bad_evaluations
+        if evaluate is None:
+            return False
+        started = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            metrics = evaluate()
+        model.train()
+        if step > 0:
+            result.eval_seconds += time.perf_counter() - started
+        is_best = False
+        if settings.monitor is not None:
+            value = metrics[settings.monitor]
+            if result.best_value is None or value < result.best_value - settings.min_delta:
+                result.best_value, result.best_step, is_best = value, step, True
+                bad_evaluations = 0
+            else:
+                bad_evaluations += 1
+        result.evaluations.append({"step": step, **metrics})
+        log({"step": step, "eval": metrics, "is_best": is_best})
+        if on_evaluation is not None:
+            on_evaluation(step, metrics, is_best)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        tqdm.write(f"  step {step}: {shown}{' (best)' if is_best else ''}")
+        if settings.patience is not None and bad_evaluations >= settings.patience:
+            result.stopped_early = True
+            result.stop_reason = (
+                f"{settings.monitor} did not improve by more than {settings.min_delta} "
+                f"for {bad_evaluations} evaluations (best {result.best_value:.4f} at step {result.best_step})"
+            )
+            return True
+        return False
+
+    model.train()
+    stop = run_evaluation(0)
+    last_evaluated = 0
+    clock = time.perf_counter()
+    progress = tqdm(total=settings.max_steps, desc=description, unit="step", dynamic_ncols=True, leave=True)
+    step = 0
+    while not stop and step < settings.max_steps:
+        step_loss, step_units = 0.0, 0
+        for _ in range(settings.grad_accum_steps):
+            batch = _to_device(next_batch(), accelerator.device)
+            loss, units = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"{description}: the loss became {loss.item()} at step {step + 1}; training stopped. "
+                    "Lower the learning rate or check the data; the last good checkpoint is kept."
+                )
+            accelerator.backward(loss / settings.grad_accum_steps)
+            step_loss += loss.item() / settings.grad_accum_steps
+            step_units += units
+        if settings.grad_clip is not None:
+            norm = accelerator.clip_grad_norm_(trainable, settings.grad_clip)
+            if not math.isfinite(float(norm)):
+                raise TrainingError(
+                    f"{description}: the gradient norm became {float(norm)} at step {step + 1}; training stopped. "
+                    "Lower the learning rate; the last good checkpoint is kept."
+                )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        result.steps, result.units = step, result.units + step_units
+        result.final_train_loss = step_loss
+        result.seconds = time.perf_counter() - clock
+        log({"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "units": result.units,
+             "seconds": round(result.seconds, 3)})
+        progress.update(1)
+        progress.set_postfix(loss=f"{step_loss:.4f}", **{f"{settings.unit}/s": f"{result.units_per_second:.0f}"})
+        if settings.eval_every and step % settings.eval_every == 0:
+            stop = run_evaluation(step)
+            last_evaluated = step
+    progress.close()
+    if last_evaluated != step:
+        run_evaluation(step)
+    result.seconds = time.perf_counter() - clock
+    if log_handle:
+        log_handle.close()
+    return result
