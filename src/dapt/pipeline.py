@@ -155,6 +155,11 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, *, until: str | None = N
     stages = plan(config)
     if until is not None:
         stages = _upstream_of(stages, until)
+    return run_stages(stages, config, run_dir)
+
+
+def run_stages(stages: list[StageSpec], config: PipelineConfig, run_dir: Path) -> dict[str, Artifact]:
+    """Run planned stages in order; a stage whose artifact is finished and current is skipped."""
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, Artifact] = {}
     say(f"dapt: run {config.name!r} in {run_dir} ({len(stages)} stages)")

