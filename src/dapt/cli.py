@@ -111,10 +111,11 @@ def print_headline(report: dict, run_dir: Path) -> None:
         f"general perplexity {base['general_ppl_before']:.3f} → {base['general_ppl_after']:.3f}"
     )
     for task in report["tasks"]:
-        difference = task["difference"]["accuracy"] * 100
+        control, dapt = task["control"], task["dapt"]
         print(
-            f"{task['name']}: accuracy control {task['control']['accuracy']:.3f} vs DAPT {task['dapt']['accuracy']:.3f} "
-            f"({difference:+.1f} points); macro-F1 {task['control']['macro_f1']:.3f} vs {task['dapt']['macro_f1']:.3f}"
+            f"{task['name']}: accuracy control {control['accuracy']:.3f} vs DAPT {dapt['accuracy']:.3f} "
+            f"({task['difference']['accuracy'] * 100:+.1f} points); "
+            f"macro-F1 {control['macro_f1']:.3f} vs {dapt['macro_f1']:.3f}"
         )
         print(f"  verdict: {task['verdict']}")
 
@@ -135,9 +136,20 @@ def _rebuild_report(run_dir: Path) -> int:
     return 0
 
 
+def quiet_libraries() -> None:
+    """Our own progress bars say what is happening; transformers' per-load bars and notices are noise here
+    (e.g. "score.weight newly initialized" is exactly what building a classifier head means)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in ("config",):
+        quiet_libraries()
     try:
         if args.command == "demo":
             return _run(demo_config_path(), args.out or Path("runs/demo"), args.overrides, None)

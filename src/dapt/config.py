@@ -111,7 +111,10 @@ class CurateConfig(Section):
     max_chars: int = Field(200_000, gt=0, description="Drop documents longer than this (characters).")
     min_words: int = Field(20, ge=0, description="Drop documents with fewer whitespace-separated words.")
     max_symbol_ratio: float = Field(
-        0.25, ge=0, le=1, description="Drop documents whose share of non-alphanumeric, non-punctuation chars is higher."
+        0.25,
+        ge=0,
+        le=1,
+        description="Drop documents whose share of non-alphanumeric, non-punctuation chars is higher.",
     )
     min_alpha_words_ratio: float = Field(
         0.5, ge=0, le=1, description="Drop documents where fewer than this share of words contain a letter."
@@ -158,7 +161,10 @@ class PretrainConfig(Section):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to norms and biases).")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (None: no clipping).")
     replay_fraction: float = Field(
-        0.2, ge=0, lt=1, description="Share of training sequences drawn from the replay source (0: domain only)."
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of training sequences drawn from the replay source (0: domain only).",
     )
     eval_every: int = Field(5, gt=0, description="Measure domain and general validation loss every N steps.")
     keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept besides the best one.")
@@ -240,7 +246,10 @@ class PipelineConfig(Section):
     def _roles_and_names(self) -> PipelineConfig:
         if not any(s.role == "domain" for s in self.sources):
             raise ValueError("no source has role: domain; the pipeline needs domain text to adapt to")
-        for what, names in (("sources", [s.name for s in self.sources]), ("tasks", [t.name for t in self.tasks])):
+        for what, names in (
+            ("sources", [s.name for s in self.sources]),
+            ("tasks", [t.name for t in self.tasks]),
+        ):
             duplicated = sorted({n for n in names if names.count(n) > 1})
             if duplicated:
                 raise ValueError(f"{what} names must be unique; repeated: {', '.join(duplicated)}")
@@ -336,7 +345,9 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> Pipelin
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (name, base, sources, ...), got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (name, base, sources, ...), got {type(raw).__name__}"
+        )
     return config_from_dict(apply_overrides(raw, overrides or []), origin=str(path), root=path.parent)
 
 
@@ -356,7 +367,9 @@ def explain_fields(model: type[BaseModel] = PipelineConfig, indent: str = "") ->
     for name, field in model.model_fields.items():
         annotation = field.annotation
         nested = _section_type(annotation)
-        default = "" if field.is_required() or nested else f" (default: {field.get_default(call_default_factory=True)!r})"
+        default = (
+            "" if field.is_required() or nested else f" (default: {field.get_default(call_default_factory=True)!r})"
+        )
         doc = field.description or (nested.__doc__ or "").strip().splitlines()[0] if nested else field.description
         lines.append(f"{indent}{name}:{default}  {doc or ''}".rstrip())
         if nested:

@@ -63,7 +63,13 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
     dump = config.model_dump(mode="json")
     stages = [
         StageSpec("ingest", "ingest", ingest.run, {"sources": dump["sources"]}, summary="read the text sources"),
-        StageSpec("base", "base", base.run, {"base": dump["base"], "seed": config.seed}, summary="materialise the original base"),
+        StageSpec(
+            "base",
+            "base",
+            base.run,
+            {"base": dump["base"], "seed": config.seed},
+            summary="materialise the original base",
+        ),
     ]
     for task in dump["tasks"]:
         stages.append(
@@ -71,7 +77,10 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
                 f"task-{task['name']}",
                 "task",
                 tasks.run,
-                {"task": {k: task[k] for k in ("name", "type", "data", "test_fraction")}, "seed": config.seed},
+                {
+                    "task": {k: task[k] for k in ("name", "type", "data", "test_fraction")},
+                    "seed": config.seed,
+                },
                 summary="labelled train/test examples",
             )
         )

@@ -9,7 +9,11 @@ from dapt.config import config_from_dict
 from dapt.pipeline import StageSpec, run_stages
 
 CONFIG = config_from_dict(
-    {"name": "t", "base": {"preset": {}}, "sources": [{"name": "d", "role": "domain", "kind": "pydoc_topics"}]}
+    {
+        "name": "t",
+        "base": {"preset": {}},
+        "sources": [{"name": "d", "role": "domain", "kind": "pydoc_topics"}],
+    }
 )
 
 

@@ -6,7 +6,11 @@ from dapt.cli import main
 from dapt.config import apply_overrides, config_from_dict, load_config
 from dapt.errors import ConfigError
 
-MINIMAL = {"name": "t", "base": {"preset": {}}, "sources": [{"name": "d", "role": "domain", "kind": "pydoc_topics"}]}
+MINIMAL = {
+    "name": "t",
+    "base": {"preset": {}},
+    "sources": [{"name": "d", "role": "domain", "kind": "pydoc_topics"}],
+}
 
 
 def test_unknown_key_is_named():
@@ -45,7 +49,9 @@ def test_overrides_set_nested_values_and_list_items():
 
 def test_cli_config_error_exits_2_without_traceback(tmp_path, capsys):
     pipeline = tmp_path / "p.yaml"
-    pipeline.write_text("name: t\nbase: {preset: {}}\nsources: [{name: d, role: domain, kind: pydoc_topics}]\nbogus: 1\n")
+    pipeline.write_text(
+        "name: t\nbase: {preset: {}}\nsources: [{name: d, role: domain, kind: pydoc_topics}]\nbogus: 1\n"
+    )
     assert main(["run", str(pipeline), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "bogus: unknown key" in err and "Traceback" not in err

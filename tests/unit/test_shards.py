@@ -11,7 +11,9 @@ def test_shard_round_trips_documents_and_boundaries(tmp_path):
     shard = TokenShard(tmp_path / "s")
     assert stats == {"tokens": 11, "documents": 3}
     assert shard.tokens.dtype == np.uint16
-    assert [shard.tokens[a:b].tolist() for a, b in zip(shard.doc_offsets[:-1], shard.doc_offsets[1:])] == documents
+    assert [
+        shard.tokens[a:b].tolist() for a, b in zip(shard.doc_offsets[:-1], shard.doc_offsets[1:], strict=True)
+    ] == documents
 
 
 def test_large_vocabularies_use_32_bit_ids(tmp_path):

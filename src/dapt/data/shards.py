@@ -72,9 +72,7 @@ def eval_windows(shard: TokenShard, seq_len: int, max_tokens: int | None = None)
     if max_tokens is not None:
         count = min(count, max(1, max_tokens // seq_len))
     if count == 0:
-        raise ValueError(
-            f"shard {shard.folder} has {shard.num_tokens} tokens: fewer than one window of {seq_len}"
-        )
+        raise ValueError(f"shard {shard.folder} has {shard.num_tokens} tokens: fewer than one window of {seq_len}")
     return [shard.window(i, seq_len) for i in range(count)]
 
 
@@ -89,9 +87,7 @@ def mixed_windows(
     names = [name for name in sources if weights.get(name, 0) > 0]
     for name in names:
         if sources[name].num_windows(seq_len) == 0:
-            raise ValueError(
-                f"{name}: {sources[name].num_tokens} tokens is less than one window of {seq_len}"
-            )
+            raise ValueError(f"{name}: {sources[name].num_tokens} tokens is less than one window of {seq_len}")
     probabilities = np.array([weights[name] for name in names], dtype=np.float64)
     probabilities /= probabilities.sum()
     rng = np.random.default_rng(seed)

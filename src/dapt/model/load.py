@@ -85,7 +85,11 @@ def load_original_base(config: BaseConfig) -> tuple[PreTrainedModel, PreTrainedT
     if source.startswith("package:"):
         path = find_package_file(source)
         model, tokenizer = _from_gguf(path)
-        return model, tokenizer, f"GGUF {path.name} from package {source.removeprefix('package:').split('/')[0]}"
+        return (
+            model,
+            tokenizer,
+            f"GGUF {path.name} from package {source.removeprefix('package:').split('/')[0]}",
+        )
     if source.endswith(".gguf"):
         path = Path(source)
         if not path.is_file():

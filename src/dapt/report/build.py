@@ -66,7 +66,11 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
 
         found = {spec.name: read_artifact(run_dir / spec.name) for spec in plan(config)}
         artifacts = {name: a for name, a in found.items() if a is not None}
-    base, pretrain, lm = artifacts["base"].metrics, artifacts["pretrain"].metrics, artifacts["evaluate-lm"].metrics
+    base, pretrain, lm = (
+        artifacts["base"].metrics,
+        artifacts["pretrain"].metrics,
+        artifacts["evaluate-lm"].metrics,
+    )
     curate, tokenize = artifacts["curate"].metrics, artifacts["tokenize"].metrics
     report: dict[str, Any] = {
         "run": config.name,
@@ -85,8 +89,16 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
         },
         "pretrain": {
             key: pretrain[key]
-            for key in ("steps", "tokens_trained", "tokens_per_second", "train_seconds", "best_step", "stopped_early",
-                        "stop_reason", "evaluations")
+            for key in (
+                "steps",
+                "tokens_trained",
+                "tokens_per_second",
+                "train_seconds",
+                "best_step",
+                "stopped_early",
+                "stop_reason",
+                "evaluations",
+            )
         },
         "data": {
             "funnel": {
@@ -103,8 +115,11 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
             "original": {"artifact": "base", "id": artifacts["base"].id, "origin": base["origin"]},
             "dapt": {"artifact": "pretrain", "id": artifacts["pretrain"].id, "parent": artifacts["base"].id},
             "variants": [
-                {"artifact": f"adapt-{t.name}-{v}", "id": artifacts[f"adapt-{t.name}-{v}"].id,
-                 "parent": artifacts["pretrain" if v == "dapt" else "base"].id}
+                {
+                    "artifact": f"adapt-{t.name}-{v}",
+                    "id": artifacts[f"adapt-{t.name}-{v}"].id,
+                    "parent": artifacts["pretrain" if v == "dapt" else "base"].id,
+                }
                 for t in config.tasks
                 for v in ("control", "dapt")
             ],
@@ -124,6 +139,20 @@ def _change(before: float | None, after: float | None) -> str:
     if before is None or after is None:
         return "—"
     return f"{(after - before) / before:+.1%}"
+
+
+def lineage_tree(lineage: dict[str, Any]) -> list[str]:
+    """original base → its control variants and the DAPT base → the DAPT base's variants."""
+    original, dapt = lineage["original"], lineage["dapt"]
+    controls = [v for v in lineage["variants"] if v["parent"] == original["id"]]
+    adapted = [v for v in lineage["variants"] if v["parent"] == dapt["id"]]
+    lines = [f"original base  {original['id']}  ({original['origin']})"]
+    lines += [f"├── {v['artifact']}  {v['id']}" for v in controls]
+    lines.append(f"└── DAPT base  {dapt['id']}  (artifact: pretrain)")
+    lines += [
+        f"    {'└──' if i == len(adapted) - 1 else '├──'} {v['artifact']}  {v['id']}" for i, v in enumerate(adapted)
+    ]
+    return lines
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -163,7 +192,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| original | {_num(base['domain_ppl_before'])} | {_num(base['general_ppl_before'])} |",
         f"| DAPT | {_num(base['domain_ppl_after'])} | {_num(base['general_ppl_after'])} |",
         "",
-        f"Measured on held-out test documents ({base['test_tokens']} tokens); general text held out from "
+        f"Measured on held-out test documents ({base['test_tokens'].get('domain', 0)} domain and "
+        f"{base['test_tokens'].get('general', 0)} general tokens); general text held out from "
         f"the `{base['general_heldout_from']}` source"
         + (
             " — the replay source, so it mostly shows how well the replay was learned."
@@ -185,8 +215,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {evaluation['step']} | {_num(evaluation.get('domain_val_loss'), 4)} | "
             f"{_num(evaluation.get('general_val_loss'), 4)} |"
         )
-    lines += ["", "## Tasks", "", "| task | recipe | train / test | control acc | DAPT acc | control F1 | DAPT F1 |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Tasks",
+        "",
+        "| task | recipe | train / test | control acc | DAPT acc | control F1 | DAPT F1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for task in report["tasks"]:
         recipe = task["recipe"] + (f" (last {task['top_blocks']} blocks + head)" if task["top_blocks"] else "")
         lines.append(
@@ -211,12 +246,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "| token split | documents | tokens |", "|---|---|---|"]
     for split, stats in report["data"]["token_splits"].items():
         lines.append(f"| {split} | {stats['documents']} | {stats['tokens']} |")
-    lineage = report["lineage"]
-    lines += ["", "## Lineage", "", "```", f"original base  {lineage['original']['id']}  ({lineage['original']['origin']})",
-              f"├── DAPT base  {lineage['dapt']['id']}  (pretrain)"]
-    for variant in lineage["variants"]:
-        prefix = "│   └──" if variant["parent"] == lineage["dapt"]["id"] else "└──"
-        lines.append(f"{prefix} {variant['artifact']}  {variant['id']}")
-    lines += ["```", "", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
+    lines += [
+        "",
+        "## Lineage",
+        "",
+        "```",
+        *lineage_tree(report["lineage"]),
+        "```",
+        "",
+        "## Time per stage",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in report["timings"].items()]
     return "\n".join(lines) + "\n"

@@ -67,7 +67,11 @@ def run(context: StageContext) -> dict[str, Any]:
 
         def rows(index: torch.Tensor) -> dict[str, torch.Tensor]:
             longest = int(last_index[index].max()) + 1
-            return {"features": features[index, :longest], "last_index": last_index[index], "labels": label_index[index]}
+            return {
+                "features": features[index, :longest],
+                "last_index": last_index[index],
+                "labels": label_index[index],
+            }
     else:
         trained = classifier
 
@@ -104,8 +108,8 @@ def run(context: StageContext) -> dict[str, Any]:
     context.log(
         f"recipe {task['recipe']}"
         + (f" (last {task['top_blocks']} blocks + head)" if task["recipe"] == "top_blocks" else "")
-        + f": {parameter_count(classifier, trainable_only=True) / 1e6:.2f}M of {parameter_count(classifier) / 1e6:.1f}M "
-        f"parameters trained, {len(train)} examples × {task['epochs']} epochs"
+        + f": {parameter_count(classifier, trainable_only=True) / 1e6:.2f}M of "
+        f"{parameter_count(classifier) / 1e6:.1f}M parameters trained, {len(train)} examples × {task['epochs']} epochs"
     )
     result = train_loop(
         trained,

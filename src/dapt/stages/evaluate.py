@@ -30,8 +30,9 @@ BATCH = 16
 def run_lm(context: StageContext) -> dict[str, Any]:
     seq_len = context.config["seq_len"]
     shard_root = context.inputs["tokens"].path / "shards"
+    budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
     test_sets = {
-        name: eval_windows(TokenShard(shard_root / split), seq_len)
+        name: eval_windows(TokenShard(shard_root / split), seq_len, max_tokens=budget)
         for name, split in (("domain", "domain_test"), ("general", "general_test"))
         if (shard_root / split).is_dir()
     }

@@ -46,7 +46,11 @@ def run(context: StageContext) -> dict[str, Any]:
     return {
         "documents": total,
         "by_source": {
-            s.name: {"role": s.role, "documents": documents_by_source[s.name], "chars": chars_by_source[s.name]}
+            s.name: {
+                "role": s.role,
+                "documents": documents_by_source[s.name],
+                "chars": chars_by_source[s.name],
+            }
             for s in sources
         },
     }

@@ -62,8 +62,9 @@ def run(context: StageContext) -> dict[str, Any]:
             rows.append(window)
         return torch.stack(rows)  # (micro_batch_size, seq_len + 1)
 
+    budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
     held_out = {
-        f"{split.removesuffix('_val')}_val_loss": eval_windows(shards[split], config.seq_len)
+        f"{split.removesuffix('_val')}_val_loss": eval_windows(shards[split], config.seq_len, max_tokens=budget)
         for split in ("domain_val", "general_val")
         if split in shards
     }
@@ -109,7 +110,8 @@ def run(context: StageContext) -> dict[str, Any]:
     )
     context.log(
         f"{parameter_count(model) / 1e6:.1f}M parameters; {config.max_steps} steps at most of "
-        f"{config.micro_batch_size * config.grad_accum_steps} × {config.seq_len} tokens; replay {config.replay_fraction:.0%}"
+        f"{config.micro_batch_size * config.grad_accum_steps} × {config.seq_len} tokens; "
+        f"replay {config.replay_fraction:.0%}"
     )
     result = train_loop(
         model,

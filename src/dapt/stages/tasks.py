@@ -31,7 +31,11 @@ def run(context: StageContext) -> dict[str, Any]:
     if data.kind == "python_docstrings":
         assert data.package is not None
         examples = docstring_classification_examples(
-            data.package, classes=data.classes, max_per_class=data.max_per_class, min_chars=data.min_chars, seed=seed
+            data.package,
+            classes=data.classes,
+            max_per_class=data.max_per_class,
+            min_chars=data.min_chars,
+            seed=seed,
         )
         train, test = split_examples(examples, test_fraction=task.test_fraction, seed=seed)
     else:

@@ -99,9 +99,7 @@ def run(context: StageContext) -> dict[str, Any]:
     for split, rows in splits.items():
         if not rows:
             continue
-        stats[split] = write_shard(
-            context.out / "shards" / split, [tokens[r] for r in rows], vocab_size=len(tokenizer)
-        )
+        stats[split] = write_shard(context.out / "shards" / split, [tokens[r] for r in rows], vocab_size=len(tokenizer))
         split_rows += [(ids[r], sources[r], split, lengths[r]) for r in rows]
         context.log(f"{split}: {stats[split]['documents']} documents, {stats[split]['tokens']} tokens")
     id_col, source_col, split_col, length_col = zip(*split_rows, strict=True)

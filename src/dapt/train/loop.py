@@ -189,8 +189,15 @@ def train_loop(
         result.steps, result.units = step, result.units + step_units
         result.final_train_loss = step_loss
         result.seconds = time.perf_counter() - clock
-        log({"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "units": result.units,
-             "seconds": round(result.seconds, 3)})
+        log(
+            {
+                "step": step,
+                "loss": step_loss,
+                "lr": scheduler.get_last_lr()[0],
+                "units": result.units,
+                "seconds": round(result.seconds, 3),
+            }
+        )
         progress.update(1)
         progress.set_postfix(loss=f"{step_loss:.4f}", **{f"{settings.unit}/s": f"{result.units_per_second:.0f}"})
         if settings.eval_every and step % settings.eval_every == 0:

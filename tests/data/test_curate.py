@@ -1,0 +1,140 @@
+"""Curation keeps an account: every input document is either kept or in the ledger with a reason."""
+
+from __future__ import annotations
+
+import base64
+import random
+
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dapt.data.curate import curate_documents, normalize_text
+from dapt.data.documents import DOCUMENT_SCHEMA
+
+WORDS = "model data signal filter matrix sparse kernel estimate sample integral spline vector".split()
+
+
+def prose(seed: int, n_words: int = 60) -> str:
+    rng = random.Random(seed)
+    sentences = []
+    while sum(len(s.split()) for s in sentences) < n_words:
+        sentences.append(" ".join(rng.choice(WORDS) for _ in range(8)).capitalize() + ".")
+    return " ".join(sentences)
+
+
+def table(texts: list[str], ids: list[str] | None = None) -> pa.Table:
+    ids = ids or [f"doc{i}" for i in range(len(texts))]
+    return pa.table(
+        {"id": ids, "text": texts, "source": ["test"] * len(texts), "meta": ["{}"] * len(texts)},
+        schema=DOCUMENT_SCHEMA,
+    )
+
+
+def ledger_rows(result) -> dict[str, dict]:
+    return {row["id"]: row for row in result.ledger.to_pylist()}
+
+
+def test_normalize_text() -> None:
+    assert normalize_text("  cafe\u0301  \r\nline two   \r\n\r\n\r\n\r\n\r\nend  ") == "café\nline two\n\n\nend"
+    assert normalize_text("a\n\n\nb") == "a\n\n\nb"  # two blank lines are kept
+
+
+def test_duplicate_is_dropped_and_names_the_kept_document() -> None:
+    text = prose(1)
+    result = curate_documents(table([text, prose(2), text + "  \n"], ids=["first", "other", "copy"]))
+    assert result.kept.column("id").to_pylist() == ["first", "other"]
+    (row,) = result.ledger.to_pylist()
+    assert row["id"] == "copy" and row["reason"] == "exact_duplicate" and "first" in row["detail"]
+    assert result.stats["dropped_by_reason"] == {"exact_duplicate": 1}
+    assert result.stats["blocks"]["exact_dedup"] == {"seen": 3, "dropped": 1}
+
+
+def test_kept_text_is_normalized() -> None:
+    result = curate_documents(table([prose(3).replace(". ", ".   \r\n")]))
+    assert "\r" not in result.kept.column("text")[0].as_py()
+
+
+def test_length_filter_reasons() -> None:
+    result = curate_documents(table(["", "short text", prose(4, n_words=400), "x" * 300]), max_chars=1000, min_words=20)
+    reasons = {row["id"]: row["reason"] for row in result.ledger.to_pylist()}
+    assert reasons == {"doc0": "too_short", "doc1": "too_short", "doc2": "too_long", "doc3": "too_few_words"}
+
+
+def test_quality_filter_keeps_code_examples_and_drops_blobs_and_tables() -> None:
+    numpydoc = (
+        "Compute the arithmetic mean along the specified axis.\n\n"
+        "Parameters\n----------\na : array_like\n    Array containing numbers whose mean is desired.\n"
+        "axis : None or int or tuple of ints, optional\n"
+        "    Axis or axes along which the means are computed.\n\n"
+        "Examples\n--------\n>>> a = np.array([[1, 2], [3, 4]])\n>>> np.mean(a)\n2.5\n"
+        ">>> np.mean(a, axis=0)\narray([2., 3.])\n>>> np.mean(a, axis=1)\narray([1.5, 3.5])\n"
+    )
+    blob = "Attached file:\n" + base64.encodebytes(random.Random(0).randbytes(3000)).decode()
+    numbers = "x y z\n" + "\n".join(f"{i} {i * 0.5:.2f} {i**2}" for i in range(60))
+    symbols = "Diagram of the pipeline layout follows:\n" + "+--+--+ |==|==| <~~> {**} [##]\n" * 20
+    result = curate_documents(table([numpydoc, blob, numbers, symbols], ids=["numpydoc", "blob", "numbers", "symbols"]))
+    assert result.kept.column("id").to_pylist() == ["numpydoc"]
+    reasons = {row["id"]: row["reason"] for row in result.ledger.to_pylist()}
+    assert reasons == {"blob": "long_words", "numbers": "low_alpha_words", "symbols": "symbol_ratio"}
+    assert "max_symbol_ratio" in ledger_rows(result)["symbols"]["detail"]
+
+
+def test_shared_13_gram_with_a_task_test_text_is_removed_and_counted() -> None:
+    eval_words = [f"w{i}" for i in range(40)]
+    eval_text = " ".join(eval_words)
+    thirteen = " ".join(eval_words[10:23])
+    twelve = " ".join(eval_words[10:22])
+    docs = table(
+        [
+            prose(5) + " " + thirteen.upper() + ", " + prose(6),
+            prose(7) + " " + twelve + " " + prose(8),
+            prose(9),
+        ]
+    )
+    result = curate_documents(docs, contamination={"qa": [eval_text], "cls": ["unrelated words only here"]})
+    assert result.kept.column("id").to_pylist() == ["doc1", "doc2"]  # the 12-gram does not match
+    row = ledger_rows(result)["doc0"]
+    assert row["reason"] == "contaminated" and row["block"] == "decontaminate" and "qa" in row["detail"]
+    assert result.stats["decontaminated_by_task"] == {"cls": 0, "qa": 1}
+
+
+def test_decontamination_runs_before_dedup() -> None:
+    eval_text = " ".join(f"e{i}" for i in range(13))
+    leaked = prose(10) + " " + eval_text
+    result = curate_documents(table([leaked, leaked]), contamination={"qa": [eval_text]})
+    assert [row["reason"] for row in result.ledger.to_pylist()] == ["contaminated", "contaminated"]
+    assert result.stats["decontaminated_by_task"] == {"qa": 2}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(["", "   ", prose(11), prose(12), "tiny", prose(11) + "\n\n\n\n\n"]),
+            st.text(max_size=400),
+            st.integers(0, 50).map(lambda seed: prose(seed, n_words=seed * 3)),
+        ),
+        max_size=40,
+    )
+)
+def test_every_input_document_is_kept_or_in_the_ledger(texts: list[str]) -> None:
+    result = curate_documents(table(texts), contamination={"qa": [prose(12)]})
+    kept_ids = result.kept.column("id").to_pylist()
+    ledger_ids = result.ledger.column("id").to_pylist()
+    assert result.stats["docs_in"] == len(texts) == len(kept_ids) + len(ledger_ids)
+    assert sorted(kept_ids + ledger_ids) == sorted(f"doc{i}" for i in range(len(texts)))
+    assert sum(result.stats["dropped_by_reason"].values()) == len(ledger_ids)
+    kept_texts = result.kept.column("text").to_pylist()
+    assert len(set(kept_texts)) == len(kept_texts)  # no duplicate survives
+    assert result.stats["chars_kept"] == sum(map(len, kept_texts))
+
+
+def test_ten_thousand_documents_in_a_few_seconds() -> None:
+    import time
+
+    texts = [prose(seed, n_words=150) for seed in range(2000)] * 5  # ~10k docs, 8k duplicates
+    started = time.perf_counter()
+    result = curate_documents(table(texts), contamination={"qa": [prose(99999, n_words=200)]})
+    assert time.perf_counter() - started < 10
+    assert result.stats["docs_kept"] <= 2000

@@ -1,0 +1,55 @@
+"""The training loop: early stopping, the NaN guard, the schedule."""
+
+import math
+
+import pytest
+import torch
+
+from dapt.errors import TrainingError
+from dapt.train.loop import LoopSettings, train_loop
+from dapt.train.schedule import warmup_cosine_factor
+
+
+def regression():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x = torch.randn(64, 4)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    return model, (lambda: (x, y)), (lambda m, b: (torch.nn.functional.mse_loss(m(b[0]), b[1]), len(b[0])))
+
+
+def test_training_lowers_the_loss_and_logs_every_step(tmp_path):
+    model, batch, loss_fn = regression()
+    before = loss_fn(model, batch())[0].item()
+    result = train_loop(model, batch, loss_fn, LoopSettings(max_steps=50, lr=0.1), metrics_file=tmp_path / "m.jsonl")
+    assert loss_fn(model, batch())[0].item() < before / 10
+    assert result.steps == 50 and len((tmp_path / "m.jsonl").read_text().splitlines()) == 50
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement():
+    model, batch, loss_fn = regression()
+    values = iter([1.0, 0.5, 0.6, 0.7, 0.4])
+    settings = LoopSettings(max_steps=100, lr=0.01, eval_every=2, monitor="val", patience=2)
+    result = train_loop(model, batch, loss_fn, settings, evaluate=lambda: {"val": next(values)})
+    assert result.stopped_early and result.steps == 6
+    assert result.best_step == 2 and result.best_value == 0.5
+
+
+def test_nan_loss_stops_with_the_step_named():
+    model, batch, _ = regression()
+    calls = iter(range(100))
+
+    def loss_fn(m, b):
+        loss = torch.nn.functional.mse_loss(m(b[0]), b[1])
+        return (loss * float("nan") if next(calls) == 3 else loss), 1
+
+    with pytest.raises(TrainingError, match="at step 4"):
+        train_loop(model, batch, loss_fn, LoopSettings(max_steps=10, lr=0.01))
+
+
+def test_warmup_then_cosine_to_the_floor():
+    assert warmup_cosine_factor(0, 4, 20, 0.1) == pytest.approx(0.25)
+    assert warmup_cosine_factor(3, 4, 20, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine_factor(4, 4, 20, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine_factor(12, 4, 20, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert warmup_cosine_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
