@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dapt.data import curate
 from dapt.errors import ConfigError
 
 
@@ -105,23 +106,40 @@ class SourceConfig(Section):
 
 
 class CurateConfig(Section):
-    """Cleaning before tokenisation. Every dropped document lands in the rejection ledger with its reason."""
+    """Cleaning before tokenisation. Every dropped document lands in the rejection ledger with its reason.
 
-    min_chars: int = Field(200, ge=0, description="Drop documents shorter than this (characters).")
-    max_chars: int = Field(200_000, gt=0, description="Drop documents longer than this (characters).")
-    min_words: int = Field(20, ge=0, description="Drop documents with fewer whitespace-separated words.")
+    Defaults were measured on SciPy and standard-library docstrings (see `dapt.data.curate`): they keep
+    documentation with code examples and drop lists of names, number tables and base64 blobs.
+    """
+
+    min_chars: int = Field(curate.DEFAULT_MIN_CHARS, ge=0, description="Drop documents shorter than this (characters).")
+    max_chars: int = Field(curate.DEFAULT_MAX_CHARS, gt=0, description="Drop documents longer than this (characters).")
+    min_words: int = Field(curate.DEFAULT_MIN_WORDS, ge=0, description="Drop documents with fewer words than this.")
     max_symbol_ratio: float = Field(
-        0.25,
+        curate.DEFAULT_MAX_SYMBOL_RATIO,
         ge=0,
         le=1,
-        description="Drop documents whose share of non-alphanumeric, non-punctuation chars is higher.",
+        description="Drop documents whose share of characters that are not letters, digits, spaces or prose "
+        "punctuation is higher.",
     )
     min_alpha_words_ratio: float = Field(
-        0.5, ge=0, le=1, description="Drop documents where fewer than this share of words contain a letter."
+        curate.DEFAULT_MIN_ALPHA_WORDS_RATIO,
+        ge=0,
+        le=1,
+        description="Drop documents where a smaller share of the words contain a letter.",
+    )
+    max_mean_word_chars: float = Field(
+        curate.DEFAULT_MAX_MEAN_WORD_CHARS, gt=0, description="Drop documents whose mean word length is higher."
     )
     exact_dedup: bool = Field(True, description="Drop exact duplicates of normalised text (the first one is kept).")
     decontaminate_ngram: int = Field(
         13, gt=0, description="Drop documents sharing a word n-gram of this length with any task's test text."
+    )
+    decontaminate_max_doc_frequency: int = Field(
+        curate.DEFAULT_DECONTAMINATE_MAX_DOC_FREQUENCY,
+        ge=0,
+        description="An n-gram found in more than this many documents is boilerplate (a licence line, a "
+        "templated parameter description), not a leak of the test text, and is ignored. 0: never ignore.",
     )
 
 

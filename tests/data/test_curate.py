@@ -138,3 +138,17 @@ def test_ten_thousand_documents_in_a_few_seconds() -> None:
     result = curate_documents(table(texts), contamination={"qa": [prose(99999, n_words=200)]})
     assert time.perf_counter() - started < 10
     assert result.stats["docs_kept"] <= 2000
+
+
+def test_boilerplate_shared_by_many_documents_is_not_a_leak() -> None:
+    boilerplate = "if seed is None the numpy random state singleton is used and a new generator is made"
+    test_text = "a unique test sentence about the kernel density of a sample, " + boilerplate
+    source_of_test = prose(1) + " " + test_text  # the test example's own document: a real leak
+    templated = [boilerplate + ". " + prose(10 + i) for i in range(12)]  # 12 documents share the template
+    docs = table([source_of_test, *templated])
+    result = curate_documents(docs, contamination={"task": [test_text]}, decontaminate_max_doc_frequency=10)
+    assert ledger_rows(result).keys() == {"doc0"}
+    assert result.stats["decontaminated_by_task"] == {"task": 1}
+    assert result.stats["decontamination_ignored_common_ngrams"] > 0
+    strict = curate_documents(docs, contamination={"task": [test_text]}, decontaminate_max_doc_frequency=0)
+    assert strict.stats["decontaminated_by_task"] == {"task": 13}
