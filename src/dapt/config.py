@@ -185,6 +185,9 @@ class PretrainConfig(Section):
         description="Share of training sequences drawn from the replay source (0: domain only).",
     )
     eval_every: int = Field(5, gt=0, description="Measure domain and general validation loss every N steps.")
+    checkpoint_every: int | None = Field(
+        None, gt=0, description="Also save a resumable checkpoint every N steps (evaluations always save one)."
+    )
     keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept besides the best one.")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 

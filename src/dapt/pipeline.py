@@ -21,6 +21,8 @@ from dapt.artifacts import Artifact, artifact_id, read_artifact, write_manifest
 from dapt.config import PipelineConfig
 from dapt.errors import ConfigError
 
+ATTEMPT_NAME = ".attempt"  # the id of the stage attempt that owns an unfinished folder
+
 
 def say(message: str) -> None:
     """Progress for people: stderr, flushed, so it interleaves correctly with progress bars."""
@@ -54,6 +56,7 @@ class StageSpec:
     config: dict[str, Any]
     inputs: dict[str, str] = field(default_factory=dict)  # role -> name of the stage that makes it
     summary: str = ""
+    resumable: bool = False  # an interrupted attempt's folder is handed back to the stage, not cleared
 
 
 def plan(config: PipelineConfig) -> list[StageSpec]:
@@ -109,6 +112,7 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
             {"pretrain": dump["pretrain"], "seed": config.seed},
             {"tokens": "tokenize", "base": "base"},
             summary="continued pretraining → the DAPT base",
+            resumable=True,
         ),
         StageSpec(
             "evaluate-lm",
@@ -184,10 +188,15 @@ def run_stages(stages: list[StageSpec], config: PipelineConfig, run_dir: Path) -
             say(f"{header}: cached, skipped (finished {existing.manifest['timings']['finished']}, id {stage_id})")
             artifacts[spec.name] = existing
             continue
-        say(f"{header}: running — {spec.summary} ({reason})")
-        if folder.exists():
-            shutil.rmtree(folder)  # an unfinished or stale artifact: start it over
-        folder.mkdir(parents=True)
+        attempt = folder / ATTEMPT_NAME
+        if spec.resumable and existing is None and attempt.is_file() and attempt.read_text().strip() == stage_id:
+            say(f"{header}: resuming an interrupted run — {spec.summary}")
+        else:
+            say(f"{header}: running — {spec.summary} ({reason})")
+            if folder.exists():
+                shutil.rmtree(folder)  # an unfinished or stale artifact: start it over
+            folder.mkdir(parents=True)
+            attempt.write_text(stage_id + "\n")  # lets an interrupted attempt of the same stage resume
         started = datetime.now(timezone.utc)
         clock = time.perf_counter()
         context = StageContext(spec.name, folder, spec.config, inputs, config)

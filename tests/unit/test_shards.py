@@ -1,8 +1,10 @@
 """Packed token shards: documents stay intact and delimited; windows and mixing are deterministic."""
 
+import json
+
 import numpy as np
 
-from dapt.data.shards import TokenShard, eval_windows, mixed_windows, write_shard
+from dapt.data.shards import TokenShard, WindowMixer, eval_windows, write_shard
 
 
 def test_shard_round_trips_documents_and_boundaries(tmp_path):
@@ -36,10 +38,24 @@ def test_mixture_follows_weights_and_is_deterministic(tmp_path):
     shards = {"a": TokenShard(tmp_path / "a"), "b": TokenShard(tmp_path / "b")}
 
     def draw(seed):
-        stream = mixed_windows(shards, {"a": 0.8, "b": 0.2}, 4, seed)
+        stream = WindowMixer(shards, {"a": 0.8, "b": 0.2}, 4, seed)
         return [next(stream)[0] for _ in range(2000)]
 
     first = draw(1)
     assert first == draw(1)
     assert 0.75 < first.count("a") / len(first) < 0.85
     assert first != draw(2)
+
+
+def test_mixer_resumes_exactly_from_its_state(tmp_path):
+    write_shard(tmp_path / "a", [list(range(1, 200))], vocab_size=300)
+    write_shard(tmp_path / "b", [list(range(1, 60))], vocab_size=300)
+    shards = {"a": TokenShard(tmp_path / "a"), "b": TokenShard(tmp_path / "b")}
+    uninterrupted = WindowMixer(shards, {"a": 0.5, "b": 0.5}, 8, seed=3)
+    expected = [(name, window.tolist()) for name, window in (next(uninterrupted) for _ in range(100))]
+    first = WindowMixer(shards, {"a": 0.5, "b": 0.5}, 8, seed=3)
+    got = [(name, window.tolist()) for name, window in (next(first) for _ in range(37))]  # several passes over b
+    resumed = WindowMixer(shards, {"a": 0.5, "b": 0.5}, 8, seed=3)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))  # through JSON, as in a checkpoint
+    got += [(name, window.tolist()) for name, window in (next(resumed) for _ in range(63))]
+    assert got == expected

@@ -10,7 +10,7 @@ is wasted); the extra token is the last target.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,26 +76,61 @@ def eval_windows(shard: TokenShard, seq_len: int, max_tokens: int | None = None)
     return [shard.window(i, seq_len) for i in range(count)]
 
 
-def mixed_windows(
-    sources: dict[str, TokenShard], weights: dict[str, float], seq_len: int, seed: int
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """An endless stream of (source name, window), drawn from the sources with the given weights.
+class WindowMixer:
+    """An endless, resumable stream of (source name, window), drawn from sources with the given weights.
 
-    Each source is read in a seeded random order of its windows, reshuffled after every pass, so the
-    stream is deterministic for a seed and every window of a source is seen once per pass.
+    Each source is read in a seeded random order of its windows, a new order per pass, so every window of
+    a source is seen once per pass. The stream is deterministic for a seed, and `state_dict()` /
+    `load_state_dict()` capture its position exactly (a few numbers, whatever the corpus size), so a
+    resumed run sees the same batches an uninterrupted one would.
     """
-    names = [name for name in sources if weights.get(name, 0) > 0]
-    for name in names:
-        if sources[name].num_windows(seq_len) == 0:
-            raise ValueError(f"{name}: {sources[name].num_tokens} tokens is less than one window of {seq_len}")
-    probabilities = np.array([weights[name] for name in names], dtype=np.float64)
-    probabilities /= probabilities.sum()
-    rng = np.random.default_rng(seed)
-    orders = {name: iter(()) for name in names}
-    while True:
-        name = names[int(rng.choice(len(names), p=probabilities))]
-        index = next(orders[name], None)
-        if index is None:
-            orders[name] = iter(rng.permutation(sources[name].num_windows(seq_len)).tolist())
-            index = next(orders[name])
-        yield name, sources[name].window(int(index), seq_len)
+
+    def __init__(self, sources: dict[str, TokenShard], weights: dict[str, float], seq_len: int, seed: int) -> None:
+        self.names = [name for name in sources if weights.get(name, 0) > 0]
+        self.sources, self.seq_len, self.seed = sources, seq_len, seed
+        for name in self.names:
+            if sources[name].num_windows(seq_len) == 0:
+                raise ValueError(f"{name}: {sources[name].num_tokens} tokens is less than one window of {seq_len}")
+        probabilities = np.array([weights[name] for name in self.names], dtype=np.float64)
+        self.probabilities = probabilities / probabilities.sum()
+        self.rng = np.random.default_rng(seed)
+        self.passes = {name: 0 for name in self.names}  # completed passes over each source
+        self.positions = {name: 0 for name in self.names}  # windows read in the current pass
+        self._orders: dict[str, tuple[int, np.ndarray]] = {}  # name -> (pass number, order of its windows)
+        self.drawn = {name: 0 for name in self.names}
+
+    def _order(self, name: str) -> np.ndarray:
+        """The order of the source's windows in its current pass: a function of (seed, source, pass) only."""
+        cached = self._orders.get(name)
+        if cached is None or cached[0] != self.passes[name]:
+            generator = np.random.default_rng([self.seed, self.names.index(name), self.passes[name]])
+            cached = (self.passes[name], generator.permutation(self.sources[name].num_windows(self.seq_len)))
+            self._orders[name] = cached
+        return cached[1]
+
+    def __next__(self) -> tuple[str, torch.Tensor]:
+        name = self.names[int(self.rng.choice(len(self.names), p=self.probabilities))]
+        order = self._order(name)
+        if self.positions[name] >= len(order):
+            self.passes[name] += 1
+            self.positions[name] = 0
+            order = self._order(name)
+        index = int(order[self.positions[name]])
+        self.positions[name] += 1
+        self.drawn[name] += 1
+        return name, self.sources[name].window(index, self.seq_len)
+
+    def __iter__(self) -> WindowMixer:
+        return self
+
+    def state_dict(self) -> dict:
+        return {
+            "rng": self.rng.bit_generator.state,
+            "passes": dict(self.passes),
+            "positions": dict(self.positions),
+            "drawn": dict(self.drawn),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.passes, self.positions, self.drawn = dict(state["passes"]), dict(state["positions"]), dict(state["drawn"])

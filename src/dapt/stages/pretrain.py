@@ -4,7 +4,8 @@ Recipe:
 1. load the original base (the `base` artifact) and the token shards;
 2. stream packed windows: domain with weight 1 - replay_fraction, replay with replay_fraction;
 3. measure domain and general validation loss before training (the original base's numbers) and
-   every `eval_every` steps; save a checkpoint at each evaluation, keep the last K and the best;
+   every `eval_every` steps; save a checkpoint at each evaluation (and every `checkpoint_every` steps),
+   keep the last K and the best; a run killed midway resumes from its newest checkpoint exactly;
 4. stop early when the domain validation loss stops improving;
 5. the best checkpoint becomes the DAPT base (`model/`), a new versioned base whose manifest points
    at the original. If no step beat the original, the DAPT base is the original, and the manifest says so.
@@ -20,9 +21,10 @@ from typing import Any
 import torch
 
 from dapt.config import PretrainConfig
-from dapt.data.shards import TokenShard, eval_windows, mixed_windows
+from dapt.data.shards import TokenShard, WindowMixer, eval_windows
 from dapt.model.load import load_causal_lm, parameter_count
 from dapt.pipeline import StageContext
+from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer
 from dapt.train.loop import LoopSettings, train_loop
 from dapt.train.objectives import causal_lm_loss, mean_lm_loss, perplexity
 
@@ -31,10 +33,28 @@ def link_or_copy_folder(source: Path, target: Path) -> None:
     """Hard-link the files of `source` into `target` (no extra disk for multi-GB weights), copy if impossible."""
     target.mkdir(parents=True)
     for file in source.iterdir():
+        if file.name in (TRAINING_STATE, LOOP_STATE):
+            continue  # resumable training state belongs to the checkpoint, not to the finished model
         try:
             os.link(file, target / file.name)
         except OSError:
             shutil.copy2(file, target / file.name)
+
+
+class PackedBatches:
+    """Micro-batches of packed windows from a WindowMixer; resumable through the mixer's state."""
+
+    def __init__(self, mixer: WindowMixer, micro_batch_size: int) -> None:
+        self.mixer, self.micro_batch_size = mixer, micro_batch_size
+
+    def __call__(self) -> torch.Tensor:
+        return torch.stack([next(self.mixer)[1] for _ in range(self.micro_batch_size)])  # (batch, seq_len + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.mixer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mixer.load_state_dict(state)
 
 
 def run(context: StageContext) -> dict[str, Any]:
@@ -51,16 +71,8 @@ def run(context: StageContext) -> dict[str, Any]:
     if "replay_train" not in shards and config.replay_fraction > 0:
         context.log("no replay text: training on domain text only (replay_fraction ignored)")
         weights = {"domain_train": 1.0}
-    stream = mixed_windows({k: shards[k] for k in weights if k in shards}, weights, config.seq_len, seed)
-    drawn = {name: 0 for name in weights}
-
-    def next_batch() -> torch.Tensor:
-        rows = []
-        for _ in range(config.micro_batch_size):
-            name, window = next(stream)
-            drawn[name] += 1
-            rows.append(window)
-        return torch.stack(rows)  # (micro_batch_size, seq_len + 1)
+    mixer = WindowMixer({k: shards[k] for k in weights if k in shards}, weights, config.seq_len, seed)
+    batches = PackedBatches(mixer, config.micro_batch_size)
 
     budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
     held_out = {
@@ -72,25 +84,14 @@ def run(context: StageContext) -> dict[str, Any]:
     def evaluate() -> dict[str, float]:
         return {name: mean_lm_loss(model, windows) for name, windows in held_out.items()}
 
-    # -- checkpoints: one per evaluation after step 0; keep the last K plus the best ----------------------
-    checkpoints = context.out / "checkpoints"
-    saved: list[int] = []
-    best_step = 0
+    # -- checkpoints: after every evaluation and every `checkpoint_every` steps; resumable -----------------
+    def save_model(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
 
-    def on_evaluation(step: int, metrics: dict[str, float], is_best: bool) -> None:
-        nonlocal best_step
-        if is_best:
-            best_step = step
-        if step == 0:
-            return  # step 0 is the original base, already saved by the base stage
-        partial = checkpoints / f".step-{step:06d}.partial"
-        model.save_pretrained(partial, safe_serialization=True)
-        tokenizer.save_pretrained(partial)
-        partial.rename(checkpoints / f"step-{step:06d}")  # atomic: a checkpoint folder is complete or absent
-        saved.append(step)
-        for old in saved[: -config.keep_checkpoints]:
-            if old != best_step and (checkpoints / f"step-{old:06d}").exists():
-                shutil.rmtree(checkpoints / f"step-{old:06d}")
+    checkpointer = Checkpointer(
+        context.out / "checkpoints", save_model, every=config.checkpoint_every, keep_last=config.keep_checkpoints
+    )
 
     monitor = config.early_stopping.monitor
     if monitor not in held_out:
@@ -115,21 +116,22 @@ def run(context: StageContext) -> dict[str, Any]:
     )
     result = train_loop(
         model,
-        next_batch,
-        lambda m, batch: causal_lm_loss(m, batch),
+        batches,
+        causal_lm_loss,
         settings,
         evaluate=evaluate,
-        on_evaluation=on_evaluation,
         metrics_file=context.out / "metrics.jsonl",
+        checkpointer=checkpointer,
         description="pretrain",
     )
+    best_step = result.best_step or 0
 
     # -- the DAPT base: the best checkpoint (or the original, if nothing beat it) -------------------------
     if best_step == 0:
         context.log("no step improved the domain validation loss: the DAPT base is the original base")
         link_or_copy_folder(base_folder, context.out / "model")
     else:
-        link_or_copy_folder(checkpoints / f"step-{best_step:06d}", context.out / "model")
+        link_or_copy_folder(checkpointer.step_folder(best_step), context.out / "model")
     initial, best = result.evaluations[0], next(e for e in result.evaluations if e["step"] == best_step)
     context.log(f"best step {best_step}: " + ", ".join(f"{k} {initial[k]:.4f} → {best[k]:.4f}" for k in held_out))
     return {
@@ -140,7 +142,8 @@ def run(context: StageContext) -> dict[str, Any]:
         "best_step": best_step,
         "stopped_early": result.stopped_early,
         "stop_reason": result.stop_reason,
-        "windows_drawn": drawn,
+        "windows_drawn": mixer.drawn,
+        "resumed": result.resumed_from,
         "initial": {**initial, **{k.replace("_loss", "_ppl"): perplexity(initial[k]) for k in held_out}},
         "best": {**best, **{k.replace("_loss", "_ppl"): perplexity(best[k]) for k in held_out}},
         "evaluations": result.evaluations,

@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from dapt.errors import TrainingError
+from dapt.train.checkpoint import Checkpointer
 from dapt.train.schedule import warmup_cosine
 
 # loss_fn(model, batch) -> (mean loss over the batch's counted units, number of units: tokens or examples)
@@ -55,6 +56,7 @@ class TrainResult:
     stop_reason: str = ""
     final_train_loss: float | None = None
     eval_seconds: float = 0.0
+    resumed_from: int | None = None  # the step this run resumed from, if it did
 
     @property
     def units_per_second(self) -> float:
@@ -89,21 +91,46 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+# What a checkpoint remembers of the result so far, so a resumed run reports the same as an uninterrupted one.
+RESUMED_FIELDS = (
+    "steps",
+    "units",
+    "seconds",
+    "eval_seconds",
+    "best_step",
+    "best_value",
+    "evaluations",
+    "final_train_loss",
+    "stopped_early",
+    "stop_reason",
+)
+
+
+class BatchSource(Protocol):
+    """Where batches come from. A source with `state_dict`/`load_state_dict` resumes mid-epoch exactly."""
+
+    def __call__(self) -> Any: ...
+
+
 def train_loop(
     model: torch.nn.Module,
-    next_batch: Callable[[], Any],
+    next_batch: BatchSource,
     loss_fn: LossFn,
     settings: LoopSettings,
     *,
     evaluate: Callable[[], dict[str, float]] | None = None,
     on_evaluation: Callable[[int, dict[str, float], bool], None] | None = None,
     metrics_file: Path | None = None,
+    checkpointer: Checkpointer | None = None,
     description: str = "train",
 ) -> TrainResult:
     """Train `model`'s trainable parameters for up to `settings.max_steps` optimizer steps.
 
     `evaluate()` runs before the first step, every `eval_every` steps and after the last one;
-    `on_evaluation(step, metrics, is_best)` is called after each (e.g. to save a checkpoint).
+    `on_evaluation(step, metrics, is_best)` is called after each. With a `checkpointer`, a checkpoint is
+    written after every evaluation (and every `checkpointer.every` steps), and if the checkpointer's
+    folder already holds a resumable checkpoint, training continues from it exactly: same weights,
+    optimizer moments, schedule, RNG and data position as if it had never stopped.
     """
     accelerator = Accelerator()
     optimizer = torch.optim.AdamW(
@@ -113,17 +140,52 @@ def train_loop(
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     trainable = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult(steps=0, units=0, seconds=0.0)
+    counters = {"bad_evaluations": 0, "last_evaluated": -1}
+
+    resume_from = checkpointer.latest_resumable() if checkpointer else None
+    if resume_from is not None:
+        assert checkpointer is not None
+        loop_state = checkpointer.restore(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
+        for name in (
+            "steps",
+            "units",
+            "seconds",
+            "eval_seconds",
+            "best_step",
+            "best_value",
+            "evaluations",
+            "final_train_loss",
+        ):
+            setattr(result, name, loop_state["result"][name])
+        counters.update(loop_state["counters"])
+        result.resumed_from = result.steps
+        if hasattr(next_batch, "load_state_dict"):
+            next_batch.load_state_dict(loop_state["data"])
+        if metrics_file is not None and metrics_file.exists():
+            # drop what the interrupted run logged after this checkpoint: those steps are redone
+            kept = [line for line in metrics_file.read_text().splitlines() if json.loads(line)["step"] <= result.steps]
+            metrics_file.write_text("".join(line + "\n" for line in kept))
+        tqdm.write(f"  resuming from {resume_from.name} (step {result.steps} of {settings.max_steps})")
     log_handle = metrics_file.open("a", encoding="utf-8") if metrics_file else None
-    bad_evaluations = 0
 
     def log(record: dict[str, Any]) -> None:
         if log_handle:
             log_handle.write(json.dumps(record) + "\n")
             log_handle.flush()
 
+    def save_checkpoint(step: int) -> None:
+        if checkpointer is None:
+            return
+        loop_state = {
+            "result": {name: getattr(result, name) for name in RESUMED_FIELDS},
+            "counters": counters,
+            "data": next_batch.state_dict() if hasattr(next_batch, "state_dict") else None,
+        }
+        checkpointer.save(step, optimizer, scheduler, loop_state, result.best_step)
+
     def run_evaluation(step: int) -> bool:
         """Evaluate, track the best, and say whether training should stop early."""
-        nonlocal bad_evaluations
+        counters["last_evaluated"] = step
         if evaluate is None:
             return False
         started = time.perf_counter()
@@ -138,30 +200,31 @@ def train_loop(
             value = metrics[settings.monitor]
             if result.best_value is None or value < result.best_value - settings.min_delta:
                 result.best_value, result.best_step, is_best = value, step, True
-                bad_evaluations = 0
+                counters["bad_evaluations"] = 0
             else:
-                bad_evaluations += 1
+                counters["bad_evaluations"] += 1
         result.evaluations.append({"step": step, **metrics})
         log({"step": step, "eval": metrics, "is_best": is_best})
         if on_evaluation is not None:
             on_evaluation(step, metrics, is_best)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         tqdm.write(f"  step {step}: {shown}{' (best)' if is_best else ''}")
-        if settings.patience is not None and bad_evaluations >= settings.patience:
+        if settings.patience is not None and counters["bad_evaluations"] >= settings.patience:
             result.stopped_early = True
             result.stop_reason = (
-                f"{settings.monitor} did not improve by more than {settings.min_delta} "
-                f"for {bad_evaluations} evaluations (best {result.best_value:.4f} at step {result.best_step})"
+                f"{settings.monitor} did not improve by more than {settings.min_delta} for "
+                f"{counters['bad_evaluations']} evaluations (best {result.best_value:.4f} at step {result.best_step})"
             )
             return True
         return False
 
     model.train()
-    stop = run_evaluation(0)
-    last_evaluated = 0
-    clock = time.perf_counter()
-    progress = tqdm(total=settings.max_steps, desc=description, unit="step", dynamic_ncols=True, leave=True)
-    step = 0
+    step = result.steps
+    stop = run_evaluation(0) if resume_from is None else result.stopped_early
+    clock = time.perf_counter() - result.seconds
+    progress = tqdm(
+        total=settings.max_steps, initial=step, desc=description, unit="step", dynamic_ncols=True, leave=True
+    )
     while not stop and step < settings.max_steps:
         step_loss, step_units = 0.0, 0
         for _ in range(settings.grad_accum_steps):
@@ -200,12 +263,15 @@ def train_loop(
         )
         progress.update(1)
         progress.set_postfix(loss=f"{step_loss:.4f}", **{f"{settings.unit}/s": f"{result.units_per_second:.0f}"})
-        if settings.eval_every and step % settings.eval_every == 0:
+        evaluated = bool(settings.eval_every and step % settings.eval_every == 0)
+        if evaluated:
             stop = run_evaluation(step)
-            last_evaluated = step
+        if evaluated or (checkpointer and checkpointer.every and step % checkpointer.every == 0):
+            save_checkpoint(step)
     progress.close()
-    if last_evaluated != step:
+    if counters["last_evaluated"] != step:
         run_evaluation(step)
+        save_checkpoint(step)
     result.seconds = time.perf_counter() - clock
     if log_handle:
         log_handle.close()

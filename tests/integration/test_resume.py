@@ -1,0 +1,73 @@
+"""Kill continued pretraining with SIGKILL at random steps, resume, and land on the same weights."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.integration
+TINY = Path(__file__).parent / "tiny.yaml"
+# Checkpoint every 2 steps, no early stop, 30 steps: room for several kills.
+SETTINGS = [
+    "--set",
+    "pretrain.max_steps=30",
+    "--set",
+    "pretrain.checkpoint_every=2",
+    "--set",
+    "pretrain.eval_every=10",
+    "--set",
+    "pretrain.early_stopping.patience=100",
+]
+
+
+def pretrain(out: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "dapt.cli", "pretrain", str(TINY), "--out", str(out), *SETTINGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in every process: same float sums
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def logged_step(out: Path) -> int:
+    metrics = out / "pretrain" / "metrics.jsonl"
+    if not metrics.exists():
+        return -1
+    lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.endswith("}")]
+    return max((record["step"] for record in lines), default=-1)
+
+
+def test_sigkilled_runs_resume_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    reference = tmp_path / "reference"
+    assert pretrain(reference).wait(timeout=300) == 0
+
+    interrupted = tmp_path / "interrupted"
+    rng = random.Random(7)
+    kills = 0
+    for target in sorted(rng.sample(range(3, 28), 3)):
+        process = pretrain(interrupted)
+        deadline = time.time() + 120
+        while process.poll() is None and logged_step(interrupted) < target and time.time() < deadline:
+            time.sleep(0.005)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+    assert kills >= 2, "the run finished before it could be killed; make it longer"
+    assert not (interrupted / "pretrain" / "manifest.json").exists()
+    assert pretrain(interrupted).wait(timeout=300) == 0
+
+    finished = json.loads((interrupted / "pretrain" / "manifest.json").read_text())
+    assert finished["metrics"]["resumed"] is not None and finished["metrics"]["steps"] == 30
+    for folder in ("model", "checkpoints/step-000030"):
+        expected = load_file(reference / "pretrain" / folder / "model.safetensors")
+        got = load_file(interrupted / "pretrain" / folder / "model.safetensors")
+        assert expected.keys() == got.keys()
+        for name in expected:
+            assert (expected[name] - got[name]).abs().max().item() <= 1e-6, name
+    records = [json.loads(line) for line in (interrupted / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 31)), "every step logged once, in order"
