@@ -121,7 +121,8 @@ def _whole_file_documents(path: Path, shown: str) -> Iterator[tuple[str, dict]]:
     yield text, {"path": shown}
 
 
-def _jsonl_documents(path: Path, shown: str, text_field: str) -> Iterator[tuple[str, dict]]:
+def iter_jsonl_records(path: Path, shown: str) -> Iterator[tuple[str, int, dict]]:
+    """(`file:line`, line number, object) for every non-blank line of a JSONL file; bad lines are DataErrors."""
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
             where = f"{shown}:{number}"
@@ -140,9 +141,14 @@ def _jsonl_documents(path: Path, shown: str, text_field: str) -> Iterator[tuple[
             if not isinstance(record, dict):
                 raise DataError(
                     f"{where}: a JSON {type(record).__name__}, not an object; "
-                    f'each line must be an object like {{"{text_field}": "..."}}'
+                    'each line must be an object like {"text": "..."}'
                 )
-            yield text_of(record, text_field, where), {"path": shown, "line": number}
+            yield where, number, record
+
+
+def _jsonl_documents(path: Path, shown: str, text_field: str) -> Iterator[tuple[str, dict]]:
+    for where, number, record in iter_jsonl_records(path, shown):
+        yield text_of(record, text_field, where), {"path": shown, "line": number}
 
 
 def _parquet_documents(path: Path, shown: str, text_field: str) -> Iterator[tuple[str, dict]]:

@@ -9,7 +9,6 @@ come from the source tree, not from anyone's judgement.
 from __future__ import annotations
 
 import csv
-import json
 import random
 import re
 from collections import Counter, defaultdict
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 
 from dapt.data.curate import normalize_text
 from dapt.data.documents import make_doc_id
-from dapt.data.ingest import lookup_field, text_of
+from dapt.data.ingest import iter_jsonl_records, lookup_field, text_of
 from dapt.data.pydocs import iter_docstrings, strip_numpydoc_sections
 from dapt.errors import ConfigError, DataError
 
@@ -104,22 +103,7 @@ def _labelled_records(path: Path) -> list[tuple[str, dict]]:
     """(where, record) for every record of a labelled file; `where` is `file:line` or `file row N`."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        records = []
-        with path.open(encoding="utf-8-sig") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(
-                        f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno}); "
-                        "each line of a .jsonl file must be one JSON object"
-                    ) from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}:{number}: a JSON {type(record).__name__}, not an object")
-                records.append((f"{path}:{number}", record))
-        return records
+        return [(where, record) for where, _, record in iter_jsonl_records(path, str(path))]
     if suffix == ".csv":
         with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
