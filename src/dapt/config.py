@@ -166,6 +166,22 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0, description="An improvement smaller than this does not count.")
 
 
+class LoraConfig(Section):
+    """Low-rank adapters (peft) instead of full fine-tuning; merged into a plain HF folder at the end."""
+
+    r: int = Field(16, gt=0, description="Rank of the adapters.")
+    alpha: int = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Modules that get adapters: 'all-linear' or names like [q_proj, v_proj]."
+    )
+    train_embeddings: bool = Field(
+        False,
+        description="Also train the input embeddings and LM head in full (peft modules_to_save): helps when "
+        "the domain's vocabulary is new to the base, at the cost of their size in memory.",
+    )
+
+
 class PretrainConfig(Section):
     """Continued pretraining: next-token prediction on domain text with a share of general replay."""
 
@@ -183,6 +199,27 @@ class PretrainConfig(Section):
         ge=0,
         lt=1,
         description="Share of training sequences drawn from the replay source (0: domain only).",
+    )
+    method: Literal["full", "lora"] = Field("full", description="Train every weight, or LoRA adapters.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    embedding_lr_ratio: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Learning-rate multiplier for the embeddings and LM head when they train (0.1-0.5 is common).",
+    )
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine", description="cosine: warmup then cosine decay. wsd: warmup, constant, then a short linear decay."
+    )
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of the steps spent decaying.")
+    document_mask: bool = Field(
+        True,
+        description="Packed documents do not attend to each other and restart at position 0 (transformers "
+        "honours this for sdpa, eager and flash_attention_2 by resetting position ids).",
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory.")
+    peak_tflops: float | None = Field(
+        None, gt=0, description="The device's peak TFLOP/s for MFU; None: looked up for known GPUs, else no MFU."
     )
     eval_every: int = Field(5, gt=0, description="Measure domain and general validation loss every N steps.")
     checkpoint_every: int | None = Field(

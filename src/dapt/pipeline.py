@@ -118,7 +118,7 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
             "evaluate-lm",
             "evaluate_lm",
             evaluate.run_lm,
-            {"seq_len": config.pretrain.seq_len},
+            {"seq_len": config.pretrain.seq_len, "document_mask": config.pretrain.document_mask},
             {"tokens": "tokenize", "original": "base", "dapt": "pretrain"},
             summary="domain and general perplexity, before and after",
         ),

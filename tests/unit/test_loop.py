@@ -53,3 +53,25 @@ def test_warmup_then_cosine_to_the_floor():
     assert warmup_cosine_factor(4, 4, 20, 0.1) == pytest.approx(1.0)
     assert warmup_cosine_factor(12, 4, 20, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert warmup_cosine_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
+
+
+def test_warmup_stable_decay():
+    from dapt.train.schedule import warmup_stable_decay_factor as wsd
+
+    assert wsd(0, 2, 10, 0.1, 0.2) == pytest.approx(0.5)
+    assert [wsd(s, 2, 10, 0.1, 0.2) for s in (2, 5, 7)] == [1.0, 1.0, 1.0]  # stable until 80% of the steps
+    assert wsd(9, 2, 10, 0.1, 0.2) == pytest.approx(1 - 0.9 * 0.5)
+    assert wsd(10, 2, 10, 0.1, 0.2) == pytest.approx(0.1)
+
+
+def test_parameter_groups_decay_matrices_only_and_slow_down_embeddings():
+    from dapt.train.loop import parameter_groups
+
+    model = torch.nn.ModuleDict(
+        {"embed_tokens": torch.nn.Embedding(10, 4), "proj": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4)}
+    )
+    groups = parameter_groups(model, weight_decay=0.1, lr=1e-3, embedding_lr_ratio=0.2)
+    by_size = {sum(p.numel() for p in g["params"]): g for g in groups}
+    assert by_size[40]["lr"] == pytest.approx(2e-4) and by_size[40]["weight_decay"] == 0.0  # embeddings
+    assert by_size[16]["lr"] == pytest.approx(1e-3) and by_size[16]["weight_decay"] == 0.1  # proj.weight
+    assert by_size[12]["weight_decay"] == 0.0  # proj.bias + norm weight/bias

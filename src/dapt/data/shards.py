@@ -76,6 +76,22 @@ def eval_windows(shard: TokenShard, seq_len: int, max_tokens: int | None = None)
     return [shard.window(i, seq_len) for i in range(count)]
 
 
+def document_position_ids(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Positions that restart at 0 after every end-of-text token: (batch, seq) → (batch, seq).
+
+    Given these `position_ids` and no attention mask, transformers builds a block-diagonal causal mask
+    (sdpa, eager) or uses variable-length kernels (flash-attention 2), so packed documents do not attend
+    to each other and each starts at position 0, as it would alone.
+    """
+    seq = input_ids.shape[1]
+    index = torch.arange(seq, device=input_ids.device).expand_as(input_ids)
+    starts = torch.zeros_like(input_ids, dtype=torch.bool)
+    starts[:, 0] = True
+    starts[:, 1:] = input_ids[:, :-1] == eos_id
+    last_start = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - last_start
+
+
 class WindowMixer:
     """An endless, resumable stream of (source name, window), drawn from sources with the given weights.
 

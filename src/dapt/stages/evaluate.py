@@ -38,11 +38,12 @@ def run_lm(context: StageContext) -> dict[str, Any]:
     }
     metrics: dict[str, Any] = {"test_tokens": {name: len(w) * seq_len for name, w in test_sets.items()}}
     for role in ("original", "dapt"):
-        model, _ = load_causal_lm(context.inputs[role].path / "model")
+        model, tokenizer = load_causal_lm(context.inputs[role].path / "model")
         model.eval()
+        eos_id = tokenizer.eos_token_id if context.config["document_mask"] else None
         metrics[role] = {}
         for name, windows in test_sets.items():
-            loss = mean_lm_loss(model, windows)
+            loss = mean_lm_loss(model, windows, eos_id=eos_id)
             metrics[role][f"{name}_loss"] = loss
             metrics[role][f"{name}_ppl"] = perplexity(loss)
         context.log(f"{role}: " + ", ".join(f"{n} ppl {metrics[role][f'{n}_ppl']:.3f}" for n in test_sets))

@@ -22,11 +22,13 @@ import torch
 
 from dapt.config import PretrainConfig
 from dapt.data.shards import TokenShard, WindowMixer, eval_windows
-from dapt.model.load import load_causal_lm, parameter_count
+from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
+from dapt.model.lora import add_lora, load_adapter_weights, merged_model
 from dapt.pipeline import StageContext
-from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer
+from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, load_full_weights
 from dapt.train.loop import LoopSettings, train_loop
-from dapt.train.objectives import causal_lm_loss, mean_lm_loss, perplexity
+from dapt.train.objectives import causal_lm_loss, lm_batch, mean_lm_loss, perplexity
+from dapt.train.throughput import throughput_report
 
 
 def link_or_copy_folder(source: Path, target: Path) -> None:
@@ -44,11 +46,12 @@ def link_or_copy_folder(source: Path, target: Path) -> None:
 class PackedBatches:
     """Micro-batches of packed windows from a WindowMixer; resumable through the mixer's state."""
 
-    def __init__(self, mixer: WindowMixer, micro_batch_size: int) -> None:
-        self.mixer, self.micro_batch_size = mixer, micro_batch_size
+    def __init__(self, mixer: WindowMixer, micro_batch_size: int, eos_id: int | None) -> None:
+        self.mixer, self.micro_batch_size, self.eos_id = mixer, micro_batch_size, eos_id
 
-    def __call__(self) -> torch.Tensor:
-        return torch.stack([next(self.mixer)[1] for _ in range(self.micro_batch_size)])  # (batch, seq_len + 1)
+    def __call__(self) -> dict[str, torch.Tensor]:
+        windows = torch.stack([next(self.mixer)[1] for _ in range(self.micro_batch_size)])  # (batch, seq_len + 1)
+        return lm_batch(windows, self.eos_id)
 
     def state_dict(self) -> dict[str, Any]:
         return self.mixer.state_dict()
@@ -63,6 +66,14 @@ def run(context: StageContext) -> dict[str, Any]:
     torch.manual_seed(seed)
     base_folder = context.inputs["base"].path / "model"
     model, tokenizer = load_causal_lm(base_folder)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if config.method == "lora":
+        model = add_lora(model, config.lora)
+        if config.gradient_checkpointing:
+            model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need an input grad
+    eos_id = tokenizer.eos_token_id if config.document_mask else None
     shard_root = context.inputs["tokens"].path / "shards"
     shards = {p.name: TokenShard(p) for p in shard_root.iterdir() if p.is_dir()}
 
@@ -72,7 +83,7 @@ def run(context: StageContext) -> dict[str, Any]:
         context.log("no replay text: training on domain text only (replay_fraction ignored)")
         weights = {"domain_train": 1.0}
     mixer = WindowMixer({k: shards[k] for k in weights if k in shards}, weights, config.seq_len, seed)
-    batches = PackedBatches(mixer, config.micro_batch_size)
+    batches = PackedBatches(mixer, config.micro_batch_size, eos_id)
 
     budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
     held_out = {
@@ -82,15 +93,26 @@ def run(context: StageContext) -> dict[str, Any]:
     }
 
     def evaluate() -> dict[str, float]:
-        return {name: mean_lm_loss(model, windows) for name, windows in held_out.items()}
+        return {name: mean_lm_loss(model, windows, eos_id=eos_id) for name, windows in held_out.items()}
 
     # -- checkpoints: after every evaluation and every `checkpoint_every` steps; resumable -----------------
+    # Full training saves the model; LoRA saves only the adapters (and embeddings, if they train).
     def save_model(folder: Path) -> None:
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
 
+    def load_weights(folder: Path) -> None:
+        if config.method == "lora":
+            load_adapter_weights(model, folder)
+        else:
+            load_full_weights(model, folder)
+
     checkpointer = Checkpointer(
-        context.out / "checkpoints", save_model, every=config.checkpoint_every, keep_last=config.keep_checkpoints
+        context.out / "checkpoints",
+        save_model,
+        load_weights,
+        every=config.checkpoint_every,
+        keep_last=config.keep_checkpoints,
     )
 
     monitor = config.early_stopping.monitor
@@ -108,11 +130,15 @@ def run(context: StageContext) -> dict[str, Any]:
         monitor=monitor,
         patience=config.early_stopping.patience,
         min_delta=config.early_stopping.min_delta,
+        schedule=config.schedule,
+        decay_fraction=config.decay_fraction,
+        embedding_lr_ratio=config.embedding_lr_ratio,
     )
+    trainable = parameter_count(model, trainable_only=True)
     context.log(
-        f"{parameter_count(model) / 1e6:.1f}M parameters; {config.max_steps} steps at most of "
-        f"{config.micro_batch_size * config.grad_accum_steps} × {config.seq_len} tokens; "
-        f"replay {config.replay_fraction:.0%}"
+        f"{config.method}: {trainable / 1e6:.2f}M of {parameter_count(model) / 1e6:.1f}M parameters trained; "
+        f"{config.max_steps} steps at most of {config.micro_batch_size * config.grad_accum_steps} × "
+        f"{config.seq_len} tokens; replay {config.replay_fraction:.0%}"
     )
     result = train_loop(
         model,
@@ -125,16 +151,23 @@ def run(context: StageContext) -> dict[str, Any]:
         description="pretrain",
     )
     best_step = result.best_step or 0
+    speed = throughput_report(model, config.seq_len, result.units_per_second, config.peak_tflops)
 
     # -- the DAPT base: the best checkpoint (or the original, if nothing beat it) -------------------------
     if best_step == 0:
         context.log("no step improved the domain validation loss: the DAPT base is the original base")
         link_or_copy_folder(base_folder, context.out / "model")
+    elif config.method == "lora":
+        best_folder = checkpointer.step_folder(best_step)
+        link_or_copy_folder(best_folder, context.out / "adapter")  # the adapters alone, for peft users
+        load_adapter_weights(model, best_folder)
+        save_model_folder(merged_model(model), tokenizer, context.out / "model")
     else:
         link_or_copy_folder(checkpointer.step_folder(best_step), context.out / "model")
     initial, best = result.evaluations[0], next(e for e in result.evaluations if e["step"] == best_step)
     context.log(f"best step {best_step}: " + ", ".join(f"{k} {initial[k]:.4f} → {best[k]:.4f}" for k in held_out))
     return {
+        "method": config.method,
         "steps": result.steps,
         "tokens_trained": result.units,
         "tokens_per_second": round(result.units_per_second, 1),
@@ -149,5 +182,7 @@ def run(context: StageContext) -> dict[str, Any]:
         "evaluations": result.evaluations,
         "final_train_loss": result.final_train_loss,
         "parameters": parameter_count(model),
+        "trainable_parameters": trainable,
+        **speed,
         "original_base": context.inputs["base"].id,
     }

@@ -31,11 +31,13 @@ LOOP_STATE = "loop_state.json"
 class Checkpointer:
     """Saves and restores checkpoints in `folder`.
 
-    save_model(path) writes the model (and tokenizer) as an HF folder; the caller knows how.
+    save_model(path) writes the model (and tokenizer) as an HF folder, load_weights(path) reads the weights
+    back into the live model; the caller knows how (full weights, or LoRA adapters).
     """
 
     folder: Path
     save_model: Callable[[Path], None]
+    load_weights: Callable[[Path], None]
     every: int | None = None  # also checkpoint every N steps (evaluations always checkpoint)
     keep_last: int = 1
 
@@ -94,16 +96,19 @@ class Checkpointer:
             if step != best_step:
                 shutil.rmtree(self.step_folder(step))
 
-    def restore(
-        self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-    ) -> dict[str, Any]:
+    def restore(self, path: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
         """Load weights, optimizer, scheduler and RNG from `path`; return the loop state saved with them."""
-        missing, unexpected = load_model(model, path / "model.safetensors", strict=False)
-        tied = {name for name in missing if name.endswith("lm_head.weight")}  # tied to the input embeddings
-        if set(missing) - tied or unexpected:
-            raise RuntimeError(f"{path}: checkpoint does not match the model (missing {missing}, extra {unexpected})")
+        self.load_weights(path)
         state = torch.load(path / TRAINING_STATE, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         return json.loads((path / LOOP_STATE).read_text())
+
+
+def load_full_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Load `model.safetensors` of an HF folder into a live model of the same architecture."""
+    missing, unexpected = load_model(model, folder / "model.safetensors", strict=False)
+    tied = {name for name in missing if name.endswith("lm_head.weight")}  # tied to the input embeddings
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"{folder}: checkpoint does not match the model (missing {missing}, extra {unexpected})")

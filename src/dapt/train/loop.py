@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from dapt.errors import TrainingError
 from dapt.train.checkpoint import Checkpointer
-from dapt.train.schedule import warmup_cosine
+from dapt.train.schedule import Schedule, lr_schedule
 
 # loss_fn(model, batch) -> (mean loss over the batch's counted units, number of units: tokens or examples)
 LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, int]]
@@ -42,6 +42,9 @@ class LoopSettings:
     patience: int | None = None  # evaluations without improvement before stopping; None: never stop early
     min_delta: float = 0.0
     unit: str = "tok"  # what loss_fn counts, for the progress bar: tokens or examples
+    schedule: Schedule = "cosine"
+    decay_fraction: float = 0.2  # wsd: share of the steps spent decaying
+    embedding_lr_ratio: float = 1.0  # lr multiplier for trainable embeddings / LM head (often 0.1-0.5)
 
 
 @dataclass
@@ -65,19 +68,29 @@ class TrainResult:
         return self.units / train_seconds if train_seconds > 0 else 0.0
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: norms, biases and embeddings are not decayed (as in GPT-2 / LLaMA)."""
-    decay, no_decay = [], []
+EMBEDDING_NAMES = ("embed_tokens", "lm_head", "wte", "embed_out")
+
+
+def parameter_groups(
+    model: torch.nn.Module, weight_decay: float, lr: float, embedding_lr_ratio: float = 1.0
+) -> list[dict[str, Any]]:
+    """Optimizer groups: weight decay on matrices only (norms, biases and embeddings are not decayed, as in
+    GPT-2 / LLaMA); trainable embeddings and LM head at `lr * embedding_lr_ratio` (new or re-trained
+    vocabulary rows are fragile: a lower lr keeps them from drifting away from the rest of the model)."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        if parameter.ndim < 2 or "embed" in name:
-            no_decay.append(parameter)
-        else:
-            decay.append(parameter)
+        is_embedding = any(part in name for part in EMBEDDING_NAMES)
+        decayed = parameter.ndim >= 2 and not is_embedding
+        groups.setdefault((decayed, is_embedding), []).append(parameter)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": params,
+            "weight_decay": weight_decay if decayed else 0.0,
+            "lr": lr * (embedding_lr_ratio if is_embedding else 1.0),
+        }
+        for (decayed, is_embedding), params in sorted(groups.items())
     ]
 
 
@@ -134,9 +147,19 @@ def train_loop(
     """
     accelerator = Accelerator()
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95), foreach=True
+        parameter_groups(model, settings.weight_decay, settings.lr, settings.embedding_lr_ratio),
+        lr=settings.lr,
+        betas=(0.9, 0.95),
+        foreach=True,
     )
-    scheduler = warmup_cosine(optimizer, settings.warmup_steps, settings.max_steps, settings.min_lr_ratio)
+    scheduler = lr_schedule(
+        optimizer,
+        settings.schedule,
+        settings.warmup_steps,
+        settings.max_steps,
+        settings.min_lr_ratio,
+        settings.decay_fraction,
+    )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     trainable = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult(steps=0, units=0, seconds=0.0)
@@ -145,7 +168,7 @@ def train_loop(
     resume_from = checkpointer.latest_resumable() if checkpointer else None
     if resume_from is not None:
         assert checkpointer is not None
-        loop_state = checkpointer.restore(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
+        loop_state = checkpointer.restore(resume_from, optimizer, scheduler)
         for name in (
             "steps",
             "units",
@@ -256,7 +279,7 @@ def train_loop(
             {
                 "step": step,
                 "loss": step_loss,
-                "lr": scheduler.get_last_lr()[0],
+                "lr": max(scheduler.get_last_lr()),
                 "units": result.units,
                 "seconds": round(result.seconds, 3),
             }

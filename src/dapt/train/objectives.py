@@ -7,27 +7,40 @@ import math
 import torch
 import torch.nn.functional as F
 
+from dapt.data.shards import document_position_ids
 
-def causal_lm_loss(model: torch.nn.Module, windows: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Next-token prediction on packed windows.
 
-    windows: (batch, seq_len + 1) token ids; inputs are [:, :-1], targets [:, 1:].
+def lm_batch(windows: torch.Tensor, eos_id: int | None) -> dict[str, torch.Tensor]:
+    """Packed windows (batch, seq_len + 1) → model inputs and next-token targets, each (batch, seq_len).
+
+    With `eos_id`, position ids restart after each end-of-text token so that packed documents do not
+    attend to each other (see `document_position_ids`); with None, a window is one causal sequence.
     """
-    inputs, targets = windows[:, :-1], windows[:, 1:]
-    logits = model(input_ids=inputs).logits  # (batch, seq_len, vocab)
+    batch = {"input_ids": windows[:, :-1], "targets": windows[:, 1:]}
+    if eos_id is not None:
+        batch["position_ids"] = document_position_ids(batch["input_ids"], eos_id)
+    return batch
+
+
+def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over a batch made by `lm_batch`."""
+    logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False).logits
+    targets = batch["targets"]
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
     return loss, targets.numel()
 
 
 @torch.no_grad()
-def mean_lm_loss(model: torch.nn.Module, windows: list[torch.Tensor], batch_size: int = 4) -> float:
+def mean_lm_loss(
+    model: torch.nn.Module, windows: list[torch.Tensor], batch_size: int = 4, eos_id: int | None = None
+) -> float:
     """Mean next-token loss (nats per token) over fixed held-out windows; exp() of it is the perplexity."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
-        batch = torch.stack(windows[start : start + batch_size]).to(device)
-        logits = model(input_ids=batch[:, :-1]).logits
-        targets = batch[:, 1:]
+        batch = lm_batch(torch.stack(windows[start : start + batch_size]).to(device), eos_id)
+        logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False).logits
+        targets = batch["targets"]
         total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
         count += targets.numel()
     return total / count

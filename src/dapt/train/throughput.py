@@ -1,0 +1,82 @@
+"""Throughput accounting: FLOPs per token, MFU, peak memory.
+
+FLOPs per trained token follow the PaLM paper's appendix B: 6·N for the matrix multiplies of the
+forward and backward passes, plus 12·L·H·Q·T for attention (L layers, H heads of size Q — so H·Q is the
+model width — and sequence length T). N counts the parameters that multiply activations: everything
+but the input-embedding lookup (which is a gather, not a matmul); the LM head counts even when it is
+tied to the embeddings, since it is a real matmul.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from typing import Any
+
+import torch
+
+# Dense bf16/fp16 tensor-core peak TFLOP/s (vendor datasheets, without sparsity). Extend as needed, or set
+# pretrain.peak_tflops. CPUs are not listed: their peak depends on the SKU, cores and clock.
+PEAK_TFLOPS = {
+    "A100": 312.0,
+    "H100": 989.0,
+    "H200": 989.0,
+    "L4": 121.0,
+    "A10G": 125.0,
+    "L40S": 362.0,
+    "RTX 4090": 165.0,
+}
+
+
+def matmul_parameters(model: torch.nn.Module) -> int:
+    """Parameters that take part in matrix multiplies (see the module docstring)."""
+    total = sum(p.numel() for p in model.parameters())
+    get_input_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = get_input_embeddings() if get_input_embeddings else None
+    if embeddings is None:
+        return total
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    return total if tied else total - embeddings.weight.numel()
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token: 6·N + 12·L·d_model·T (PaLM, appendix B)."""
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", 0)
+    width = getattr(config, "hidden_size", 0)
+    return 6.0 * matmul_parameters(model) + 12.0 * layers * width * seq_len
+
+
+def device_peak_tflops(override: float | None = None) -> float | None:
+    """The accelerator's peak TFLOP/s from the table (by device name), the override, or None."""
+    if override is not None:
+        return override
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for key, value in PEAK_TFLOPS.items():
+            if key in name:
+                return value
+    return None
+
+
+def peak_memory() -> dict[str, Any]:
+    """Peak accelerator memory if there is one, else the process's peak resident memory."""
+    if torch.cuda.is_available():
+        return {"bytes": int(torch.cuda.max_memory_allocated()), "kind": "cuda max_memory_allocated"}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"bytes": int(rss if sys.platform == "darwin" else rss * 1024), "kind": "process peak RSS"}
+
+
+def throughput_report(
+    model: torch.nn.Module, seq_len: int, tokens_per_second: float, peak_tflops: float | None
+) -> dict[str, Any]:
+    per_token = flops_per_token(model, seq_len)
+    achieved = per_token * tokens_per_second / 1e12
+    peak = device_peak_tflops(peak_tflops)
+    return {
+        "flops_per_token": per_token,
+        "achieved_tflops": round(achieved, 4),
+        "peak_tflops": peak,
+        "mfu": round(achieved / peak, 4) if peak else None,
+        "peak_memory": peak_memory(),
+    }
