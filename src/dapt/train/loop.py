@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,6 +95,28 @@ def parameter_groups(
     ]
 
 
+def _rows_of_rank(batch: Any, rank: int, world: int) -> Any:
+    """This process's share of a global micro-batch: rows rank, rank + world, ... of every tensor.
+
+    Every process draws the same global batch (same seed, same stream) and keeps its rows, so N processes
+    see exactly the data one process would, and DDP's gradient average equals the single-process gradient.
+    """
+    if world == 1:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        if batch.shape[0] % world:
+            raise TrainingError(
+                f"a micro-batch of {batch.shape[0]} rows cannot be split over {world} processes; "
+                f"make the micro-batch size a multiple of {world}"
+            )
+        return batch[rank::world]
+    if isinstance(batch, dict):
+        return {key: _rows_of_rank(value, rank, world) for key, value in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_rows_of_rank(value, rank, world) for value in batch)
+    return batch
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
@@ -145,7 +168,10 @@ def train_loop(
     folder already holds a resumable checkpoint, training continues from it exactly: same weights,
     optimizer moments, schedule, RNG and data position as if it had never stopped.
     """
-    accelerator = Accelerator()
+    # Several processes without CUDA (torchrun / accelerate launch on CPUs): accelerate only sets up its gloo
+    # process group when told to use the CPU; alone, it picks the best device itself.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(cpu=multi_cpu)
     optimizer = torch.optim.AdamW(
         parameter_groups(model, settings.weight_decay, settings.lr, settings.embedding_lr_ratio),
         lr=settings.lr,
@@ -160,7 +186,11 @@ def train_loop(
         settings.min_lr_ratio,
         settings.decay_fraction,
     )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler is not handed to accelerate: it would step it once per process. Every process steps it
+    # once per optimizer step, as in a single-process run.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main_process = accelerator.is_main_process
     trainable = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult(steps=0, units=0, seconds=0.0)
     counters = {"bad_evaluations": 0, "last_evaluated": -1}
@@ -189,7 +219,7 @@ def train_loop(
             kept = [line for line in metrics_file.read_text().splitlines() if json.loads(line)["step"] <= result.steps]
             metrics_file.write_text("".join(line + "\n" for line in kept))
         tqdm.write(f"  resuming from {resume_from.name} (step {result.steps} of {settings.max_steps})")
-    log_handle = metrics_file.open("a", encoding="utf-8") if metrics_file else None
+    log_handle = metrics_file.open("a", encoding="utf-8") if metrics_file and main_process else None
 
     def log(record: dict[str, Any]) -> None:
         if log_handle:
@@ -204,7 +234,10 @@ def train_loop(
             "counters": counters,
             "data": next_batch.state_dict() if hasattr(next_batch, "state_dict") else None,
         }
-        checkpointer.save(step, optimizer, scheduler, loop_state, result.best_step)
+        accelerator.wait_for_everyone()
+        if main_process:
+            checkpointer.save(step, optimizer, scheduler, loop_state, result.best_step)
+        accelerator.wait_for_everyone()
 
     def run_evaluation(step: int) -> bool:
         """Evaluate, track the best, and say whether training should stop early."""
@@ -231,7 +264,8 @@ def train_loop(
         if on_evaluation is not None:
             on_evaluation(step, metrics, is_best)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        tqdm.write(f"  step {step}: {shown}{' (best)' if is_best else ''}")
+        if main_process:
+            tqdm.write(f"  step {step}: {shown}{' (best)' if is_best else ''}")
         if settings.patience is not None and counters["bad_evaluations"] >= settings.patience:
             result.stopped_early = True
             result.stop_reason = (
@@ -246,12 +280,18 @@ def train_loop(
     stop = run_evaluation(0) if resume_from is None else result.stopped_early
     clock = time.perf_counter() - result.seconds
     progress = tqdm(
-        total=settings.max_steps, initial=step, desc=description, unit="step", dynamic_ncols=True, leave=True
+        total=settings.max_steps,
+        initial=step,
+        desc=description,
+        unit="step",
+        dynamic_ncols=True,
+        leave=True,
+        disable=not main_process,
     )
     while not stop and step < settings.max_steps:
         step_loss, step_units = 0.0, 0
         for _ in range(settings.grad_accum_steps):
-            batch = _to_device(next_batch(), accelerator.device)
+            batch = _to_device(_rows_of_rank(next_batch(), rank, world), accelerator.device)
             loss, units = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -259,8 +299,9 @@ def train_loop(
                     "Lower the learning rate or check the data; the last good checkpoint is kept."
                 )
             accelerator.backward(loss / settings.grad_accum_steps)
-            step_loss += loss.item() / settings.grad_accum_steps
-            step_units += units
+            # the loss of the whole global batch (a mean over processes), as a single process would see it
+            step_loss += accelerator.reduce(loss.detach(), "mean").item() / settings.grad_accum_steps
+            step_units += units * world
         if settings.grad_clip is not None:
             norm = accelerator.clip_grad_norm_(trainable, settings.grad_clip)
             if not math.isfinite(float(norm)):
