@@ -154,6 +154,8 @@ def run(context: StageContext) -> dict[str, Any]:
     speed = throughput_report(model, config.seq_len, result.units_per_second, config.peak_tflops)
 
     # -- the DAPT base: the best checkpoint (or the original, if nothing beat it) -------------------------
+    for partial_export in ("model", "adapter"):  # left by an attempt killed while exporting
+        shutil.rmtree(context.out / partial_export, ignore_errors=True)
     if best_step == 0:
         context.log("no step improved the domain validation loss: the DAPT base is the original base")
         link_or_copy_folder(base_folder, context.out / "model")

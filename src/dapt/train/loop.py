@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from dapt.artifacts import atomic_write_text
 from dapt.errors import TrainingError
 from dapt.train.checkpoint import Checkpointer
 from dapt.train.schedule import Schedule, lr_schedule
@@ -93,6 +94,14 @@ def parameter_groups(
         }
         for (decayed, is_embedding), params in sorted(groups.items())
     ]
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; a line torn by a kill mid-write counts as after any checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError):
+        return math.inf
 
 
 def _rows_of_rank(batch: Any, rank: int, world: int) -> Any:
@@ -216,8 +225,8 @@ def train_loop(
             next_batch.load_state_dict(loop_state["data"])
         if metrics_file is not None and metrics_file.exists():
             # drop what the interrupted run logged after this checkpoint: those steps are redone
-            kept = [line for line in metrics_file.read_text().splitlines() if json.loads(line)["step"] <= result.steps]
-            metrics_file.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in metrics_file.read_text().splitlines() if _logged_step(line) <= result.steps]
+            atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
         tqdm.write(f"  resuming from {resume_from.name} (step {result.steps} of {settings.max_steps})")
     log_handle = metrics_file.open("a", encoding="utf-8") if metrics_file and main_process else None
 
