@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 SCHEMA_VERSION = 1
 
 
@@ -94,6 +96,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temp_name, 0o666 & ~_UMASK)  # mkstemp makes files private; these are meant to be read by others
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

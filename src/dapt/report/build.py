@@ -126,8 +126,16 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
         },
         "timings": {name: a.manifest["timings"]["seconds"] for name, a in artifacts.items()},
     }
+    # the training loss per optimizer step, for report.html's loss curves (evaluation records have no "loss")
+    metrics_file = artifacts["pretrain"].path / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()] if metrics_file.is_file() else []
+    steps = [r for r in records if "loss" in r]
+    report["pretrain"]["train_curve"] = {"step": [r["step"] for r in steps], "loss": [r["loss"] for r in steps]}
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(run_dir / "report.md", render_markdown(report))
+    from dapt.report.html import render_html  # here, not at the top: html.py imports this module
+
+    atomic_write_text(run_dir / "report.html", render_html(report))
     return report
 
 

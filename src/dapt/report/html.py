@@ -1,0 +1,361 @@
+"""report.html: the run report as one self-contained page, with plots.
+
+Everything is inside the file — figures are base64 PNG data URIs, the CSS is inline, there is no
+JavaScript and no link to anything outside — so it can be mailed, archived or opened offline.
+It is drawn from the same `report` dict as report.json, and the verdict is worded by the same code
+as report.md (`render_markdown`), so the two reports can never disagree. Every string that comes
+from data (task, source, stage names, drop reasons) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Collection
+from typing import Any
+
+from dapt.report import plots
+from dapt.report.build import _change, _num, lineage_tree, render_markdown
+
+VERDICT_HEADING = "## Did domain-adaptive pretraining pay off?"  # the section of report.md the verdict comes from
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222;
+       max-width: 1000px; margin: 2em auto; padding: 0 1em; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+h3 { font-size: 1.05em; }
+.meta { color: #666; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; }
+tr.total td { font-weight: 600; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; }
+pre { background: #f6f8fa; padding: 0.8em 1em; overflow-x: auto; font-size: 0.9em; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+nav ol { columns: 2; }
+"""
+
+SECTIONS = [  # (id, heading) in page order; the verdict's heading is report.md's
+    ("verdict", VERDICT_HEADING.removeprefix("## ")),
+    ("loss-curves", "Continued pretraining: loss curves"),
+    ("perplexity", "Perplexity before and after"),
+    ("data-funnel", "Data funnel"),
+    ("tasks", "Tasks: control vs DAPT"),
+    ("lineage", "Lineage"),
+    ("cost", "Cost"),
+]
+
+
+def _e(value: Any) -> str:
+    """HTML-escape anything that came from data."""
+    return html.escape(str(value), quote=True)
+
+
+def _inline_markdown(text: str) -> str:
+    """Escape, then render the two inline forms report.md uses: **bold** and `code`."""
+    escaped = _e(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+
+
+def _markdown_section(markdown: str, heading: str) -> str:
+    """One section of report.md (bullet lists and paragraphs) as HTML."""
+    if heading + "\n" not in markdown:
+        raise ValueError(f"report.md has no section {heading!r}")
+    body = markdown.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+    blocks = []
+    for block in (b.strip() for b in body.split("\n\n")):
+        lines = block.splitlines()
+        if not lines:
+            continue
+        if all(line.startswith("- ") for line in lines):
+            items = "".join(f"<li>{_inline_markdown(line[2:])}</li>" for line in lines)
+            blocks.append(f"<ul>{items}</ul>")
+        else:
+            blocks.append(f"<p>{_inline_markdown(' '.join(lines))}</p>")
+    return "\n".join(blocks)
+
+
+def _image(png: bytes, alt: str, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    width, height = (round(side * plots.DPI) for side in plots.FIGURE_SIZE)
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}" width="{width}" height="{height}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+def _table(header: list[str], rows: list[list[str]], numeric: Collection[int] = (), total: bool = False) -> str:
+    """A table from cells that are already HTML (escape data before it gets here); `numeric` columns align right."""
+
+    def cells(values: list[str], tag: str) -> str:
+        return "".join(f"<{tag}{' class=num' if i in numeric else ''}>{v}</{tag}>" for i, v in enumerate(values))
+
+    body = [
+        f"<tr{' class=total' if total and i == len(rows) - 1 else ''}>{cells(r, 'td')}</tr>" for i, r in enumerate(rows)
+    ]
+    return f"<table><thead><tr>{cells(header, 'th')}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _points(value: float) -> str:
+    return f"{value * 100:+.1f}"
+
+
+def _section(section_id: str, body: str) -> str:
+    heading = dict(SECTIONS)[section_id]
+    return f'<section id="{section_id}">\n<h2>{_e(heading)}</h2>\n{body}\n</section>'
+
+
+# -- the sections ---------------------------------------------------------------------------------------
+
+
+def _verdict(report: dict[str, Any]) -> str:
+    return _markdown_section(render_markdown(report), VERDICT_HEADING)
+
+
+def _loss_curves(report: dict[str, Any]) -> str:
+    pretrain = report["pretrain"]
+    curve = pretrain.get("train_curve") or {"step": [], "loss": []}
+    summary = (
+        f"<p>{pretrain['steps']} optimizer steps, {pretrain['tokens_trained']:,} tokens; best step "
+        f"{pretrain['best_step']} by the domain validation loss — that checkpoint is the DAPT base."
+        + (f" Stopped early: {_e(pretrain['stop_reason'])}." if pretrain["stopped_early"] else "")
+        + "</p>"
+    )
+    figure = _image(
+        plots.loss_curves(curve, pretrain["evaluations"], pretrain["best_step"]),
+        "training and validation loss per step",
+        "Training loss at every optimizer step (on the domain + replay mix) and held-out validation loss at each "
+        "evaluation; step 0 is the original base. The dashed line marks the best step.",
+    )
+    rows = [
+        [str(e["step"]), _num(e.get("domain_val_loss"), 4), _num(e.get("general_val_loss"), 4)]
+        + ["best" if e["step"] == pretrain["best_step"] else ""]
+        for e in pretrain["evaluations"]
+    ]
+    table = _table(["step", "domain val loss", "general val loss", ""], rows, numeric={0, 1, 2})
+    return "\n".join([summary, figure, table])
+
+
+def _heldout_sources(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(label, key in report['base'], key in test_tokens) per held-out text: the domain and the general one."""
+    base, sources = report["base"], report["data"]["sources"]
+
+    def named(role: str) -> str:
+        names = [name for name, source in sources.items() if source["role"] == role]
+        return f" ({', '.join(names)})" if names else ""
+
+    return [
+        ("domain" + named("domain"), "domain_ppl", "domain"),
+        ("general" + named(base["general_heldout_from"]), "general_ppl", "general"),
+    ]
+
+
+def _perplexity(report: dict[str, Any]) -> str:
+    base = report["base"]
+    rows, labels, before, after = [], [], [], []
+    for label, key, tokens_key in _heldout_sources(report):
+        old, new = base[f"{key}_before"], base[f"{key}_after"]
+        rows.append(
+            [
+                _e(label),
+                _e(base["test_tokens"].get(tokens_key, 0)),
+                _num(old),
+                _num(new),
+                _change(old, new),
+            ]
+        )
+        if old is not None and new is not None:
+            labels.append(label)
+            before.append(old)
+            after.append(new)
+    parts = []
+    if labels:
+        parts.append(
+            _image(
+                plots.perplexity_bars(labels, before, after),
+                "test perplexity of the original and the DAPT base",
+                "Perplexity on held-out test documents, which neither training nor early stopping saw. "
+                "A rise on general text is the forgetting signal.",
+            )
+        )
+    parts.append(
+        _table(["held-out text", "test tokens", "original base", "DAPT base", "change"], rows, numeric={1, 2, 3, 4})
+    )
+    parts.append(
+        f"<p>Original base: {_e(base['original'])} ({_e(base['architecture'])}, "
+        f"{base['parameters'] / 1e6:.2f}M parameters). General text held out from the "
+        f"<code>{_e(base['general_heldout_from'])}</code> source"
+        + (
+            " — the replay source, so it mostly shows how well the replay was learned.</p>"
+            if base["general_heldout_from"] == "replay"
+            else ", not the replay source.</p>"
+        )
+    )
+    return "\n".join(parts)
+
+
+def _data_funnel(report: dict[str, Any]) -> str:
+    funnel, data = report["data"]["funnel"], report["data"]
+    documents_in = funnel["documents_in"]
+
+    def share(count: int) -> str:
+        return f"{count / documents_in:.1%}" if documents_in else "—"
+
+    dropped = sorted(funnel["dropped_by_reason"].items(), key=lambda item: (-item[1], item[0]))
+    rows = [["documents in", str(documents_in), share(documents_in)]]
+    rows += [[f"dropped: {_e(reason)}", str(count), share(count)] for reason, count in dropped]
+    rows.append(["kept", str(funnel["kept"]), share(funnel["kept"])])
+    parts = [
+        _image(
+            plots.data_funnel(documents_in, funnel["kept"], funnel["dropped_by_reason"]),
+            "documents in, dropped by reason, kept",
+            "Every dropped document is in the curate artifact's <code>rejection_ledger.parquet</code> with its reason.",
+        ),
+        _table(["", "documents", "share"], rows, numeric={1, 2}),
+    ]
+    decontaminated = funnel.get("decontaminated_by_task", {})
+    if decontaminated:
+        parts.append("<h3>Decontamination per task</h3>")
+        parts.append(
+            "<p>Documents sharing a long n-gram with a task's test set are removed, so pretraining never sees the "
+            "test texts.</p>"
+        )
+        parts.append(
+            _table(
+                ["task", "documents removed"],
+                [[_e(task), str(count)] for task, count in decontaminated.items()],
+                numeric={1},
+            )
+        )
+    parts.append("<h3>Sources and token splits</h3>")
+    parts.append(
+        _table(
+            ["source", "role", "documents", "characters"],
+            [
+                [_e(name), _e(source["role"]), str(source["documents"]), f"{source['chars']:,}"]
+                for name, source in data["sources"].items()
+            ],
+            numeric={2, 3},
+        )
+    )
+    parts.append(
+        _table(
+            ["token split", "documents", "tokens"],
+            [
+                [_e(split), str(stats["documents"]), f"{stats['tokens']:,}"]
+                for split, stats in data["token_splits"].items()
+            ],
+            numeric={1, 2},
+        )
+    )
+    return "\n".join(parts)
+
+
+def _tasks(report: dict[str, Any]) -> str:
+    tasks = report["tasks"]
+    if not tasks:
+        return "<p>This pipeline has no tasks.</p>"
+    rows = []
+    for task in tasks:
+        control, dapt, difference = task["control"], task["dapt"], task["difference"]
+        low, high = difference["accuracy_ci95"]
+        recipe = task["recipe"] + (f" (last {task['top_blocks']} blocks + head)" if task.get("top_blocks") else "")
+        rows.append(
+            [
+                _e(task["name"]),
+                _e(recipe),
+                f"{task['train_examples']} / {task['test_examples']}",
+                f"{control['accuracy']:.3f}",
+                f"{dapt['accuracy']:.3f}",
+                _points(difference["accuracy"]),
+                f"{_points(low)} to {_points(high)}",
+                f"{control['macro_f1']:.3f}",
+                f"{dapt['macro_f1']:.3f}",
+                _points(difference["macro_f1"]),
+            ]
+        )
+    header = [
+        "task",
+        "recipe",
+        "train / test",
+        "control acc",
+        "DAPT acc",
+        "difference (points)",
+        "95% interval",
+        "control macro-F1",
+        "DAPT macro-F1",
+        "F1 difference (points)",
+    ]
+    figure = _image(
+        plots.task_differences(
+            [t["name"] for t in tasks],
+            [t["difference"]["accuracy"] for t in tasks],
+            [t["difference"]["accuracy_ci95"] for t in tasks],
+        ),
+        "accuracy difference per task with its 95% interval",
+        "Accuracy of the variant adapted from the DAPT base minus that of the control adapted from the original "
+        "base. The error bar is the 95% paired-bootstrap interval over test examples: a bar whose interval "
+        "crosses zero is no clear difference (grey); blue is a clear gain, red a clear loss.",
+    )
+    note = (
+        "<p>Both variants of a task use the same recipe, data, budget and seed; only their base differs. "
+        "One seed, one test split: the interval does not cover seed-to-seed variation.</p>"
+    )
+    return "\n".join([figure, _table(header, rows, numeric=set(range(2, 10))), note])
+
+
+def _lineage(report: dict[str, Any]) -> str:
+    tree = "\n".join(lineage_tree(report["lineage"]))
+    return f"<p>Artifact ids; every variant points at the base it was adapted from.</p>\n<pre>{_e(tree)}</pre>"
+
+
+def _cost(report: dict[str, Any]) -> str:
+    pretrain, timings = report["pretrain"], report["timings"]
+    total = sum(timings.values())
+
+    def share(seconds: float) -> str:
+        return f"{seconds / total:.0%}" if total else "—"
+
+    rows = [[_e(stage), f"{seconds:.1f}", share(seconds)] for stage, seconds in timings.items()]
+    rows.append(["total", f"{total:.1f}", share(total)])
+    summary = (
+        f"<p>Continued pretraining: {pretrain['tokens_trained']:,} tokens in {pretrain['steps']} steps, "
+        f"{pretrain['tokens_per_second']:,.0f} tokens/s ({pretrain['train_seconds']:.1f} s of training, "
+        f"evaluation excluded). Machine: {_e(report['machine'])}.</p>"
+    )
+    note = (
+        "<p>Stage times are from each artifact's manifest; a stage reused from cache shows the time it first took.</p>"
+    )
+    return "\n".join([summary, _table(["stage", "seconds", "share"], rows, numeric={1, 2}, total=True), note])
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole page, from the report dict that build_report writes as report.json."""
+    bodies = {
+        "verdict": _verdict(report),
+        "loss-curves": _loss_curves(report),
+        "perplexity": _perplexity(report),
+        "data-funnel": _data_funnel(report),
+        "tasks": _tasks(report),
+        "lineage": _lineage(report),
+        "cost": _cost(report),
+    }
+    contents = "".join(f'<li><a href="#{section_id}">{_e(heading)}</a></li>' for section_id, heading in SECTIONS)
+    sections = "\n".join(_section(section_id, bodies[section_id]) for section_id, _ in SECTIONS)
+    title = f"dapt report — run {_e(report['run'])}"
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        f"<h1>{title}</h1>\n"
+        f'<p class="meta">Created {_e(report["created"])} on {_e(report["machine"])}. '
+        "The same numbers are in report.json; the same verdict in report.md.</p>\n"
+        f"<nav><ol>{contents}</ol></nav>\n{sections}\n</body>\n</html>\n"
+    )

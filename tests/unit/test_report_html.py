@@ -1,0 +1,266 @@
+"""report.html: one self-contained page with every section, real embedded plots, and data escaped."""
+
+import base64
+import copy
+import io
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from dapt.cli import main
+from dapt.report.html import SECTIONS, render_html
+
+TINY = Path(__file__).parents[1] / "integration" / "tiny.yaml"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DATA_PNG = "data:image/png;base64,"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class Page(HTMLParser):
+    """What a reader of the page sees: section ids with their headings, images, links, tags, and text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.headings: dict[str, str] = {}  # section id -> its <h2> text
+        self.section_text: dict[str, list[str]] = {}
+        self.images: list[dict[str, str]] = []
+        self.references: list[str] = []  # every src / href value
+        self.tags: set[str] = set()
+        self._section: str | None = None
+        self._in_h2 = False
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        self.tags.add(tag)
+        if tag == "section":
+            self._section = attributes.get("id")
+            self.headings.setdefault(self._section, "")
+            self.section_text.setdefault(self._section, [])
+        elif tag == "h2":
+            self._in_h2 = True
+        elif tag == "img":
+            self.images.append(attributes)
+        self.references += [value for name, value in attrs if name in ("src", "href") and value is not None]
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            self._section = None
+        elif tag == "h2":
+            self._in_h2 = False
+
+    def handle_data(self, data):
+        if self._section is None:
+            return
+        if self._in_h2:
+            self.headings[self._section] += data
+        self.section_text[self._section].append(data)
+
+    def text(self, section: str) -> str:
+        return " ".join(" ".join(self.section_text[section]).split())
+
+
+def decode_png(src: str) -> bytes:
+    assert src.startswith(DATA_PNG), src[:40]
+    return base64.b64decode(src.removeprefix(DATA_PNG), validate=True)
+
+
+def distinct_colours(image: np.ndarray) -> int:
+    """How many different colours an image (height, width[, channels]) of floats in [0, 1] holds."""
+    channels = np.round(np.atleast_3d(image) * 255).astype(np.uint32)
+    packed = np.zeros(channels.shape[:2], dtype=np.uint32)
+    for channel in range(channels.shape[2]):  # one integer per pixel: np.unique on rows is far slower
+        packed = (packed << 8) | channels[:, :, channel]
+    return len(np.unique(packed))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny-html") / "run"
+    # the tiny pipeline, made smaller still (4 steps with evaluations at 0, 2, 4; one classifier epoch):
+    # this file is about the page, not the training
+    shrink = ["pretrain.max_steps=4", "pretrain.eval_every=2", "tasks.0.epochs=1"]
+    assert main(["run", str(TINY), "--out", str(out), *(a for o in shrink for a in ("--set", o))]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def page(run_dir):
+    return Page((run_dir / "report.html").read_text(encoding="utf-8"))
+
+
+@pytest.mark.integration
+def test_report_html_is_written_next_to_report_md_and_stays_small(run_dir):
+    report_html = run_dir / "report.html"
+    assert report_html.is_file() and (run_dir / "report.md").is_file()
+    assert report_html.stat().st_size < 1_000_000
+
+
+@pytest.mark.integration
+def test_every_section_is_there_with_its_heading(page):
+    assert list(page.headings) == [section_id for section_id, _ in SECTIONS]
+    for section_id, heading in SECTIONS:
+        assert page.headings[section_id].strip() == heading
+
+
+@pytest.mark.integration
+def test_every_image_is_an_embedded_png_with_something_drawn(page):
+    # loss curves, perplexity, data funnel, task differences
+    assert len(page.images) == 4
+    for image in page.images:
+        png = decode_png(image["src"])
+        assert png.startswith(PNG_SIGNATURE)
+        pixels = matplotlib.image.imread(io.BytesIO(png), format="png")
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+        assert distinct_colours(pixels) > 1, "a blank image"
+        assert image.get("alt")
+
+
+@pytest.mark.integration
+def test_page_needs_nothing_outside_itself(run_dir, page):
+    text = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text
+    assert all(ref.startswith((DATA_PNG, "#")) for ref in page.references)
+    assert not page.tags & {"script", "link", "iframe", "object", "embed"}
+
+
+@pytest.mark.integration
+def test_verdict_and_numbers_match_report_json(run_dir, page):
+    report = json.loads((run_dir / "report.json").read_text())
+    verdict = page.text("verdict")
+    (task,) = report["tasks"]
+    assert task["name"] in verdict and task["verdict"] in verdict
+    assert f"{task['difference']['accuracy'] * 100:+.1f} points" in verdict
+    assert f"{report['base']['domain_ppl_after']:.3f}" in page.text("perplexity")
+    assert str(report["pretrain"]["best_step"]) in page.text("loss-curves")
+    assert str(report["data"]["funnel"]["kept"]) in page.text("data-funnel")
+    assert "DAPT base" in page.text("lineage") and report["lineage"]["dapt"]["id"] in page.text("lineage")
+    assert f"{report['pretrain']['tokens_trained']:,}" in page.text("cost")
+    # report.json carries the per-step training loss the loss curves are drawn from
+    curve = report["pretrain"]["train_curve"]
+    assert len(curve["step"]) == len(curve["loss"]) == report["pretrain"]["steps"]
+
+
+def hostile_report() -> dict:
+    """A hand-made report whose names from data carry markup; and no general held-out text at all."""
+    name, source, reason = "<script>alert('task')</script>", "<b>docs</b>", "<img src=x onerror=alert(1)>"
+    original, dapt = "aaaa", "bbbb"
+    return {
+        "run": "<i>run</i>",
+        "created": "2026-01-01T00:00:00+00:00",
+        "machine": "x86_64, Linux, Python 3.11",
+        "base": {
+            "original": "preset & <friends>",
+            "architecture": "LlamaForCausalLM",
+            "parameters": 1_000_000,
+            "domain_ppl_before": 20.0,
+            "domain_ppl_after": 15.0,
+            "general_ppl_before": None,
+            "general_ppl_after": None,
+            "test_tokens": {"domain": 100},
+            "general_heldout_from": "replay",
+        },
+        "pretrain": {
+            "steps": 4,
+            "tokens_trained": 512,
+            "tokens_per_second": 100.0,
+            "train_seconds": 5.1,
+            "best_step": 4,
+            "stopped_early": True,
+            "stop_reason": "<patience> ran out",
+            "evaluations": [{"step": 0, "domain_val_loss": 3.0}, {"step": 4, "domain_val_loss": 2.7}],
+            "train_curve": {"step": [1, 2, 3, 4], "loss": [3.1, 2.9, 2.8, 2.6]},
+        },
+        "data": {
+            "funnel": {
+                "documents_in": 10,
+                "kept": 7,
+                "dropped_by_reason": {reason: 3},
+                "decontaminated_by_task": {name: 0},
+            },
+            "sources": {source: {"role": "domain", "documents": 10, "chars": 5000}},
+            "token_splits": {"domain_train": {"documents": 6, "tokens": 900}},
+        },
+        "tasks": [
+            {
+                "name": name,
+                "recipe": "top_blocks",
+                "top_blocks": 1,
+                "train_examples": 20,
+                "test_examples": 10,
+                "control": {"accuracy": 0.5, "macro_f1": 0.4},
+                "dapt": {"accuracy": 0.7, "macro_f1": 0.6},
+                "difference": {"accuracy": 0.2, "macro_f1": 0.2, "accuracy_ci95": [0.1, 0.3]},
+                "verdict": "the DAPT base helped",
+            }
+        ],
+        "lineage": {
+            "original": {"artifact": "base", "id": original, "origin": "<origin>"},
+            "dapt": {"artifact": "pretrain", "id": dapt, "parent": original},
+            "variants": [
+                {"artifact": f"adapt-{name}-control", "id": "cccc", "parent": original},
+                {"artifact": f"adapt-{name}-dapt", "id": "dddd", "parent": dapt},
+            ],
+        },
+        "timings": {"ingest": 1.0, f"evaluate-{name}-dapt": 2.0},
+    }
+
+
+def test_names_from_data_are_escaped_never_markup():
+    report = hostile_report()
+    text = render_html(copy.deepcopy(report))
+    page = Page(text)
+    assert not page.tags & {"script", "b", "i", "friends", "patience"}
+    assert [image["src"][: len(DATA_PNG)] for image in page.images] == [DATA_PNG] * len(page.images)
+    assert "<script>" not in text and "<img src=x" not in text and "<b>docs" not in text
+    assert "&lt;script&gt;alert(&#x27;task&#x27;)&lt;/script&gt;" in text
+    # what the reader sees is the name as it was written
+    assert report["tasks"][0]["name"] in page.text("verdict")
+    assert report["tasks"][0]["name"] in page.text("tasks") and report["tasks"][0]["name"] in page.text("lineage")
+    assert "dropped: <img src=x onerror=alert(1)>" in page.text("data-funnel")
+    assert "<b>docs</b>" in page.text("perplexity")
+
+
+def test_a_run_without_general_text_still_renders_every_section():
+    page = Page(render_html(hostile_report()))
+    assert list(page.headings) == [section_id for section_id, _ in SECTIONS]
+    assert "—" in page.text("perplexity")  # general perplexity not measured: shown as missing, not as 0
+    assert len(page.images) == 4
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium to run this)")
+def test_page_renders_in_a_headless_browser(run_dir, tmp_path):
+    screenshot = tmp_path / "report.png"
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={screenshot}",
+        "--window-size=1200,3000",
+        (run_dir / "report.html").as_uri(),
+    ]
+    # output to a file, not a pipe: chromium's helper processes can hold a pipe open for seconds after it exits
+    log = tmp_path / "chromium.log"
+    with log.open("wb") as output:
+        finished = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, timeout=60)
+    assert finished.returncode == 0 and screenshot.is_file(), log.read_text(errors="replace")[-2000:]
+    pixels = matplotlib.image.imread(screenshot)
+    assert pixels.shape[:2] == (3000, 1200)
+    assert distinct_colours(pixels) > 50, "the page rendered blank"
+    # the plots are drawn, not broken-image icons: the lower half of the page (figures, tables) has ink too
+    assert distinct_colours(pixels[1500:]) > 50
