@@ -152,6 +152,11 @@ def main() -> None:
         "ratio_dapt_vs_trainer": round(ratio, 3),
         "ratio_dapt_document_mask_vs_trainer": round(median["dapt_document_mask"] / median["hf_trainer"], 3),
     }
+    record["headline"] = (
+        f"dapt {median['dapt']:.0f} tok/s vs HF Trainer {median['hf_trainer']:.0f} tok/s: **{ratio:.2f}×** "
+        f"(with document masking {median['dapt_document_mask']:.0f} tok/s); {parameters / 1e6:.1f}M-param Llama, "
+        f"seq {args.seq_len}, batch {args.batch}, fp32"
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\n| contender | tokens/s ({parameters / 1e6:.1f}M params, seq {args.seq_len}, batch {args.batch}) |")
