@@ -16,7 +16,11 @@ def table() -> str:
     rows = ["| benchmark | result | measured | machine |", "|---|---|---|---|"]
     for path in sorted((ROOT / "bench" / "results").glob("*.json")):
         record = json.loads(path.read_text())
-        rows.append(f"| `bench/{path.stem}.py` | {record['headline']} | {record['date']} | {record['machine']} |")
+        machine = record.get("machine", "")
+        if isinstance(machine, dict):
+            machine = ", ".join(str(value) for value in machine.values() if value)
+        headline = record.get("headline", "(no headline recorded)")
+        rows.append(f"| `bench/{path.stem}.py` | {headline} | {record.get('date', '')} | {machine} |")
     if len(rows) == 2:
         rows.append("| — | nothing measured yet | | |")
     return "\n".join(rows)
