@@ -1,6 +1,6 @@
 """Regenerate the README's benchmark table from bench/results/*.json (each has date, machine, headline).
 
-    python bench/readme_table.py            # rewrites the table between the markers in README.md
+python bench/readme_table.py            # rewrites the table between the markers in README.md
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dapt.config import CurateConfig
 from dapt.data.curate import curate_documents, normalize_text
 from dapt.data.documents import DOCUMENT_SCHEMA
 
@@ -33,6 +34,13 @@ def table(texts: list[str], ids: list[str] | None = None) -> pa.Table:
 
 def ledger_rows(result) -> dict[str, dict]:
     return {row["id"]: row for row in result.ledger.to_pylist()}
+
+
+def near_copy(seed: int, n_words: int = 150) -> str:
+    """prose(seed, n_words) with 2 words changed: a near-duplicate of it (Jaccard of 5-word shingles 0.87)."""
+    words = prose(seed, n_words).split()
+    words[n_words // 4], words[n_words * 3 // 4] = "alpha", "beta"
+    return " ".join(words)
 
 
 def test_normalize_text() -> None:
@@ -112,8 +120,11 @@ def test_decontamination_runs_before_dedup() -> None:
     st.lists(
         st.one_of(
             st.sampled_from(["", "   ", prose(11), prose(12), "tiny", prose(11) + "\n\n\n\n\n"]),
+            st.sampled_from([prose(13) + " Mail jane@mail.com", prose(13) + " Mail bob@mail.com"]),
             st.text(max_size=400),
             st.integers(0, 50).map(lambda seed: prose(seed, n_words=seed * 3)),
+            st.integers(0, 5).map(lambda seed: prose(seed, n_words=150)),
+            st.integers(0, 5).map(near_copy),
         ),
         max_size=40,
     )
@@ -128,6 +139,9 @@ def test_every_input_document_is_kept_or_in_the_ledger(texts: list[str]) -> None
     kept_texts = result.kept.column("text").to_pylist()
     assert len(set(kept_texts)) == len(kept_texts)  # no duplicate survives
     assert result.stats["chars_kept"] == sum(map(len, kept_texts))
+    assert not [text for text in kept_texts if "@mail.com" in text]  # scrubbed, and then exact duplicates
+    for seed in range(6):  # a planted near-duplicate never survives next to its original
+        assert not {prose(seed, n_words=150), near_copy(seed)} <= set(kept_texts)
 
 
 def test_ten_thousand_documents_in_a_few_seconds() -> None:
@@ -152,3 +166,42 @@ def test_boilerplate_shared_by_many_documents_is_not_a_leak() -> None:
     assert result.stats["decontamination_ignored_common_ngrams"] > 0
     strict = curate_documents(docs, contamination={"task": [test_text]}, decontaminate_max_doc_frequency=0)
     assert strict.stats["decontaminated_by_task"] == {"task": 13}
+
+
+def test_pii_is_replaced_before_the_other_blocks_and_counted() -> None:
+    first = prose(20) + " Contact jane.doe@acme-corp.co.uk or +44 20 7946 0958."
+    second = prose(20) + " Contact bob@mail.com or +1 415 555 2671."  # the same document for another person
+    result = curate_documents(table([first, second, prose(21)]))
+    kept = result.kept.column("text").to_pylist()
+    assert kept[0] == prose(20) + " Contact <EMAIL> or <PHONE>." and kept[1] == prose(21)
+    # Exact dedup saw the scrubbed text, so the second copy is a duplicate of the first.
+    assert ledger_rows(result)["doc1"]["reason"] == "exact_duplicate"
+    assert result.stats["pii_replaced"] == {"secret": 0, "email": 2, "iban": 0, "card": 0, "ip": 0, "phone": 2}
+    assert result.stats["pii_documents_changed"] == 2
+    assert result.stats["blocks"]["pii_scrub"] == {"seen": 3, "dropped": 0}
+
+    only_phones = curate_documents(table([first]), pii_kinds=["phone"])
+    assert only_phones.kept.column("text")[0].as_py().endswith("jane.doe@acme-corp.co.uk or <PHONE>.")
+    untouched = curate_documents(table([first]), pii_scrub=False)
+    assert untouched.kept.column("text")[0].as_py() == first and untouched.stats["pii_replaced"] == {}
+
+
+def test_near_duplicate_is_dropped_and_names_the_kept_document() -> None:
+    original, copy = prose(30, n_words=150), near_copy(30)
+    docs = table([original, prose(31, n_words=150), original, copy], ids=["first", "other", "exact", "near"])
+    result = curate_documents(docs)
+    assert result.kept.column("id").to_pylist() == ["first", "other"]
+    rows = ledger_rows(result)
+    assert rows["exact"]["reason"] == "exact_duplicate"  # exact dedup runs first
+    assert rows["near"]["reason"] == "near_duplicate" and rows["near"]["block"] == "near_dedup"
+    assert rows["near"]["detail"].startswith("near-duplicate of first: estimated Jaccard 0.")
+    assert result.stats["blocks"]["near_dedup"] == {"seen": 3, "dropped": 1}
+    assert result.stats["near_dedup"]["verified_pairs"] == 1
+    assert curate_documents(docs, near_dedup=False).kept.column("id").to_pylist() == ["first", "other", "near"]
+    strict = curate_documents(docs, near_dedup_threshold=0.99, near_dedup_num_perm=64, near_dedup_bands=8)
+    assert "near" in strict.kept.column("id").to_pylist()
+
+
+def test_the_config_section_is_what_curate_documents_takes() -> None:
+    result = curate_documents(table([prose(40, n_words=150), near_copy(40)]), **CurateConfig().model_dump())
+    assert result.stats["docs_kept"] == 1

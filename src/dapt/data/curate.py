@@ -1,13 +1,21 @@
 """Clean a document table, keeping an account of every document that was dropped and why.
 
-Curation runs small blocks in a fixed order: normalize → length → quality → decontaminate → exact dedup.
-Each block answers "keep?" for one document and, when not, gives a `reason` (a stable key to count by)
-and a `detail` a person can check (the measured value and the threshold, the kept duplicate's id, the
-eval task whose text leaked). Dropped documents go to the rejection ledger rather than disappearing, so
-`docs_in == kept + ledger` always holds and a surprising drop can be traced to its block.
+Curation runs small blocks in a fixed order: normalize → PII scrub → length → quality → decontaminate →
+exact dedup → near dedup. Each filter answers "keep?" for one document and, when not, gives a `reason`
+(a stable key to count by) and a `detail` a person can check (the measured value and the threshold, the
+kept duplicate's id, the eval task whose text leaked). Dropped documents go to the rejection ledger rather
+than disappearing, so `docs_in == kept + ledger` always holds and a surprising drop can be traced to its
+block.
 
-The order puts cheap per-document filters first and the stateful dedup last, so that a duplicate of a
+PII scrubbing (`dapt.data.pii`) replaces e-mail addresses, phone numbers, IPs, card numbers, IBANs and
+secrets with placeholders and drops nothing; it runs before every block that reads text, so that two
+documents differing only in an address are exact duplicates and no filter's detail quotes the PII.
+
+The order puts cheap per-document filters first and the stateful dedups last, so that a duplicate of a
 document dropped for quality is reported as low quality, not as a duplicate of something not kept.
+Near-duplicate detection (`dapt.data.near_dup`, MinHash + LSH) needs all documents at once, so it is a
+pass over the documents that every per-document block kept; exact duplicates are gone by then, and
+what it finds are copies with a few words changed, templated texts and re-flowed paragraphs.
 """
 
 from __future__ import annotations
@@ -17,12 +25,20 @@ import logging
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from dapt.data.documents import DOCUMENT_SCHEMA
+from dapt.data.near_dup import (
+    DEFAULT_BANDS,
+    DEFAULT_NUM_PERM,
+    DEFAULT_SHINGLE,
+    DEFAULT_THRESHOLD,
+    NearDuplicateFinder,
+)
+from dapt.data.pii import PII_KINDS, PiiScrubber
 from dapt.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -256,11 +272,48 @@ class ExactDedup(CurationBlock):
 
 
 @dataclass
+class NearDedup:
+    """Drops documents whose k-word shingles overlap a kept document's by at least `finder.threshold`
+    (Jaccard, estimated by MinHash); each names the kept document of its cluster, the first in input order.
+
+    Unlike a `CurationBlock` it judges all documents at once (`judge_all`): near-duplicates are found by
+    comparing documents with each other through LSH buckets, not one document against what came before.
+    """
+
+    finder: NearDuplicateFinder = field(default_factory=NearDuplicateFinder)
+    name: str = field(init=False, default="near_dedup")
+    seen: int = field(init=False, default=0)
+    dropped: int = field(init=False, default=0)
+
+    def judge_all(self, ids: Sequence[str], texts: Sequence[str]) -> list[Rejection | None]:
+        """For each document, the rejection if it is a near-duplicate of an earlier kept one, else None."""
+        self.seen += len(ids)
+        verdicts: list[Rejection | None] = [None] * len(ids)
+        threshold = self.finder.threshold
+        for duplicate in self.finder.find(texts):
+            kept_id = ids[duplicate.kept]
+            if duplicate.via == duplicate.kept:
+                detail = f"near-duplicate of {kept_id}: estimated Jaccard {duplicate.jaccard:.2f} >= {threshold}"
+            else:
+                # Joined the cluster through another member (A≈B, B≈C, but C is further from A).
+                detail = (
+                    f"near-duplicate of {kept_id} through {ids[duplicate.via]}: estimated Jaccard "
+                    f"{duplicate.via_jaccard:.2f} >= {threshold} with {ids[duplicate.via]}, "
+                    f"{duplicate.jaccard:.2f} with {kept_id}"
+                )
+            verdicts[duplicate.index] = Rejection("near_duplicate", detail)
+        self.dropped += sum(verdict is not None for verdict in verdicts)
+        return verdicts
+
+
+@dataclass
 class CurateResult:
     """The kept documents (text normalized), the rejection ledger and the counts a report shows.
 
     `stats`: docs_in, docs_kept, dropped_by_reason {reason: n}, blocks {name: {seen, dropped}},
-    decontaminated_by_task {task: n}, chars_in (raw), chars_kept (normalized).
+    decontaminated_by_task {task: n}, chars_in (raw), chars_kept (normalized), pii_replaced {kind: n}
+    (over every input document, kept or not), pii_documents_changed, near_dedup {candidate_pairs,
+    verified_pairs} (the LSH's candidates and those whose estimated Jaccard passed the threshold).
     """
 
     kept: pa.Table
@@ -306,16 +359,37 @@ def curate_documents(
     decontaminate_ngram: int = 13,
     decontaminate_max_doc_frequency: int = DEFAULT_DECONTAMINATE_MAX_DOC_FREQUENCY,
     contamination: dict[str, list[str]] | None = None,
+    pii_scrub: bool = True,
+    pii_kinds: Sequence[str] = PII_KINDS,
+    near_dedup: bool = True,
+    near_dedup_shingle: int = DEFAULT_SHINGLE,
+    near_dedup_num_perm: int = DEFAULT_NUM_PERM,
+    near_dedup_bands: int = DEFAULT_BANDS,
+    near_dedup_threshold: float = DEFAULT_THRESHOLD,
 ) -> CurateResult:
-    """Normalize, filter and deduplicate `documents` (DOCUMENT_SCHEMA); see the module docstring for order.
+    """Normalize, scrub, filter and deduplicate `documents` (DOCUMENT_SCHEMA); see the module docstring.
 
     `contamination` maps a task name to its eval/test texts; documents sharing a `decontaminate_ngram`-word
     sequence with any of them are dropped and counted for that task, except for n-grams found in more than
     `decontaminate_max_doc_frequency` documents of the corpus (boilerplate, not a leak).
+    `pii_kinds` selects among `dapt.data.pii.PII_KINDS`; the `near_dedup_*` settings are
+    `dapt.data.near_dup.NearDuplicateFinder`'s.
     """
     columns = _columns(documents)
     ids, raw_texts, sources = columns["id"], columns["text"], columns["source"]
     texts = [normalize_text(text or "") for text in raw_texts]
+    scrubber = PiiScrubber(kinds=pii_kinds if pii_scrub else ())
+    if pii_scrub:
+        texts = [scrubber(text) for text in texts]
+    # Built before any document is read, so a bad setting fails fast.
+    near_dedup_block = NearDedup(
+        NearDuplicateFinder(
+            shingle=near_dedup_shingle,
+            num_perm=near_dedup_num_perm,
+            bands=near_dedup_bands,
+            threshold=near_dedup_threshold,
+        )
+    )
 
     blocks: list[CurationBlock] = [
         LengthFilter(min_chars=min_chars, max_chars=max_chars, min_words=min_words),
@@ -333,6 +407,12 @@ def curate_documents(
         blocks.append(ExactDedup())
 
     verdicts = run_blocks(ids, texts, blocks)
+    if near_dedup:
+        survivors = [i for i, verdict in enumerate(verdicts) if verdict is None]
+        near_verdicts = near_dedup_block.judge_all([ids[i] for i in survivors], [texts[i] for i in survivors])
+        for i, rejection in zip(survivors, near_verdicts, strict=True):
+            if rejection is not None:
+                verdicts[i] = (near_dedup_block.name, rejection)
 
     kept_rows = [i for i, verdict in enumerate(verdicts) if verdict is None]
     kept = pa.table(
@@ -359,10 +439,19 @@ def curate_documents(
         "docs_in": len(ids),
         "docs_kept": kept.num_rows,
         "dropped_by_reason": dict(sorted(Counter(rejection.reason for _, (_, rejection) in rejected).items())),
-        "blocks": {block.name: {"seen": block.seen, "dropped": block.dropped} for block in blocks},
+        "blocks": {
+            block.name: {"seen": block.seen, "dropped": block.dropped}
+            for block in [*([scrubber] if pii_scrub else []), *blocks, *([near_dedup_block] if near_dedup else [])]
+        },
         "decontaminated_by_task": dict(sorted(decontaminator.by_task.items())),
         "decontamination_ignored_common_ngrams": decontaminator.ignored_common_ngrams,
         "chars_in": sum(len(text or "") for text in raw_texts),
         "chars_kept": sum(len(texts[i]) for i in kept_rows),
+        "pii_replaced": dict(scrubber.replaced),
+        "pii_documents_changed": scrubber.changed,
+        "near_dedup": {
+            "candidate_pairs": near_dedup_block.finder.candidate_pairs,
+            "verified_pairs": near_dedup_block.finder.verified_pairs,
+        },
     }
     return CurateResult(kept=kept, ledger=ledger, stats=stats)

@@ -1,0 +1,300 @@
+"""Find near-duplicate documents with MinHash and locality-sensitive hashing (LSH).
+
+Two documents are near-duplicates when the Jaccard similarity of their sets of k-word shingles is at
+least `threshold`. Comparing every pair is quadratic; MinHash + LSH finds the candidate pairs in about
+linear time:
+
+1. shingles: the lowercased words of a document (split on whitespace and punctuation), every run of
+   `shingle` consecutive words hashed to 64 bits, then reduced into [0, p) (a document shorter than
+   that is one shingle);
+2. MinHash: `num_perm` universal hash functions h_i(x) = (a_i·x + b_i) mod p, p = 2**32 - 5 (a prime, so
+   a_i·x + b_i < p**2 < 2**64 stays exact in uint64); a document's signature is the minimum of each h_i over
+   its shingles. Two signatures agree at position i with probability equal to the documents' Jaccard
+   similarity, so the share of agreeing positions estimates it (standard error sqrt(J(1-J)/num_perm):
+   0.035 at J = 0.8 with 128 permutations);
+3. LSH: the signature is cut into `bands` bands of `num_perm // bands` rows; documents whose band is equal
+   in any band become candidate pairs. With b bands of r rows a pair of similarity s becomes a candidate
+   with probability 1 - (1 - s**r)**b: for 16 × 8, 0.95 at s = 0.8, 0.99 at 0.85, 0.06 at 0.5;
+4. verification: a candidate pair is kept when its estimated Jaccard (signature agreement) is at least
+   `threshold`, which removes the LSH's chance collisions;
+5. clusters: verified pairs are joined by union-find; each cluster keeps its first document in input
+   order and the others are its near-duplicates.
+
+All arithmetic is vectorised over all documents' shingles at once with NumPy: words are hashed once per
+distinct word (blake2b, so the result does not depend on Python's per-process string hash seed and a run
+is reproducible), shingle hashes are rolled from word hashes, and the permutations loop over chunks of
+shingles small enough to stay in the CPU cache (a loop over permutations of one-dimensional arrays
+measured 3x faster than one (shingles × permutations) matrix: 1.7 vs 0.56 M shingles/s on one core, and
+computing `mod p` by floor division 1.9x faster again). On SciPy's and the stdlib's docstrings (5.1k
+documents, 6.3 MB) shingling takes 0.35 s, signatures 0.2 s, LSH 0.05 s on one core;
+`bench/near_dup_quality.py` compares quality and speed with datasketch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_SHINGLE = 5
+DEFAULT_NUM_PERM = 128
+DEFAULT_BANDS = 16
+DEFAULT_THRESHOLD = 0.8
+
+PRIME = 4_294_967_291  # the largest prime below 2**32
+_WORD = re.compile(r"[^\W_]+")
+_ASCII_SEPARATORS = str.maketrans({chr(code): " " for code in range(128) if not chr(code).isalnum()})
+_U64 = np.uint64
+_ROLL = 0x9E3779B97F4A7C15  # odd multiplier of the rolling shingle hash (2**64 / golden ratio)
+# Chunks of about this many shingles: 8 bytes × 32k = 256 KiB per temporary array, inside the L2 cache.
+_CHUNK_SHINGLES = 1 << 15
+# Documents shingled at once: 8192 docstrings are about 10 MB of text and 2M shingles.
+_BATCH_DOCUMENTS = 8192
+# Buckets bigger than this pair each member with the bucket's first and previous member instead of with
+# every other member, which bounds the work on a corpus of many templated documents.
+_ALL_PAIRS_MAX_BUCKET = 64
+
+
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser, in place: spreads every input bit over the output bits."""
+    values ^= values >> _U64(33)
+    values *= _U64(0xFF51AFD7ED558CCD)
+    values ^= values >> _U64(33)
+    values *= _U64(0xC4CEB9FE1A85EC53)
+    values ^= values >> _U64(33)
+    return values
+
+
+def shingle_hashes(texts: Sequence[str], shingle: int = DEFAULT_SHINGLE) -> tuple[np.ndarray, np.ndarray]:
+    """The hashed `shingle`-word shingles of every text, concatenated, and where each text's run starts.
+
+    Returns `(hashes, offsets)`: `hashes` uint64 of shape (total shingles,), each in [0, PRIME);
+    `offsets` int64 of shape (len(texts) + 1,): text t's shingles are `hashes[offsets[t]:offsets[t + 1]]`.
+    A text with fewer words than `shingle` has one shingle (all its words); one with no words has none.
+    """
+    if shingle < 1:
+        raise ValueError(f"shingle must be at least 1 word, got {shingle}")
+    all_words: list[str] = []
+    word_counts = np.zeros(len(texts), dtype=np.int64)
+    for t, text in enumerate(texts):
+        text = text.lower()
+        # The same words either way; translate + split is 2.3x faster than the regex, for ASCII text only.
+        words = text.translate(_ASCII_SEPARATORS).split() if text.isascii() else _WORD.findall(text)
+        word_counts[t] = len(words)
+        all_words.extend(words)
+    # Hash each distinct word once; dict.fromkeys and map(__getitem__) keep the per-word work in C.
+    distinct = {word: i for i, word in enumerate(dict.fromkeys(all_words))}
+    word_ids = np.fromiter(map(distinct.__getitem__, all_words), dtype=np.int64, count=len(all_words))
+    digests = b"".join(hashlib.blake2b(word.encode(), digest_size=8).digest() for word in distinct)
+    words = np.frombuffer(digests, dtype="<u8").astype(np.uint64)[word_ids]  # (total words,)
+
+    # Rolling polynomial hash of every window of `shingle` words over the concatenated words; windows that
+    # cross a document boundary are computed and then never read.
+    windows = max(len(words) - shingle + 1, 0)
+    rolled = words[:windows].copy()
+    for i in range(1, shingle):
+        rolled *= _U64(_ROLL)  # wraps modulo 2**64, as intended
+        rolled += words[i : i + windows]
+
+    counts = np.where(word_counts >= shingle, word_counts - shingle + 1, np.minimum(word_counts, 1))
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    word_starts = np.zeros(len(texts), dtype=np.int64)
+    np.cumsum(word_counts[:-1], out=word_starts[1:])
+    # Shingle j of text t starts at word word_starts[t] + j.
+    positions = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1] - word_starts, counts)
+    hashes = np.empty(offsets[-1], dtype=np.uint64)
+    long_shingles = np.repeat(word_counts >= shingle, counts)
+    hashes[long_shingles] = rolled[positions[long_shingles]]
+    for t in np.flatnonzero((word_counts > 0) & (word_counts < shingle)):
+        short = 0  # the same rolling hash over all the text's words, in Python ints modulo 2**64
+        for word in words[word_starts[t] : word_starts[t] + word_counts[t]].tolist():
+            short = (short * _ROLL + word) & 0xFFFF_FFFF_FFFF_FFFF
+        hashes[offsets[t]] = short
+    return _mix64(hashes) % _U64(PRIME), offsets
+
+
+def permutation_parameters(num_perm: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The (a, b) of the `num_perm` hash functions (a·x + b) mod PRIME: a in [1, PRIME), b in [0, PRIME)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, PRIME, size=num_perm, dtype=np.uint64)
+    b = rng.integers(0, PRIME, size=num_perm, dtype=np.uint64)
+    return a, b
+
+
+def minhash_signatures(
+    hashes: np.ndarray, offsets: np.ndarray, num_perm: int = DEFAULT_NUM_PERM, seed: int = 0
+) -> np.ndarray:
+    """MinHash signatures, uint32 of shape (documents, num_perm), from `shingle_hashes`' output.
+
+    A document without shingles is left at PRIME everywhere, a value no hash function takes;
+    `lsh_candidate_pairs` never pairs it.
+    """
+    a, b = permutation_parameters(num_perm, seed)
+    n_docs = len(offsets) - 1
+    signatures = np.full((n_docs, num_perm), PRIME, dtype=np.uint32)
+    counts = np.diff(offsets)
+    documents = np.flatnonzero(counts > 0)
+    prime = _U64(PRIME)
+    start = 0
+    while start < len(documents):
+        # Whole documents per chunk, about _CHUNK_SHINGLES shingles (one long document may exceed it).
+        end = int(np.searchsorted(offsets[documents + 1], offsets[documents[start]] + _CHUNK_SHINGLES, "right"))
+        end = max(end, start + 1)
+        chunk_docs = documents[start:end]
+        x = hashes[offsets[chunk_docs[0]] : offsets[chunk_docs[-1] + 1]]
+        segment_starts = offsets[chunk_docs] - offsets[chunk_docs[0]]
+        permuted, quotient = np.empty_like(x), np.empty_like(x)
+        for p in range(num_perm):
+            np.multiply(x, a[p], out=permuted)
+            permuted += b[p]
+            # y mod p as y - (y // p)·p: NumPy divides by a scalar with libdivide (multiply and shift) in
+            # floor_divide but not in remainder; measured 1.9x faster for the whole loop.
+            np.floor_divide(permuted, prime, out=quotient)
+            quotient *= prime
+            permuted -= quotient
+            signatures[chunk_docs, p] = np.minimum.reduceat(permuted, segment_starts)
+        start = end
+    return signatures
+
+
+def estimated_jaccard(signatures: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Share of agreeing signature positions for each pair (left[k], right[k]): float64 of shape (pairs,)."""
+    result = np.empty(len(left), dtype=np.float64)
+    step = max(1, (1 << 22) // max(signatures.shape[1], 1))  # bounds the (pairs × num_perm) temporary
+    for start in range(0, len(left), step):
+        chunk = slice(start, start + step)
+        result[chunk] = (signatures[left[chunk]] == signatures[right[chunk]]).mean(axis=1)
+    return result
+
+
+def lsh_candidate_pairs(signatures: np.ndarray, bands: int) -> np.ndarray:
+    """Pairs of documents equal in at least one band, int64 of shape (pairs, 2), each (i, j) with i < j,
+    sorted and unique. Documents without shingles (signature all PRIME) are never paired."""
+    n_docs, num_perm = signatures.shape
+    if bands < 1 or num_perm % bands:
+        raise ValueError(f"num_perm {num_perm} must be a multiple of bands {bands}")
+    rows = num_perm // bands
+    has_shingles = signatures[:, 0] != PRIME
+    pair_codes: list[np.ndarray] = []
+    multipliers = _mix64(np.arange(1, rows + 1, dtype=np.uint64)) | _U64(1)  # odd: a bijection per row
+    for band in range(bands):
+        band_rows = signatures[:, band * rows : (band + 1) * rows].astype(np.uint64)
+        keys = _mix64((band_rows * multipliers).sum(axis=1, dtype=np.uint64))
+        members = np.flatnonzero(has_shingles)
+        order = members[np.argsort(keys[members], kind="stable")]
+        sorted_keys = keys[order]
+        boundaries = np.flatnonzero(np.diff(sorted_keys)) + 1
+        run_starts = np.concatenate(([0], boundaries))
+        run_ends = np.concatenate((boundaries, [len(order)]))
+        shared = run_ends - run_starts >= 2  # most buckets hold one document
+        for run_start, run_end in zip(run_starts[shared].tolist(), run_ends[shared].tolist(), strict=True):
+            size = run_end - run_start
+            bucket = np.sort(order[run_start:run_end])  # ascending input order
+            if size <= _ALL_PAIRS_MAX_BUCKET:
+                left, right = np.triu_indices(size, k=1)
+                pair_codes.append(bucket[left] * n_docs + bucket[right])
+            else:
+                star = bucket[0] * n_docs + bucket[1:]
+                chain = bucket[1:-1] * n_docs + bucket[2:]
+                pair_codes.append(np.concatenate((star, chain)))
+    if not pair_codes:
+        return np.empty((0, 2), dtype=np.int64)
+    codes = np.unique(np.concatenate(pair_codes))
+    return np.stack((codes // n_docs, codes % n_docs), axis=1)
+
+
+@dataclass(frozen=True)
+class NearDuplicate:
+    """Document `index` is a near-duplicate of the kept document `kept` (indices in the input order).
+
+    `jaccard`: estimated Jaccard with `kept`. `via`, `via_jaccard`: when the document joined the cluster
+    through another member rather than directly (A≈B, B≈C, but not A≈C), that member and the estimate
+    with it; otherwise `via` is `kept`.
+    """
+
+    index: int
+    kept: int
+    jaccard: float
+    via: int
+    via_jaccard: float
+
+
+@dataclass
+class NearDuplicateFinder:
+    """MinHash + LSH near-duplicate detection over a list of texts (see the module docstring)."""
+
+    shingle: int = DEFAULT_SHINGLE
+    num_perm: int = DEFAULT_NUM_PERM
+    bands: int = DEFAULT_BANDS
+    threshold: float = DEFAULT_THRESHOLD
+    seed: int = 0
+    candidate_pairs: int = field(init=False, default=0)
+    verified_pairs: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if self.num_perm < 1 or self.bands < 1 or self.num_perm % self.bands:
+            raise ValueError(
+                f"near-dedup: num_perm {self.num_perm} must be a positive multiple of bands {self.bands} "
+                f"(each band takes num_perm / bands signature rows)"
+            )
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"near-dedup: threshold must be in (0, 1], got {self.threshold}")
+
+    def signatures(self, texts: Sequence[str]) -> np.ndarray:
+        """MinHash signatures of `texts`, uint32 of shape (len(texts), num_perm).
+
+        Texts are shingled in batches, so memory holds one batch's words and shingles (tens of MB) besides
+        the signatures (4 bytes × num_perm per document); each batch hashes its own distinct words again,
+        which costs about 5% more time than one pass.
+        """
+        signatures = np.empty((len(texts), self.num_perm), dtype=np.uint32)
+        for start in range(0, len(texts), _BATCH_DOCUMENTS):
+            hashes, offsets = shingle_hashes(texts[start : start + _BATCH_DOCUMENTS], self.shingle)
+            signatures[start : start + len(offsets) - 1] = minhash_signatures(hashes, offsets, self.num_perm, self.seed)
+        return signatures
+
+    def find(self, texts: Sequence[str]) -> list[NearDuplicate]:
+        """The near-duplicates among `texts`, by index; the first document of each cluster is not listed."""
+        signatures = self.signatures(texts)
+        candidates = lsh_candidate_pairs(signatures, self.bands)
+        jaccard = estimated_jaccard(signatures, candidates[:, 0], candidates[:, 1])
+        # A float comparison on k/num_perm: allow for rounding so that 0.8 exactly passes threshold 0.8.
+        verified = candidates[jaccard >= self.threshold - 1e-9]
+        verified_jaccard = jaccard[jaccard >= self.threshold - 1e-9]
+        self.candidate_pairs, self.verified_pairs = len(candidates), len(verified)
+
+        parent = list(range(len(texts)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]  # path halving
+                i = parent[i]
+            return i
+
+        best_neighbour: dict[int, tuple[float, int]] = {}
+        for (i, j), estimate in zip(verified.tolist(), verified_jaccard.tolist(), strict=True):
+            root_i, root_j = root(i), root(j)
+            if root_i != root_j:
+                # The smaller index becomes the root, so a cluster's root is its first document.
+                parent[max(root_i, root_j)] = min(root_i, root_j)
+            for member, other in ((i, j), (j, i)):
+                # Each document's most similar verified partner (the first on ties): what it came "via".
+                if (estimate, -other) > best_neighbour.get(member, (-1.0, 0)):
+                    best_neighbour[member] = (estimate, -other)
+
+        duplicates = [index for index in range(len(texts)) if root(index) != index]
+        if not duplicates:
+            return []
+        kept = np.array([root(index) for index in duplicates])
+        with_kept = estimated_jaccard(signatures, np.array(duplicates), kept)
+        result = []
+        for index, kept_index, estimate in zip(duplicates, kept.tolist(), with_kept.tolist(), strict=True):
+            via_estimate, negative_via = best_neighbour.get(index, (estimate, -kept_index))
+            direct = estimate >= self.threshold - 1e-9
+            via = kept_index if direct else -negative_via
+            result.append(NearDuplicate(index, kept_index, estimate, via, estimate if direct else via_estimate))
+        return result
