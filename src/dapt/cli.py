@@ -73,8 +73,34 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("pipeline", type=Path, help="the pipeline YAML")
         _add_run_options(command)
 
-    report = commands.add_parser("report", help="rebuild report.md / report.json of a finished run")
+    report = commands.add_parser("report", help="rebuild report.html / report.md / report.json of a finished run")
     report.add_argument("run_dir", type=Path, nargs="?", default=Path("runs/demo"), help="the run folder")
+
+    assess = commands.add_parser(
+        "assess",
+        help="before spending compute: is domain-adaptive pretraining worth it for this corpus and base?",
+        description=(
+            "Measure a domain corpus (tokens, duplicates, vocabulary saturation), the base's perplexity and "
+            "tokenizer fertility on it against general text, the compute and money continued pretraining would "
+            "cost, and recommend: full DAPT, DAPT + vocabulary extension, task-adaptive pretraining only, "
+            "fine-tune only, or retrieval / prompting first. Writes assess.md and assess.json."
+        ),
+    )
+    assess.add_argument(
+        "paths", nargs="+", metavar="PATH", help="domain text: files, globs, folders, or a dapt artifact folder"
+    )
+    assess.add_argument("--base", help="base model: local HF folder, hub id, .gguf, or package:PKG/FILE.gguf")
+    assess.add_argument(
+        "--general", nargs="+", metavar="PATH", help="general text to compare with (same kinds of paths)"
+    )
+    assess.add_argument("--out", type=Path, default=Path("assess"), help="folder for assess.md/json (default ./assess)")
+    assess.add_argument("--text-field", default="text", help="JSONL key or Parquet column holding the text")
+    assess.add_argument("--gpu", help="GPU type for the cost: A100, H100 (default), H200, L4, A10G")
+    assess.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation (default 0.4)")
+    assess.add_argument("--price-per-hour", type=float, help="USD per GPU-hour (default: the table's for --gpu)")
+    assess.add_argument("--params", help="cost a model of this size instead of the base, e.g. 7B or 135M")
+    assess.add_argument("--seq-len", type=int, help="training context length for the cost (default 2048)")
+    assess.add_argument("--ppl-tokens", type=int, help="tokens per side for the perplexities (default 16384)")
 
     config = commands.add_parser("config", help="explain the config keys, or print the demo pipeline")
     group = config.add_mutually_exclusive_group(required=True)
@@ -105,7 +131,7 @@ def _run(pipeline_path: Path, out: Path | None, overrides: list[str], until: str
 
 def print_headline(report: dict, run_dir: Path) -> None:
     base = report["base"]
-    print(f"\nReport: {run_dir / 'report.md'} (and report.json)")
+    print(f"\nReport: {run_dir / 'report.html'} (also report.md, report.json)")
     print(
         f"Domain perplexity  {base['domain_ppl_before']:.3f} → {base['domain_ppl_after']:.3f}   "
         f"general perplexity {base['general_ppl_before']:.3f} → {base['general_ppl_after']:.3f}"
@@ -159,6 +185,21 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args.pipeline, args.out, args.overrides, args.command)
         if args.command == "report":
             return _rebuild_report(args.run_dir)
+        if args.command == "assess":
+            from dapt.assess import parse_count, run_assess
+
+            options = {
+                "base": args.base,
+                "general_paths": args.general,
+                "gpu": args.gpu,
+                "mfu": args.mfu,
+                "price_per_hour": args.price_per_hour,
+                "params": None if args.params is None else parse_count(args.params),
+                "seq_len": args.seq_len,
+                "ppl_tokens": args.ppl_tokens,
+            }
+            given = {name: value for name, value in options.items() if value is not None}  # else assess's defaults
+            return run_assess(args.paths, out=args.out, text_field=args.text_field, **given)
         if args.command == "config":
             if args.demo:
                 print(demo_config_path().read_text(), end="")

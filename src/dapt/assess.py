@@ -1,0 +1,966 @@
+"""dapt assess: is domain-adaptive pretraining worth it here? Answered before any compute is spent.
+
+Reads a domain corpus (files, globs, or a dapt artifact folder holding `documents.parquet`), optionally a
+base model and a sample of general text, and writes `assess.md` (for people) and `assess.json` (for
+tools) with:
+
+- size: documents, tokens (the base's tokenizer, else whitespace words), and the share of documents that
+  curation would drop as exact duplicates (of normalised text) or near-duplicates (MinHash + LSH);
+- vocabulary saturation: Heaps' law V = K·N^β fitted on growing prefixes of the corpus, the current rate
+  of new words per 1k words and the corpus size at which it falls below a threshold;
+- domain gap (with a base): the base's perplexity on domain vs general text, and tokenizer fertility
+  (tokens per word, share of words split into ≥ 3 tokens) on both;
+- cost: training FLOPs (6·N·D plus PaLM's attention term), GPU-hours at an assumed MFU, money at an
+  assumed hourly price, for one and three epochs, next to a 7B / 10B-token sanity row;
+- a recommendation from the ordered rules below (the first rule that matches decides; a rule whose
+  measure is missing, e.g. perplexity without --base, is skipped and the report says so):
+
+| # | when | choice |
+|---|---|---|
+| 1 | domain tokens < 50,000 | try retrieval / prompting first |
+| 2 | domain/general perplexity ≤ 1 | try retrieval / prompting first |
+| 3 | domain/general perplexity < 1.1 | fine-tune only |
+| 4 | domain tokens < 500,000 | task-adaptive pretraining only |
+| 5 | domain/general tokens per word ≥ 1.25 | DAPT + vocabulary extension |
+| 6 | otherwise | full DAPT |
+
+The thresholds are the named constants below, each with where its number comes from. Several are
+heuristics rather than published results; they are here so the verdict can be argued with.
+
+The corpus is read into memory: this is a tool for deciding, meant for corpora up to a few GB. Token
+counts are exact up to EXACT_TOKEN_COUNT_MAX_CHARS characters and estimated from a sample beyond.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from dapt.artifacts import atomic_write_text, read_artifact
+from dapt.data.curate import ExactDedup, normalize_text
+from dapt.data.documents import read_documents
+from dapt.data.ingest import iter_file_documents
+from dapt.data.near_dup import NearDuplicateFinder
+from dapt.errors import ConfigError, DataError
+
+SEED = 0  # every sample below is drawn with this seed: the same corpus gives the same report
+
+# -- thresholds of the recommendation rules ------------------------------------------------------------------
+
+# Below this, continued pretraining has too little to learn from. It is about the size of the smallest task
+# corpus on which Gururangan et al. 2020 ("Don't Stop Pretraining", Table 5) saw TAPT help (ACL-ARC: 1,688
+# citation sentences, roughly 50k tokens). Less text than that fits a retrieval index or a long prompt.
+TINY_CORPUS_TOKENS = 50_000
+# A practitioner rule of thumb for the least good domain text that gives a measurable DAPT gain. Gururangan et
+# al. 2020 used 2-8 billion tokens per domain, so read 500k as a floor, not a target.
+MIN_DAPT_TOKENS = 500_000
+# Domain perplexity no higher than general perplexity: the base predicts domain text as well as the general
+# text it was trained on, so it already knows the domain (e.g. a code model on code docs).
+KNOWS_DOMAIN_PPL_RATIO = 1.0
+# A heuristic: below a 10% perplexity gap there is little for DAPT to teach. For scale, SmolLM2-135M on
+# SciPy's docstrings vs Python's language reference is 16.5 vs 12.6 (ratio 1.30), and 16 steps of DAPT cut
+# the domain perplexity by a third (the demo's numbers in the README).
+SMALL_GAP_PPL_RATIO = 1.1
+# A heuristic: when domain words cost 25% more tokens than general words, the base's tokenizer cuts domain
+# terms into pieces (fertility, Rust et al. 2021 "How Good is Your Tokenizer?"), which costs sequence length
+# and makes terms harder to learn; adding domain tokens (with embeddings initialised from their pieces) helps.
+FERTILITY_GAP_RATIO = 1.25
+
+# -- measurement settings ---------------------------------------------------------------------------------------
+
+# Tokenising every document ran at about 4 MB/s here (SmolLM2's tokenizer, 2 shared cores: SciPy's 5.3 MB of
+# docstrings in 1.3 s), so this is under a minute; beyond it the token count is words × the tokens per word
+# measured on a random sample.
+EXACT_TOKEN_COUNT_MAX_CHARS = 200_000_000
+FERTILITY_SAMPLE_WORDS = 100_000  # a random 100k words: a few hundred documents, enough for a stable ratio
+SPLIT_WORD_TOKENS = 3  # a word cut into 3+ pieces is the "split" word counted in the fertility section
+# Per side (domain, general): 32 windows of 512. A 135M model on 2 busy CPU cores scores about 100 tokens/s
+# (so --ppl-tokens 4096 for a quick look); a GPU takes seconds.
+PPL_TOKENS = 16_384
+PPL_SEQ_LEN = 512  # context per window; the same for domain and general so their perplexities compare
+# Heaps' law: fit points start at 1k words (the first few hundred words of any text are nearly all new) and
+# stop at 20M words (counting ran at about 3M words/s here); the fit is extrapolated beyond.
+HEAPS_MIN_WORDS = 1_000
+HEAPS_MAX_WORDS = 20_000_000
+HEAPS_FIT_POINTS = 30
+SATURATION_NEW_WORDS_PER_1K = 1.0  # "saturated": fewer than 1 new word per 1,000 words read
+# Near-duplicates are found with curation's own MinHash + LSH finder on up to this many words of documents
+# (about 10 s at the 1.7M shingles/s its docstring reports); a bigger corpus is sampled.
+NEAR_DUP_MAX_WORDS = 10_000_000
+
+# Words for Heaps' law: lowercased runs of letters and digits, the same words `curate.word_ngrams` uses, so
+# "Function," and "function" are one word.
+_WORD = re.compile(r"[^\W_]+")
+
+# -- cost assumptions ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuType:
+    """A GPU's dense bf16 peak (NVIDIA datasheets, SXM parts; without 2:4 sparsity) and an hourly price."""
+
+    tflops: float
+    usd_per_hour: float
+
+
+# Edit to your hardware and prices. Peaks: NVIDIA datasheets (A100 SXM 312, H100 SXM 989, H200 989 — same
+# compute as H100 —, L4 121, A10G 125 as the A10's). Prices: assumed on-demand rates of GPU clouds in 2025
+# for one GPU; yours differ — pass --price-per-hour.
+GPUS: dict[str, GpuType] = {
+    "A100": GpuType(tflops=312, usd_per_hour=1.80),
+    "H100": GpuType(tflops=989, usd_per_hour=2.50),
+    "H200": GpuType(tflops=989, usd_per_hour=3.50),
+    "L4": GpuType(tflops=121, usd_per_hour=0.80),
+    "A10G": GpuType(tflops=125, usd_per_hour=1.00),
+}
+DEFAULT_GPU = "H100"
+# Model FLOPs utilisation: PaLM 540B reached 46% (Chowdhery et al. 2022, Table 3); 40% is a good well-tuned
+# run; small models and single GPUs often get less.
+DEFAULT_MFU = 0.4
+DEFAULT_SEQ_LEN = 2048  # the context continued pretraining usually runs at; enters the attention term
+EPOCHS_SHOWN = (1, 3)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the FLOP formula needs: parameters N, layers L and width d_model."""
+
+    name: str
+    params: float
+    layers: int
+    d_model: int
+
+
+# The sanity row: Llama 2 7B's shape (Touvron et al. 2023) on 10B tokens, to set next to the commonly quoted
+# "$2k-10k for one 7B run".
+REFERENCE_MODEL = ModelShape(name="7B (Llama-2-7B shape)", params=6.74e9, layers=32, d_model=4096)
+REFERENCE_TOKENS = 10_000_000_000
+# A model given only by its size gets Llama's aspect ratio d_model = 128·L (Llama 7B: 32 × 4096, 13B:
+# 40 × 5120); with N ≈ 12·L·d_model² that makes L = (N / (12·128²))^(1/3).
+_LLAMA_WIDTH_PER_LAYER = 128
+
+
+def shape_from_params(params: float) -> ModelShape:
+    """A Llama-like shape for a model known only by its parameter count (the attention term needs L and d)."""
+    layers = max(1, round((params / (12 * _LLAMA_WIDTH_PER_LAYER**2)) ** (1 / 3)))
+    return ModelShape(name=f"{params / 1e9:g}B (Llama-like shape)", params=params, layers=layers, d_model=128 * layers)
+
+
+def training_flops(shape: ModelShape, tokens: float, seq_len: int) -> float:
+    """FLOPs to train on `tokens` tokens: 6·N·D plus PaLM's attention term 12·L·d_model·T per token.
+
+    6·N·D: forward (2 FLOPs per parameter per token) plus backward (4). The attention term (Chowdhery et al.
+    2022, appendix B: 12·L·H·Q·T with H·Q = d_model) is the score and value matmuls that parameters do not
+    count. N is all parameters: a tied output embedding is a real matmul, counted once.
+    """
+    return 6 * shape.params * tokens + 12 * shape.layers * shape.d_model * seq_len * tokens
+
+
+def gpu_hours(flops: float, gpu: GpuType, mfu: float) -> float:
+    return flops / (gpu.tflops * 1e12 * mfu) / 3600
+
+
+def cost_row(shape: ModelShape, tokens: float, seq_len: int, gpu_name: str, mfu: float, price: float) -> dict:
+    flops = training_flops(shape, tokens, seq_len)
+    hours = gpu_hours(flops, GPUS[gpu_name], mfu)
+    return {
+        "model": shape.name,
+        "tokens": tokens,
+        "flops": flops,
+        "gpu": gpu_name,
+        "gpu_hours": hours,
+        "usd": hours * price,
+    }
+
+
+# -- recommendation --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the rules look at. None: not measured (no --base, no --general)."""
+
+    domain_tokens: int
+    ppl_ratio: float | None = None  # the base's domain perplexity / its general perplexity
+    fertility_ratio: float | None = None  # domain tokens per word / general tokens per word
+    new_words_per_1k: float | None = None  # Heaps: new words per 1k words at the corpus's size (a note, no rule)
+    saturation_new_words_per_1k: float = SATURATION_NEW_WORDS_PER_1K
+
+
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {"<": operator.lt, "≤": operator.le, "≥": operator.ge}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the rules table: when `measure op threshold`, recommend `choice`, because `meaning`."""
+
+    choice: str
+    measure: str | None  # an Evidence field; None: always matches (the last rule)
+    op: str
+    threshold: float
+    label: str
+    meaning: str
+
+    @property
+    def when(self) -> str:
+        if self.measure is None:
+            return "otherwise"
+        threshold = f"{self.threshold:,}" if isinstance(self.threshold, int) else f"{self.threshold:g}"
+        return f"{self.label} {self.op} {threshold}"
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "try retrieval / prompting first",
+        "domain_tokens",
+        "<",
+        TINY_CORPUS_TOKENS,
+        "domain tokens",
+        "too little text to move a model's weights measurably; put it in a retrieval index or the prompt",
+    ),
+    Rule(
+        "try retrieval / prompting first",
+        "ppl_ratio",
+        "≤",
+        KNOWS_DOMAIN_PPL_RATIO,
+        "domain/general perplexity",
+        "the base predicts domain text at least as well as general text: it already knows the domain",
+    ),
+    Rule(
+        "fine-tune only",
+        "ppl_ratio",
+        "<",
+        SMALL_GAP_PPL_RATIO,
+        "domain/general perplexity",
+        "a small domain gap: the gain is in fine-tuning on the task, not in more pretraining",
+    ),
+    Rule(
+        "task-adaptive pretraining only",
+        "domain_tokens",
+        "<",
+        MIN_DAPT_TOKENS,
+        "domain tokens",
+        "task-sized, not domain-sized: continue pretraining briefly on this text and the task's unlabelled "
+        "inputs (TAPT: about 60x cheaper than DAPT in Gururangan et al. 2020, and often close to its gain)",
+    ),
+    Rule(
+        "DAPT + vocabulary extension",
+        "fertility_ratio",
+        "≥",
+        FERTILITY_GAP_RATIO,
+        "domain/general tokens per word",
+        "the tokenizer cuts domain words into many pieces; add domain tokens before continued pretraining",
+    ),
+    Rule(
+        "full DAPT",
+        None,
+        "",
+        0,
+        "",
+        "no rule above matched: enough domain text, a domain gap worth closing, a tokenizer that copes",
+    ),
+)
+
+
+def _shown(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:.3g}"
+
+
+def recommend(evidence: Evidence) -> dict[str, Any]:
+    """The first rule of RULES that matches, and the reasons: what decided, what was checked, what was not."""
+    decided: str | None = None
+    checked: list[str] = []
+    skipped: list[tuple[int, Rule]] = []
+    choice = RULES[-1].choice
+    for number, rule in enumerate(RULES, start=1):
+        if rule.measure is None:
+            decided = rule.meaning + (" (provisional: some rules could not be checked)" if skipped else "")
+            break
+        value = getattr(evidence, rule.measure)
+        if value is None:
+            skipped.append((number, rule))
+        elif _OPERATORS[rule.op](value, rule.threshold):
+            choice = rule.choice
+            decided = f"{rule.label} {_shown(value)} {rule.op} {_shown(rule.threshold)}: {rule.meaning}"
+            break
+        else:
+            checked.append(f"{rule.label} {_shown(value)}, not {rule.op} {_shown(rule.threshold)}")
+    reasons = [decided or RULES[-1].meaning, *checked]
+    if skipped:
+        labels = ", ".join(dict.fromkeys(rule.label for _, rule in skipped))
+        numbers = ", ".join(str(number) for number, _ in skipped)
+        reasons.append(f"not measured: {labels} (rules {numbers} skipped; pass --base and --general to check them)")
+    rate, threshold = evidence.new_words_per_1k, evidence.saturation_new_words_per_1k
+    if rate is not None and rate >= threshold:
+        reasons.append(
+            f"vocabulary not saturated: {rate:.3g} new words per 1k words (≥ {threshold:g}); "
+            "more domain text would still bring new terms"
+        )
+    elif rate is not None:
+        reasons.append(
+            f"vocabulary saturated: {rate:.3g} new words per 1k words (< {threshold:g}); more of the same text "
+            "adds few new terms — favour quality and breadth over volume"
+        )
+    return {"choice": choice, "reasons": reasons}
+
+
+# -- reading the texts ---------------------------------------------------------------------------------------
+
+
+def _source_roles(pipeline_yaml: Path) -> dict[str, str]:
+    """Source name → role from a run's pipeline.yaml; empty when there is none."""
+    if not pipeline_yaml.is_file():
+        return {}
+    sources = (yaml.safe_load(pipeline_yaml.read_text(encoding="utf-8")) or {}).get("sources") or []
+    return {source["name"]: source.get("role", "domain") for source in sources if isinstance(source, dict)}
+
+
+def _artifact_texts(folder: Path, side: str) -> tuple[list[str], str]:
+    """The texts of a dapt artifact folder; inside a run, only the sources whose role fits `side`.
+
+    A run's `curate/` holds domain, replay and general documents together; the run's pipeline.yaml says
+    which is which. Domain takes the `domain` sources, general the `general_eval` ones (else `replay`).
+    """
+    if read_artifact(folder) is None:
+        raise DataError(
+            f"{folder}: holds documents.parquet but no manifest.json, so the stage that writes it did not finish; "
+            f"rerun that stage, or pass {folder / 'documents.parquet'} to read the file as it is"
+        )
+    table = read_documents(folder / "documents.parquet")
+    texts, sources = table.column("text").to_pylist(), table.column("source").to_pylist()
+    roles = _source_roles(folder.parent / "pipeline.yaml")
+    if not roles:
+        return texts, f"{folder}: all {len(texts):,} documents (no pipeline.yaml beside it to tell sources apart)"
+    present = {roles.get(source, "domain") for source in set(sources)}  # unknown sources count as domain
+    wanted = ["domain"] if side == "domain" else [r for r in ("general_eval", "replay") if r in present][:1]
+    chosen = [text for text, source in zip(texts, sources, strict=True) if roles.get(source, "domain") in wanted]
+    if not chosen:
+        raise DataError(f"{folder}: no documents of a {side} source (roles here: {', '.join(sorted(present))})")
+    return chosen, f"{folder}: {len(chosen):,} of {len(texts):,} documents (role {wanted[0]})"
+
+
+def read_texts(paths: list[str], *, side: str, text_field: str, base_dir: Path) -> tuple[list[str], list[str]]:
+    """The texts the paths name, and a note per artifact folder saying which documents were taken.
+
+    A folder holding `documents.parquet` is read as a dapt artifact; anything else (files, globs, folders of
+    files) goes through `iter_file_documents`, which names the path in its error when nothing matches.
+    """
+    texts: list[str] = []
+    notes: list[str] = []
+    for path in paths:
+        folder = Path(path).expanduser()
+        folder = folder if folder.is_absolute() else base_dir / folder
+        if folder.is_dir() and (folder / "documents.parquet").is_file():
+            found, note = _artifact_texts(folder, side)
+            texts += [text for text in found if text.strip()]
+            notes.append(note)
+        else:
+            documents = iter_file_documents([path], source=side, text_field=text_field, base_dir=base_dir)
+            texts += [document["text"] for document in documents]
+    if not texts:
+        raise DataError(f"{side} text: {', '.join(paths)} hold no non-empty document")
+    return texts, notes
+
+
+def _sample_order(count: int, seed: int = SEED) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(count)
+
+
+# -- duplicates ----------------------------------------------------------------------------------------------------
+
+
+def exact_duplicates(texts: list[str]) -> tuple[int, int, list[int]]:
+    """(duplicate documents, their words, indices of the first copy of each text).
+
+    Curation's own exact dedup on curation's normalised text (NFC, line endings, trailing spaces), so what
+    counts here is what `curate` would drop.
+    """
+    dedup = ExactDedup()
+    first: list[int] = []
+    duplicate_words = 0
+    for index, text in enumerate(texts):
+        if dedup(str(index), normalize_text(text)) is None:
+            first.append(index)
+        else:
+            duplicate_words += len(text.split())
+    return dedup.dropped, duplicate_words, first
+
+
+def near_duplicate_share(texts: list[str], *, max_words: int = NEAR_DUP_MAX_WORDS) -> tuple[float, int]:
+    """Share of documents that curation's near-dedup would drop, and how many documents were looked at.
+
+    Pass distinct texts, so exact copies are not counted here again. The finder (`dapt.data.near_dup`) puts
+    documents whose word-shingle sets have an estimated Jaccard similarity at or above its threshold in one
+    cluster and keeps the first. Up to `max_words` words of documents in a seeded random order are checked:
+    on all of a corpus that is the share `curate` drops; on a sample it is a lower bound (a document's
+    near-duplicate is found only if it was sampled too).
+    """
+    sample: list[str] = []
+    words = 0
+    for index in _sample_order(len(texts)):
+        sample.append(texts[index])
+        words += len(texts[index].split())
+        if words >= max_words:
+            break
+    if len(sample) < 2:
+        return 0.0, len(sample)
+    return len(NearDuplicateFinder().find(sample)) / len(sample), len(sample)
+
+
+# -- vocabulary saturation (Heaps' law) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeapsFit:
+    """V = K·N^β: distinct words V after N words, fitted by least squares on log V = log K + β·log N."""
+
+    k: float
+    beta: float
+    words_fitted: int
+    points: int
+
+    def new_words_per_1k(self, words: float) -> float:
+        """dV/dN = K·β·N^(β−1), per 1,000 words: how many new words the next 1k words bring."""
+        return 1000 * self.k * self.beta * words ** (self.beta - 1)
+
+    def words_until(self, new_words_per_1k: float) -> float | None:
+        """The corpus size N at which the discovery rate falls to `new_words_per_1k`; None if it never does."""
+        if self.beta >= 1 or self.beta <= 0:
+            return None
+        return (new_words_per_1k / (1000 * self.k * self.beta)) ** (1 / (self.beta - 1))
+
+
+def vocabulary_growth(texts: list[str], max_words: int = HEAPS_MAX_WORDS) -> tuple[np.ndarray, np.ndarray]:
+    """(words seen N, distinct words V) after each document, documents in a seeded random order.
+
+    A random order makes the curve a property of the corpus rather than of its file order (files sorted by
+    topic would show a burst of new words at each new topic).
+    """
+    seen: set[str] = set()
+    words_seen, distinct = [], []
+    total = 0
+    for index in _sample_order(len(texts)):
+        words = _WORD.findall(texts[index].lower())
+        seen.update(words)
+        total += len(words)
+        words_seen.append(total)
+        distinct.append(len(seen))
+        if total >= max_words:
+            break
+    return np.asarray(words_seen, dtype=np.float64), np.asarray(distinct, dtype=np.float64)
+
+
+def fit_heaps(words_seen: np.ndarray, distinct: np.ndarray) -> HeapsFit | None:
+    """Least squares in log-log space on up to HEAPS_FIT_POINTS geometrically spaced prefixes from 1k words.
+
+    Geometric spacing weighs each decade of corpus size equally (evenly spaced points would all sit at the
+    large end). None when there are fewer than 3 distinct prefixes past HEAPS_MIN_WORDS.
+    """
+    if len(words_seen) == 0 or words_seen[-1] <= HEAPS_MIN_WORDS:
+        return None
+    targets = np.geomspace(HEAPS_MIN_WORDS, words_seen[-1], HEAPS_FIT_POINTS)
+    picked = np.unique(np.minimum(np.searchsorted(words_seen, targets), len(words_seen) - 1))
+    if len(picked) < 3:
+        return None
+    beta, log_k = np.polyfit(np.log(words_seen[picked]), np.log(distinct[picked]), 1)
+    return HeapsFit(k=float(np.exp(log_k)), beta=float(beta), words_fitted=int(words_seen[-1]), points=len(picked))
+
+
+# -- tokenizer and base model ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fertility:
+    """Tokens per whitespace word, and the share of words cut into ≥ SPLIT_WORD_TOKENS tokens (None: slow tokenizer)."""
+
+    words: int
+    tokens: int
+    split_share: float | None
+
+    @property
+    def tokens_per_word(self) -> float:
+        return self.tokens / max(self.words, 1)
+
+
+def tokenizer_fertility(tokenizer: Any, texts: list[str], max_words: int = FERTILITY_SAMPLE_WORDS) -> Fertility:
+    """Fertility on documents in a seeded random order until `max_words` words.
+
+    Each token belongs to the word holding its last character (a byte-level BPE's "Ġword" token starts on
+    the space before the word); tokens that cover only whitespace count in the total but in no word.
+    """
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    words = tokens = split = 0
+    for index in _sample_order(len(texts)):
+        text = texts[index]
+        spans = [match.span() for match in re.finditer(r"\S+", text)]
+        if not spans:
+            continue
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
+        tokens += len(encoded["input_ids"])
+        words += len(spans)
+        if fast:
+            owner = np.full(len(text), -1, dtype=np.int64)
+            for word, (start, end) in enumerate(spans):
+                owner[start:end] = word
+            offsets = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+            offsets = offsets[offsets[:, 1] > offsets[:, 0]]  # zero-width tokens belong to no word
+            owners = owner[offsets[:, 1] - 1]
+            pieces = np.bincount(owners[owners >= 0], minlength=len(spans))
+            split += int((pieces >= SPLIT_WORD_TOKENS).sum())
+        if words >= max_words:
+            break
+    return Fertility(words=words, tokens=tokens, split_share=split / max(words, 1) if fast else None)
+
+
+def count_tokens(tokenizer: Any, texts: list[str], batch: int = 256) -> int:
+    """Tokens of every text with the tokenizer (no special tokens), batched: the fast tokenizer runs in Rust."""
+    total = 0
+    for start in tqdm(range(0, len(texts), batch), desc="assess: count tokens", unit="batch", leave=False):
+        total += sum(map(len, tokenizer(texts[start : start + batch], add_special_tokens=False)["input_ids"]))
+    return total
+
+
+def sample_windows(tokenizer: Any, texts: list[str], max_tokens: int, seq_len: int) -> list[Any]:
+    """Windows of seq_len + 1 tokens from documents in a seeded random order, packed with end-of-text between.
+
+    Packed as training's shards are (`dapt.data.shards`); the loss is then taken with document masking, as
+    the pipeline's evaluation does by default, so each document is scored as if alone and a corpus of short
+    documents is not penalised for the unrelated text before each of them.
+    Returns [] when the texts hold less than one window of 2 tokens.
+    """
+    import torch
+
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids: list[int] = []
+    for index in _sample_order(len(texts)):
+        ids += tokenizer(texts[index], add_special_tokens=False)["input_ids"] + eos
+        if len(ids) > max_tokens:
+            break
+    seq_len = min(seq_len, len(ids) - 1)  # a corpus shorter than one window still gives one shorter window
+    if seq_len < 1:
+        return []
+    count = max(1, min(len(ids) - 1, max_tokens) // seq_len)
+    flat = torch.tensor(ids, dtype=torch.long)
+    return [flat[i * seq_len : i * seq_len + seq_len + 1] for i in range(count)]
+
+
+def _model_perplexity(model: Any, tokenizer: Any, texts: list[str], max_tokens: int, side: str) -> dict[str, Any]:
+    from dapt.train.objectives import mean_lm_loss, perplexity
+
+    limit = getattr(model.config, "max_position_embeddings", None) or PPL_SEQ_LEN
+    windows = sample_windows(tokenizer, texts, max_tokens, min(PPL_SEQ_LEN, limit))
+    if not windows:
+        return {"ppl": None, "loss": None, "tokens": 0}
+    # In chunks only to show progress: a mean over chunks weighted by their tokens is the mean over all.
+    chunk = 8
+    total_loss, total_tokens = 0.0, 0
+    for start in tqdm(range(0, len(windows), chunk), desc=f"assess: {side} perplexity", unit="chunk", leave=False):
+        part = windows[start : start + chunk]
+        tokens = sum(len(window) - 1 for window in part)
+        total_loss += mean_lm_loss(model, part, eos_id=tokenizer.eos_token_id) * tokens
+        total_tokens += tokens
+    loss = total_loss / total_tokens
+    return {"ppl": perplexity(loss), "loss": loss, "tokens": total_tokens}
+
+
+# -- the assessment ---------------------------------------------------------------------------------------------------
+
+
+def parse_count(text: str) -> float:
+    """'135M', '7B', '7e9', '1.5k' → a number (for --params)."""
+    scale = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+    text = text.strip().replace("_", "").replace(",", "")
+    try:
+        if text[-1:].upper() in scale:
+            return float(text[:-1]) * scale[text[-1].upper()]
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--params: {text!r} is not a number; write e.g. 7e9, 7B or 135M") from None
+
+
+def assess_corpus(
+    domain_paths: list[str],
+    *,
+    base: str | None = None,
+    general_paths: list[str] | None = None,
+    text_field: str = "text",
+    gpu: str = DEFAULT_GPU,
+    mfu: float = DEFAULT_MFU,
+    price_per_hour: float | None = None,
+    params: float | None = None,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    ppl_tokens: int = PPL_TOKENS,
+    saturation_new_words_per_1k: float = SATURATION_NEW_WORDS_PER_1K,
+    base_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Measure the corpus (and the base on it) and recommend; the dict is what assess.json holds."""
+    gpu_name = {name.lower(): name for name in GPUS}.get(gpu.lower())
+    if gpu_name is None:
+        raise ConfigError(f"--gpu: unknown GPU type {gpu!r}; known: {', '.join(GPUS)} (edit dapt.assess.GPUS to add)")
+    if not 0 < mfu <= 1:
+        raise ConfigError(f"--mfu: {mfu} is not a fraction in (0, 1]; 0.4 is typical for well-tuned training")
+    if params is not None and params <= 0:
+        raise ConfigError(f"--params: {params:g} must be positive")
+    if seq_len < 1 or ppl_tokens < 1:
+        raise ConfigError("--seq-len and --ppl-tokens must be positive")
+    base_dir = Path.cwd() if base_dir is None else base_dir
+    price = GPUS[gpu_name].usd_per_hour if price_per_hour is None else price_per_hour
+
+    # -- the corpus: size, duplicates, vocabulary growth --------------------------------------------------------
+    texts, notes = read_texts(domain_paths, side="domain", text_field=text_field, base_dir=base_dir)
+    general_texts: list[str] = []
+    if general_paths:
+        general_texts, general_notes = read_texts(
+            general_paths, side="general", text_field=text_field, base_dir=base_dir
+        )
+        notes += general_notes
+    loaded = None
+    if base is not None:  # loaded before the measurements, so a wrong --base fails in seconds
+        from dapt.config import BaseConfig
+        from dapt.model.load import load_original_base
+
+        loaded = load_original_base(BaseConfig(model=base))
+    words = sum(len(text.split()) for text in texts)
+    duplicate_docs, duplicate_words, distinct = exact_duplicates(texts)
+    near_share, near_sample = near_duplicate_share([texts[i] for i in distinct])
+    finder = NearDuplicateFinder()  # its settings, for the report's definition
+    words_seen, distinct_words = vocabulary_growth(texts)
+    heaps = fit_heaps(words_seen, distinct_words)
+
+    report: dict[str, Any] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": {"domain": domain_paths, "general": general_paths or [], "base": base},
+        "documents": len(texts),
+        "words": words,
+        "tokens": words,
+        "tokens_counted_with": "whitespace words (no --base: a subword tokenizer gives more tokens than words)",
+        "tokens_exact": True,
+        "duplicates": {
+            "exact_documents": duplicate_docs,
+            "exact_share": duplicate_docs / len(texts),
+            "exact_words_share": duplicate_words / max(words, 1),
+            "near_share": near_share,
+            "near_checked_documents": near_sample,
+            "near_covers_corpus": near_sample == len(distinct),
+            "near_definition": (
+                f"documents whose word {finder.shingle}-gram sets have an estimated Jaccard ≥ {finder.threshold} "
+                f"with another's (MinHash, {finder.num_perm} permutations, LSH), counting all but the first of "
+                "each cluster — what curation's near-dedup drops; exact duplicates not counted again"
+            ),
+        },
+        "heaps": None,
+        "domain_ppl": None,
+        "general_ppl": None,
+        "ppl_ratio": None,
+        "fertility": None,
+        "notes": notes,
+    }
+    if heaps is not None:
+        now = heaps.new_words_per_1k(words_seen[-1])
+        report["heaps"] = {
+            **asdict(heaps),
+            "distinct_words": int(distinct_words[-1]),
+            "new_words_per_1k": now,
+            "threshold_new_words_per_1k": saturation_new_words_per_1k,
+            "saturation_words": heaps.words_until(saturation_new_words_per_1k),
+        }
+    else:
+        notes.append(
+            f"vocabulary saturation not fitted: {words:,} words is too few (needs well over {HEAPS_MIN_WORDS:,})"
+        )
+
+    # -- the base: tokens, fertility, perplexity on domain vs general -----------------------------------------
+    shape: ModelShape | None = None
+    if loaded is not None:
+        from dapt.model.load import parameter_count
+
+        model, tokenizer, origin = loaded
+        chars = sum(map(len, texts))
+        domain_fertility = tokenizer_fertility(tokenizer, texts)
+        if chars <= EXACT_TOKEN_COUNT_MAX_CHARS:
+            report["tokens"], report["tokens_exact"] = count_tokens(tokenizer, texts), True
+        else:
+            report["tokens"], report["tokens_exact"] = round(words * domain_fertility.tokens_per_word), False
+        report["tokens_counted_with"] = f"the base's tokenizer ({origin})"
+        fertility: dict[str, Any] = {
+            "domain": {**asdict(domain_fertility), "tokens_per_word": domain_fertility.tokens_per_word}
+        }
+        import torch
+
+        model.eval()
+        if torch.cuda.is_available():
+            model.to("cuda")
+        domain = _model_perplexity(model, tokenizer, texts, ppl_tokens, "domain")
+        report["domain_ppl"], report["domain_ppl_tokens"] = domain["ppl"], domain["tokens"]
+        if general_texts:
+            general_fertility = tokenizer_fertility(tokenizer, general_texts)
+            fertility["general"] = {**asdict(general_fertility), "tokens_per_word": general_fertility.tokens_per_word}
+            fertility["ratio"] = domain_fertility.tokens_per_word / general_fertility.tokens_per_word
+            general = _model_perplexity(model, tokenizer, general_texts, ppl_tokens, "general")
+            report["general_ppl"], report["general_ppl_tokens"] = general["ppl"], general["tokens"]
+            if domain["ppl"] is not None and general["ppl"] is not None:
+                report["ppl_ratio"] = domain["ppl"] / general["ppl"]
+        else:
+            notes.append("no --general text: the domain gap (perplexity and fertility ratios) was not measured")
+        report["fertility"] = fertility
+        config = model.config
+        shape = ModelShape(
+            name=f"the base ({base})",
+            params=float(parameter_count(model)),
+            layers=int(config.num_hidden_layers),
+            d_model=int(config.hidden_size),
+        )
+        del model, loaded
+    elif general_texts:
+        notes.append("--general is only used with --base (for the perplexity and fertility comparison)")
+
+    # -- cost --------------------------------------------------------------------------------------------------
+    if params is not None:
+        shape = shape_from_params(params)
+    model_note = ""
+    if shape is None:
+        shape = REFERENCE_MODEL
+        model_note = "no --base or --params: costed for the 7B reference model"
+    tokens = report["tokens"]
+    report["cost"] = {
+        "assumptions": {
+            "gpu": gpu_name,
+            "gpu_tflops_bf16_dense": GPUS[gpu_name].tflops,
+            "mfu": mfu,
+            "usd_per_gpu_hour": price,
+            "seq_len": seq_len,
+            "model": asdict(shape),
+            "note": model_note,
+        },
+        "runs": [
+            {"epochs": epochs, **cost_row(shape, tokens * epochs, seq_len, gpu_name, mfu, price)}
+            for epochs in EPOCHS_SHOWN
+        ],
+        "one_epoch_by_gpu": [
+            cost_row(shape, tokens, seq_len, name, mfu, price if name == gpu_name else GPUS[name].usd_per_hour)
+            for name in GPUS
+        ],
+        "sanity": cost_row(REFERENCE_MODEL, REFERENCE_TOKENS, seq_len, gpu_name, mfu, price),
+    }
+
+    # -- the verdict -------------------------------------------------------------------------------------------
+    fertility_ratio = (report["fertility"] or {}).get("ratio")
+    evidence = Evidence(
+        domain_tokens=int(tokens),
+        ppl_ratio=report["ppl_ratio"],
+        fertility_ratio=fertility_ratio,
+        new_words_per_1k=report["heaps"]["new_words_per_1k"] if report["heaps"] else None,
+        saturation_new_words_per_1k=saturation_new_words_per_1k,
+    )
+    report["recommendation"] = recommend(evidence)
+    report["rules"] = [{"choice": rule.choice, "when": rule.when, "meaning": rule.meaning} for rule in RULES]
+    return report
+
+
+# -- writing it down ---------------------------------------------------------------------------------------------
+
+
+def _count(value: float) -> str:
+    """1234 → 1,234; 1.3e6 → 1.30M: counts people can read at a glance."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{suffix}"
+    return f"{value:,.0f}"
+
+
+def _money(usd: float) -> str:
+    if usd < 0.01:
+        return "< $0.01"
+    return f"${usd:,.0f}" if usd >= 10 else f"${usd:,.2f}"
+
+
+def _number(value: float | None, spec: str = ".3g") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """assess.md: the verdict first, then each measurement with what it means."""
+    recommendation, duplicates, heaps, cost = (
+        report["recommendation"],
+        report["duplicates"],
+        report["heaps"],
+        report["cost"],
+    )
+    lines = [
+        "# Is domain-adaptive pretraining worth it here?",
+        "",
+        f"**Recommendation: {recommendation['choice']}**",
+        "",
+        *(f"- {reason}" for reason in recommendation["reasons"]),
+        "",
+        "## The corpus",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| documents | {report['documents']:,} |",
+        f"| words (whitespace) | {report['words']:,} |",
+        f"| tokens | {report['tokens']:,}{'' if report['tokens_exact'] else ' (estimated from a sample)'} "
+        f"— {report['tokens_counted_with']} |",
+        f"| exact duplicates (normalised text) | {duplicates['exact_documents']:,} documents "
+        f"({duplicates['exact_share']:.1%}; {duplicates['exact_words_share']:.1%} of words) |",
+        f"| near-duplicates | {duplicates['near_share']:.1%} of "
+        + (
+            "the distinct documents |"
+            if duplicates["near_covers_corpus"]
+            else f"{duplicates['near_checked_documents']:,} sampled distinct documents (a lower bound) |"
+        ),
+        "",
+        f"Near-duplicates: {duplicates['near_definition']}."
+        + (
+            ""
+            if duplicates["near_covers_corpus"]
+            else " Checked on a random sample: a near-duplicate outside the sample is missed, so the corpus has more."
+        ),
+        "",
+        "## Against published guidance",
+        "",
+        f"- Size: {report['tokens']:,} tokens "
+        + ("≥" if report["tokens"] >= MIN_DAPT_TOKENS else "<")
+        + f" {MIN_DAPT_TOKENS:,}, the rule-of-thumb least amount of good domain text for a measurable DAPT gain "
+        "(Gururangan et al. 2020 used 2–8B tokens per domain).",
+    ]
+    if heaps:
+        saturation = heaps["saturation_words"]
+        lines += [
+            f"- Vocabulary (Heaps' law V = K·N^β, fitted on {heaps['points']} prefixes up to "
+            f"{heaps['words_fitted']:,} words): K = {heaps['k']:.3g}, β = {heaps['beta']:.3f}; "
+            f"{heaps['distinct_words']:,} distinct words. At this size each 1,000 more words bring "
+            f"{heaps['new_words_per_1k']:.2f} new ones (dV/dN = K·β·N^(β−1)).",
+            "- "
+            + (
+                f"Below {heaps['threshold_new_words_per_1k']:g} new word per 1k words from about "
+                f"{_count(saturation)} words" + (" — already reached." if saturation <= heaps["words_fitted"] else ".")
+                if saturation is not None
+                else "β ≥ 1: the vocabulary does not saturate at any size (not natural-language text?)."
+            ),
+        ]
+    lines += ["", "## Domain gap (the base on domain vs general text)", ""]
+    fertility = report["fertility"]
+    if fertility is None:
+        lines.append("Not measured: pass `--base MODEL` (and `--general PATH` for the comparison).")
+    else:
+        general = fertility.get("general") or {}
+
+        def split(side: dict) -> str:
+            return "—" if side.get("split_share") is None else f"{side['split_share']:.1%}"
+
+        lines += [
+            "| | domain | general | domain / general |",
+            "|---|---|---|---|",
+            f"| perplexity | {_number(report['domain_ppl'], '.2f')} | {_number(report['general_ppl'], '.2f')} "
+            f"| {_number(report['ppl_ratio'], '.2f')} |",
+            f"| tokens per word (fertility) | {fertility['domain']['tokens_per_word']:.2f} "
+            f"| {_number(general.get('tokens_per_word'), '.2f')} | {_number(fertility.get('ratio'), '.2f')} |",
+            f"| words cut into ≥ {SPLIT_WORD_TOKENS} tokens | {split(fertility['domain'])} | {split(general)} | |",
+            "",
+            f"Perplexity on up to {report.get('domain_ppl_tokens', 0):,} domain and "
+            f"{report.get('general_ppl_tokens', 0):,} general tokens in windows of up to {PPL_SEQ_LEN}; "
+            f"fertility on up to {FERTILITY_SAMPLE_WORDS:,} whitespace words of each. The ratios are only as "
+            "good as the general sample: use text like what the base was pretrained on (or the replay text you "
+            "would mix in), with documents of similar length — short documents have more hard-to-predict starts.",
+        ]
+    assumptions = cost["assumptions"]
+    model = assumptions["model"]
+    lines += [
+        "",
+        "## Cost of continued pretraining",
+        "",
+        f"FLOPs = 6·N·D + 12·L·d_model·T·D (PaLM appendix B) with N = {_count(model['params'])} parameters, "
+        f"L = {model['layers']}, d_model = {model['d_model']}, T = {assumptions['seq_len']} — {model['name']}. "
+        f"GPU-hours at {assumptions['mfu']:.0%} MFU on {assumptions['gpu']} "
+        f"({assumptions['gpu_tflops_bf16_dense']:g} dense bf16 TFLOP/s), "
+        f"{_money(assumptions['usd_per_gpu_hour'])} per GPU-hour (assumed; `--price-per-hour`)."
+        + (f" {assumptions['note'][0].upper()}{assumptions['note'][1:]}." if assumptions["note"] else ""),
+        "",
+        "| run | tokens | FLOPs | GPU-hours | cost |",
+        "|---|---|---|---|---|",
+    ]
+    for run in cost["runs"]:
+        lines.append(
+            f"| {run['epochs']} epoch{'s' if run['epochs'] > 1 else ''} of this corpus | {_count(run['tokens'])} "
+            f"| {run['flops']:.2e} | {run['gpu_hours']:.3g} | {_money(run['usd'])} |"
+        )
+    sanity = cost["sanity"]
+    lines += [
+        f"| sanity: {sanity['model']} on 10B tokens | {_count(sanity['tokens'])} | {sanity['flops']:.2e} "
+        f"| {sanity['gpu_hours']:.3g} | {_money(sanity['usd'])} |",
+        "",
+        'The sanity row is there to compare with the commonly quoted "$2k–10k for one 7B run".',
+        "",
+        "One epoch on each GPU type in the table (peak dense bf16 TFLOP/s from NVIDIA's datasheets; hourly "
+        "prices are assumptions — edit `dapt.assess.GPUS`):",
+        "",
+        "| GPU | TFLOP/s | GPU-hours | cost |",
+        "|---|---|---|---|",
+        *(
+            f"| {row['gpu']} | {GPUS[row['gpu']].tflops:g} | {row['gpu_hours']:.3g} | {_money(row['usd'])} |"
+            for row in cost["one_epoch_by_gpu"]
+        ),
+        "",
+        "## The rules",
+        "",
+        "Checked in order; the first that matches decides. A rule whose measure is missing is skipped.",
+        "",
+        "| # | when | choice | why |",
+        "|---|---|---|---|",
+        *(
+            f"| {number} | {rule['when']} | {rule['choice']} | {rule['meaning']} |"
+            for number, rule in enumerate(report["rules"], start=1)
+        ),
+    ]
+    if report["notes"]:
+        lines += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_assessment(report: dict[str, Any], out: Path) -> None:
+    """assess.json and assess.md in `out`, each written atomically."""
+    atomic_write_text(out / "assess.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "assess.md", render_markdown(report))
+
+
+def verdict(report: dict[str, Any], out: Path) -> str:
+    """The few lines printed on screen: size, gap, cost, the recommendation and its reasons."""
+    lines = [
+        f"dapt assess: {report['documents']:,} documents, {_count(report['tokens'])} tokens "
+        f"({'tokenizer' if report['inputs']['base'] else 'whitespace words'}), "
+        f"duplicates: {report['duplicates']['exact_share']:.1%} exact, {report['duplicates']['near_share']:.1%} near"
+    ]
+    if report["domain_ppl"] is not None:
+        gap = f"base perplexity: domain {report['domain_ppl']:.2f}"
+        if report["ppl_ratio"] is not None:
+            gap += f" vs general {report['general_ppl']:.2f} (×{report['ppl_ratio']:.2f})"
+            gap += f"; tokens per word ×{report['fertility']['ratio']:.2f}"
+        lines.append("  " + gap)
+    one_epoch = report["cost"]["runs"][0]
+    lines.append(
+        f"  one epoch: {one_epoch['flops']:.2e} FLOPs ≈ {one_epoch['gpu_hours']:.3g} {one_epoch['gpu']}-hours "
+        f"≈ {_money(one_epoch['usd'])} ({report['cost']['assumptions']['model']['name']})"
+    )
+    lines.append(f"recommendation: {report['recommendation']['choice']}")
+    lines += [f"  - {reason}" for reason in report["recommendation"]["reasons"]]
+    lines.append(f"report: {out / 'assess.md'} (and assess.json)")
+    return "\n".join(lines)
+
+
+def run_assess(domain_paths: list[str], *, out: Path, **options: Any) -> int:
+    """The CLI's entry point: measure, write assess.md / assess.json, print the verdict."""
+    report = assess_corpus(domain_paths, **options)
+    write_assessment(report, out)
+    print(verdict(report, out))
+    return 0

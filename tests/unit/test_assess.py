@@ -1,0 +1,239 @@
+"""`dapt assess`: the measurements it reports, the rules it recommends by, and the command end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dapt import assess
+from dapt.artifacts import write_manifest
+from dapt.assess import (
+    GPUS,
+    REFERENCE_MODEL,
+    RULES,
+    Evidence,
+    ModelShape,
+    cost_row,
+    exact_duplicates,
+    fit_heaps,
+    near_duplicate_share,
+    read_texts,
+    recommend,
+    shape_from_params,
+    tokenizer_fertility,
+    training_flops,
+    vocabulary_growth,
+)
+from dapt.cli import main
+from dapt.data.documents import write_documents
+from dapt.errors import DataError
+from dapt.tokenizer.byte_level import byte_level_tokenizer
+
+
+def zipf_documents(exponent: float, words: int, seed: int = 0, per_document: int = 100) -> list[str]:
+    """Documents of words w<rank> with ranks drawn from a Zipf distribution of the given exponent."""
+    ranks = np.random.default_rng(seed).zipf(exponent, size=words)
+    return [" ".join(f"w{rank}" for rank in ranks[i : i + per_document]) for i in range(0, words, per_document)]
+
+
+# -- vocabulary saturation -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exponent", [1.5, 2.0])
+def test_heaps_exponent_of_zipf_text_is_one_over_the_zipf_exponent(exponent):
+    fit = fit_heaps(*vocabulary_growth(zipf_documents(exponent, 200_000)))
+    assert fit is not None
+    assert fit.beta == pytest.approx(1 / exponent, abs=0.05)
+
+
+def test_discovery_rate_and_saturation_size_agree_with_the_fitted_curve():
+    fit = fit_heaps(*vocabulary_growth(zipf_documents(2.0, 100_000)))
+    n = 50_000.0
+    curve = lambda words: fit.k * words**fit.beta  # noqa: E731
+    numeric = (curve(n + 500) - curve(n - 500)) / 1000 * 1000  # new words per 1k words, by finite difference
+    assert fit.new_words_per_1k(n) == pytest.approx(numeric, rel=1e-3)
+    saturation = fit.words_until(1.0)
+    assert saturation > n and fit.new_words_per_1k(saturation) == pytest.approx(1.0)
+
+
+def test_too_little_text_gives_no_heaps_fit():
+    assert fit_heaps(*vocabulary_growth(["only a handful of words here"])) is None
+
+
+# -- duplicates ------------------------------------------------------------------------------------------------------
+
+
+def test_exact_duplicates_are_counted_after_normalisation():
+    duplicates, duplicate_words, first = exact_duplicates(["one two", "one two  \r\n", "three four five"])
+    assert (duplicates, duplicate_words, first) == (1, 2, [0, 2])
+
+
+def test_planted_near_duplicates_are_found():
+    rng = np.random.default_rng(1)
+    originals = [" ".join(f"v{x}" for x in rng.integers(0, 50_000, size=200)) for _ in range(20)]
+    near_copies = [text.replace(text.split()[100], "changed", 1) for text in originals[:5]]  # 1 word in 200
+    share, checked = near_duplicate_share(originals + near_copies)
+    assert checked == 25
+    assert share == pytest.approx(5 / 25)  # curation would keep one document of each of the 5 pairs
+
+
+# -- tokenizer fertility --------------------------------------------------------------------------------------------
+
+
+def test_fertility_with_the_byte_level_tokenizer():
+    # One token per byte: 13 tokens for 4 words; "ccc" and "dddd" are cut into >= 3 tokens, "a" and "bb" are not.
+    fertility = tokenizer_fertility(byte_level_tokenizer(), ["a bb ccc dddd"])
+    assert (fertility.words, fertility.tokens, fertility.split_share) == (4, 13, 0.5)
+    assert fertility.tokens_per_word == 3.25
+
+
+# -- cost --------------------------------------------------------------------------------------------------------------
+
+
+def test_training_flops_by_hand():
+    shape = ModelShape(name="m", params=1e9, layers=10, d_model=1000)
+    # 6·N·D = 6e9 · 1e6 = 6e15; attention 12·L·d·T·D = 12·10·1000·2000·1e6 = 2.4e14.
+    assert training_flops(shape, tokens=1e6, seq_len=2000) == pytest.approx(6.24e15)
+    row = cost_row(shape, 1e6, 2000, "H100", mfu=0.5, price=2.0)
+    hours = 6.24e15 / (989e12 * 0.5) / 3600  # 0.003505 GPU-hours
+    assert row["gpu_hours"] == pytest.approx(hours) and row["usd"] == pytest.approx(2.0 * hours)
+
+
+def test_the_7b_sanity_row_lands_in_the_commonly_quoted_range():
+    # 6·6.74e9·1e10 + 12·32·4096·4096·1e10 = 4.688e20 FLOPs; A100 at 40% MFU: 1,044 GPU-hours; at $2/h: $2,087.
+    row = cost_row(REFERENCE_MODEL, 1e10, 4096, "A100", mfu=0.4, price=2.0)
+    assert row["flops"] == pytest.approx(4.6883e20, rel=1e-4)
+    assert row["gpu_hours"] == pytest.approx(1043.5, rel=1e-3)
+    assert 2_000 < row["usd"] < 10_000
+
+
+def test_a_model_known_by_size_gets_a_llama_like_shape():
+    shape = shape_from_params(7e9)
+    assert (shape.layers, shape.d_model) == (33, 4224)
+    assert 12 * shape.layers * shape.d_model**2 == pytest.approx(7e9, rel=0.05)
+
+
+def test_every_gpu_has_a_peak_and_a_price():
+    assert set(GPUS) == {"A100", "H100", "H200", "L4", "A10G"}
+    assert all(gpu.tflops > 0 and gpu.usd_per_hour > 0 for gpu in GPUS.values())
+
+
+# -- the rules --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("evidence", "choice"),
+    [
+        (Evidence(domain_tokens=10_000, ppl_ratio=2.0, fertility_ratio=2.0), "try retrieval / prompting first"),
+        (Evidence(domain_tokens=5_000_000, ppl_ratio=0.9, fertility_ratio=1.0), "try retrieval / prompting first"),
+        (Evidence(domain_tokens=5_000_000, ppl_ratio=1.05, fertility_ratio=2.0), "fine-tune only"),
+        (Evidence(domain_tokens=200_000, ppl_ratio=1.5, fertility_ratio=2.0), "task-adaptive pretraining only"),
+        (Evidence(domain_tokens=5_000_000, ppl_ratio=1.5, fertility_ratio=1.4), "DAPT + vocabulary extension"),
+        (Evidence(domain_tokens=5_000_000, ppl_ratio=1.5, fertility_ratio=1.1), "full DAPT"),
+    ],
+)
+def test_each_rule_decides_on_its_own_evidence(evidence, choice):
+    recommendation = recommend(evidence)
+    assert recommendation["choice"] == choice
+    assert recommendation["reasons"]
+
+
+def test_rules_whose_measure_is_missing_are_skipped_and_said_so():
+    recommendation = recommend(Evidence(domain_tokens=5_000_000, new_words_per_1k=0.2))
+    assert recommendation["choice"] == "full DAPT"
+    assert any(r.startswith("not measured: domain/general perplexity") for r in recommendation["reasons"])
+    assert any(r.startswith("vocabulary saturated") for r in recommendation["reasons"])
+
+
+def test_the_rules_table_in_the_docstring_matches_the_rules():
+    for number, rule in enumerate(RULES, start=1):
+        assert f"| {number} | {rule.when} | {rule.choice} |" in assess.__doc__
+
+
+# -- reading the corpus ------------------------------------------------------------------------------------------------
+
+
+def _curate_artifact(run, texts_by_source: dict[str, list[str]], finished: bool = True):
+    folder = run / "curate"
+    folder.mkdir(parents=True)
+    documents = [
+        {"id": f"{source}{i}", "text": text, "source": source}
+        for source, texts in texts_by_source.items()
+        for i, text in enumerate(texts)
+    ]
+    write_documents(documents, folder / "documents.parquet")
+    if finished:
+        write_manifest(folder, kind="curate", name="curate", id="x", config={}, inputs={}, metrics={}, timings={})
+    return folder
+
+
+def test_a_run_artifact_gives_domain_and_general_text_by_the_sources_roles(tmp_path):
+    (tmp_path / "pipeline.yaml").write_text(
+        "sources:\n  - {name: docs, role: domain}\n  - {name: web, role: replay}\n  - {name: ref, role: general_eval}\n"
+    )
+    folder = _curate_artifact(tmp_path, {"docs": ["d1", "d2"], "web": ["w1"], "ref": ["r1"]})
+    domain, notes = read_texts([str(folder)], side="domain", text_field="text", base_dir=tmp_path)
+    general, _ = read_texts([str(folder)], side="general", text_field="text", base_dir=tmp_path)
+    assert (domain, general) == (["d1", "d2"], ["r1"])
+    assert "2 of 4 documents" in notes[0]
+
+
+def test_an_unfinished_artifact_is_refused(tmp_path):
+    folder = _curate_artifact(tmp_path, {"docs": ["d1"]}, finished=False)
+    with pytest.raises(DataError, match="no manifest.json"):
+        read_texts([str(folder)], side="domain", text_field="text", base_dir=tmp_path)
+
+
+# -- the command -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from dapt.config import BaseConfig, PresetConfig
+    from dapt.model.load import load_original_base, save_model_folder
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    model, tokenizer, _ = load_original_base(BaseConfig(preset=PresetConfig()))
+    save_model_folder(model, tokenizer, folder)
+    return folder
+
+
+def test_assess_end_to_end(tmp_path, monkeypatch, capsys, tiny_model):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "domain").mkdir()
+    for i, text in enumerate(zipf_documents(1.5, 3_000, seed=2, per_document=300)):
+        (tmp_path / "domain" / f"doc{i}.txt").write_text(text)
+    (tmp_path / "general.jsonl").write_text(
+        "".join(json.dumps({"body": text}) + "\n" for text in zipf_documents(2.0, 2_000, seed=3))
+    )
+    code = main(
+        ["assess", "domain/*.txt", "--general", "general.jsonl", "--text-field", "body"]
+        + ["--base", str(tiny_model), "--ppl-tokens", "256", "--gpu", "a100", "--out", "report"]
+    )
+    assert code == 0
+    result = json.loads((tmp_path / "report" / "assess.json").read_text())
+    for key in ("tokens", "documents", "domain_ppl", "general_ppl", "recommendation", "heaps", "cost", "duplicates"):
+        assert key in result
+    assert result["documents"] == 10
+    assert result["tokens"] > result["words"]  # a byte-level tokenizer: several tokens per word
+    assert result["domain_ppl"] > 0 and result["general_ppl"] > 0
+    assert result["recommendation"]["choice"] in {rule.choice for rule in RULES}
+    assert result["cost"]["assumptions"]["gpu"] == "A100"
+    assert "Recommendation:" in (tmp_path / "report" / "assess.md").read_text()
+    assert "recommendation:" in capsys.readouterr().out
+
+
+def test_assess_without_a_base_counts_words(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.md").write_text("a few words of domain text " * 20)
+    assert main(["assess", "notes.md"]) == 0
+    result = json.loads((tmp_path / "assess" / "assess.json").read_text())
+    assert (result["tokens"], result["domain_ppl"], result["general_ppl"]) == (120, None, None)
+    assert result["recommendation"]["choice"] == "try retrieval / prompting first"
+
+
+def test_a_path_matching_nothing_is_a_user_error_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["assess", "no/such/*.txt"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "no/such/*.txt" in error
