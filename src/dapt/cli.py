@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     assess.add_argument("--seq-len", type=int, help="training context length for the cost (default 2048)")
     assess.add_argument("--ppl-tokens", type=int, help="tokens per side for the perplexities (default 16384)")
 
+    lineage = commands.add_parser(
+        "lineage", help="the tree original base → DAPT base(s) → task variants, with tokens and task metrics"
+    )
+    lineage.add_argument("run_dir", type=Path, nargs="?", default=Path("runs/demo"), help="the run folder")
+    lineage.add_argument("--json", action="store_true", help="print the tree as JSON, for tools")
+
     config = commands.add_parser("config", help="explain the config keys, or print the demo pipeline")
     group = config.add_mutually_exclusive_group(required=True)
     group.add_argument("--explain", action="store_true", help="every config key with its default and meaning")
@@ -174,7 +180,7 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command not in ("config",):
+    if args.command not in ("config", "lineage"):
         quiet_libraries()
     try:
         if args.command == "demo":
@@ -200,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             }
             given = {name: value for name, value in options.items() if value is not None}  # else assess's defaults
             return run_assess(args.paths, out=args.out, text_field=args.text_field, **given)
+        if args.command == "lineage":
+            import json
+
+            from dapt.lineage import lineage, render_tree
+
+            roots = lineage(args.run_dir)
+            print(json.dumps(roots, indent=2) if args.json else "\n".join(render_tree(roots)))
+            return 0
         if args.command == "config":
             if args.demo:
                 print(demo_config_path().read_text(), end="")

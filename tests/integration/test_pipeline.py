@@ -116,3 +116,22 @@ def test_changed_setting_reruns_that_stage_and_downstream_only(run_dir, capsys):
         "adapt-xml-subpackage-dapt",
         "evaluate-xml-subpackage-dapt",
     }
+
+
+def test_lineage_tree_from_the_manifests(run_dir, capsys):
+    capsys.readouterr()
+    assert main(["lineage", str(run_dir), "--json"]) == 0
+    (root,) = json.loads(capsys.readouterr().out)
+    assert root["name"] == "base" and root["kind"] == "base"
+    children = {child["name"]: child for child in root["children"]}
+    assert set(children) == {"pretrain", "adapt-xml-subpackage-control"}
+    assert [v["name"] for v in children["pretrain"]["children"]] == ["adapt-xml-subpackage-dapt"]
+    assert "accuracy" in children["adapt-xml-subpackage-control"]["description"]
+    assert main(["lineage", str(run_dir)]) == 0
+    tree = capsys.readouterr().out
+    assert "└── adapt-xml-subpackage-dapt" in tree and "DAPT base" in tree and "tokens" in tree
+
+
+def test_lineage_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["lineage", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err

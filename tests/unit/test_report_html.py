@@ -141,7 +141,12 @@ def test_verdict_and_numbers_match_report_json(run_dir, page):
     assert f"{report['base']['domain_ppl_after']:.3f}" in page.text("perplexity")
     assert str(report["pretrain"]["best_step"]) in page.text("loss-curves")
     assert str(report["data"]["funnel"]["kept"]) in page.text("data-funnel")
-    assert "DAPT base" in page.text("lineage") and report["lineage"]["dapt"]["id"] in page.text("lineage")
+    dapt_base = report["lineage"][0]["children"][0]
+    assert (
+        dapt_base["kind"] == "pretrain"
+        and "DAPT base" in page.text("lineage")
+        and dapt_base["id"] in page.text("lineage")
+    )
     assert f"{report['pretrain']['tokens_trained']:,}" in page.text("cost")
     # report.json carries the per-step training loss the loss curves are drawn from
     curve = report["pretrain"]["train_curve"]
@@ -201,14 +206,38 @@ def hostile_report() -> dict:
                 "verdict": "the DAPT base helped",
             }
         ],
-        "lineage": {
-            "original": {"artifact": "base", "id": original, "origin": "<origin>"},
-            "dapt": {"artifact": "pretrain", "id": dapt, "parent": original},
-            "variants": [
-                {"artifact": f"adapt-{name}-control", "id": "cccc", "parent": original},
-                {"artifact": f"adapt-{name}-dapt", "id": "dddd", "parent": dapt},
-            ],
-        },
+        "lineage": [
+            {
+                "name": "base",
+                "kind": "base",
+                "id": original,
+                "description": "original base — <origin>",
+                "children": [
+                    {
+                        "name": "pretrain",
+                        "kind": "pretrain",
+                        "id": dapt,
+                        "description": "DAPT base",
+                        "children": [
+                            {
+                                "name": f"adapt-{name}-dapt",
+                                "kind": "adapt",
+                                "id": "dddd",
+                                "description": name,
+                                "children": [],
+                            },
+                        ],
+                    },
+                    {
+                        "name": f"adapt-{name}-control",
+                        "kind": "adapt",
+                        "id": "cccc",
+                        "description": name,
+                        "children": [],
+                    },
+                ],
+            }
+        ],
         "timings": {"ingest": 1.0, f"evaluate-{name}-dapt": 2.0},
     }
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from dapt.artifacts import Artifact, atomic_write_text, read_artifact
 from dapt.config import PipelineConfig
+from dapt.lineage import lineage, render_tree
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -111,19 +112,7 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
             "token_splits": tokenize["splits"],
         },
         "tasks": [_task_entry(task.name, artifacts) for task in config.tasks],
-        "lineage": {
-            "original": {"artifact": "base", "id": artifacts["base"].id, "origin": base["origin"]},
-            "dapt": {"artifact": "pretrain", "id": artifacts["pretrain"].id, "parent": artifacts["base"].id},
-            "variants": [
-                {
-                    "artifact": f"adapt-{t.name}-{v}",
-                    "id": artifacts[f"adapt-{t.name}-{v}"].id,
-                    "parent": artifacts["pretrain" if v == "dapt" else "base"].id,
-                }
-                for t in config.tasks
-                for v in ("control", "dapt")
-            ],
-        },
+        "lineage": lineage(run_dir),
         "timings": {name: a.manifest["timings"]["seconds"] for name, a in artifacts.items()},
     }
     # the training loss per optimizer step, for report.html's loss curves (evaluation records have no "loss")
@@ -147,20 +136,6 @@ def _change(before: float | None, after: float | None) -> str:
     if before is None or after is None:
         return "—"
     return f"{(after - before) / before:+.1%}"
-
-
-def lineage_tree(lineage: dict[str, Any]) -> list[str]:
-    """original base → its control variants and the DAPT base → the DAPT base's variants."""
-    original, dapt = lineage["original"], lineage["dapt"]
-    controls = [v for v in lineage["variants"] if v["parent"] == original["id"]]
-    adapted = [v for v in lineage["variants"] if v["parent"] == dapt["id"]]
-    lines = [f"original base  {original['id']}  ({original['origin']})"]
-    lines += [f"├── {v['artifact']}  {v['id']}" for v in controls]
-    lines.append(f"└── DAPT base  {dapt['id']}  (artifact: pretrain)")
-    lines += [
-        f"    {'└──' if i == len(adapted) - 1 else '├──'} {v['artifact']}  {v['id']}" for i, v in enumerate(adapted)
-    ]
-    return lines
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -259,7 +234,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Lineage",
         "",
         "```",
-        *lineage_tree(report["lineage"]),
+        *render_tree(report["lineage"]),
         "```",
         "",
         "## Time per stage",

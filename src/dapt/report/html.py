@@ -15,8 +15,9 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from dapt.lineage import render_tree
 from dapt.report import plots
-from dapt.report.build import _change, _num, lineage_tree, render_markdown
+from dapt.report.build import _change, _num, render_markdown
 
 VERDICT_HEADING = "## Did domain-adaptive pretraining pay off?"  # the section of report.md the verdict comes from
 
@@ -311,7 +312,7 @@ def _tasks(report: dict[str, Any]) -> str:
 
 
 def _lineage(report: dict[str, Any]) -> str:
-    tree = "\n".join(lineage_tree(report["lineage"]))
+    tree = "\n".join(render_tree(report["lineage"]))
     return f"<p>Artifact ids; every variant points at the base it was adapted from.</p>\n<pre>{_e(tree)}</pre>"
 
 

@@ -1,0 +1,105 @@
+"""Lineage: which model came from which, read from the manifests of a run folder.
+
+Original base → adapted (DAPT) base(s), with the corpus and tokens they saw → task variants, with their
+task metrics. A model's parent is the artifact it names as its `base` input; a variant's metrics come
+from the evaluation artifacts that name it as their `model` input. Nothing but manifests is read, so
+this is instant even for multi-GB checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dapt.artifacts import Artifact, read_artifact
+from dapt.errors import ConfigError
+
+MODEL_KINDS = ("base", "pretrain", "adapt")
+
+
+def read_run(run_dir: Path) -> list[Artifact]:
+    """Every finished artifact in the run folder, in folder-name order."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"run folder {str(run_dir)!r} not found (looked in {run_dir.resolve()})")
+    found = [read_artifact(folder) for folder in sorted(run_dir.iterdir()) if folder.is_dir()]
+    return [artifact for artifact in found if artifact is not None]
+
+
+def _describe(artifact: Artifact, evaluations: dict[str, Artifact], by_id: dict[str, Artifact]) -> str:
+    metrics = artifact.metrics
+    if artifact.kind == "base":
+        return f"original base — {metrics['origin']}, {metrics['parameters'] / 1e6:.1f}M parameters"
+    if artifact.kind == "pretrain":
+        tokens_input = by_id.get(artifact.manifest["inputs"].get("tokens", {}).get("id", ""))
+        corpus = ""
+        if tokens_input is not None:
+            domain = tokens_input.metrics["splits"].get("domain_train", {})
+            corpus = (
+                f" from a corpus of {domain.get('tokens', 0):,} domain tokens "
+                f"({domain.get('documents', 0):,} documents)"
+            )
+        best = metrics.get("best", {})
+        change = f", domain val ppl {best['domain_val_ppl']:.2f}" if "domain_val_ppl" in best else ""
+        return (
+            f"DAPT base — {metrics.get('method', 'full')} continued pretraining on {metrics['tokens_trained']:,} "
+            f"tokens{corpus}, best step {metrics['best_step']}{change}"
+        )
+    evaluation = evaluations.get(artifact.id)
+    scores = (
+        f"accuracy {evaluation.metrics['accuracy']:.3f}, macro-F1 {evaluation.metrics['macro_f1']:.3f}"
+        if evaluation is not None
+        else "not evaluated yet"
+    )
+    task = artifact.manifest["config"]["task"]["name"]
+    return f"{task} variant ({metrics['recipe']}, {metrics['variant']}) — {scores}"
+
+
+def lineage(run_dir: Path) -> list[dict[str, Any]]:
+    """The lineage forest of a run: nested {name, kind, id, description, children}, roots = original bases."""
+    artifacts = read_run(run_dir)
+    by_id = {a.id: a for a in artifacts}
+    evaluations = {
+        a.manifest["inputs"]["model"]["id"]: a
+        for a in artifacts
+        if a.kind == "evaluate_task" and "model" in a.manifest["inputs"]
+    }
+    nodes = {
+        a.id: {
+            "name": a.manifest["name"],
+            "kind": a.kind,
+            "id": a.id,
+            "description": _describe(a, evaluations, by_id),
+            "children": [],
+        }
+        for a in artifacts
+        if a.kind in MODEL_KINDS
+    }
+    roots = []
+    for artifact in artifacts:
+        if artifact.kind not in MODEL_KINDS:
+            continue
+        parent = artifact.manifest["inputs"].get("base", {}).get("id")
+        if parent in nodes:
+            nodes[parent]["children"].append(nodes[artifact.id])
+        else:
+            roots.append(nodes[artifact.id])
+    # models before variants under each node: the DAPT base first, then the variants
+    for node in nodes.values():
+        node["children"].sort(key=lambda child: (child["kind"] != "pretrain", child["name"]))
+    return roots
+
+
+def render_tree(roots: list[dict[str, Any]]) -> list[str]:
+    """Text lines of the tree, with box-drawing branches."""
+    lines: list[str] = []
+
+    def walk(node: dict[str, Any], prefix: str, is_last: bool, is_root: bool) -> None:
+        branch = "" if is_root else ("└── " if is_last else "├── ")
+        lines.append(f"{prefix}{branch}{node['name']}  [{node['id']}]  {node['description']}")
+        child_prefix = prefix if is_root else prefix + ("    " if is_last else "│   ")
+        for index, child in enumerate(node["children"]):
+            walk(child, child_prefix, index == len(node["children"]) - 1, False)
+
+    for root in roots:
+        walk(root, "", True, True)
+    return lines
