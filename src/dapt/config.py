@@ -37,6 +37,9 @@ class PresetConfig(Section):
     num_kv_heads: int = Field(2, gt=0, description="Key/value heads; fewer than num_heads = grouped-query.")
     intermediate_size: int = Field(176, gt=0, description="Width of the MLP.")
     max_position_embeddings: int = Field(1024, gt=0, description="Longest sequence the model accepts.")
+    sliding_window: int | None = Field(
+        None, gt=0, description="Attend only to the last N tokens (Mistral-style sliding-window attention)."
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> PresetConfig:
@@ -60,6 +63,11 @@ class BaseConfig(Section):
     preset: PresetConfig | None = Field(None, description="Build a small Llama-style model from scratch instead.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `model` is a hub id.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust it.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa",
+        description="Attention kernel: sdpa (PyTorch's fused attention, the default), eager, or flash_attention_2 "
+        "(needs the flash-attn package and a CUDA GPU).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> BaseConfig:
@@ -274,6 +282,17 @@ class PretrainConfig(Section):
         "honours this for sdpa, eager and flash_attention_2 by resetting position ids).",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 mixed precision on a GPU that supports it, else fp32 (on CPUs bf16 is 2-3x slower). "
+        "fp16 uses dynamic loss scaling.",
+    )
+    global_batch_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Tokens per optimizer step over all processes; sets grad_accum_steps = this / (micro_batch_size "
+        "× seq_len); the micro-batch is split over the processes. None: use grad_accum_steps.",
+    )
     peak_tflops: float | None = Field(
         None, gt=0, description="The device's peak TFLOP/s for MFU; None: looked up for known GPUs, else no MFU."
     )

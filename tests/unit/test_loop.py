@@ -75,3 +75,28 @@ def test_parameter_groups_decay_matrices_only_and_slow_down_embeddings():
     assert by_size[40]["lr"] == pytest.approx(2e-4) and by_size[40]["weight_decay"] == 0.0  # embeddings
     assert by_size[16]["lr"] == pytest.approx(1e-3) and by_size[16]["weight_decay"] == 0.1  # proj.weight
     assert by_size[12]["weight_decay"] == 0.0  # proj.bias + norm weight/bias
+
+
+def test_global_batch_in_tokens_sets_accumulation():
+    from dapt.train.loop import resolve_accumulation
+
+    settings = LoopSettings(max_steps=1, lr=1.0, global_batch_tokens=4096, seq_len=256, micro_batch_size=4)
+    assert resolve_accumulation(settings).grad_accum_steps == 4
+    with pytest.raises(TrainingError, match="use e.g. 4096"):
+        resolve_accumulation(LoopSettings(max_steps=1, lr=1.0, global_batch_tokens=4000, seq_len=256,
+                                          micro_batch_size=4))
+
+
+def test_precision_auto_is_fp32_without_a_gpu():
+    from dapt.train.loop import mixed_precision
+
+    assert mixed_precision("fp32") == "no" and mixed_precision("bf16") == "bf16"
+    if not torch.cuda.is_available():
+        assert mixed_precision("auto") == "no"
+
+
+def test_bf16_training_runs_and_learns():
+    model, batch, loss_fn = regression()
+    before = loss_fn(model, batch())[0].item()
+    train_loop(model, batch, loss_fn, LoopSettings(max_steps=30, lr=0.1, precision="bf16"))
+    assert loss_fn(model, batch())[0].item() < before / 5

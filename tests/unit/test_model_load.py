@@ -25,3 +25,11 @@ def test_local_folder_is_the_same_code_path_as_a_hub_id(tmp_path):
     save_model_folder(model, tokenizer, tmp_path)
     loaded, loaded_tokenizer, origin = load_original_base(BaseConfig(model=str(tmp_path)))
     assert origin.startswith("local folder") and len(loaded_tokenizer) == len(tokenizer)
+
+
+def test_preset_with_a_sliding_window_is_a_mistral_style_model():
+    from dapt.config import PresetConfig
+
+    model, _, _ = load_original_base(BaseConfig(preset=PresetConfig(sliding_window=16)))
+    assert type(model).__name__ == "MistralForCausalLM" and model.config.sliding_window == 16
+    assert model.config.num_key_value_heads == 2  # grouped-query attention

@@ -18,6 +18,8 @@ from transformers import (
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -59,7 +61,18 @@ def _from_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 
 def _from_preset(preset: PresetConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = byte_level_tokenizer()
-    config = LlamaConfig(
+    # Llama has no sliding window; Mistral is the same block with one, so a windowed preset is a Mistral.
+    config_class, model_class = (
+        (MistralConfig, MistralForCausalLM)
+        if preset.sliding_window
+        else (
+            LlamaConfig,
+            LlamaForCausalLM,
+        )
+    )
+    options = {"sliding_window": preset.sliding_window} if preset.sliding_window else {}
+    config = config_class(
+        **options,
         vocab_size=len(tokenizer),
         hidden_size=preset.hidden_size,
         intermediate_size=preset.intermediate_size,
@@ -72,7 +85,7 @@ def _from_preset(preset: PresetConfig) -> tuple[PreTrainedModel, PreTrainedToken
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return LlamaForCausalLM(config), tokenizer
+    return model_class(config), tokenizer
 
 
 def load_original_base(config: BaseConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
@@ -97,12 +110,13 @@ def load_original_base(config: BaseConfig) -> tuple[PreTrainedModel, PreTrainedT
         model, tokenizer = _from_gguf(path)
         return model, tokenizer, f"GGUF {path}"
     options: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    model_options = {**options, "attn_implementation": config.attn_implementation}
     local = Path(source)
     if local.exists() and not (local / "config.json").is_file():
         raise ConfigError(f"base.model: {source} is a folder but holds no config.json; is it a Hugging Face model?")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **options)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **options)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **model_options)
     except OSError as error:
         where = "a local folder" if local.exists() else "a local folder (none there) or a hub id that could be fetched"
         raise ConfigError(f"base.model: could not load {source!r} as {where}: {error}") from None
@@ -129,10 +143,10 @@ def save_model_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     tokenizer.save_pretrained(folder)
 
 
-def load_causal_lm(folder: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a model folder written by `save_model_folder` (fp32, the right default on CPU)."""
+def load_causal_lm(folder: Path, attn_implementation: str = "sdpa") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a model folder written by `save_model_folder` (fp32 weights; mixed precision is the loop's job)."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attn_implementation)
     return model, tokenizer
 
 

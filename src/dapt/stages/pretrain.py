@@ -65,7 +65,7 @@ def run(context: StageContext) -> dict[str, Any]:
     seed = context.config["seed"]
     torch.manual_seed(seed)
     base_folder = context.inputs["base"].path / "model"
-    model, tokenizer = load_causal_lm(base_folder)
+    model, tokenizer = load_causal_lm(base_folder, context.pipeline.base.attn_implementation)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -119,6 +119,10 @@ def run(context: StageContext) -> dict[str, Any]:
     if monitor not in held_out:
         monitor = "domain_val_loss"
     settings = LoopSettings(
+        precision=config.precision,
+        global_batch_tokens=config.global_batch_tokens,
+        seq_len=config.seq_len,
+        micro_batch_size=config.micro_batch_size,
         max_steps=config.max_steps,
         lr=config.lr,
         warmup_steps=config.warmup_steps,
