@@ -287,6 +287,11 @@ class PretrainConfig(Section):
         description="auto: bf16 mixed precision on a GPU that supports it, else fp32 (on CPUs bf16 is 2-3x slower). "
         "fp16 uses dynamic loss scaling.",
     )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Also log to these trackers (metrics.jsonl is always written); tensorboard and mlflow write "
+        "under the pretrain artifact's tracking/ folder. The package must be installed.",
+    )
     global_batch_tokens: int | None = Field(
         None,
         gt=0,

@@ -83,8 +83,9 @@ def test_global_batch_in_tokens_sets_accumulation():
     settings = LoopSettings(max_steps=1, lr=1.0, global_batch_tokens=4096, seq_len=256, micro_batch_size=4)
     assert resolve_accumulation(settings).grad_accum_steps == 4
     with pytest.raises(TrainingError, match="use e.g. 4096"):
-        resolve_accumulation(LoopSettings(max_steps=1, lr=1.0, global_batch_tokens=4000, seq_len=256,
-                                          micro_batch_size=4))
+        resolve_accumulation(
+            LoopSettings(max_steps=1, lr=1.0, global_batch_tokens=4000, seq_len=256, micro_batch_size=4)
+        )
 
 
 def test_precision_auto_is_fp32_without_a_gpu():
@@ -100,3 +101,17 @@ def test_bf16_training_runs_and_learns():
     before = loss_fn(model, batch())[0].item()
     train_loop(model, batch, loss_fn, LoopSettings(max_steps=30, lr=0.1, precision="bf16"))
     assert loss_fn(model, batch())[0].item() < before / 5
+
+
+def test_metrics_also_go_to_tensorboard_when_asked(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is in the [dev] extra")
+    model, batch, loss_fn = regression()
+    settings = LoopSettings(max_steps=3, lr=0.1, report_to=("tensorboard",), tracking_dir=tmp_path)
+    train_loop(model, batch, loss_fn, settings, description="tb run")
+    assert list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+def test_an_unknown_or_missing_tracker_is_a_clear_error():
+    model, batch, loss_fn = regression()
+    with pytest.raises(TrainingError, match="unknown tracker 'tensorbored'"):
+        train_loop(model, batch, loss_fn, LoopSettings(max_steps=1, lr=0.1, report_to=("tensorbored",)))

@@ -67,7 +67,9 @@ def run(context: StageContext) -> dict[str, Any]:
     base_folder = context.inputs["base"].path / "model"
     model, tokenizer = load_causal_lm(base_folder, context.pipeline.base.attn_implementation)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it; older releases only have gradient_checkpointing_enable
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
         model.config.use_cache = False
     if config.method == "lora":
         model = add_lora(model, config.lora)
@@ -123,6 +125,8 @@ def run(context: StageContext) -> dict[str, Any]:
         global_batch_tokens=config.global_batch_tokens,
         seq_len=config.seq_len,
         micro_batch_size=config.micro_batch_size,
+        report_to=tuple(config.report_to),
+        tracking_dir=context.out / "tracking",
         max_steps=config.max_steps,
         lr=config.lr,
         warmup_steps=config.warmup_steps,

@@ -8,6 +8,7 @@ come from `accelerate`, so the same code runs on a CPU or a GPU.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -52,6 +53,8 @@ class LoopSettings:
     global_batch_tokens: int | None = None  # sets grad_accum_steps from the tokens per optimizer step
     seq_len: int | None = None  # tokens per row, needed with global_batch_tokens
     micro_batch_size: int | None = None  # rows per micro-batch over all processes, needed with global_batch_tokens
+    report_to: tuple[str, ...] = ()  # experiment trackers through accelerate: tensorboard, wandb, mlflow
+    tracking_dir: Path | None = None  # where local trackers (tensorboard, mlflow) write
 
 
 @dataclass
@@ -99,6 +102,23 @@ def parameter_groups(
         }
         for (decayed, is_embedding), params in sorted(groups.items())
     ]
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_trackers(report_to: tuple[str, ...]) -> None:
+    """A requested tracker must be known and installed; say how to install it otherwise."""
+    for tracker in report_to:
+        if tracker not in TRACKER_PACKAGES:
+            raise TrainingError(f"report_to: unknown tracker {tracker!r}; choose from {sorted(TRACKER_PACKAGES)}")
+        if importlib.util.find_spec(TRACKER_PACKAGES[tracker]) is None:
+            raise TrainingError(f"report_to: {tracker} is not installed; pip install {TRACKER_PACKAGES[tracker]}")
+
+
+def _flat_settings(settings: LoopSettings) -> dict[str, Any]:
+    """The loop's settings as tracker hyperparameters (scalars and strings only)."""
+    return {k: v for k, v in vars(settings).items() if isinstance(v, int | float | str | bool)}
 
 
 def mixed_precision(precision: str) -> str:
@@ -215,7 +235,15 @@ def train_loop(
     # the stages of one pipeline may differ (e.g. bf16 pretraining, fp32 classifiers), so start each loop
     # from a fresh state. The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=multi_cpu, mixed_precision=mixed_precision(settings.precision))
+    check_trackers(settings.report_to)
+    accelerator = Accelerator(
+        cpu=multi_cpu,
+        mixed_precision=mixed_precision(settings.precision),
+        log_with=list(settings.report_to) or None,
+        project_dir=settings.tracking_dir,
+    )
+    if settings.report_to:
+        accelerator.init_trackers(description.replace(" ", "_"), config=_flat_settings(settings))
     settings = resolve_accumulation(settings)
     optimizer = torch.optim.AdamW(
         parameter_groups(model, settings.weight_decay, settings.lr, settings.embedding_lr_ratio),
@@ -270,6 +298,9 @@ def train_loop(
         if log_handle:
             log_handle.write(json.dumps(record) + "\n")
             log_handle.flush()
+        if settings.report_to:
+            values = record.get("eval", {k: v for k, v in record.items() if k != "step" and isinstance(v, float | int)})
+            accelerator.log({k: v for k, v in values.items() if isinstance(v, float | int)}, step=record["step"])
 
     def save_checkpoint(step: int) -> None:
         if checkpointer is None:
@@ -384,4 +415,6 @@ def train_loop(
     result.seconds = time.perf_counter() - clock
     if log_handle:
         log_handle.close()
+    if settings.report_to:
+        accelerator.end_training()
     return result
