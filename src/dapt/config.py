@@ -362,6 +362,25 @@ class TaskConfig(Section):
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
     warmup_steps: int = Field(5, ge=0, description="Linear warmup steps.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="Train every variant once per seed (the control too); the report gives mean ± std. "
+        "None: the pipeline's seed only.",
+    )
+    data_fractions: list[float] = Field(
+        default_factory=lambda: [1.0],
+        min_length=1,
+        description="Train every variant on these shares of the training examples (stratified), for the "
+        "data-efficiency curve: does the DAPT base reach the control's full-data score with less data?",
+    )
+
+    @model_validator(mode="after")
+    def _fractions(self) -> TaskConfig:
+        bad = [f for f in self.data_fractions if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"data_fractions must be in (0, 1]; got {bad}")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------------

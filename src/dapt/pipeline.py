@@ -124,30 +124,44 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
         ),
     ]
     for task in dump["tasks"]:
-        task_config = {k: v for k, v in task.items() if k not in ("data", "test_fraction")}
-        for variant, base_stage in (("control", "base"), ("dapt", "pretrain")):
-            adapted = f"adapt-{task['name']}-{variant}"
-            stages.append(
-                StageSpec(
-                    adapted,
-                    "adapt",
-                    adapt.run,
-                    {"task": task_config, "variant": variant, "seed": config.seed},
-                    {"task": f"task-{task['name']}", "base": base_stage},
-                    summary=f"{task['type']} variant from the {'original' if variant == 'control' else 'DAPT'} base",
+        task_config = {k: v for k, v in task.items() if k not in ("data", "test_fraction", "seeds", "data_fractions")}
+        for seed, fraction in task_runs(task, config.seed):
+            for variant, base_stage in (("control", "base"), ("dapt", "pretrain")):
+                adapted = f"adapt-{task['name']}-{variant}{run_suffix(seed, fraction, config.seed)}"
+                stages.append(
+                    StageSpec(
+                        adapted,
+                        "adapt",
+                        adapt.run,
+                        {"task": task_config, "variant": variant, "seed": seed, "data_fraction": fraction},
+                        {"task": f"task-{task['name']}", "base": base_stage},
+                        summary=f"{task['type']} variant from the {'original' if variant == 'control' else 'DAPT'} "
+                        f"base (seed {seed}, {fraction:.0%} of the training data)",
+                    )
                 )
-            )
-            stages.append(
-                StageSpec(
-                    f"evaluate-{task['name']}-{variant}",
-                    "evaluate_task",
-                    evaluate.run_task,
-                    {"max_length": task["max_length"]},
-                    {"task": f"task-{task['name']}", "model": adapted},
-                    summary="test-set accuracy and macro-F1",
+                stages.append(
+                    StageSpec(
+                        adapted.replace("adapt-", "evaluate-", 1),
+                        "evaluate_task",
+                        evaluate.run_task,
+                        {"max_length": task["max_length"]},
+                        {"task": f"task-{task['name']}", "model": adapted},
+                        summary="test-set accuracy and macro-F1",
+                    )
                 )
-            )
     return stages
+
+
+def task_runs(task: dict[str, Any], pipeline_seed: int) -> list[tuple[int, float]]:
+    """(seed, data fraction) of every training run of a task's variants."""
+    seeds = task.get("seeds") or [pipeline_seed]
+    return [(seed, fraction) for fraction in task.get("data_fractions") or [1.0] for seed in seeds]
+
+
+def run_suffix(seed: int, fraction: float, pipeline_seed: int) -> str:
+    """'' for the main run (the pipeline's seed, all the data), else e.g. '-s1' or '-f0.25' or '-s1-f0.25'."""
+    parts = ([f"s{seed}"] if seed != pipeline_seed else []) + ([f"f{fraction:g}"] if fraction != 1.0 else [])
+    return "".join(f"-{part}" for part in parts)
 
 
 def _stale_reason(existing: Artifact | None, stage_id: str, inputs: dict[str, Artifact]) -> str | None:

@@ -135,3 +135,22 @@ def test_lineage_tree_from_the_manifests(run_dir, capsys):
 def test_lineage_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["lineage", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_seeds_and_data_fractions_give_means_and_a_data_efficiency_curve(run_dir, capsys):
+    capsys.readouterr()
+    overrides = ["--set", "tasks.0.seeds=[0, 1]", "--set", "tasks.0.data_fractions=[0.5, 1.0]"]
+    assert main(["run", str(TINY), "--out", str(run_dir), *overrides]) == 0
+    err = capsys.readouterr().err
+    assert "adapt-xml-subpackage-dapt-s1-f0.5: running" in err
+    assert "adapt-xml-subpackage-dapt:" in err and "cached" in err  # the main run is reused as it is
+    (task,) = json.loads((run_dir / "report.json").read_text())["tasks"]
+    assert task["seeds"] == [0, 1] and task["control"]["runs"] == task["dapt"]["runs"] == 2
+    seed_accuracies = [
+        read_artifact(run_dir / f"evaluate-xml-subpackage-dapt{suffix}").metrics["accuracy"] for suffix in ("", "-s1")
+    ]
+    assert task["dapt"]["accuracy"] == pytest.approx(sum(seed_accuracies) / 2)
+    assert [point["fraction"] for point in task["data_efficiency"]] == [0.5, 1.0]
+    half = read_artifact(run_dir / "adapt-xml-subpackage-control-f0.5").metrics
+    assert half["data_fraction"] == 0.5 and half["train_examples"] < task["train_examples"]
+    assert "Data efficiency" in (run_dir / "report.md").read_text()

@@ -16,8 +16,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from dapt.artifacts import Artifact, atomic_write_text, read_artifact
-from dapt.config import PipelineConfig
+from dapt.config import PipelineConfig, TaskConfig
 from dapt.lineage import lineage, render_tree
+from dapt.pipeline import plan, run_suffix, task_runs
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -36,20 +37,46 @@ def _correct(artifact: Artifact) -> np.ndarray:
     return np.asarray(table.column("label").to_pylist()) == np.asarray(table.column("predicted").to_pylist())
 
 
-def _task_entry(name: str, artifacts: dict[str, Artifact]) -> dict[str, Any]:
-    control, dapt = artifacts[f"evaluate-{name}-control"], artifacts[f"evaluate-{name}-dapt"]
-    adapted = artifacts[f"adapt-{name}-dapt"].metrics
+def _task_entry(task: TaskConfig, pipeline_seed: int, artifacts: dict[str, Artifact]) -> dict[str, Any]:
+    """Control vs DAPT for one task: means over seeds on all the data, the paired interval, the data-efficiency
+    curve. A run that has not finished is left out (and listed under `missing_runs`)."""
+    runs = task_runs(task.model_dump(), pipeline_seed)
+    results: dict[tuple[str, float], list[Artifact]] = {}
+    missing = []
+    for seed, fraction in runs:
+        for variant in ("control", "dapt"):
+            name = f"evaluate-{task.name}-{variant}{run_suffix(seed, fraction, pipeline_seed)}"
+            if name in artifacts:
+                results.setdefault((variant, fraction), []).append(artifacts[name])
+            else:
+                missing.append(name)
+    full = {variant: results.get((variant, 1.0), []) for variant in ("control", "dapt")}
+    adapted = artifacts[f"adapt-{task.name}-dapt"].metrics
+
+    def summary(evaluations: list[Artifact]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for metric in ("accuracy", "macro_f1"):
+            values = np.array([e.metrics[metric] for e in evaluations])
+            out[metric] = float(values.mean())
+            out[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out["runs"] = len(evaluations)
+        return out
+
     entry: dict[str, Any] = {
-        "name": name,
+        "name": task.name,
         "recipe": adapted["recipe"],
         "top_blocks": adapted.get("top_blocks"),
         "train_examples": adapted["train_examples"],
-        "test_examples": dapt.metrics["examples"],
-        "control": {k: control.metrics[k] for k in ("accuracy", "macro_f1")},
-        "dapt": {k: dapt.metrics[k] for k in ("accuracy", "macro_f1")},
+        "test_examples": full["dapt"][0].metrics["examples"],
+        "seeds": task.seeds or [pipeline_seed],
+        "control": summary(full["control"]),
+        "dapt": summary(full["dapt"]),
     }
     entry["difference"] = {k: entry["dapt"][k] - entry["control"][k] for k in ("accuracy", "macro_f1")}
-    low, high = paired_bootstrap(_correct(control), _correct(dapt))
+    # per test example, the share of seeds that got it right; resampled in pairs (same examples for both)
+    control_correct = np.mean([_correct(e) for e in full["control"]], axis=0)
+    dapt_correct = np.mean([_correct(e) for e in full["dapt"]], axis=0)
+    low, high = paired_bootstrap(control_correct, dapt_correct)
     entry["difference"]["accuracy_ci95"] = [low, high]
     if low > 0:
         entry["verdict"] = "the DAPT base helped: its variant is more accurate, beyond the 95% interval of chance"
@@ -57,14 +84,30 @@ def _task_entry(name: str, artifacts: dict[str, Artifact]) -> dict[str, Any]:
         entry["verdict"] = "the DAPT base hurt: its variant is less accurate, beyond the 95% interval of chance"
     else:
         entry["verdict"] = "no clear difference: the accuracy gap is within the 95% interval of chance on this test set"
+    fractions = sorted({fraction for _, fraction in runs})
+    if len(fractions) > 1:
+        curve = [
+            {
+                "fraction": fraction,
+                "control_accuracy": summary(results[("control", fraction)])["accuracy"],
+                "dapt_accuracy": summary(results[("dapt", fraction)])["accuracy"],
+            }
+            for fraction in fractions
+            if results.get(("control", fraction)) and results.get(("dapt", fraction))
+        ]
+        entry["data_efficiency"] = curve
+        target = entry["control"]["accuracy"]
+        entry["dapt_matches_control_full_data_at"] = next(
+            (point["fraction"] for point in curve if point["dapt_accuracy"] >= target), None
+        )
+    if missing:
+        entry["missing_runs"] = missing
     return entry
 
 
 def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Artifact] | None = None) -> dict[str, Any]:
     """Assemble report.json and report.md from the run's manifests; returns the report's content."""
     if artifacts is None:
-        from dapt.pipeline import plan
-
         found = {spec.name: read_artifact(run_dir / spec.name) for spec in plan(config)}
         artifacts = {name: a for name, a in found.items() if a is not None}
     base, pretrain, lm = (
@@ -111,7 +154,7 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
             "sources": artifacts["ingest"].metrics["by_source"],
             "token_splits": tokenize["splits"],
         },
-        "tasks": [_task_entry(task.name, artifacts) for task in config.tasks],
+        "tasks": [_task_entry(task, config.seed, artifacts) for task in config.tasks],
         "lineage": lineage(run_dir),
         "timings": {name: a.manifest["timings"]["seconds"] for name, a in artifacts.items()},
     }
@@ -138,6 +181,16 @@ def _change(before: float | None, after: float | None) -> str:
     return f"{(after - before) / before:+.1%}"
 
 
+def _seeds_note(task: dict[str, Any]) -> str:
+    runs = task["control"].get("runs", 1)
+    if runs < 2:
+        return ""
+    return (
+        f" (means of {runs} seeds; accuracy std {task['control']['accuracy_std']:.3f} control, "
+        f"{task['dapt']['accuracy_std']:.3f} DAPT)"
+    )
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     base, pretrain, funnel = report["base"], report["pretrain"], report["data"]["funnel"]
     lines = [
@@ -155,16 +208,27 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"- **{task['name']}**: accuracy {task['control']['accuracy']:.3f} (control, original base) → "
             f"{task['dapt']['accuracy']:.3f} (DAPT base), {d['accuracy'] * 100:+.1f} points "
             f"(95% bootstrap interval {low * 100:+.1f} to {high * 100:+.1f}); macro-F1 "
-            f"{task['control']['macro_f1']:.3f} → {task['dapt']['macro_f1']:.3f}. Verdict: {task['verdict']}."
+            f"{task['control']['macro_f1']:.3f} → {task['dapt']['macro_f1']:.3f}{_seeds_note(task)}. "
+            f"Verdict: {task['verdict']}."
         )
+        if "data_efficiency" in task:
+            matched = task["dapt_matches_control_full_data_at"]
+            lines.append(
+                "  Data efficiency: the DAPT variant "
+                + (
+                    f"reaches the control's full-data accuracy with {matched:.0%} of the training data."
+                    if matched is not None
+                    else "does not reach the control's full-data accuracy with less data."
+                )
+            )
     lines += [
         f"- **Domain perplexity** {_num(base['domain_ppl_before'])} → {_num(base['domain_ppl_after'])} "
         f"({_change(base['domain_ppl_before'], base['domain_ppl_after'])}); **general perplexity** "
         f"{_num(base['general_ppl_before'])} → {_num(base['general_ppl_after'])} "
         f"({_change(base['general_ppl_before'], base['general_ppl_after'])}, the forgetting signal).",
         "",
-        "One seed, one test split: read small differences as noise. The interval comes from resampling the "
-        "test examples, so it does not cover seed-to-seed variation.",
+        "The interval comes from resampling the test examples (paired); with one seed it does not cover "
+        "seed-to-seed variation — set `seeds:` on a task for that. Read small differences as noise.",
         "",
         "## Base models",
         "",
@@ -212,9 +276,23 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{task['control']['accuracy']:.3f} | {task['dapt']['accuracy']:.3f} | "
             f"{task['control']['macro_f1']:.3f} | {task['dapt']['macro_f1']:.3f} |"
         )
+    lines += ["", "Both variants of a task use the same recipe, data, budget and seeds; only their base differs."]
+    for task in report["tasks"]:
+        if "data_efficiency" in task:
+            lines += [
+                "",
+                f"Data efficiency of `{task['name']}` (accuracy by share of the training data):",
+                "",
+                "| share of training data | control | DAPT |",
+                "|---|---|---|",
+            ]
+            lines += [
+                f"| {point['fraction']:.0%} | {point['control_accuracy']:.3f} | {point['dapt_accuracy']:.3f} |"
+                for point in task["data_efficiency"]
+            ]
+        if task.get("missing_runs"):
+            lines += ["", f"Not finished, left out: {', '.join(task['missing_runs'])}."]
     lines += [
-        "",
-        "Both variants of a task use the same recipe, data, budget and seed; only their base differs.",
         "",
         "## Data funnel",
         "",

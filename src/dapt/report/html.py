@@ -304,11 +304,26 @@ def _tasks(report: dict[str, Any]) -> str:
         "base. The error bar is the 95% paired-bootstrap interval over test examples: a bar whose interval "
         "crosses zero is no clear difference (grey); blue is a clear gain, red a clear loss.",
     )
+    seeds = max(len(t.get("seeds", [0])) for t in tasks)
     note = (
-        "<p>Both variants of a task use the same recipe, data, budget and seed; only their base differs. "
-        "One seed, one test split: the interval does not cover seed-to-seed variation.</p>"
+        "<p>Both variants of a task use the same recipe, data, budget and seeds; only their base differs. "
+        + (
+            f"Accuracies are means over {seeds} seeds; the interval resamples test examples."
+            if seeds > 1
+            else "One seed: the interval does not cover seed-to-seed variation (set <code>seeds:</code> on a task)."
+        )
+        + "</p>"
     )
-    return "\n".join([figure, _table(header, rows, numeric=set(range(2, 10))), note])
+    parts = [figure, _table(header, rows, numeric=set(range(2, 10))), note]
+    for task in tasks:
+        if "data_efficiency" in task:
+            curve = [
+                [f"{p['fraction']:.0%}", f"{p['control_accuracy']:.3f}", f"{p['dapt_accuracy']:.3f}"]
+                for p in task["data_efficiency"]
+            ]
+            parts.append(f"<h3>Data efficiency: {_e(task['name'])}</h3>")
+            parts.append(_table(["share of training data", "control accuracy", "DAPT accuracy"], curve, numeric={1, 2}))
+    return "\n".join(parts)
 
 
 def _lineage(report: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
+from dapt.data.tasks import split_examples
 from dapt.model.classifier import (
     TopBlocks,
     build_classifier,
@@ -38,6 +39,9 @@ def run(context: StageContext) -> dict[str, Any]:
     task_folder = context.inputs["task"].path
     labels = json.loads((task_folder / "labels.json").read_text())
     train = read_examples(task_folder / "train.parquet")
+    fraction = context.config.get("data_fraction", 1.0)
+    if fraction < 1.0:  # the data-efficiency curve: a stratified share of the training examples
+        train, _ = split_examples(train, test_fraction=1.0 - fraction, seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     classifier = build_classifier(base_folder, labels, pad_id)
@@ -124,6 +128,8 @@ def run(context: StageContext) -> dict[str, Any]:
     save_model_folder(classifier, tokenizer, context.out / "model")
     return {
         "variant": context.config["variant"],
+        "seed": seed,
+        "data_fraction": fraction,
         "base_artifact": context.inputs["base"].manifest["name"],
         "base_id": context.inputs["base"].id,
         "recipe": task["recipe"],
