@@ -22,6 +22,10 @@ DOCUMENT_SCHEMA = pa.schema(
 )
 
 
+# 32M characters a row group: 32-128 MB of text in memory while a batch is built, whatever the documents' sizes.
+DEFAULT_BATCH_CHARS = 32_000_000
+
+
 def make_doc_id(source: str, locator: str) -> str:
     """A document id that is the same on every run: 16 hex chars of sha1(source NUL locator).
 
@@ -45,16 +49,20 @@ def _document_row(doc: dict, index: int) -> tuple[str, str, str, str]:
     return doc_id, text, source, meta
 
 
-def write_documents(docs: Iterable[dict], path: Path, batch_size: int = 10_000) -> int:
-    """Stream `docs` into one Parquet file with DOCUMENT_SCHEMA, one row group per `batch_size` docs.
+def write_documents(
+    docs: Iterable[dict], path: Path, batch_size: int = 10_000, batch_chars: int = DEFAULT_BATCH_CHARS
+) -> int:
+    """Stream `docs` into one Parquet file with DOCUMENT_SCHEMA, one row group per `batch_size` docs or per
+    `batch_chars` characters of text, whichever comes first.
 
-    Documents are never all held in memory, so a corpus larger than RAM can be written. The file is
+    Documents are never all held in memory, so a corpus larger than RAM can be written: the character
+    budget bounds a batch of long documents as the count bounds a batch of short ones. The file is
     written in place; making it appear atomically is the caller's job (artifact folders do that with
     their manifest). Returns the number of documents written; an empty iterable still writes a valid
     file with the schema, so readers never meet a missing file.
     """
     path = Path(path)
-    count = 0
+    count = pending_chars = 0
     columns: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], [])
 
     def flush(writer: pq.ParquetWriter) -> None:
@@ -69,8 +77,10 @@ def write_documents(docs: Iterable[dict], path: Path, batch_size: int = 10_000) 
             for column, value in zip(columns, _document_row(doc, count), strict=True):
                 column.append(value)
             count += 1
-            if len(columns[0]) >= batch_size:
+            pending_chars += len(columns[1][-1])
+            if len(columns[0]) >= batch_size or pending_chars >= batch_chars:
                 flush(writer)
+                pending_chars = 0
         if columns[0] or count == 0:
             flush(writer)
     return count
