@@ -41,6 +41,107 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tokenizer_commands(commands: argparse._SubParsersAction) -> None:
+    """`dapt tokenizer train|extend|compare`."""
+    tokenizer = commands.add_parser(
+        "tokenizer",
+        help="train a byte-level BPE tokenizer, add domain tokens to a base, or compare tokenizers' fertility",
+        description=(
+            "Tokenizer tools: train a new byte-level BPE tokenizer (for a from-scratch base), extend a base's "
+            "tokenizer and embeddings with domain tokens (ChipNeMo's recipe), or compare tokens per word and per "
+            "character of two tokenizers on domain and general text."
+        ),
+    )
+    actions = tokenizer.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    corpus_help = "domain text: files, globs, folders, or a dapt artifact folder"
+    text_field_help = "JSONL key or Parquet column holding the text"
+
+    train = actions.add_parser(
+        "train",
+        help="a new byte-level BPE tokenizer trained on a corpus (for a from-scratch base)",
+        description=(
+            "Train a byte-level BPE tokenizer (GPT-2's scheme: every byte is a token, so any text round-trips) "
+            "with <|endoftext|> (bos/eos) and <|pad|>, and save it as a Hugging Face tokenizer folder."
+        ),
+    )
+    train.add_argument("paths", nargs="+", metavar="PATH", help=corpus_help)
+    train.add_argument("--vocab-size", type=int, required=True, help="tokens in all, e.g. 8000 or 32000")
+    train.add_argument("--out", type=Path, required=True, help="folder to save the tokenizer in")
+    train.add_argument("--text-field", default="text", help=text_field_help)
+
+    extend = actions.add_parser(
+        "extend",
+        help="add domain tokens to a base's tokenizer and embeddings (ChipNeMo's recipe)",
+        description=(
+            "Train a BPE tokenizer on the domain text, rank its tokens the base lacks by the base tokens they "
+            "save, add the best as BPE merges after the base's (text without them encodes exactly as before), "
+            "initialise each new embedding row as the mean of its pieces' rows, pad the embeddings to a multiple "
+            "of 64, and save model + tokenizer as a Hugging Face folder with extension.json."
+        ),
+    )
+    extend.add_argument(
+        "--base", required=True, help="base model: local HF folder, hub id, .gguf, or package:PKG/FILE.gguf"
+    )
+    extend.add_argument("paths", nargs="+", metavar="PATH", help=corpus_help)
+    extend.add_argument("--out", type=Path, required=True, help="folder for the extended model + tokenizer")
+    size = extend.add_mutually_exclusive_group()
+    size.add_argument("--add", type=int, metavar="K", help="add K new tokens, intermediates included (default 1000)")
+    size.add_argument(
+        "--coverage",
+        type=float,
+        metavar="X",
+        help="add tokens until the domain text's estimated token count falls by the share X (e.g. 0.05)",
+    )
+    extend.add_argument(
+        "--domain-vocab-size", type=int, help="size of the domain tokenizer that proposes tokens (default 32000)"
+    )
+    extend.add_argument("--text-field", default="text", help=text_field_help)
+
+    compare = actions.add_parser(
+        "compare",
+        help="tokens per word / per character of a base's and another tokenizer on domain and general text",
+        description=(
+            "Fertility of one or two tokenizers (tokens per word and per character, share of words cut into 3 "
+            "or more pieces) on domain text and, with --general, on general text."
+        ),
+    )
+    compare.add_argument("--base", required=True, help="a model or tokenizer folder, hub id, or .gguf")
+    compare.add_argument("--other", help="the tokenizer to compare with, e.g. the output of `dapt tokenizer extend`")
+    compare.add_argument("paths", nargs="+", metavar="PATH", help=corpus_help)
+    compare.add_argument("--general", nargs="+", metavar="PATH", help="general text (same kinds of paths)")
+    compare.add_argument("--text-field", default="text", help=text_field_help)
+    compare.add_argument("--json", action="store_true", help="print the measurements as JSON, for tools")
+
+
+def _run_tokenizer(args: argparse.Namespace) -> int:
+    if args.tokenizer_command == "train":
+        from dapt.tokenizer.train import run_train
+
+        return run_train(args.paths, vocab_size=args.vocab_size, out=args.out, text_field=args.text_field)
+    if args.tokenizer_command == "extend":
+        from dapt.tokenizer.extend import run_extend
+
+        return run_extend(
+            args.base,
+            args.paths,
+            out=args.out,
+            add=args.add,
+            coverage=args.coverage,
+            domain_vocab_size=args.domain_vocab_size,
+            text_field=args.text_field,
+        )
+    from dapt.tokenizer.compare import run_compare
+
+    return run_compare(
+        args.base,
+        args.paths,
+        other=args.other,
+        general=args.general,
+        text_field=args.text_field,
+        as_json=args.json,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dapt",
@@ -70,7 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=summary,
             description=f"{summary[0].upper()}{summary[1:]}. Runs the stages it needs first, unless already finished.",
         )
-        command.add_argument("pipeline", type=Path, help="the pipeline YAML")
+        if stage == "curate":  # also `dapt curate PATH... --out DIR`, without a pipeline
+            from dapt.curate_command import add_arguments
+
+            add_arguments(command)
+        else:
+            command.add_argument("pipeline", type=Path, help="the pipeline YAML")
         _add_run_options(command)
 
     report = commands.add_parser("report", help="rebuild report.html / report.md / report.json of a finished run")
@@ -108,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("run_dir", type=Path, nargs="?", default=Path("runs/demo"), help="the run folder")
     lineage.add_argument("--json", action="store_true", help="print the tree as JSON, for tools")
 
+    _add_tokenizer_commands(commands)
+
     config = commands.add_parser("config", help="explain the config keys, or print the demo pipeline")
     group = config.add_mutually_exclusive_group(required=True)
     group.add_argument("--explain", action="store_true", help="every config key with its default and meaning")
@@ -143,11 +251,10 @@ def print_headline(report: dict, run_dir: Path) -> None:
         f"general perplexity {base['general_ppl_before']:.3f} → {base['general_ppl_after']:.3f}"
     )
     for task in report["tasks"]:
-        control, dapt = task["control"], task["dapt"]
+        control, dapt, p, q = task["control"], task["dapt"], task["primary"], task["secondary"]
         print(
-            f"{task['name']}: accuracy control {control['accuracy']:.3f} vs DAPT {dapt['accuracy']:.3f} "
-            f"({task['difference']['accuracy'] * 100:+.1f} points); "
-            f"macro-F1 {control['macro_f1']:.3f} vs {dapt['macro_f1']:.3f}"
+            f"{task['name']}: {p} control {control[p]:.3f} vs DAPT {dapt[p]:.3f} "
+            f"({task['difference'][p] * 100:+.1f} points); {q} {control[q]:.3f} vs {dapt[q]:.3f}"
         )
         print(f"  verdict: {task['verdict']}")
 
@@ -187,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
             return _run(demo_config_path(), args.out or Path("runs/demo"), args.overrides, None)
         if args.command == "run":
             return _run(args.pipeline, args.out, args.overrides, None)
+        if args.command == "curate":
+            from dapt.curate_command import pipeline_path, run_from_args
+
+            args.pipeline = pipeline_path(args)
+            if args.pipeline is None:
+                return run_from_args(args)
         if args.command in STAGES:
             return _run(args.pipeline, args.out, args.overrides, args.command)
         if args.command == "report":
@@ -206,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             given = {name: value for name, value in options.items() if value is not None}  # else assess's defaults
             return run_assess(args.paths, out=args.out, text_field=args.text_field, **given)
+        if args.command == "tokenizer":
+            return _run_tokenizer(args)
         if args.command == "lineage":
             import json
 

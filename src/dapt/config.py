@@ -94,13 +94,29 @@ class SourceConfig(Section):
     kind: Literal["files", "python_docstrings", "pydoc_topics"] = Field(
         "files",
         description=(
-            "files: your own .txt/.md/.jsonl/.parquet files. python_docstrings: the docstrings of an "
+            "files: your own .txt/.md/.jsonl/.csv/.tsv/.parquet/.html/.htm/.pdf files (the text formats also "
+            "gzip- or zstd-compressed: .jsonl.gz, .txt.zst, ...). python_docstrings: the docstrings of an "
             "installed Python package ('stdlib' = the standard library). pydoc_topics: Python's language "
             "reference as shipped in pydoc_data."
         ),
     )
     paths: list[str] = Field(default_factory=list, description="files: paths or globs, relative to the YAML.")
-    text_field: str = Field("text", description="files: JSONL key (dotted for nested) or Parquet column of text.")
+    text_field: str = Field(
+        "text", description="files: JSONL key (dotted for nested) or CSV/TSV/Parquet column holding the text."
+    )
+    strict: bool = Field(
+        False,
+        description="files: stop at the first record that cannot be read (malformed line, bytes that are not UTF-8, "
+        "missing or non-string text field, empty or binary file, document over max_document_chars, damaged file) "
+        "with an error naming file:line. Off: such records are skipped and listed, with file, line and reason, in "
+        "ingest/rejection_ledger.parquet.",
+    )
+    max_document_chars: int = Field(
+        10_000_000,  # dapt.data.ingest.DEFAULT_MAX_DOCUMENT_CHARS
+        gt=0,
+        description="files: reject a document longer than this many characters at ingest, so memory stays bounded "
+        "(10M: three times War and Peace). Curation's max_chars is the length filter to tune.",
+    )
     package: str | None = Field(None, description="python_docstrings: the package to read (never imported).")
     min_chars: int = Field(200, ge=0, description="python_docstrings/pydoc_topics: skip shorter texts.")
 
@@ -314,19 +330,29 @@ class PretrainConfig(Section):
 
 
 class TaskDataConfig(Section):
-    """Where a task's labelled examples come from."""
+    """Where a task's examples come from."""
 
     kind: Literal["files", "python_docstrings"] = Field(
         "files",
         description=(
-            "files: `train` (and optionally `test`) files with text and label. python_docstrings: the "
-            "docstrings of `package`, labelled by the subpackage they come from."
+            "files: `train` (and optionally `test`) files: text + label (classification), prompt + response or "
+            "chat `messages` (instruction). python_docstrings: the docstrings of `package` — labelled by the "
+            "subpackage they come from (classification), or as 'what does <name> do?' → its summary line "
+            "(instruction)."
         ),
     )
     train: str | None = Field(None, description="files: labelled examples (.jsonl, .csv or .parquet).")
     test: str | None = Field(None, description="files: held-out test examples; if absent, split from train.")
     text_field: str = Field("text", description="files: the field holding the text.")
     label_field: str = Field("label", description="files: the field holding the label.")
+    prompt_field: str = Field("prompt", description="files, instruction: the field holding the prompt.")
+    response_field: str = Field("response", description="files, instruction: the field holding the response.")
+    messages_field: str = Field(
+        "messages",
+        description="files, instruction: a chat as [{role, content}, ...], used when a record has no prompt field; "
+        "the last assistant message is the response, the rest the prompt.",
+    )
+    max_examples: int = Field(600, gt=0, description="python_docstrings, instruction: examples at most.")
     package: str | None = Field(None, description="python_docstrings: the package whose docstrings to label.")
     classes: list[str] = Field(default_factory=list, description="python_docstrings: the subpackages to use.")
     max_per_class: int = Field(150, gt=0, description="python_docstrings: examples per class at most.")
@@ -336,8 +362,8 @@ class TaskDataConfig(Section):
     def _kind_fields(self) -> TaskDataConfig:
         if self.kind == "files" and not self.train:
             raise ValueError("kind 'files' needs `train:` (a labelled .jsonl, .csv or .parquet file)")
-        if self.kind == "python_docstrings" and (not self.package or len(self.classes) < 2):
-            raise ValueError("kind 'python_docstrings' needs `package:` and at least two `classes:`")
+        if self.kind == "python_docstrings" and not self.package:
+            raise ValueError("kind 'python_docstrings' needs `package:`")
         return self
 
 
@@ -345,16 +371,23 @@ class TaskConfig(Section):
     """A downstream task. Each is adapted twice: from the DAPT base and from the original base (the control)."""
 
     name: str = Field(description="Task name, used in folder names and the report.")
-    type: Literal["classification"] = Field("classification", description="Only classification so far.")
+    type: Literal["classification", "instruction"] = Field(
+        "classification",
+        description="classification: text → label, a head on the last token. instruction: prompt → response "
+        "(SFT), loss on the response tokens only.",
+    )
     data: TaskDataConfig
     test_fraction: float = Field(0.3, gt=0, lt=1, description="Share held out for testing when no test file.")
-    recipe: Literal["top_blocks", "full"] = Field(
+    recipe: Literal["top_blocks", "full", "lora"] = Field(
         "top_blocks",
         description=(
-            "top_blocks: train the classification head plus the last `top_blocks` decoder blocks (the rest "
-            "frozen; their activations are computed once). full: train every weight."
+            "top_blocks (classification): train the classification head plus the last `top_blocks` decoder "
+            "blocks (the rest frozen; their activations are computed once). full: train every weight. "
+            "lora (instruction): LoRA adapters (`lora:`), merged into the exported model."
         ),
     )
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    max_new_tokens: int = Field(48, gt=0, description="instruction: tokens generated per test prompt (greedy).")
     top_blocks: int = Field(2, ge=0, description="top_blocks recipe: how many final decoder blocks to train.")
     max_length: int = Field(64, gt=0, description="Tokens per example (longer texts are truncated).")
     epochs: int = Field(4, gt=0, description="Passes over the training examples.")
@@ -374,6 +407,16 @@ class TaskConfig(Section):
         description="Train every variant on these shares of the training examples (stratified), for the "
         "data-efficiency curve: does the DAPT base reach the control's full-data score with less data?",
     )
+
+    @model_validator(mode="after")
+    def _recipe_fits_type(self) -> TaskConfig:
+        if self.type == "classification" and self.recipe == "lora":
+            raise ValueError("recipe lora is for instruction tasks; classification uses top_blocks or full")
+        if self.type == "instruction" and self.recipe == "top_blocks":
+            raise ValueError("recipe top_blocks is for classification; instruction tasks use full or lora")
+        if self.type == "classification" and self.data.kind == "python_docstrings" and len(self.data.classes) < 2:
+            raise ValueError("a python_docstrings classification task needs at least two `data.classes:`")
+        return self
 
     @model_validator(mode="after")
     def _fractions(self) -> TaskConfig:

@@ -45,11 +45,12 @@ def _describe(artifact: Artifact, evaluations: dict[str, Artifact], by_id: dict[
             f"tokens{corpus}, best step {metrics['best_step']}{change}"
         )
     evaluation = evaluations.get(artifact.id)
-    scores = (
-        f"accuracy {evaluation.metrics['accuracy']:.3f}, macro-F1 {evaluation.metrics['macro_f1']:.3f}"
-        if evaluation is not None
-        else "not evaluated yet"
-    )
+    if evaluation is None:
+        scores = "not evaluated yet"
+    elif "accuracy" in evaluation.metrics:
+        scores = f"accuracy {evaluation.metrics['accuracy']:.3f}, macro-F1 {evaluation.metrics['macro_f1']:.3f}"
+    else:
+        scores = f"ROUGE-L {evaluation.metrics['rouge_l']:.3f}, token F1 {evaluation.metrics['token_f1']:.3f}"
     task = artifact.manifest["config"]["task"]["name"]
     return f"{task} variant ({metrics['recipe']}, {metrics['variant']}) — {scores}"
 

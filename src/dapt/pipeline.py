@@ -144,9 +144,13 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
                         adapted.replace("adapt-", "evaluate-", 1),
                         "evaluate_task",
                         evaluate.run_task,
-                        {"max_length": task["max_length"]},
+                        {
+                            "max_length": task["max_length"],
+                            "type": task["type"],
+                            "max_new_tokens": task["max_new_tokens"],
+                        },
                         {"task": f"task-{task['name']}", "model": adapted},
-                        summary="test-set accuracy and macro-F1",
+                        summary="test-set metrics",
                     )
                 )
     return stages

@@ -38,7 +38,10 @@ def test_lora_pretraining_exports_a_merged_model_and_the_adapters(tmp_path):
     tokens = torch.tensor([[60, 61, 62, 63]])
     with torch.no_grad():
         assert not torch.allclose(merged(input_ids=tokens).logits, original(input_ids=tokens).logits)
-    lrs = [json.loads(line)["lr"] for line in (tmp_path / "pretrain" / "metrics.jsonl").read_text().splitlines()
-           if "lr" in json.loads(line)]
+    lrs = [
+        json.loads(line)["lr"]
+        for line in (tmp_path / "pretrain" / "metrics.jsonl").read_text().splitlines()
+        if "lr" in json.loads(line)
+    ]
     assert lrs[2] == lrs[4] == pytest.approx(1.0e-2), "WSD holds the peak lr in its stable phase"
     assert lrs[-1] < lrs[4]

@@ -203,6 +203,9 @@ def hostile_report() -> dict:
                 "control": {"accuracy": 0.5, "macro_f1": 0.4},
                 "dapt": {"accuracy": 0.7, "macro_f1": 0.6},
                 "difference": {"accuracy": 0.2, "macro_f1": 0.2, "accuracy_ci95": [0.1, 0.3]},
+                "type": "classification",
+                "primary": "accuracy",
+                "secondary": "macro_f1",
                 "verdict": "the DAPT base helped",
             }
         ],

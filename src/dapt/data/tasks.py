@@ -142,6 +142,86 @@ def read_labelled_file(path: Path, *, text_field: str = "text", label_field: str
     return examples
 
 
+def _summary_line(text: str) -> str:
+    """The first paragraph of a docstring, on one line: what a reader asks 'what does it do?' for."""
+    return " ".join(text.strip().split("\n\n", 1)[0].split())
+
+
+def docstring_instruction_examples(package: str, *, max_examples: int, min_chars: int, seed: int) -> list[dict]:
+    """Instruction pairs from a package's docstrings: "What does `name` do?" → the docstring's summary.
+
+    The answers are the package authors' own words; the question names the function or class by its
+    dotted name (private modules elided, e.g. `scipy.stats._continuous_distns.norm_gen` → `scipy.stats.norm_gen`).
+    Summaries of 20-300 characters are kept (shorter ones say nothing, longer ones are not summaries);
+    duplicate questions are kept once. At most `max_examples`, sampled deterministically for `seed`.
+    """
+    by_prompt: dict[str, dict] = {}
+    source = f"{package}-docstrings"
+    for doc in iter_docstrings(package, min_chars=min_chars):
+        response = _summary_line(doc.text)
+        if not 20 <= len(response) <= 300:
+            continue
+        public = ".".join(part for part in doc.qualname.split(".") if not part.startswith("_"))
+        if public.count(".") < 1:
+            continue
+        prompt = f"In Python, what does `{public}` do?"
+        by_prompt.setdefault(
+            prompt, {"id": make_doc_id(source, f"{doc.path}:{doc.line}"), "prompt": prompt, "response": response}
+        )
+    examples = sorted(by_prompt.values(), key=lambda example: example["id"])
+    if not examples:
+        raise DataError(f"{package}: no docstring yields a question and a 20-300 character summary")
+    examples = random.Random(seed).sample(examples, min(max_examples, len(examples)))
+    return sorted(examples, key=lambda example: example["id"])
+
+
+def read_instruction_file(
+    path: Path, *, prompt_field: str = "prompt", response_field: str = "response", messages_field: str = "messages"
+) -> list[dict]:
+    """Examples `{id, prompt, response}` from a `.jsonl`, `.csv` or `.parquet` file.
+
+    A record has a prompt and a response field, or a chat (`messages_field`: [{role, content}, ...]); then
+    the last assistant message is the response and the messages before it, as `role: content` lines, the
+    prompt (a single user message is used as it is).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"instruction file '{path}' not found (looked in {path.resolve().parent})")
+    examples = []
+    for where, record in _labelled_records(path):
+        if prompt_field in record:
+            prompt = text_of(record, prompt_field, where, setting="prompt_field")
+            response = text_of(record, response_field, where, setting="response_field")
+        elif messages_field in record:
+            prompt, response = _chat_pair(record[messages_field], where)
+        else:
+            keys = ", ".join(sorted(record)) or "none"
+            raise DataError(
+                f"{where}: neither '{prompt_field}' nor '{messages_field}' (keys: {keys}); set prompt_field: "
+                "and response_field:, or messages_field:, to the keys holding the instruction data"
+            )
+        record_id = record.get("id")
+        doc_id = str(record_id) if record_id not in (None, "") else make_doc_id(path.name, where)
+        examples.append({"id": doc_id, "prompt": prompt, "response": response})
+    if not examples:
+        raise DataError(f"{path}: no examples in the file")
+    return examples
+
+
+def _chat_pair(messages: object, where: str) -> tuple[str, str]:
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
+        raise DataError(f"{where}: messages must be a list of {{role, content}} objects")
+    last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+    if last_assistant is None or last_assistant == 0:
+        raise DataError(f"{where}: a chat needs a user message followed by an assistant message (the response)")
+    before = messages[:last_assistant]
+    if len(before) == 1:
+        prompt = str(before[0]["content"])
+    else:
+        prompt = "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in before)
+    return prompt, str(messages[last_assistant]["content"])
+
+
 def split_examples(examples: list[dict], *, test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(train, test), stratified by label: each label's examples are split in the same proportion.
 
@@ -153,17 +233,17 @@ def split_examples(examples: list[dict], *, test_fraction: float, seed: int) -> 
         raise ConfigError(f"test_fraction is {test_fraction}; it must be between 0 and 1 (e.g. 0.2)")
     by_label: dict[str, list[dict]] = defaultdict(list)
     for example in examples:
-        by_label[example["label"]].append(example)
+        by_label[example.get("label", "")].append(example)  # instruction examples have no label: one group
     train: list[dict] = []
     test: list[dict] = []
     for label in sorted(by_label):
-        group = sorted(by_label[label], key=lambda example: (str(example.get("id", "")), example["text"]))
+        group = sorted(by_label[label], key=lambda example: (str(example.get("id", "")), str(example)))
         random.Random(f"{seed}:{label}").shuffle(group)
         n_test = min(max(round(len(group) * test_fraction), 1), len(group) - 1)
         test += group[:n_test]
         train += group[n_test:]
 
     def order(example: dict) -> tuple[str, str]:
-        return example["label"], str(example.get("id", ""))
+        return example.get("label", ""), str(example.get("id", ""))
 
     return sorted(train, key=order), sorted(test, key=order)

@@ -24,7 +24,7 @@ BOOTSTRAP_SAMPLES = 2000
 
 
 def paired_bootstrap(control_correct: np.ndarray, dapt_correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95% interval of the accuracy difference (dapt − control), resampling test examples with replacement."""
+    """95% interval of the mean-score difference (dapt − control), resampling test examples with replacement."""
     rng = np.random.default_rng(seed)
     samples = rng.integers(0, len(control_correct), size=(BOOTSTRAP_SAMPLES, len(control_correct)))
     differences = dapt_correct[samples].mean(axis=1) - control_correct[samples].mean(axis=1)
@@ -32,8 +32,16 @@ def paired_bootstrap(control_correct: np.ndarray, dapt_correct: np.ndarray, seed
     return float(low), float(high)
 
 
-def _correct(artifact: Artifact) -> np.ndarray:
+# The metric that decides the verdict, and a second one shown beside it, per task type.
+TASK_METRICS = {"classification": ("accuracy", "macro_f1"), "instruction": ("rouge_l", "token_f1")}
+METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "rouge_l": "ROUGE-L", "token_f1": "token F1"}
+
+
+def _example_scores(artifact: Artifact) -> np.ndarray:
+    """Per test example: 1/0 correct (classification) or its score (instruction: ROUGE-L), in test order."""
     table = pq.read_table(artifact.path / "predictions.parquet")
+    if "score" in table.column_names:
+        return np.asarray(table.column("score").to_pylist(), dtype=np.float64)
     return np.asarray(table.column("label").to_pylist()) == np.asarray(table.column("predicted").to_pylist())
 
 
@@ -53,9 +61,11 @@ def _task_entry(task: TaskConfig, pipeline_seed: int, artifacts: dict[str, Artif
     full = {variant: results.get((variant, 1.0), []) for variant in ("control", "dapt")}
     adapted = artifacts[f"adapt-{task.name}-dapt"].metrics
 
+    primary, secondary = TASK_METRICS[task.type]
+
     def summary(evaluations: list[Artifact]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for metric in ("accuracy", "macro_f1"):
+        for metric in (primary, secondary):
             values = np.array([e.metrics[metric] for e in evaluations])
             out[metric] = float(values.mean())
             out[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -64,6 +74,9 @@ def _task_entry(task: TaskConfig, pipeline_seed: int, artifacts: dict[str, Artif
 
     entry: dict[str, Any] = {
         "name": task.name,
+        "type": task.type,
+        "primary": primary,
+        "secondary": secondary,
         "recipe": adapted["recipe"],
         "top_blocks": adapted.get("top_blocks"),
         "train_examples": adapted["train_examples"],
@@ -72,33 +85,34 @@ def _task_entry(task: TaskConfig, pipeline_seed: int, artifacts: dict[str, Artif
         "control": summary(full["control"]),
         "dapt": summary(full["dapt"]),
     }
-    entry["difference"] = {k: entry["dapt"][k] - entry["control"][k] for k in ("accuracy", "macro_f1")}
-    # per test example, the share of seeds that got it right; resampled in pairs (same examples for both)
-    control_correct = np.mean([_correct(e) for e in full["control"]], axis=0)
-    dapt_correct = np.mean([_correct(e) for e in full["dapt"]], axis=0)
-    low, high = paired_bootstrap(control_correct, dapt_correct)
-    entry["difference"]["accuracy_ci95"] = [low, high]
+    entry["difference"] = {k: entry["dapt"][k] - entry["control"][k] for k in (primary, secondary)}
+    # per test example, the mean score over seeds; resampled in pairs (the same examples for both variants)
+    control_scores = np.mean([_example_scores(e) for e in full["control"]], axis=0)
+    dapt_scores = np.mean([_example_scores(e) for e in full["dapt"]], axis=0)
+    low, high = paired_bootstrap(control_scores, dapt_scores)
+    entry["difference"][f"{primary}_ci95"] = [low, high]
+    label = METRIC_LABELS[primary]
     if low > 0:
-        entry["verdict"] = "the DAPT base helped: its variant is more accurate, beyond the 95% interval of chance"
+        entry["verdict"] = f"the DAPT base helped: its variant's {label} is higher, beyond the 95% interval of chance"
     elif high < 0:
-        entry["verdict"] = "the DAPT base hurt: its variant is less accurate, beyond the 95% interval of chance"
+        entry["verdict"] = f"the DAPT base hurt: its variant's {label} is lower, beyond the 95% interval of chance"
     else:
-        entry["verdict"] = "no clear difference: the accuracy gap is within the 95% interval of chance on this test set"
+        entry["verdict"] = f"no clear difference: the {label} gap is within the 95% interval of chance on this test set"
     fractions = sorted({fraction for _, fraction in runs})
     if len(fractions) > 1:
         curve = [
             {
                 "fraction": fraction,
-                "control_accuracy": summary(results[("control", fraction)])["accuracy"],
-                "dapt_accuracy": summary(results[("dapt", fraction)])["accuracy"],
+                "control": summary(results[("control", fraction)])[primary],
+                "dapt": summary(results[("dapt", fraction)])[primary],
             }
             for fraction in fractions
             if results.get(("control", fraction)) and results.get(("dapt", fraction))
         ]
         entry["data_efficiency"] = curve
-        target = entry["control"]["accuracy"]
+        target = entry["control"][primary]
         entry["dapt_matches_control_full_data_at"] = next(
-            (point["fraction"] for point in curve if point["dapt_accuracy"] >= target), None
+            (point["fraction"] for point in curve if point["dapt"] >= target), None
         )
     if missing:
         entry["missing_runs"] = missing
@@ -185,9 +199,10 @@ def _seeds_note(task: dict[str, Any]) -> str:
     runs = task["control"].get("runs", 1)
     if runs < 2:
         return ""
+    primary = task["primary"]
     return (
-        f" (means of {runs} seeds; accuracy std {task['control']['accuracy_std']:.3f} control, "
-        f"{task['dapt']['accuracy_std']:.3f} DAPT)"
+        f" (means of {runs} seeds; {METRIC_LABELS[primary]} std {task['control'][f'{primary}_std']:.3f} control, "
+        f"{task['dapt'][f'{primary}_std']:.3f} DAPT)"
     )
 
 
@@ -202,13 +217,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     for task in report["tasks"]:
-        d = task["difference"]
-        low, high = d["accuracy_ci95"]
+        d, p, q = task["difference"], task["primary"], task["secondary"]
+        low, high = d[f"{p}_ci95"]
         lines.append(
-            f"- **{task['name']}**: accuracy {task['control']['accuracy']:.3f} (control, original base) → "
-            f"{task['dapt']['accuracy']:.3f} (DAPT base), {d['accuracy'] * 100:+.1f} points "
-            f"(95% bootstrap interval {low * 100:+.1f} to {high * 100:+.1f}); macro-F1 "
-            f"{task['control']['macro_f1']:.3f} → {task['dapt']['macro_f1']:.3f}{_seeds_note(task)}. "
+            f"- **{task['name']}**: {METRIC_LABELS[p]} {task['control'][p]:.3f} (control, original base) → "
+            f"{task['dapt'][p]:.3f} (DAPT base), {d[p] * 100:+.1f} points "
+            f"(95% bootstrap interval {low * 100:+.1f} to {high * 100:+.1f}); {METRIC_LABELS[q]} "
+            f"{task['control'][q]:.3f} → {task['dapt'][q]:.3f}{_seeds_note(task)}. "
             f"Verdict: {task['verdict']}."
         )
         if "data_efficiency" in task:
@@ -216,9 +231,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 "  Data efficiency: the DAPT variant "
                 + (
-                    f"reaches the control's full-data accuracy with {matched:.0%} of the training data."
+                    f"reaches the control's full-data {METRIC_LABELS[p]} with {matched:.0%} of the training data."
                     if matched is not None
-                    else "does not reach the control's full-data accuracy with less data."
+                    else f"does not reach the control's full-data {METRIC_LABELS[p]} with less data."
                 )
             )
     lines += [
@@ -266,28 +281,30 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Tasks",
         "",
-        "| task | recipe | train / test | control acc | DAPT acc | control F1 | DAPT F1 |",
+        "| task | recipe | train / test | metric | control | DAPT | difference |",
         "|---|---|---|---|---|---|---|",
     ]
     for task in report["tasks"]:
         recipe = task["recipe"] + (f" (last {task['top_blocks']} blocks + head)" if task["top_blocks"] else "")
-        lines.append(
-            f"| {task['name']} | {recipe} | {task['train_examples']} / {task['test_examples']} | "
-            f"{task['control']['accuracy']:.3f} | {task['dapt']['accuracy']:.3f} | "
-            f"{task['control']['macro_f1']:.3f} | {task['dapt']['macro_f1']:.3f} |"
-        )
+        for metric in (task["primary"], task["secondary"]):
+            lines.append(
+                f"| {task['name']} | {recipe} | {task['train_examples']} / {task['test_examples']} | "
+                f"{METRIC_LABELS[metric]} | {task['control'][metric]:.3f} | {task['dapt'][metric]:.3f} | "
+                f"{task['difference'][metric] * 100:+.1f} points |"
+            )
     lines += ["", "Both variants of a task use the same recipe, data, budget and seeds; only their base differs."]
     for task in report["tasks"]:
         if "data_efficiency" in task:
             lines += [
                 "",
-                f"Data efficiency of `{task['name']}` (accuracy by share of the training data):",
+                f"Data efficiency of `{task['name']}` "
+                f"({METRIC_LABELS[task['primary']]} by share of the training data):",
                 "",
                 "| share of training data | control | DAPT |",
                 "|---|---|---|",
             ]
             lines += [
-                f"| {point['fraction']:.0%} | {point['control_accuracy']:.3f} | {point['dapt_accuracy']:.3f} |"
+                f"| {point['fraction']:.0%} | {point['control']:.3f} | {point['dapt']:.3f} |"
                 for point in task["data_efficiency"]
             ]
         if task.get("missing_runs"):

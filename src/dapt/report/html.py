@@ -17,7 +17,7 @@ from typing import Any
 
 from dapt.lineage import render_tree
 from dapt.report import plots
-from dapt.report.build import _change, _num, render_markdown
+from dapt.report.build import METRIC_LABELS, _change, _num, render_markdown
 
 VERDICT_HEADING = "## Did domain-adaptive pretraining pay off?"  # the section of report.md the verdict comes from
 
@@ -265,41 +265,42 @@ def _tasks(report: dict[str, Any]) -> str:
     rows = []
     for task in tasks:
         control, dapt, difference = task["control"], task["dapt"], task["difference"]
-        low, high = difference["accuracy_ci95"]
+        p, q = task.get("primary", "accuracy"), task.get("secondary", "macro_f1")
+        low, high = difference[f"{p}_ci95"]
         recipe = task["recipe"] + (f" (last {task['top_blocks']} blocks + head)" if task.get("top_blocks") else "")
         rows.append(
             [
                 _e(task["name"]),
                 _e(recipe),
                 f"{task['train_examples']} / {task['test_examples']}",
-                f"{control['accuracy']:.3f}",
-                f"{dapt['accuracy']:.3f}",
-                _points(difference["accuracy"]),
+                f"{METRIC_LABELS[p]}: {control[p]:.3f}",
+                f"{dapt[p]:.3f}",
+                _points(difference[p]),
                 f"{_points(low)} to {_points(high)}",
-                f"{control['macro_f1']:.3f}",
-                f"{dapt['macro_f1']:.3f}",
-                _points(difference["macro_f1"]),
+                f"{METRIC_LABELS[q]}: {control[q]:.3f}",
+                f"{dapt[q]:.3f}",
+                _points(difference[q]),
             ]
         )
     header = [
         "task",
         "recipe",
         "train / test",
-        "control acc",
-        "DAPT acc",
+        "control",
+        "DAPT",
         "difference (points)",
         "95% interval",
-        "control macro-F1",
-        "DAPT macro-F1",
-        "F1 difference (points)",
+        "control (2nd metric)",
+        "DAPT (2nd metric)",
+        "difference (points)",
     ]
     figure = _image(
         plots.task_differences(
             [t["name"] for t in tasks],
-            [t["difference"]["accuracy"] for t in tasks],
-            [t["difference"]["accuracy_ci95"] for t in tasks],
+            [t["difference"][t.get("primary", "accuracy")] for t in tasks],
+            [t["difference"][f"{t.get('primary', 'accuracy')}_ci95"] for t in tasks],
         ),
-        "accuracy difference per task with its 95% interval",
+        "score difference per task with its 95% interval",
         "Accuracy of the variant adapted from the DAPT base minus that of the control adapted from the original "
         "base. The error bar is the 95% paired-bootstrap interval over test examples: a bar whose interval "
         "crosses zero is no clear difference (grey); blue is a clear gain, red a clear loss.",
@@ -318,11 +319,11 @@ def _tasks(report: dict[str, Any]) -> str:
     for task in tasks:
         if "data_efficiency" in task:
             curve = [
-                [f"{p['fraction']:.0%}", f"{p['control_accuracy']:.3f}", f"{p['dapt_accuracy']:.3f}"]
-                for p in task["data_efficiency"]
+                [f"{p['fraction']:.0%}", f"{p['control']:.3f}", f"{p['dapt']:.3f}"] for p in task["data_efficiency"]
             ]
             parts.append(f"<h3>Data efficiency: {_e(task['name'])}</h3>")
-            parts.append(_table(["share of training data", "control accuracy", "DAPT accuracy"], curve, numeric={1, 2}))
+            label = METRIC_LABELS[task.get("primary", "accuracy")]
+            parts.append(_table(["share of training data", f"control {label}", f"DAPT {label}"], curve, numeric={1, 2}))
     return "\n".join(parts)
 
 

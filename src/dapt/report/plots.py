@@ -122,8 +122,8 @@ def task_differences(names: Sequence[str], differences: Sequence[float], interva
     axes.axvline(0, color="black", linewidth=1)
     axes.set_yticks(list(positions), [_short(name) for name in names])
     axes.set_ylim(len(names), -1)  # first task on top; a lone task gets a bar, not a wall
-    axes.set_xlabel("accuracy difference, DAPT − control (points)")
-    figure.suptitle("Task accuracy: DAPT base minus original base, with 95% interval")
+    axes.set_xlabel("score difference, DAPT − control (points)")
+    figure.suptitle("Task score (accuracy / ROUGE-L): DAPT base minus original base, with 95% interval")
     limit = max([1.0, *(abs(v) for v in (*points, *lows, *highs))])
     axes.set_xlim(-limit * 1.15, limit * 1.15)  # symmetric, so the side of zero is obvious at a glance
     axes.grid(axis="x", alpha=0.3)

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
+from dapt.config import LoraConfig
 from dapt.data.tasks import split_examples
+from dapt.model.chat import encode_pair, pad_pairs, uses_chat_template
 from dapt.model.classifier import (
     TopBlocks,
     build_classifier,
@@ -23,16 +25,28 @@ from dapt.model.classifier import (
     freeze_all_but,
     frozen_features,
 )
-from dapt.model.load import parameter_count, save_model_folder
+from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
+from dapt.model.lora import add_lora, merged_model
 from dapt.pipeline import StageContext
 from dapt.stages.tasks import read_examples
 from dapt.train.loop import LoopSettings, train_loop
-from dapt.train.objectives import classification_loss
+from dapt.train.objectives import classification_loss, response_only_loss
 
 FEATURE_BATCH = 16
 
 
+def shuffled_batches(count: int, batch_size: int, seed: int, rows: Any) -> Any:
+    """An endless stream of rows(index) over a fresh seeded shuffle per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(count, generator=generator)
+        for start in range(0, count, batch_size):
+            yield rows(order[start : start + batch_size])
+
+
 def run(context: StageContext) -> dict[str, Any]:
+    if context.config["task"]["type"] == "instruction":
+        return run_instruction(context)
     task, seed = context.config["task"], context.config["seed"]
     torch.manual_seed(seed)  # same head initialisation and batch order for the control and the DAPT variant
     base_folder = context.inputs["base"].path / "model"
@@ -91,17 +105,9 @@ def run(context: StageContext) -> dict[str, Any]:
                 "labels": label_index[index],
             }
 
-    generator = torch.Generator().manual_seed(seed)
     batch_size = task["batch_size"]
     steps_per_epoch = math.ceil(len(train) / batch_size)
-
-    def batches() -> Any:
-        while True:  # a fresh seeded shuffle per epoch
-            order = torch.randperm(len(train), generator=generator)
-            for start in range(0, len(train), batch_size):
-                yield rows(order[start : start + batch_size])
-
-    stream = batches()
+    stream = shuffled_batches(len(train), batch_size, seed, rows)
     settings = LoopSettings(
         max_steps=task["epochs"] * steps_per_epoch,
         lr=task["lr"],
@@ -136,6 +142,65 @@ def run(context: StageContext) -> dict[str, Any]:
         "top_blocks": task["top_blocks"] if task["recipe"] == "top_blocks" else None,
         "trainable_parameters": sum(p.numel() for p in trained.parameters()),
         "parameters": parameter_count(classifier),
+        "train_examples": len(train),
+        "steps": result.steps,
+        "final_train_loss": result.final_train_loss,
+        "train_seconds": round(result.seconds, 1),
+    }
+
+
+def run_instruction(context: StageContext) -> dict[str, Any]:
+    """Instruction tuning (SFT): the loss on the response tokens only; full or LoRA; exported merged."""
+    task, seed = context.config["task"], context.config["seed"]
+    torch.manual_seed(seed)
+    base_folder = context.inputs["base"].path / "model"
+    train = read_examples(context.inputs["task"].path / "train.parquet")
+    fraction = context.config.get("data_fraction", 1.0)
+    if fraction < 1.0:
+        train, _ = split_examples(train, test_fraction=1.0 - fraction, seed=seed)
+    model, tokenizer = load_causal_lm(base_folder)
+    if task["recipe"] == "lora":
+        model = add_lora(model, LoraConfig.model_validate(task["lora"]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pairs = [encode_pair(tokenizer, e["prompt"], e["response"], task["max_length"]) for e in train]
+    context.log(
+        f"recipe {task['recipe']} ({'chat template' if uses_chat_template(tokenizer) else 'built-in template'}): "
+        f"{parameter_count(model, trainable_only=True) / 1e6:.2f}M of {parameter_count(model) / 1e6:.1f}M parameters "
+        f"trained, {len(train)} pairs × {task['epochs']} epochs, loss on response tokens only"
+    )
+    stream = shuffled_batches(
+        len(pairs), task["batch_size"], seed, lambda index: pad_pairs([pairs[i] for i in index.tolist()], pad_id)
+    )
+    settings = LoopSettings(
+        max_steps=task["epochs"] * math.ceil(len(pairs) / task["batch_size"]),
+        lr=task["lr"],
+        warmup_steps=task["warmup_steps"],
+        weight_decay=task["weight_decay"],
+    )
+    result = train_loop(
+        model,
+        lambda: next(stream),
+        response_only_loss,
+        settings,
+        metrics_file=context.out / "metrics.jsonl",
+        description=f"adapt {task['name']} ({context.config['variant']})",
+    )
+    trainable = parameter_count(model, trainable_only=True)
+    if task["recipe"] == "lora":
+        model.save_pretrained(context.out / "adapter")
+        model = merged_model(model)
+    save_model_folder(model, tokenizer, context.out / "model")
+    return {
+        "variant": context.config["variant"],
+        "seed": seed,
+        "data_fraction": fraction,
+        "base_artifact": context.inputs["base"].manifest["name"],
+        "base_id": context.inputs["base"].id,
+        "recipe": task["recipe"],
+        "top_blocks": None,
+        "template": "chat template" if uses_chat_template(tokenizer) else "built-in",
+        "trainable_parameters": trainable,
+        "parameters": parameter_count(model),
         "train_examples": len(train),
         "steps": result.steps,
         "final_train_loss": result.final_train_loss,

@@ -18,6 +18,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from dapt.data.shards import TokenShard, eval_windows
 from dapt.eval.metrics import classification_report
+from dapt.eval.text_metrics import exact_match, rouge_l, token_f1
+from dapt.model.chat import prompt_ids
 from dapt.model.classifier import encode_right_padded
 from dapt.model.load import load_causal_lm
 from dapt.pipeline import StageContext
@@ -25,6 +27,7 @@ from dapt.stages.tasks import read_examples
 from dapt.train.objectives import mean_lm_loss, perplexity
 
 BATCH = 16
+TEXT_METRICS = {"rouge_l": rouge_l, "token_f1": token_f1, "exact_match": exact_match}
 
 
 def run_lm(context: StageContext) -> dict[str, Any]:
@@ -52,6 +55,8 @@ def run_lm(context: StageContext) -> dict[str, Any]:
 
 @torch.no_grad()
 def run_task(context: StageContext) -> dict[str, Any]:
+    if context.config.get("type") == "instruction":
+        return run_instruction(context)
     folder = context.inputs["model"].path / "model"
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
@@ -79,3 +84,45 @@ def run_task(context: StageContext) -> dict[str, Any]:
     )
     context.log(f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f} on {len(test)} test examples")
     return report
+
+
+@torch.no_grad()
+def run_instruction(context: StageContext) -> dict[str, Any]:
+    """Greedy answers to the test prompts, scored against the references; loaded as a user would load it."""
+    folder = context.inputs["model"].path / "model"
+    model, tokenizer = load_causal_lm(folder)
+    model.eval()
+    test = read_examples(context.inputs["task"].path / "test.parquet")
+    stop = [tokenizer.eos_token_id]
+    rows = []
+    for example in tqdm(test, desc=f"evaluate {context.name}", unit="prompt", leave=False):
+        prefix = prompt_ids(tokenizer, example["prompt"])[-context.config["max_length"] :]
+        output = model.generate(
+            input_ids=torch.tensor([prefix]),
+            attention_mask=torch.ones(1, len(prefix), dtype=torch.long),
+            max_new_tokens=context.config["max_new_tokens"],
+            do_sample=False,
+            eos_token_id=stop,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0],
+        )
+        answer = tokenizer.decode(output[0, len(prefix) :], skip_special_tokens=True).strip()
+        scores = {name: metric(answer, example["response"]) for name, metric in TEXT_METRICS.items()}
+        rows.append(
+            {
+                "id": example["id"],
+                "prompt": example["prompt"],
+                "reference": example["response"],
+                "generated": answer,
+                **scores,
+                "score": scores["rouge_l"],
+            }
+        )
+    pq.write_table(pa.Table.from_pylist(rows), context.out / "predictions.parquet")
+    metrics: dict[str, Any] = {name: sum(r[name] for r in rows) / len(rows) for name in TEXT_METRICS}
+    metrics["examples"] = len(rows)
+    metrics["judge"] = None  # no judge endpoint configured: the metrics above compare words with the reference
+    context.log(
+        f"ROUGE-L {metrics['rouge_l']:.3f}, token F1 {metrics['token_f1']:.3f}, exact match "
+        f"{metrics['exact_match']:.3f} on {len(rows)} test prompts"
+    )
+    return metrics

@@ -4,29 +4,55 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dapt.config import TaskConfig
-from dapt.data.tasks import docstring_classification_examples, read_labelled_file, split_examples
+from dapt.config import TaskDataConfig
+from dapt.data.tasks import (
+    docstring_classification_examples,
+    docstring_instruction_examples,
+    read_instruction_file,
+    read_labelled_file,
+    split_examples,
+)
 from dapt.errors import DataError
 from dapt.pipeline import StageContext
 
 
 def write_examples(examples: list[dict[str, Any]], path: Path) -> None:
-    table = pa.table({key: [str(e[key]) for e in examples] for key in ("id", "text", "label")})
-    pq.write_table(table, path)
+    """Classification examples are (id, text, label); instruction examples (id, prompt, response)."""
+    keys = ("id", "prompt", "response") if examples and "prompt" in examples[0] else ("id", "text", "label")
+    pq.write_table(pa.table({key: [str(e[key]) for e in examples] for key in keys}), path)
+
+
+def example_text(example: dict[str, str]) -> str:
+    """The whole text of an example, as it could leak into pretraining (for decontamination)."""
+    return example["text"] if "text" in example else f"{example['prompt']}\n{example['response']}"
 
 
 def read_examples(path: Path) -> list[dict[str, str]]:
     return pq.read_table(path).to_pylist()
 
 
+@dataclass(frozen=True)
+class TaskData:
+    """What this stage needs of a task's config: the recipe fields belong to the adapt stage."""
+
+    name: str
+    type: str
+    data: TaskDataConfig
+    test_fraction: float
+
+
 def run(context: StageContext) -> dict[str, Any]:
-    task = TaskConfig.model_validate(context.config["task"])
+    spec = context.config["task"]
+    task = TaskData(spec["name"], spec["type"], TaskDataConfig.model_validate(spec["data"]), spec["test_fraction"])
+    if task.type == "instruction":
+        return run_instruction(context, task)
     data, seed = task.data, context.config["seed"]
     if data.kind == "python_docstrings":
         assert data.package is not None
@@ -65,3 +91,31 @@ def run(context: StageContext) -> dict[str, Any]:
         "labels": labels,
         "per_class": {label: {"train": train_counts[label], "test": test_counts[label]} for label in labels},
     }
+
+
+def run_instruction(context: StageContext, task: TaskData) -> dict[str, Any]:
+    data, seed = task.data, context.config["seed"]
+    if data.kind == "python_docstrings":
+        assert data.package is not None
+        examples = docstring_instruction_examples(
+            data.package, max_examples=data.max_examples, min_chars=data.min_chars, seed=seed
+        )
+        train, test = split_examples(examples, test_fraction=task.test_fraction, seed=seed)
+    else:
+        assert data.train is not None
+        fields = {
+            "prompt_field": data.prompt_field,
+            "response_field": data.response_field,
+            "messages_field": data.messages_field,
+        }
+        train = read_instruction_file(Path(data.train), **fields)
+        if data.test:
+            test = read_instruction_file(Path(data.test), **fields)
+        else:
+            train, test = split_examples(train, test_fraction=task.test_fraction, seed=seed)
+    if not train or not test:
+        raise DataError(f"tasks.{task.name}: {len(train)} train and {len(test)} test examples; both must be non-empty")
+    write_examples(train, context.out / "train.parquet")
+    write_examples(test, context.out / "test.parquet")
+    context.log(f"{task.name}: {len(train)} train / {len(test)} test prompt-response pairs")
+    return {"train_examples": len(train), "test_examples": len(test)}

@@ -53,3 +53,14 @@ def perplexity(loss: float) -> float:
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """logits: (batch, classes); labels: (batch,) class indices."""
     return F.cross_entropy(logits.float(), labels), int(labels.numel())
+
+
+def response_only_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Next-token loss on the labelled (response) tokens only; prompt and padding are ignored (-100).
+
+    batch: input_ids, attention_mask, labels — each (batch, seq); labels[t] is the token at t (not shifted).
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    targets = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    return loss, int((targets != -100).sum())
