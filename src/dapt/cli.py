@@ -208,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     assess.add_argument("--seq-len", type=int, help="training context length for the cost (default 2048)")
     assess.add_argument("--ppl-tokens", type=int, help="tokens per side for the perplexities (default 16384)")
 
+    generate = commands.add_parser("generate", help="a quick look: let a base or an LM variant answer a prompt")
+    generate.add_argument("prompt", help="the prompt (sent through the model's chat template when it has one)")
+    generate.add_argument(
+        "--model", type=Path, required=True, help="a model folder, or an artifact folder holding model/"
+    )
+    generate.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    generate.add_argument("--raw", action="store_true", help="send the prompt as it is, without the chat template")
+
     lineage = commands.add_parser(
         "lineage", help="the tree original base → DAPT base(s) → task variants, with tokens and task metrics"
     )
@@ -321,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_assess(args.paths, out=args.out, text_field=args.text_field, **given)
         if args.command == "tokenizer":
             return _run_tokenizer(args)
+        if args.command == "generate":
+            from dapt.model.chat import generate_answer
+
+            print(generate_answer(args.model, args.prompt, max_new_tokens=args.max_new_tokens, raw=args.raw))
+            return 0
         if args.command == "lineage":
             import json
 

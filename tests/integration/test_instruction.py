@@ -18,8 +18,15 @@ SFT_TASK = (
 )
 
 
-def test_instruction_task_trains_on_responses_and_reports_text_metrics(tmp_path):
-    assert main(["run", str(TINY), "--out", str(tmp_path), "--set", SFT_TASK]) == 0
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft")
+    assert main(["run", str(TINY), "--out", str(out), "--set", SFT_TASK]) == 0
+    return out
+
+
+def test_instruction_task_trains_on_responses_and_reports_text_metrics(sft_run):
+    tmp_path = sft_run
     (task,) = json.loads((tmp_path / "report.json").read_text())["tasks"]
     assert task["type"] == "instruction" and task["primary"] == "rouge_l" and task["secondary"] == "token_f1"
     for variant in ("control", "dapt"):
@@ -34,3 +41,13 @@ def test_instruction_task_trains_on_responses_and_reports_text_metrics(tmp_path)
     assert "ROUGE-L" in (tmp_path / "report.md").read_text()
     # the test pairs were kept out of pretraining
     assert json.loads((tmp_path / "curate" / "manifest.json").read_text())["metrics"]["decontaminated_by_task"]
+
+
+def test_generate_answers_from_a_variant_and_names_a_missing_model(sft_run, tmp_path, capsys):
+    capsys.readouterr()
+    variant = sft_run / "adapt-xml-qa-dapt"
+    assert main(["generate", "--model", str(variant), "What does xml do?", "--max-new-tokens", "5"]) == 0
+    answer = capsys.readouterr().out
+    assert answer.endswith("\n") and len(answer.strip()) <= 5 * 16  # at most 5 tokens of at most a few bytes
+    assert main(["generate", "--model", str(tmp_path / "nowhere"), "hi"]) == 2
+    assert "nowhere" in capsys.readouterr().err

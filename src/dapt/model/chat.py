@@ -12,8 +12,12 @@ follow); otherwise a documented built-in template:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from dapt.errors import ConfigError
 
 BUILTIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 IGNORE = -100  # label of tokens that take no loss (prompt, padding): cross_entropy's ignore_index
@@ -75,3 +79,25 @@ def pad_pairs(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str
         labels[row, : len(ids)] = torch.tensor(row_labels)
         attention_mask[row, : len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@torch.no_grad()
+def generate_answer(model_path: Path, prompt: str, *, max_new_tokens: int = 64, raw: bool = False) -> str:
+    """Greedy answer of a causal LM folder (or an artifact folder holding `model/`) to one prompt."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = model_path / "model" if (model_path / "model" / "config.json").is_file() else model_path
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"--model: no model in {model_path} (looked for config.json there and in model/)")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if raw else prompt_ids(tokenizer, prompt)
+    output = model.generate(
+        input_ids=torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    return tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True).strip()
