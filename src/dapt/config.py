@@ -352,7 +352,9 @@ class TaskDataConfig(Section):
         description="files, instruction: a chat as [{role, content}, ...], used when a record has no prompt field; "
         "the last assistant message is the response, the rest the prompt.",
     )
-    max_examples: int = Field(600, gt=0, description="python_docstrings, instruction: examples at most.")
+    chosen_field: str = Field("chosen", description="files, preference: the field holding the preferred response.")
+    rejected_field: str = Field("rejected", description="files, preference: the field holding the worse response.")
+    max_examples: int = Field(600, gt=0, description="python_docstrings, instruction/preference: examples at most.")
     package: str | None = Field(None, description="python_docstrings: the package whose docstrings to label.")
     classes: list[str] = Field(default_factory=list, description="python_docstrings: the subpackages to use.")
     max_per_class: int = Field(150, gt=0, description="python_docstrings: examples per class at most.")
@@ -371,11 +373,17 @@ class TaskConfig(Section):
     """A downstream task. Each is adapted twice: from the DAPT base and from the original base (the control)."""
 
     name: str = Field(description="Task name, used in folder names and the report.")
-    type: Literal["classification", "instruction"] = Field(
+    type: Literal["classification", "instruction", "preference"] = Field(
         "classification",
         description="classification: text → label, a head on the last token. instruction: prompt → response "
-        "(SFT), loss on the response tokens only.",
+        "(SFT), loss on the response tokens only. preference: prompt, chosen, rejected → DPO.",
     )
+    start_from: str | None = Field(
+        None,
+        description="preference: the instruction task whose variant (of the same base) this task starts from; "
+        "that variant is also the DPO reference model. None: start from the base itself.",
+    )
+    beta: float = Field(0.1, gt=0, description="preference: DPO's β, how far the policy may move from the reference.")
     data: TaskDataConfig
     test_fraction: float = Field(0.3, gt=0, lt=1, description="Share held out for testing when no test file.")
     recipe: Literal["top_blocks", "full", "lora"] = Field(
@@ -412,8 +420,10 @@ class TaskConfig(Section):
     def _recipe_fits_type(self) -> TaskConfig:
         if self.type == "classification" and self.recipe == "lora":
             raise ValueError("recipe lora is for instruction tasks; classification uses top_blocks or full")
-        if self.type == "instruction" and self.recipe == "top_blocks":
-            raise ValueError("recipe top_blocks is for classification; instruction tasks use full or lora")
+        if self.type != "classification" and self.recipe == "top_blocks":
+            raise ValueError(f"recipe top_blocks is for classification; {self.type} tasks use full or lora")
+        if self.start_from is not None and self.type != "preference":
+            raise ValueError("start_from is for preference tasks (DPO after an instruction task)")
         if self.type == "classification" and self.data.kind == "python_docstrings" and len(self.data.classes) < 2:
             raise ValueError("a python_docstrings classification task needs at least two `data.classes:`")
         return self

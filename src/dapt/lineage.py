@@ -15,6 +15,8 @@ from dapt.artifacts import Artifact, read_artifact
 from dapt.errors import ConfigError
 
 MODEL_KINDS = ("base", "pretrain", "adapt")
+# the metrics shown next to a variant, whichever its task type has
+HEADLINE_METRICS = ("accuracy", "macro_f1", "rouge_l", "token_f1", "preference_accuracy", "reward_margin")
 
 
 def read_run(run_dir: Path) -> list[Artifact]:
@@ -45,12 +47,10 @@ def _describe(artifact: Artifact, evaluations: dict[str, Artifact], by_id: dict[
             f"tokens{corpus}, best step {metrics['best_step']}{change}"
         )
     evaluation = evaluations.get(artifact.id)
-    if evaluation is None:
-        scores = "not evaluated yet"
-    elif "accuracy" in evaluation.metrics:
-        scores = f"accuracy {evaluation.metrics['accuracy']:.3f}, macro-F1 {evaluation.metrics['macro_f1']:.3f}"
-    else:
-        scores = f"ROUGE-L {evaluation.metrics['rouge_l']:.3f}, token F1 {evaluation.metrics['token_f1']:.3f}"
+    scores = "not evaluated yet"
+    if evaluation is not None:
+        shown = [name for name in HEADLINE_METRICS if name in evaluation.metrics][:2]
+        scores = ", ".join(f"{name.replace('_', ' ')} {evaluation.metrics[name]:.3f}" for name in shown)
     task = artifact.manifest["config"]["task"]["name"]
     return f"{task} variant ({metrics['recipe']}, {metrics['variant']}) — {scores}"
 

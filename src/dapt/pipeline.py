@@ -127,6 +127,8 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
         task_config = {k: v for k, v in task.items() if k not in ("data", "test_fraction", "seeds", "data_fractions")}
         for seed, fraction in task_runs(task, config.seed):
             for variant, base_stage in (("control", "base"), ("dapt", "pretrain")):
+                if task.get("start_from"):  # DPO after SFT: start from (and compare with) that task's variant
+                    base_stage = f"adapt-{task['start_from']}-{variant}"
                 adapted = f"adapt-{task['name']}-{variant}{run_suffix(seed, fraction, config.seed)}"
                 stages.append(
                     StageSpec(
@@ -148,8 +150,9 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
                             "max_length": task["max_length"],
                             "type": task["type"],
                             "max_new_tokens": task["max_new_tokens"],
+                            "beta": task["beta"],
                         },
-                        {"task": f"task-{task['name']}", "model": adapted},
+                        {"task": f"task-{task['name']}", "model": adapted, "reference": base_stage},
                         summary="test-set metrics",
                     )
                 )

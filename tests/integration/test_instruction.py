@@ -51,3 +51,21 @@ def test_generate_answers_from_a_variant_and_names_a_missing_model(sft_run, tmp_
     assert answer.endswith("\n") and len(answer.strip()) <= 5 * 16  # at most 5 tokens of at most a few bytes
     assert main(["generate", "--model", str(tmp_path / "nowhere"), "hi"]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_dpo_after_sft_starts_from_the_sft_variant_and_reports_preference_metrics(tmp_path):
+    dpo_task = (
+        "tasks.1={name: xml-prefs, type: preference, start_from: xml-qa, recipe: lora, lora: {r: 4, alpha: 8}, "
+        "beta: 0.1, max_length: 96, epochs: 1, batch_size: 8, lr: 3.0e-3, test_fraction: 0.2, "
+        "data: {kind: python_docstrings, package: xml, min_chars: 100, max_examples: 60}}"
+    )
+    overrides = ["--set", "tasks=[{}, {}]", "--set", SFT_TASK, "--set", dpo_task]
+    assert main(["run", str(TINY), "--out", str(tmp_path), *overrides]) == 0
+    manifest = json.loads((tmp_path / "adapt-xml-prefs-dapt" / "manifest.json").read_text())
+    assert manifest["inputs"]["base"]["name"] == "adapt-xml-qa-dapt"  # DPO started from the SFT variant
+    tasks = {t["name"]: t for t in json.loads((tmp_path / "report.json").read_text())["tasks"]}
+    prefs = tasks["xml-prefs"]
+    assert prefs["primary"] == "preference_accuracy"
+    for variant in ("control", "dapt"):
+        assert 0.0 <= prefs[variant]["preference_accuracy"] <= 1.0
+    assert "mean reward margin" in (tmp_path / "report.md").read_text()

@@ -50,3 +50,31 @@ def test_text_metrics_by_hand():
     # LCS of "quick brown fox jumps" vs "quick fox jumps high" is 3 tokens (quick fox jumps)
     assert rouge_l("quick brown fox jumps", "quick fox jumps high") == pytest.approx(0.75)
     assert rouge_l("", "") == 1.0 and rouge_l("x", "") == 0.0
+
+
+def test_dpo_loss_against_a_hand_computed_value():
+    import math
+
+    from dapt.train.objectives import dpo_loss
+
+    policy_chosen, policy_rejected = torch.tensor([-10.0, -4.0]), torch.tensor([-12.0, -3.0])
+    reference_chosen, reference_rejected = torch.tensor([-11.0, -4.0]), torch.tensor([-11.0, -4.0])
+    loss, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.5)
+    # pair 1: rewards 0.5 and -0.5, margin 1; pair 2: rewards 0 and 0.5, margin -0.5
+    expected = (-math.log(1 / (1 + math.exp(-1.0))) - math.log(1 / (1 + math.exp(0.5)))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert chosen.tolist() == pytest.approx([0.5, 0.0]) and rejected.tolist() == pytest.approx([-0.5, 0.5])
+
+
+def test_sequence_log_probability_counts_response_tokens_only():
+    from dapt.train.objectives import sequence_logps
+
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_original_base(BaseConfig(preset=PresetConfig()))
+    pair = encode_pair(tokenizer, "question", "answer", max_length=64)
+    batch = pad_pairs([pair], tokenizer.pad_token_id)
+    with torch.no_grad():
+        logps = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[0, :-1], dim=-1)
+        ids, labels = pair
+        expected = sum(logps[t - 1, labels[t]].item() for t in range(1, len(ids)) if labels[t] != IGNORE)
+        assert sequence_logps(model, batch).item() == pytest.approx(expected, rel=1e-5)

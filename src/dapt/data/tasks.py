@@ -175,6 +175,48 @@ def docstring_instruction_examples(package: str, *, max_examples: int, min_chars
     return sorted(examples, key=lambda example: example["id"])
 
 
+def docstring_preference_examples(package: str, *, max_examples: int, min_chars: int, seed: int) -> list[dict]:
+    """Preference pairs from a package's docstrings: the question of `docstring_instruction_examples`, the
+    right summary as `chosen`, and the summary of another, randomly drawn function as `rejected` (a fluent
+    answer about the wrong thing: what a model that does not know the package would say)."""
+    pairs = docstring_instruction_examples(package, max_examples=max_examples, min_chars=min_chars, seed=seed)
+    if len(pairs) < 2:
+        raise DataError(f"{package}: preference pairs need at least two documented functions, found {len(pairs)}")
+    rng = random.Random(f"{seed}:rejected")
+    examples = []
+    for index, pair in enumerate(pairs):
+        other = rng.randrange(len(pairs) - 1)
+        other += other >= index  # any pair but this one
+        rejected = pairs[other]["response"]
+        if rejected != pair["response"]:
+            examples.append(
+                {"id": pair["id"], "prompt": pair["prompt"], "chosen": pair["response"], "rejected": rejected}
+            )
+    return examples
+
+
+def read_preference_file(
+    path: Path, *, prompt_field: str = "prompt", chosen_field: str = "chosen", rejected_field: str = "rejected"
+) -> list[dict]:
+    """Examples `{id, prompt, chosen, rejected}` from a `.jsonl`, `.csv` or `.parquet` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"preference file '{path}' not found (looked in {path.resolve().parent})")
+    examples = []
+    for where, record in _labelled_records(path):
+        example = {
+            "prompt": text_of(record, prompt_field, where, setting="prompt_field"),
+            "chosen": text_of(record, chosen_field, where, setting="chosen_field"),
+            "rejected": text_of(record, rejected_field, where, setting="rejected_field"),
+        }
+        record_id = record.get("id")
+        example["id"] = str(record_id) if record_id not in (None, "") else make_doc_id(path.name, where)
+        examples.append(example)
+    if not examples:
+        raise DataError(f"{path}: no examples in the file")
+    return examples
+
+
 def read_instruction_file(
     path: Path, *, prompt_field: str = "prompt", response_field: str = "response", messages_field: str = "messages"
 ) -> list[dict]:

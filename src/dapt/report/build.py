@@ -33,8 +33,24 @@ def paired_bootstrap(control_correct: np.ndarray, dapt_correct: np.ndarray, seed
 
 
 # The metric that decides the verdict, and a second one shown beside it, per task type.
-TASK_METRICS = {"classification": ("accuracy", "macro_f1"), "instruction": ("rouge_l", "token_f1")}
-METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "rouge_l": "ROUGE-L", "token_f1": "token F1"}
+TASK_METRICS = {
+    "classification": ("accuracy", "macro_f1"),
+    "instruction": ("rouge_l", "token_f1"),
+    "preference": ("preference_accuracy", "reward_margin"),
+}
+METRIC_LABELS = {
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "rouge_l": "ROUGE-L",
+    "token_f1": "token F1",
+    "preference_accuracy": "preference accuracy",
+    "reward_margin": "mean reward margin",
+}
+UNBOUNDED_METRICS = {"reward_margin"}  # not a share in [0, 1]: differences are shown as they are, not in points
+
+
+def difference_text(metric: str, value: float) -> str:
+    return f"{value:+.4f}" if metric in UNBOUNDED_METRICS else f"{value * 100:+.1f} points"
 
 
 def _example_scores(artifact: Artifact) -> np.ndarray:
@@ -290,7 +306,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {task['name']} | {recipe} | {task['train_examples']} / {task['test_examples']} | "
                 f"{METRIC_LABELS[metric]} | {task['control'][metric]:.3f} | {task['dapt'][metric]:.3f} | "
-                f"{task['difference'][metric] * 100:+.1f} points |"
+                f"{difference_text(metric, task['difference'][metric])} |"
             )
     lines += ["", "Both variants of a task use the same recipe, data, budget and seeds; only their base differs."]
     for task in report["tasks"]:

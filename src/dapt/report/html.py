@@ -17,7 +17,7 @@ from typing import Any
 
 from dapt.lineage import render_tree
 from dapt.report import plots
-from dapt.report.build import METRIC_LABELS, _change, _num, render_markdown
+from dapt.report.build import METRIC_LABELS, UNBOUNDED_METRICS, _change, _num, difference_text, render_markdown
 
 VERDICT_HEADING = "## Did domain-adaptive pretraining pay off?"  # the section of report.md the verdict comes from
 
@@ -279,7 +279,7 @@ def _tasks(report: dict[str, Any]) -> str:
                 f"{_points(low)} to {_points(high)}",
                 f"{METRIC_LABELS[q]}: {control[q]:.3f}",
                 f"{dapt[q]:.3f}",
-                _points(difference[q]),
+                _e(difference_text(q, difference[q])) if q in UNBOUNDED_METRICS else _points(difference[q]),
             ]
         )
     header = [

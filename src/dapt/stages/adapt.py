@@ -30,7 +30,7 @@ from dapt.model.lora import add_lora, merged_model
 from dapt.pipeline import StageContext
 from dapt.stages.tasks import read_examples
 from dapt.train.loop import LoopSettings, train_loop
-from dapt.train.objectives import classification_loss, response_only_loss
+from dapt.train.objectives import classification_loss, dpo_loss, response_only_loss, sequence_logps
 
 FEATURE_BATCH = 16
 
@@ -47,6 +47,8 @@ def shuffled_batches(count: int, batch_size: int, seed: int, rows: Any) -> Any:
 def run(context: StageContext) -> dict[str, Any]:
     if context.config["task"]["type"] == "instruction":
         return run_instruction(context)
+    if context.config["task"]["type"] == "preference":
+        return run_preference(context)
     task, seed = context.config["task"], context.config["seed"]
     torch.manual_seed(seed)  # same head initialisation and batch order for the control and the DAPT variant
     base_folder = context.inputs["base"].path / "model"
@@ -199,6 +201,98 @@ def run_instruction(context: StageContext) -> dict[str, Any]:
         "recipe": task["recipe"],
         "top_blocks": None,
         "template": "chat template" if uses_chat_template(tokenizer) else "built-in",
+        "trainable_parameters": trainable,
+        "parameters": parameter_count(model),
+        "train_examples": len(train),
+        "steps": result.steps,
+        "final_train_loss": result.final_train_loss,
+        "train_seconds": round(result.seconds, 1),
+    }
+
+
+@torch.no_grad()
+def pair_logps(
+    model: torch.nn.Module, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 8
+) -> torch.Tensor:
+    """log π(response | prompt) for every encoded pair, (len(pairs),)."""
+    model.eval()
+    out = [
+        sequence_logps(model, pad_pairs(pairs[start : start + batch_size], pad_id))
+        for start in range(0, len(pairs), batch_size)
+    ]
+    return torch.cat(out)
+
+
+def run_preference(context: StageContext) -> dict[str, Any]:
+    """DPO from the starting model (the base, or an instruction variant of it), which is also the reference.
+
+    The reference's log-probabilities are computed once, before the first update, so no second copy of
+    the model is kept in memory. With LoRA the adapters start at zero: step 0's policy is the reference.
+    """
+    task, seed = context.config["task"], context.config["seed"]
+    torch.manual_seed(seed)
+    start_folder = context.inputs["base"].path / "model"
+    train = read_examples(context.inputs["task"].path / "train.parquet")
+    fraction = context.config.get("data_fraction", 1.0)
+    if fraction < 1.0:
+        train, _ = split_examples(train, test_fraction=1.0 - fraction, seed=seed)
+    model, tokenizer = load_causal_lm(start_folder)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    chosen = [encode_pair(tokenizer, e["prompt"], e["chosen"], task["max_length"]) for e in train]
+    rejected = [encode_pair(tokenizer, e["prompt"], e["rejected"], task["max_length"]) for e in train]
+    reference_chosen, reference_rejected = pair_logps(model, chosen, pad_id), pair_logps(model, rejected, pad_id)
+    if task["recipe"] == "lora":
+        model = add_lora(model, LoraConfig.model_validate(task["lora"]))
+    beta = task["beta"]
+
+    def rows(index: torch.Tensor) -> dict[str, torch.Tensor]:
+        picked = index.tolist()
+        batch = pad_pairs([chosen[i] for i in picked] + [rejected[i] for i in picked], pad_id)
+        batch["reference_chosen"], batch["reference_rejected"] = reference_chosen[index], reference_rejected[index]
+        return batch
+
+    def loss_fn(policy: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        logps = sequence_logps(policy, batch)
+        count = len(batch["reference_chosen"])
+        loss, _, _ = dpo_loss(
+            logps[:count], logps[count:], batch["reference_chosen"], batch["reference_rejected"], beta
+        )
+        return loss, count
+
+    context.log(
+        f"DPO (β {beta}, recipe {task['recipe']}) from {context.inputs['base'].manifest['name']}: "
+        f"{len(train)} preference pairs × {task['epochs']} epochs"
+    )
+    stream = shuffled_batches(len(train), task["batch_size"], seed, rows)
+    settings = LoopSettings(
+        max_steps=task["epochs"] * math.ceil(len(train) / task["batch_size"]),
+        lr=task["lr"],
+        warmup_steps=task["warmup_steps"],
+        weight_decay=task["weight_decay"],
+        unit="pair",
+    )
+    result = train_loop(
+        model,
+        lambda: next(stream),
+        loss_fn,
+        settings,
+        metrics_file=context.out / "metrics.jsonl",
+        description=f"adapt {task['name']} ({context.config['variant']})",
+    )
+    trainable = parameter_count(model, trainable_only=True)
+    if task["recipe"] == "lora":
+        model.save_pretrained(context.out / "adapter")
+        model = merged_model(model)
+    save_model_folder(model, tokenizer, context.out / "model")
+    return {
+        "variant": context.config["variant"],
+        "seed": seed,
+        "data_fraction": fraction,
+        "base_artifact": context.inputs["base"].manifest["name"],
+        "base_id": context.inputs["base"].id,
+        "recipe": task["recipe"],
+        "top_blocks": None,
+        "beta": beta,
         "trainable_parameters": trainable,
         "parameters": parameter_count(model),
         "train_examples": len(train),

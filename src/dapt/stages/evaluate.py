@@ -19,10 +19,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from dapt.data.shards import TokenShard, eval_windows
 from dapt.eval.metrics import classification_report
 from dapt.eval.text_metrics import exact_match, rouge_l, token_f1
-from dapt.model.chat import prompt_ids
+from dapt.model.chat import encode_pair, prompt_ids
 from dapt.model.classifier import encode_right_padded
 from dapt.model.load import load_causal_lm
 from dapt.pipeline import StageContext
+from dapt.stages.adapt import pair_logps
 from dapt.stages.tasks import read_examples
 from dapt.train.objectives import mean_lm_loss, perplexity
 
@@ -57,6 +58,8 @@ def run_lm(context: StageContext) -> dict[str, Any]:
 def run_task(context: StageContext) -> dict[str, Any]:
     if context.config.get("type") == "instruction":
         return run_instruction(context)
+    if context.config.get("type") == "preference":
+        return run_preference(context)
     folder = context.inputs["model"].path / "model"
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
@@ -124,5 +127,36 @@ def run_instruction(context: StageContext) -> dict[str, Any]:
     context.log(
         f"ROUGE-L {metrics['rouge_l']:.3f}, token F1 {metrics['token_f1']:.3f}, exact match "
         f"{metrics['exact_match']:.3f} on {len(rows)} test prompts"
+    )
+    return metrics
+
+
+@torch.no_grad()
+def run_preference(context: StageContext) -> dict[str, Any]:
+    """Held-out pairs: does the variant's implicit reward β·log(π/π_ref) prefer the chosen response?"""
+    policy, tokenizer = load_causal_lm(context.inputs["model"].path / "model")
+    reference, _ = load_causal_lm(context.inputs["reference"].path / "model")
+    beta = context.config["beta"]
+    test = read_examples(context.inputs["task"].path / "test.parquet")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    length = context.config["max_length"]
+    chosen = [encode_pair(tokenizer, e["prompt"], e["chosen"], length) for e in test]
+    rejected = [encode_pair(tokenizer, e["prompt"], e["rejected"], length) for e in test]
+    reward_chosen = beta * (pair_logps(policy, chosen, pad_id) - pair_logps(reference, chosen, pad_id))
+    reward_rejected = beta * (pair_logps(policy, rejected, pad_id) - pair_logps(reference, rejected, pad_id))
+    margins = (reward_chosen - reward_rejected).tolist()
+    rows = [
+        {"id": e["id"], "prompt": e["prompt"], "reward_margin": m, "score": float(m > 0)}
+        for e, m in zip(test, margins, strict=True)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), context.out / "predictions.parquet")
+    metrics = {
+        "preference_accuracy": sum(r["score"] for r in rows) / len(rows),
+        "reward_margin": sum(margins) / len(margins),
+        "examples": len(rows),
+    }
+    context.log(
+        f"preference accuracy {metrics['preference_accuracy']:.3f}, mean reward margin "
+        f"{metrics['reward_margin']:.4f} on {len(rows)} held-out pairs"
     )
     return metrics

@@ -15,8 +15,10 @@ from dapt.config import TaskDataConfig
 from dapt.data.tasks import (
     docstring_classification_examples,
     docstring_instruction_examples,
+    docstring_preference_examples,
     read_instruction_file,
     read_labelled_file,
+    read_preference_file,
     split_examples,
 )
 from dapt.errors import DataError
@@ -25,13 +27,21 @@ from dapt.pipeline import StageContext
 
 def write_examples(examples: list[dict[str, Any]], path: Path) -> None:
     """Classification examples are (id, text, label); instruction examples (id, prompt, response)."""
-    keys = ("id", "prompt", "response") if examples and "prompt" in examples[0] else ("id", "text", "label")
+    if examples and "chosen" in examples[0]:
+        keys: tuple[str, ...] = ("id", "prompt", "chosen", "rejected")
+    elif examples and "prompt" in examples[0]:
+        keys = ("id", "prompt", "response")
+    else:
+        keys = ("id", "text", "label")
     pq.write_table(pa.table({key: [str(e[key]) for e in examples] for key in keys}), path)
 
 
 def example_text(example: dict[str, str]) -> str:
     """The whole text of an example, as it could leak into pretraining (for decontamination)."""
-    return example["text"] if "text" in example else f"{example['prompt']}\n{example['response']}"
+    if "text" in example:
+        return example["text"]
+    answers = [example[k] for k in ("response", "chosen", "rejected") if k in example]
+    return "\n".join([example["prompt"], *answers])
 
 
 def read_examples(path: Path) -> list[dict[str, str]]:
@@ -51,7 +61,7 @@ class TaskData:
 def run(context: StageContext) -> dict[str, Any]:
     spec = context.config["task"]
     task = TaskData(spec["name"], spec["type"], TaskDataConfig.model_validate(spec["data"]), spec["test_fraction"])
-    if task.type == "instruction":
+    if task.type in ("instruction", "preference"):
         return run_instruction(context, task)
     data, seed = task.data, context.config["seed"]
     if data.kind == "python_docstrings":
@@ -95,27 +105,37 @@ def run(context: StageContext) -> dict[str, Any]:
 
 def run_instruction(context: StageContext, task: TaskData) -> dict[str, Any]:
     data, seed = task.data, context.config["seed"]
+    preference = task.type == "preference"
     if data.kind == "python_docstrings":
         assert data.package is not None
-        examples = docstring_instruction_examples(
-            data.package, max_examples=data.max_examples, min_chars=data.min_chars, seed=seed
-        )
+        make = docstring_preference_examples if preference else docstring_instruction_examples
+        examples = make(data.package, max_examples=data.max_examples, min_chars=data.min_chars, seed=seed)
         train, test = split_examples(examples, test_fraction=task.test_fraction, seed=seed)
     else:
         assert data.train is not None
-        fields = {
-            "prompt_field": data.prompt_field,
-            "response_field": data.response_field,
-            "messages_field": data.messages_field,
-        }
-        train = read_instruction_file(Path(data.train), **fields)
+        if preference:
+            fields = {
+                "prompt_field": data.prompt_field,
+                "chosen_field": data.chosen_field,
+                "rejected_field": data.rejected_field,
+            }
+            read = read_preference_file
+        else:
+            fields = {
+                "prompt_field": data.prompt_field,
+                "response_field": data.response_field,
+                "messages_field": data.messages_field,
+            }
+            read = read_instruction_file
+        train = read(Path(data.train), **fields)
         if data.test:
-            test = read_instruction_file(Path(data.test), **fields)
+            test = read(Path(data.test), **fields)
         else:
             train, test = split_examples(train, test_fraction=task.test_fraction, seed=seed)
     if not train or not test:
         raise DataError(f"tasks.{task.name}: {len(train)} train and {len(test)} test examples; both must be non-empty")
     write_examples(train, context.out / "train.parquet")
     write_examples(test, context.out / "test.parquet")
-    context.log(f"{task.name}: {len(train)} train / {len(test)} test prompt-response pairs")
+    kind = "preference pairs" if preference else "prompt-response pairs"
+    context.log(f"{task.name}: {len(train)} train / {len(test)} test {kind}")
     return {"train_examples": len(train), "test_examples": len(test)}

@@ -64,3 +64,31 @@ def response_only_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     targets = batch["labels"][:, 1:]
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
     return loss, int((targets != -100).sum())
+
+
+def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the log-probabilities of each row's labelled (response) tokens: log π(response | prompt), (batch,)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(dim=-1)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Direct Preference Optimization (Rafailov et al. 2023), each input (batch,) sequence log-probs.
+
+    reward = β · (log π(y|x) − log π_ref(y|x)); loss = −log σ(reward_chosen − reward_rejected), averaged.
+    Returns (loss, chosen rewards, rejected rewards).
+    """
+    chosen_rewards = beta * (policy_chosen - reference_chosen)
+    rejected_rewards = beta * (policy_rejected - reference_rejected)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
