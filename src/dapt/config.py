@@ -384,6 +384,14 @@ class TaskConfig(Section):
         "that variant is also the DPO reference model. None: start from the base itself.",
     )
     beta: float = Field(0.1, gt=0, description="preference: DPO's β, how far the policy may move from the reference.")
+    tapt_steps: int = Field(
+        0,
+        ge=0,
+        description="Task-adaptive pretraining: next-token steps on the task's own training text before "
+        "fine-tuning, for both variants (0: off).",
+    )
+    tapt_lr: float = Field(5e-5, gt=0, description="TAPT learning rate.")
+    tapt_seq_len: int = Field(128, gt=1, description="TAPT tokens per packed window.")
     data: TaskDataConfig
     test_fraction: float = Field(0.3, gt=0, lt=1, description="Share held out for testing when no test file.")
     recipe: Literal["top_blocks", "full", "lora"] = Field(

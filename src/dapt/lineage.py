@@ -14,7 +14,7 @@ from typing import Any
 from dapt.artifacts import Artifact, read_artifact
 from dapt.errors import ConfigError
 
-MODEL_KINDS = ("base", "pretrain", "adapt")
+MODEL_KINDS = ("base", "pretrain", "tapt", "adapt")
 # the metrics shown next to a variant, whichever its task type has
 HEADLINE_METRICS = ("accuracy", "macro_f1", "rouge_l", "token_f1", "preference_accuracy", "reward_margin")
 
@@ -45,6 +45,11 @@ def _describe(artifact: Artifact, evaluations: dict[str, Artifact], by_id: dict[
         return (
             f"DAPT base — {metrics.get('method', 'full')} continued pretraining on {metrics['tokens_trained']:,} "
             f"tokens{corpus}, best step {metrics['best_step']}{change}"
+        )
+    if artifact.kind == "tapt":
+        return (
+            f"task-adaptive pretraining on {metrics['task_windows']} windows of the task's training text, "
+            f"{metrics['tokens_trained']:,} tokens"
         )
     evaluation = evaluations.get(artifact.id)
     scores = "not evaluated yet"

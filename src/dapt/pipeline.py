@@ -61,7 +61,7 @@ class StageSpec:
 
 def plan(config: PipelineConfig) -> list[StageSpec]:
     """The stages of a pipeline, in dependency order."""
-    from dapt.stages import adapt, base, curate, evaluate, ingest, pretrain, tasks, tokenize
+    from dapt.stages import adapt, base, curate, evaluate, ingest, pretrain, tapt, tasks, tokenize
 
     dump = config.model_dump(mode="json")
     stages = [
@@ -124,11 +124,35 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
         ),
     ]
     for task in dump["tasks"]:
-        task_config = {k: v for k, v in task.items() if k not in ("data", "test_fraction", "seeds", "data_fractions")}
+        # what the adapt stage needs; data, splits and TAPT belong to the stages before it
+        not_adapt = ("data", "test_fraction", "seeds", "data_fractions", "tapt_steps", "tapt_lr", "tapt_seq_len")
+        task_config = {k: v for k, v in task.items() if k not in not_adapt}
         for seed, fraction in task_runs(task, config.seed):
             for variant, base_stage in (("control", "base"), ("dapt", "pretrain")):
                 if task.get("start_from"):  # DPO after SFT: start from (and compare with) that task's variant
                     base_stage = f"adapt-{task['start_from']}-{variant}"
+                if task.get("tapt_steps"):  # task-adaptive pretraining first, for both variants alike
+                    tapt_stage = f"tapt-{task['name']}-{variant}"
+                    if tapt_stage not in {stage.name for stage in stages}:
+                        stages.append(
+                            StageSpec(
+                                tapt_stage,
+                                "tapt",
+                                tapt.run,
+                                {
+                                    "tapt": {
+                                        "steps": task["tapt_steps"],
+                                        "lr": task["tapt_lr"],
+                                        "seq_len": task["tapt_seq_len"],
+                                        "micro_batch_size": 4,
+                                    },
+                                    "seed": config.seed,
+                                },
+                                {"task": f"task-{task['name']}", "base": base_stage},
+                                summary="task-adaptive pretraining on the task's training text",
+                            )
+                        )
+                    base_stage = tapt_stage
                 adapted = f"adapt-{task['name']}-{variant}{run_suffix(seed, fraction, config.seed)}"
                 stages.append(
                     StageSpec(

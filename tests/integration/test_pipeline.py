@@ -154,3 +154,15 @@ def test_seeds_and_data_fractions_give_means_and_a_data_efficiency_curve(run_dir
     half = read_artifact(run_dir / "adapt-xml-subpackage-control-f0.5").metrics
     assert half["data_fraction"] == 0.5 and half["train_examples"] < task["train_examples"]
     assert "Data efficiency" in (run_dir / "report.md").read_text()
+
+
+def test_task_adaptive_pretraining_runs_before_both_variants(tmp_path, capsys):
+    assert main(["run", str(TINY), "--out", str(tmp_path), "--set", "tasks.0.tapt_steps=3"]) == 0
+    for variant, parent in (("control", "base"), ("dapt", "pretrain")):
+        tapt = read_artifact(tmp_path / f"tapt-xml-subpackage-{variant}")
+        assert tapt.manifest["inputs"]["base"]["name"] == parent and tapt.metrics["steps"] == 3
+        adapted = read_artifact(tmp_path / f"adapt-xml-subpackage-{variant}")
+        assert adapted.manifest["inputs"]["base"]["name"] == f"tapt-xml-subpackage-{variant}"
+    capsys.readouterr()
+    assert main(["lineage", str(tmp_path)]) == 0
+    assert "task-adaptive pretraining" in capsys.readouterr().out
