@@ -44,6 +44,65 @@ def shuffled_batches(count: int, batch_size: int, seed: int, rows: Any) -> Any:
             yield rows(order[start : start + batch_size])
 
 
+def training_examples(context: StageContext) -> tuple[list[dict[str, str]], float]:
+    """The task's training examples for this run: all of them, or a stratified share (data-efficiency runs)."""
+    train = read_examples(context.inputs["task"].path / "train.parquet")
+    fraction = context.config.get("data_fraction", 1.0)
+    if fraction < 1.0:
+        train, _ = split_examples(train, test_fraction=1.0 - fraction, seed=context.config["seed"])
+    return train, fraction
+
+
+def train_lm_variant(
+    context: StageContext,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    rows: Any,
+    count: int,
+    loss_fn: Any,
+    unit: str,
+) -> dict[str, Any]:
+    """The part instruction tuning and DPO share: the loop over `count` examples batched by `rows(index)`,
+    then the export (LoRA merged into a plain HF folder, adapters kept), and the common metrics."""
+    task, seed = context.config["task"], context.config["seed"]
+    stream = shuffled_batches(count, task["batch_size"], seed, rows)
+    settings = LoopSettings(
+        max_steps=task["epochs"] * math.ceil(count / task["batch_size"]),
+        lr=task["lr"],
+        warmup_steps=task["warmup_steps"],
+        weight_decay=task["weight_decay"],
+        unit=unit,
+    )
+    result = train_loop(
+        model,
+        lambda: next(stream),
+        loss_fn,
+        settings,
+        metrics_file=context.out / "metrics.jsonl",
+        description=f"adapt {task['name']} ({context.config['variant']})",
+    )
+    trainable = parameter_count(model, trainable_only=True)
+    if task["recipe"] == "lora":
+        model.save_pretrained(context.out / "adapter")
+        model = merged_model(model)
+    save_model_folder(model, tokenizer, context.out / "model")
+    return {
+        "variant": context.config["variant"],
+        "seed": seed,
+        "data_fraction": context.config.get("data_fraction", 1.0),
+        "base_artifact": context.inputs["base"].manifest["name"],
+        "base_id": context.inputs["base"].id,
+        "recipe": task["recipe"],
+        "top_blocks": None,
+        "trainable_parameters": trainable,
+        "parameters": parameter_count(model),
+        "train_examples": count,
+        "steps": result.steps,
+        "final_train_loss": result.final_train_loss,
+        "train_seconds": round(result.seconds, 1),
+    }
+
+
 def run(context: StageContext) -> dict[str, Any]:
     if context.config["task"]["type"] == "instruction":
         return run_instruction(context)
@@ -54,10 +113,7 @@ def run(context: StageContext) -> dict[str, Any]:
     base_folder = context.inputs["base"].path / "model"
     task_folder = context.inputs["task"].path
     labels = json.loads((task_folder / "labels.json").read_text())
-    train = read_examples(task_folder / "train.parquet")
-    fraction = context.config.get("data_fraction", 1.0)
-    if fraction < 1.0:  # the data-efficiency curve: a stratified share of the training examples
-        train, _ = split_examples(train, test_fraction=1.0 - fraction, seed=seed)
+    train, fraction = training_examples(context)
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     classifier = build_classifier(base_folder, labels, pad_id)
@@ -156,10 +212,7 @@ def run_instruction(context: StageContext) -> dict[str, Any]:
     task, seed = context.config["task"], context.config["seed"]
     torch.manual_seed(seed)
     base_folder = context.inputs["base"].path / "model"
-    train = read_examples(context.inputs["task"].path / "train.parquet")
-    fraction = context.config.get("data_fraction", 1.0)
-    if fraction < 1.0:
-        train, _ = split_examples(train, test_fraction=1.0 - fraction, seed=seed)
+    train, _ = training_examples(context)
     model, tokenizer = load_causal_lm(base_folder)
     if task["recipe"] == "lora":
         model = add_lora(model, LoraConfig.model_validate(task["lora"]))
@@ -170,44 +223,16 @@ def run_instruction(context: StageContext) -> dict[str, Any]:
         f"{parameter_count(model, trainable_only=True) / 1e6:.2f}M of {parameter_count(model) / 1e6:.1f}M parameters "
         f"trained, {len(train)} pairs × {task['epochs']} epochs, loss on response tokens only"
     )
-    stream = shuffled_batches(
-        len(pairs), task["batch_size"], seed, lambda index: pad_pairs([pairs[i] for i in index.tolist()], pad_id)
-    )
-    settings = LoopSettings(
-        max_steps=task["epochs"] * math.ceil(len(pairs) / task["batch_size"]),
-        lr=task["lr"],
-        warmup_steps=task["warmup_steps"],
-        weight_decay=task["weight_decay"],
-    )
-    result = train_loop(
+    metrics = train_lm_variant(
+        context,
         model,
-        lambda: next(stream),
+        tokenizer,
+        lambda index: pad_pairs([pairs[i] for i in index.tolist()], pad_id),
+        len(pairs),
         response_only_loss,
-        settings,
-        metrics_file=context.out / "metrics.jsonl",
-        description=f"adapt {task['name']} ({context.config['variant']})",
+        unit="ex",
     )
-    trainable = parameter_count(model, trainable_only=True)
-    if task["recipe"] == "lora":
-        model.save_pretrained(context.out / "adapter")
-        model = merged_model(model)
-    save_model_folder(model, tokenizer, context.out / "model")
-    return {
-        "variant": context.config["variant"],
-        "seed": seed,
-        "data_fraction": fraction,
-        "base_artifact": context.inputs["base"].manifest["name"],
-        "base_id": context.inputs["base"].id,
-        "recipe": task["recipe"],
-        "top_blocks": None,
-        "template": "chat template" if uses_chat_template(tokenizer) else "built-in",
-        "trainable_parameters": trainable,
-        "parameters": parameter_count(model),
-        "train_examples": len(train),
-        "steps": result.steps,
-        "final_train_loss": result.final_train_loss,
-        "train_seconds": round(result.seconds, 1),
-    }
+    return {**metrics, "template": "chat template" if uses_chat_template(tokenizer) else "built-in"}
 
 
 @torch.no_grad()
@@ -232,10 +257,7 @@ def run_preference(context: StageContext) -> dict[str, Any]:
     task, seed = context.config["task"], context.config["seed"]
     torch.manual_seed(seed)
     start_folder = context.inputs["base"].path / "model"
-    train = read_examples(context.inputs["task"].path / "train.parquet")
-    fraction = context.config.get("data_fraction", 1.0)
-    if fraction < 1.0:
-        train, _ = split_examples(train, test_fraction=1.0 - fraction, seed=seed)
+    train, _ = training_examples(context)
     model, tokenizer = load_causal_lm(start_folder)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     chosen = [encode_pair(tokenizer, e["prompt"], e["chosen"], task["max_length"]) for e in train]
@@ -263,40 +285,4 @@ def run_preference(context: StageContext) -> dict[str, Any]:
         f"DPO (β {beta}, recipe {task['recipe']}) from {context.inputs['base'].manifest['name']}: "
         f"{len(train)} preference pairs × {task['epochs']} epochs"
     )
-    stream = shuffled_batches(len(train), task["batch_size"], seed, rows)
-    settings = LoopSettings(
-        max_steps=task["epochs"] * math.ceil(len(train) / task["batch_size"]),
-        lr=task["lr"],
-        warmup_steps=task["warmup_steps"],
-        weight_decay=task["weight_decay"],
-        unit="pair",
-    )
-    result = train_loop(
-        model,
-        lambda: next(stream),
-        loss_fn,
-        settings,
-        metrics_file=context.out / "metrics.jsonl",
-        description=f"adapt {task['name']} ({context.config['variant']})",
-    )
-    trainable = parameter_count(model, trainable_only=True)
-    if task["recipe"] == "lora":
-        model.save_pretrained(context.out / "adapter")
-        model = merged_model(model)
-    save_model_folder(model, tokenizer, context.out / "model")
-    return {
-        "variant": context.config["variant"],
-        "seed": seed,
-        "data_fraction": fraction,
-        "base_artifact": context.inputs["base"].manifest["name"],
-        "base_id": context.inputs["base"].id,
-        "recipe": task["recipe"],
-        "top_blocks": None,
-        "beta": beta,
-        "trainable_parameters": trainable,
-        "parameters": parameter_count(model),
-        "train_examples": len(train),
-        "steps": result.steps,
-        "final_train_loss": result.final_train_loss,
-        "train_seconds": round(result.seconds, 1),
-    }
+    return {**train_lm_variant(context, model, tokenizer, rows, len(train), loss_fn, unit="pair"), "beta": beta}
