@@ -52,6 +52,7 @@ from dapt.data.documents import read_documents
 from dapt.data.ingest import iter_file_documents
 from dapt.data.near_dup import NearDuplicateFinder
 from dapt.errors import ConfigError, DataError
+from dapt.train.throughput import PEAK_TFLOPS, training_flops_per_token
 
 SEED = 0  # every sample below is drawn with this seed: the same corpus gives the same report
 
@@ -113,15 +114,12 @@ class GpuType:
     usd_per_hour: float
 
 
-# Edit to your hardware and prices. Peaks: NVIDIA datasheets (A100 SXM 312, H100 SXM 989, H200 989 — same
-# compute as H100 —, L4 121, A10G 125 as the A10's). Prices: assumed on-demand rates of GPU clouds in 2025
-# for one GPU; yours differ — pass --price-per-hour.
+# Edit to your hardware and prices. Peaks: the table the training loop's MFU uses (dapt.train.throughput,
+# NVIDIA datasheets). Prices: assumed on-demand rates of GPU clouds in 2025 for one GPU; yours differ — pass
+# --price-per-hour.
 GPUS: dict[str, GpuType] = {
-    "A100": GpuType(tflops=312, usd_per_hour=1.80),
-    "H100": GpuType(tflops=989, usd_per_hour=2.50),
-    "H200": GpuType(tflops=989, usd_per_hour=3.50),
-    "L4": GpuType(tflops=121, usd_per_hour=0.80),
-    "A10G": GpuType(tflops=125, usd_per_hour=1.00),
+    name: GpuType(tflops=PEAK_TFLOPS[name], usd_per_hour=price)
+    for name, price in (("A100", 1.80), ("H100", 2.50), ("H200", 3.50), ("L4", 0.80), ("A10G", 1.00))
 }
 DEFAULT_GPU = "H100"
 # Model FLOPs utilisation: PaLM 540B reached 46% (Chowdhery et al. 2022, Table 3); 40% is a good well-tuned
@@ -163,7 +161,7 @@ def training_flops(shape: ModelShape, tokens: float, seq_len: int) -> float:
     2022, appendix B: 12·L·H·Q·T with H·Q = d_model) is the score and value matmuls that parameters do not
     count. N is all parameters: a tied output embedding is a real matmul, counted once.
     """
-    return 6 * shape.params * tokens + 12 * shape.layers * shape.d_model * seq_len * tokens
+    return training_flops_per_token(shape.params, shape.layers, shape.d_model, seq_len) * tokens
 
 
 def gpu_hours(flops: float, gpu: GpuType, mfu: float) -> float:

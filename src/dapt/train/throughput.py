@@ -39,12 +39,17 @@ def matmul_parameters(model: torch.nn.Module) -> int:
     return total if tied else total - embeddings.weight.numel()
 
 
-def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+def training_flops_per_token(params: float, layers: int, width: int, seq_len: int) -> float:
     """Training FLOPs per token: 6·N + 12·L·d_model·T (PaLM, appendix B)."""
+    return 6.0 * params + 12.0 * layers * width * seq_len
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """`training_flops_per_token` of a live model."""
     config = getattr(model, "config", None)
     layers = getattr(config, "num_hidden_layers", 0)
     width = getattr(config, "hidden_size", 0)
-    return 6.0 * matmul_parameters(model) + 12.0 * layers * width * seq_len
+    return training_flops_per_token(matmul_parameters(model), layers, width, seq_len)
 
 
 def device_peak_tflops(override: float | None = None) -> float | None:
