@@ -500,7 +500,8 @@ def _explain(error: ValidationError, origin: str) -> ConfigError:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.sub=value` overrides (value parsed as YAML; list items by index: `tasks.0.epochs=2`)."""
+    """Apply `key.sub=value` overrides (value parsed as YAML; list items by index: `tasks.0.epochs=2`; the index
+    one past the end appends: `sources.3={...}` on a list of three)."""
     raw = copy.deepcopy(raw)
     for override in overrides:
         key, sep, value_text = override.partition("=")
@@ -520,9 +521,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         last = parts[-1]
         value = yaml.safe_load(value_text)
         if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise ConfigError(f"--set {key}: {last!r} is not an index into the list")
-            node[int(last)] = value
+            if not last.isdigit() or int(last) > len(node):
+                raise ConfigError(
+                    f"--set {key}: {last!r} is not an index into the list (it has {len(node)} items; "
+                    f"index {len(node)} appends one)"
+                )
+            if int(last) == len(node):
+                node.append(value)
+            else:
+                node[int(last)] = value
         else:
             node[last] = value
     return raw

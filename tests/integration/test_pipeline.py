@@ -166,3 +166,17 @@ def test_task_adaptive_pretraining_runs_before_both_variants(tmp_path, capsys):
     capsys.readouterr()
     assert main(["lineage", str(tmp_path)]) == 0
     assert "task-adaptive pretraining" in capsys.readouterr().out
+
+
+def test_records_skipped_at_ingest_are_counted_in_the_report(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [
+        json.dumps({"text": f"Document number {i} " + "with enough words to pass the filters " * 8}) for i in range(3)
+    ]
+    (data / "extra.jsonl").write_text("\n".join([lines[0], "{not json", lines[1], lines[2]]) + "\n")
+    source = f"sources.3={{name: extra, role: domain, kind: files, paths: ['{data / 'extra.jsonl'}']}}"
+    assert main(["run", str(TINY), "--out", str(tmp_path / "run"), "--set", source]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["data"]["funnel"]["ingest_rejected_by_reason"] == {"malformed_json": 1}
+    assert "ingest skipped 1 (malformed_json)" in (tmp_path / "run" / "report.md").read_text()

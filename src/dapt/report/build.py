@@ -180,6 +180,8 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
                 "kept": curate["docs_kept"],
                 "dropped_by_reason": curate["dropped_by_reason"],
                 "decontaminated_by_task": curate.get("decontaminated_by_task", {}),
+                # records that never became documents (malformed line, binary file, ...): the ingest ledger
+                "ingest_rejected_by_reason": artifacts["ingest"].metrics.get("rejected_by_reason", {}),
             },
             "sources": artifacts["ingest"].metrics["by_source"],
             "token_splits": tokenize["splits"],
@@ -329,7 +331,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Data funnel",
         "",
-        f"{funnel['documents_in']} documents in, {funnel['kept']} kept.",
+        f"{funnel['documents_in']} documents in, {funnel['kept']} kept."
+        + (
+            " Before that, ingest skipped "
+            + ", ".join(f"{n} ({reason})" for reason, n in funnel["ingest_rejected_by_reason"].items())
+            + " records (see ingest/rejection_ledger.parquet)."
+            if funnel.get("ingest_rejected_by_reason")
+            else ""
+        ),
         "",
         "| dropped because | documents |",
         "|---|---|",
