@@ -560,19 +560,25 @@ def _check_files(config: PipelineConfig) -> None:
                 raise ConfigError(f"tasks[{i}].data.{field}: file {Path(path).name!r} not found (looked in {path})")
 
 
-def load_config(path: Path | str, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a pipeline YAML, apply `--set` overrides, validate, and resolve relative paths."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, *, what: str, expected: str, empty_ok: bool = False) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; a missing file, bad YAML or another shape is a ConfigError."""
     if not path.is_file():
-        raise ConfigError(f"pipeline file {str(path)!r} not found (looked in {path.resolve()})")
+        raise ConfigError(f"{what} {str(path)!r} not found (looked in {path.resolve()})")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if raw is None and empty_ok:
+        return {}
     if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping of sections (name, base, sources, ...), got {type(raw).__name__}"
-        )
+        raise ConfigError(f"{path}: expected a mapping of {expected}, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML, apply `--set` overrides, validate, and resolve relative paths."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, what="pipeline file", expected="sections (name, base, sources, ...)")
     return config_from_dict(apply_overrides(raw, overrides or []), origin=str(path), root=path.parent)
 
 

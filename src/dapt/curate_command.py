@@ -103,23 +103,14 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def load_curate_config(path: Path) -> Any:
     """A CurateConfig from a YAML of its fields; a pipeline's `curate:` section pasted whole works too."""
-    import yaml
     from pydantic import ValidationError
 
-    from dapt.config import CurateConfig, _explain
+    from dapt.config import CurateConfig, _explain, read_yaml_mapping
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--config: file {str(path)!r} not found (looked in {path.resolve()})")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping of curate settings (e.g. min_chars: 100), got {type(raw).__name__}"
-        )
+    raw = read_yaml_mapping(
+        path, what="--config: file", expected="curate settings (e.g. min_chars: 100)", empty_ok=True
+    )
     if list(raw) == ["curate"] and isinstance(raw["curate"], dict):
         raw = raw["curate"]
     try:

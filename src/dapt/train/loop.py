@@ -272,17 +272,8 @@ def train_loop(
     if resume_from is not None:
         assert checkpointer is not None
         loop_state = checkpointer.restore(resume_from, optimizer, scheduler)
-        for name in (
-            "steps",
-            "units",
-            "seconds",
-            "eval_seconds",
-            "best_step",
-            "best_value",
-            "evaluations",
-            "final_train_loss",
-        ):
-            setattr(result, name, loop_state["result"][name])
+        for name in RESUMED_FIELDS:
+            setattr(result, name, loop_state["result"].get(name, getattr(result, name)))
         counters.update(loop_state["counters"])
         result.resumed_from = result.steps
         if hasattr(next_batch, "load_state_dict"):
