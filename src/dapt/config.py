@@ -29,7 +29,8 @@ class Section(BaseModel):
 
 
 class PresetConfig(Section):
-    """A from-scratch Llama-style model (for tests and tiny experiments), with a byte-level tokenizer."""
+    """A from-scratch Llama-style model (for tests and tiny experiments), with a byte-level tokenizer, trained
+    on the curated corpus or not."""
 
     hidden_size: int = Field(64, gt=0, description="Width of the residual stream.")
     num_layers: int = Field(2, gt=0, description="Number of decoder blocks.")
@@ -39,6 +40,12 @@ class PresetConfig(Section):
     max_position_embeddings: int = Field(1024, gt=0, description="Longest sequence the model accepts.")
     sliding_window: int | None = Field(
         None, gt=0, description="Attend only to the last N tokens (Mistral-style sliding-window attention)."
+    )
+    tokenizer_vocab_size: int | None = Field(
+        None,
+        ge=258,
+        description="Train a byte-level BPE tokenizer of this size on the curated text for this model (`dapt "
+        "tokenizer train` does the same alone). None: the untrained byte-level tokenizer (258 tokens).",
     )
 
     @model_validator(mode="after")

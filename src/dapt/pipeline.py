@@ -66,13 +66,6 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
     dump = config.model_dump(mode="json")
     stages = [
         StageSpec("ingest", "ingest", ingest.run, {"sources": dump["sources"]}, summary="read the text sources"),
-        StageSpec(
-            "base",
-            "base",
-            base.run,
-            {"base": dump["base"], "seed": config.seed},
-            summary="materialise the original base",
-        ),
     ]
     for task in dump["tasks"]:
         stages.append(
@@ -96,6 +89,15 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
             {"curate": dump["curate"]},
             {"corpus": "ingest", **task_inputs},
             summary="clean, dedup, decontaminate",
+        ),
+        StageSpec(
+            "base",
+            "base",
+            base.run,
+            {"base": dump["base"], "seed": config.seed},
+            # a from-scratch preset may train its tokenizer on the curated text
+            {"corpus": "curate"} if config.base.preset and config.base.preset.tokenizer_vocab_size else {},
+            summary="materialise the original base",
         ),
         StageSpec(
             "tokenize",

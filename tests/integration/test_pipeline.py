@@ -180,3 +180,14 @@ def test_records_skipped_at_ingest_are_counted_in_the_report(tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["data"]["funnel"]["ingest_rejected_by_reason"] == {"malformed_json": 1}
     assert "ingest skipped 1 (malformed_json)" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_from_scratch_base_can_train_its_tokenizer_on_the_curated_corpus(run_dir, tmp_path):
+    assert main(["run", str(TINY), "--out", str(tmp_path), "--set", "base.preset.tokenizer_vocab_size=400"]) == 0
+    base = read_artifact(tmp_path / "base")
+    assert base.manifest["inputs"]["corpus"]["name"] == "curate"
+    assert 258 < base.metrics["vocab_size"] <= 400 and "trained on the corpus" in base.metrics["origin"]
+    byte_tokens = read_artifact(run_dir / "tokenize").metrics["total_tokens"]  # same corpus, byte-level tokenizer
+    assert read_artifact(tmp_path / "tokenize").metrics["total_tokens"] < 0.8 * byte_tokens
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["base"]["domain_ppl_after"] < report["base"]["domain_ppl_before"]

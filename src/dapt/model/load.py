@@ -59,8 +59,10 @@ def _from_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return model, tokenizer
 
 
-def _from_preset(preset: PresetConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    tokenizer = byte_level_tokenizer()
+def _from_preset(
+    preset: PresetConfig, tokenizer: PreTrainedTokenizerBase | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = tokenizer if tokenizer is not None else byte_level_tokenizer()
     # Llama has no sliding window; Mistral is the same block with one, so a windowed preset is a Mistral.
     config_class, model_class = (
         (MistralConfig, MistralForCausalLM)
@@ -88,11 +90,17 @@ def _from_preset(preset: PresetConfig) -> tuple[PreTrainedModel, PreTrainedToken
     return model_class(config), tokenizer
 
 
-def load_original_base(config: BaseConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """The model and tokenizer the config names, and a short description of where they came from."""
+def load_original_base(
+    config: BaseConfig, preset_tokenizer: PreTrainedTokenizerBase | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """The model and tokenizer the config names, and a short description of where they came from.
+
+    A from-scratch preset uses `preset_tokenizer` when given (e.g. one trained on the corpus).
+    """
     if config.preset is not None:
-        model, tokenizer = _from_preset(config.preset)
-        return model, tokenizer, "from-scratch Llama-style preset"
+        model, tokenizer = _from_preset(config.preset, preset_tokenizer)
+        trained = f", tokenizer trained on the corpus ({len(tokenizer)} tokens)" if preset_tokenizer else ""
+        return model, tokenizer, f"from-scratch Llama-style preset{trained}"
     source = config.model
     assert source is not None
     if source.startswith("package:"):
