@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +10,6 @@ import pytest
 
 pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).parent / "ddp_train.py"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def losses(metrics_file: Path) -> list[float]:
@@ -33,12 +26,9 @@ def test_two_processes_match_one(tmp_path):
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",  # rendezvous on a free local port chosen by torchrun itself: no port race
             "--nproc_per_node",
             "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(free_port()),
             str(SCRIPT),
             str(double),
         ],
