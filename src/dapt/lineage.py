@@ -13,8 +13,8 @@ from typing import Any
 
 from dapt.artifacts import Artifact, read_artifact
 from dapt.errors import ConfigError
+from dapt.pipeline import MODEL_KINDS
 
-MODEL_KINDS = ("base", "pretrain", "tapt", "adapt")
 # the metrics shown next to a variant, whichever its task type has
 HEADLINE_METRICS = ("accuracy", "macro_f1", "rouge_l", "token_f1", "preference_accuracy", "reward_margin")
 

@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dapt.artifacts import Artifact, artifact_id, read_artifact, write_manifest
+from dapt.artifacts import Artifact, artifact_id, content_hash, read_artifact, write_manifest
 from dapt.config import PipelineConfig
-from dapt.errors import ConfigError
+from dapt.errors import ConfigError, DataError
 
 ATTEMPT_NAME = ".attempt"  # the id of the stage attempt that owns an unfinished folder
 
@@ -235,6 +235,7 @@ def run_stages(stages: list[StageSpec], config: PipelineConfig, run_dir: Path) -
             say(f"{header}: cached, skipped (finished {existing.manifest['timings']['finished']}, id {stage_id})")
             artifacts[spec.name] = existing
             continue
+        verify_models_unchanged(inputs)
         attempt = folder / ATTEMPT_NAME
         if spec.resumable and existing is None and attempt.is_file() and attempt.read_text().strip() == stage_id:
             say(f"{header}: resuming an interrupted run — {spec.summary}")
@@ -265,6 +266,20 @@ def run_stages(stages: list[StageSpec], config: PipelineConfig, run_dir: Path) -
         )
         say(f"{header}: done in {seconds:.1f}s")
     return artifacts
+
+
+MODEL_KINDS = ("base", "pretrain", "tapt", "adapt")  # artifacts whose files later stages build on
+
+
+def verify_models_unchanged(inputs: dict[str, Artifact]) -> None:
+    """A finished base or variant is never modified: check its files' hash before building on it again."""
+    for artifact in inputs.values():
+        if artifact.kind in MODEL_KINDS and content_hash(artifact.path) != artifact.content_hash:
+            raise DataError(
+                f"{artifact.path}: the files of finished artifact {artifact.manifest['name']!r} changed after it was "
+                "written (its content hash no longer matches its manifest). Restore them, or delete the folder so "
+                "that the stage is rebuilt."
+            )
 
 
 def _upstream_of(stages: list[StageSpec], target: str) -> list[StageSpec]:

@@ -191,3 +191,13 @@ def test_a_from_scratch_base_can_train_its_tokenizer_on_the_curated_corpus(run_d
     assert read_artifact(tmp_path / "tokenize").metrics["total_tokens"] < 0.8 * byte_tokens
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["base"]["domain_ppl_after"] < report["base"]["domain_ppl_before"]
+
+
+def test_a_finished_base_that_was_modified_is_refused_on_reuse(tmp_path, capsys):
+    assert main(["run", str(TINY), "--out", str(tmp_path)]) == 0
+    config = tmp_path / "base" / "model" / "config.json"
+    config.write_text(config.read_text().replace('"hidden_act"', '"hidden_act" ', 1))  # one byte more
+    capsys.readouterr()
+    assert main(["run", str(TINY), "--out", str(tmp_path), "--set", "tasks.0.epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert "finished artifact 'base' changed" in err and "Traceback" not in err
