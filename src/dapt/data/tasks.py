@@ -99,6 +99,12 @@ def _label_of(record: dict, label_field: str, where: str) -> str:
     return str(label)
 
 
+def _record_id(record: dict, path: Path, where: str) -> str:
+    """The record's own `id` when it has one, else one derived from file name and position (stable across runs)."""
+    record_id = record.get("id")
+    return str(record_id) if record_id not in (None, "") else make_doc_id(path.name, where)
+
+
 def _labelled_records(path: Path) -> list[tuple[str, dict]]:
     """(where, record) for every record of a labelled file; `where` is `file:line` or `file row N`."""
     suffix = path.suffix.lower()
@@ -134,9 +140,7 @@ def read_labelled_file(path: Path, *, text_field: str = "text", label_field: str
     for where, record in records:
         text = text_of(record, text_field, where)
         label = _label_of(record, label_field, where)
-        record_id = record.get("id")
-        doc_id = str(record_id) if record_id not in (None, "") else make_doc_id(path.name, where)
-        examples.append({"id": doc_id, "text": text, "label": label})
+        examples.append({"id": _record_id(record, path, where), "text": text, "label": label})
     if not examples:
         raise DataError(f"{path}: no examples in the file; it needs one record per labelled text")
     return examples
@@ -209,8 +213,7 @@ def read_preference_file(
             "chosen": text_of(record, chosen_field, where, setting="chosen_field"),
             "rejected": text_of(record, rejected_field, where, setting="rejected_field"),
         }
-        record_id = record.get("id")
-        example["id"] = str(record_id) if record_id not in (None, "") else make_doc_id(path.name, where)
+        example["id"] = _record_id(record, path, where)
         examples.append(example)
     if not examples:
         raise DataError(f"{path}: no examples in the file")
@@ -242,9 +245,7 @@ def read_instruction_file(
                 f"{where}: neither '{prompt_field}' nor '{messages_field}' (keys: {keys}); set prompt_field: "
                 "and response_field:, or messages_field:, to the keys holding the instruction data"
             )
-        record_id = record.get("id")
-        doc_id = str(record_id) if record_id not in (None, "") else make_doc_id(path.name, where)
-        examples.append({"id": doc_id, "prompt": prompt, "response": response})
+        examples.append({"id": _record_id(record, path, where), "prompt": prompt, "response": response})
     if not examples:
         raise DataError(f"{path}: no examples in the file")
     return examples

@@ -29,7 +29,7 @@ from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
 from dapt.model.lora import add_lora, merged_model
 from dapt.pipeline import StageContext
 from dapt.stages.tasks import read_examples
-from dapt.train.loop import LoopSettings, train_loop
+from dapt.train.loop import LoopSettings, TrainResult, train_loop
 from dapt.train.objectives import classification_loss, dpo_loss, response_only_loss, sequence_logps
 
 FEATURE_BATCH = 16
@@ -53,6 +53,30 @@ def training_examples(context: StageContext) -> tuple[list[dict[str, str]], floa
     return train, fraction
 
 
+def fit_variant(
+    context: StageContext, model: torch.nn.Module, rows: Any, count: int, loss_fn: Any, unit: str
+) -> TrainResult:
+    """The task's training budget (epochs × batches of `rows(index)` over `count` examples, same seed for both
+    variants) through the one training loop."""
+    task = context.config["task"]
+    stream = shuffled_batches(count, task["batch_size"], context.config["seed"], rows)
+    settings = LoopSettings(
+        max_steps=task["epochs"] * math.ceil(count / task["batch_size"]),
+        lr=task["lr"],
+        warmup_steps=task["warmup_steps"],
+        weight_decay=task["weight_decay"],
+        unit=unit,
+    )
+    return train_loop(
+        model,
+        lambda: next(stream),
+        loss_fn,
+        settings,
+        metrics_file=context.out / "metrics.jsonl",
+        description=f"adapt {task['name']} ({context.config['variant']})",
+    )
+
+
 def train_lm_variant(
     context: StageContext,
     model: torch.nn.Module,
@@ -65,22 +89,7 @@ def train_lm_variant(
     """The part instruction tuning and DPO share: the loop over `count` examples batched by `rows(index)`,
     then the export (LoRA merged into a plain HF folder, adapters kept), and the common metrics."""
     task, seed = context.config["task"], context.config["seed"]
-    stream = shuffled_batches(count, task["batch_size"], seed, rows)
-    settings = LoopSettings(
-        max_steps=task["epochs"] * math.ceil(count / task["batch_size"]),
-        lr=task["lr"],
-        warmup_steps=task["warmup_steps"],
-        weight_decay=task["weight_decay"],
-        unit=unit,
-    )
-    result = train_loop(
-        model,
-        lambda: next(stream),
-        loss_fn,
-        settings,
-        metrics_file=context.out / "metrics.jsonl",
-        description=f"adapt {task['name']} ({context.config['variant']})",
-    )
+    result = fit_variant(context, model, rows, count, loss_fn, unit)
     trainable = parameter_count(model, trainable_only=True)
     if task["recipe"] == "lora":
         model.save_pretrained(context.out / "adapter")
@@ -163,30 +172,13 @@ def run(context: StageContext) -> dict[str, Any]:
                 "labels": label_index[index],
             }
 
-    batch_size = task["batch_size"]
-    steps_per_epoch = math.ceil(len(train) / batch_size)
-    stream = shuffled_batches(len(train), batch_size, seed, rows)
-    settings = LoopSettings(
-        max_steps=task["epochs"] * steps_per_epoch,
-        lr=task["lr"],
-        warmup_steps=task["warmup_steps"],
-        weight_decay=task["weight_decay"],
-        unit="ex",
-    )
     context.log(
         f"recipe {task['recipe']}"
         + (f" (last {task['top_blocks']} blocks + head)" if task["recipe"] == "top_blocks" else "")
         + f": {parameter_count(classifier, trainable_only=True) / 1e6:.2f}M of "
         f"{parameter_count(classifier) / 1e6:.1f}M parameters trained, {len(train)} examples × {task['epochs']} epochs"
     )
-    result = train_loop(
-        trained,
-        lambda: next(stream),
-        loss_fn,
-        settings,
-        metrics_file=context.out / "metrics.jsonl",
-        description=f"adapt {task['name']} ({context.config['variant']})",
-    )
+    result = fit_variant(context, trained, rows, len(train), loss_fn, unit="ex")
     for parameter in classifier.parameters():
         parameter.requires_grad_(True)
     save_model_folder(classifier, tokenizer, context.out / "model")
