@@ -257,7 +257,9 @@ RULES: tuple[Rule, ...] = (
         "≥",
         FERTILITY_GAP_RATIO,
         "domain/general tokens per word",
-        "the tokenizer cuts domain words into many pieces; add domain tokens before continued pretraining",
+        "the tokenizer cuts domain words into many pieces; add domain tokens before continued pretraining: set "
+        "`vocab: {add: 1000}` in the pipeline YAML (or `--set vocab.add=1000`; `vocab.coverage: 0.05` to size it "
+        "by tokens saved instead), or try `dapt tokenizer extend` alone first",
     ),
     Rule(
         "full DAPT",

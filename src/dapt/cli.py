@@ -18,6 +18,7 @@ STAGES = {
     "base": "materialise the original base model as a Hugging Face folder",
     "task": "build the tasks' labelled train/test splits",
     "curate": "clean, deduplicate and decontaminate the documents (with a rejection ledger)",
+    "extend-vocab": "add domain tokens to the base's tokenizer and embeddings (set vocab.add or vocab.coverage)",
     "tokenize": "tokenise into packed shards with held-out splits",
     "pretrain": "continued pretraining: the DAPT base",
     "adapt": "train each task variant from the DAPT base and from the original base (control)",
@@ -95,6 +96,13 @@ def _add_tokenizer_commands(commands: argparse._SubParsersAction) -> None:
     extend.add_argument(
         "--domain-vocab-size", type=int, help="size of the domain tokenizer that proposes tokens (default 32000)"
     )
+    extend.add_argument(
+        "--min-frequency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="never add a token seen fewer than N times in the domain text (default 1: no floor)",
+    )
     extend.add_argument("--text-field", default="text", help=text_field_help)
 
     compare = actions.add_parser(
@@ -128,6 +136,7 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
             add=args.add,
             coverage=args.coverage,
             domain_vocab_size=args.domain_vocab_size,
+            min_frequency=args.min_frequency,
             text_field=args.text_field,
         )
     from dapt.tokenizer.compare import run_compare

@@ -243,6 +243,55 @@ class TokenizeConfig(Section):
     )
 
 
+class VocabConfig(Section):
+    """Vocabulary extension: domain tokens added to the base's tokenizer and embeddings before pretraining (off).
+
+    ChipNeMo's recipe, as `dapt tokenizer extend` runs it alone: trained on the curated domain training text (never
+    on held-out documents), the tokens the base lacks are added as BPE merges after the base's, the embeddings are
+    resized (new rows = the mean of their pieces' rows, padded to a multiple of 64), and the extended base is what
+    `tokenize` and `pretrain` use. The control variants still start from the original base and its tokenizer. On
+    when `add` or `coverage` is set. Needs a byte-level BPE tokenizer (GPT-2, Llama 3, Qwen2, SmolLM, or a
+    from-scratch preset's).
+    """
+
+    add: int | None = Field(
+        None,
+        gt=0,
+        description="Add at most this many tokens (intermediate tokens of longer merges included), e.g. 1000; the "
+        "model's vocabulary grows by as many. None: no extension, unless `coverage` is set.",
+    )
+    coverage: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Instead of `add`: add tokens until the estimated token count of the domain training text falls "
+        "by this share (e.g. 0.05).",
+    )
+    min_frequency: int = Field(
+        1,
+        ge=1,
+        description="A candidate seen fewer times than this in the domain training text is never added, even when "
+        "`add` leaves room: its embedding row would get few training updates. 1: no floor (candidates are already "
+        "ranked by the tokens they save, so rare ones come last).",
+    )
+    domain_vocab_size: int = Field(
+        32_000,
+        ge=258,
+        description="Size of the BPE tokenizer trained on the domain text to propose candidates (its tokens the base "
+        "lacks); it bounds how many there are.",
+    )
+
+    @model_validator(mode="after")
+    def _one_size(self) -> VocabConfig:
+        if self.add is not None and self.coverage is not None:
+            raise ValueError("give `add` (a number of tokens) or `coverage` (a share of domain tokens saved), not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.add is not None or self.coverage is not None
+
+
 class EarlyStoppingConfig(Section):
     """Stop when the monitored validation loss has not improved for `patience` evaluations."""
 
@@ -463,6 +512,7 @@ class PipelineConfig(Section):
     base: BaseConfig
     sources: list[SourceConfig] = Field(min_length=1, description="Text sources; at least one with role domain.")
     curate: CurateConfig = Field(default_factory=CurateConfig)
+    vocab: VocabConfig = Field(default_factory=VocabConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     tasks: list[TaskConfig] = Field(default_factory=list, description="Downstream tasks to adapt and evaluate.")

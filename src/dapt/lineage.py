@@ -1,9 +1,9 @@
 """Lineage: which model came from which, read from the manifests of a run folder.
 
-Original base → adapted (DAPT) base(s), with the corpus and tokens they saw → task variants, with their
-task metrics. A model's parent is the artifact it names as its `base` input; a variant's metrics come
-from the evaluation artifacts that name it as their `model` input. Nothing but manifests is read, so
-this is instant even for multi-GB checkpoints.
+Original base → (with vocabulary extension: the extended base →) adapted (DAPT) base(s), with the corpus
+and tokens they saw → task variants, with their task metrics. A model's parent is the artifact it names
+as its `base` input; a variant's metrics come from the evaluation artifacts that name it as their `model`
+input. Nothing but manifests is read, so this is instant even for multi-GB checkpoints.
 """
 
 from __future__ import annotations
@@ -31,6 +31,18 @@ def _describe(artifact: Artifact, evaluations: dict[str, Artifact], by_id: dict[
     metrics = artifact.metrics
     if artifact.kind == "base":
         return f"original base — {metrics['origin']}, {metrics['parameters'] / 1e6:.1f}M parameters"
+    if artifact.kind == "extend_vocab":
+        domain = metrics["fertility"].get("domain_val")
+        fertility = (
+            f", held-out domain tokens per word {domain['before']['tokens_per_word']:.3f} → "
+            f"{domain['after']['tokens_per_word']:.3f}"
+            if domain
+            else ""
+        )
+        return (
+            f"extended base — {metrics['added']:,} domain tokens added, vocabulary {metrics['old_vocab_size']:,} → "
+            f"{metrics['new_vocab_size']:,}{fertility}"
+        )
     if artifact.kind == "pretrain":
         tokens_input = by_id.get(artifact.manifest["inputs"].get("tokens", {}).get("id", ""))
         corpus = ""
@@ -89,9 +101,9 @@ def lineage(run_dir: Path) -> list[dict[str, Any]]:
             nodes[parent]["children"].append(nodes[artifact.id])
         else:
             roots.append(nodes[artifact.id])
-    # models before variants under each node: the DAPT base first, then the variants
+    # bases before variants under each node: the extended or DAPT base first, then the variants
     for node in nodes.values():
-        node["children"].sort(key=lambda child: (child["kind"] != "pretrain", child["name"]))
+        node["children"].sort(key=lambda child: (child["kind"] not in ("extend_vocab", "pretrain"), child["name"]))
     return roots
 
 

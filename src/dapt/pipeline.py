@@ -61,7 +61,7 @@ class StageSpec:
 
 def plan(config: PipelineConfig) -> list[StageSpec]:
     """The stages of a pipeline, in dependency order."""
-    from dapt.stages import adapt, base, curate, evaluate, ingest, pretrain, tapt, tasks, tokenize
+    from dapt.stages import adapt, base, curate, evaluate, extend_vocab, ingest, pretrain, tapt, tasks, tokenize
 
     dump = config.model_dump(mode="json")
     stages = [
@@ -107,12 +107,38 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
             {"corpus": "curate", "base": "base"},
             summary="packed token shards + held-out splits",
         ),
+    ]
+    # Vocabulary extension: the original base gains domain tokens (trained on the domain_train split only), and
+    # the corpus is tokenized again with them, the same documents in each split. The DAPT base grows from the
+    # extended base; the control variants below keep starting from the original base and its tokenizer.
+    pretrain_base, pretrain_tokens = "base", "tokenize"
+    if config.vocab.enabled:
+        pretrain_base, pretrain_tokens = "extend-vocab", "tokenize-extended"
+        stages += [
+            StageSpec(
+                "extend-vocab",
+                "extend_vocab",
+                extend_vocab.run,
+                {"vocab": dump["vocab"]},
+                {"corpus": "curate", "tokens": "tokenize", "base": "base"},
+                summary="the original base with domain tokens added (tokenizer + embeddings)",
+            ),
+            StageSpec(
+                "tokenize-extended",
+                "tokenize",
+                tokenize.run,
+                {"tokenize": dump["tokenize"], "seed": config.seed},
+                {"corpus": "curate", "base": "extend-vocab", "splits": "tokenize"},
+                summary="packed token shards with the extended tokenizer, the same documents per split",
+            ),
+        ]
+    stages += [
         StageSpec(
             "pretrain",
             "pretrain",
             pretrain.run,
             {"pretrain": dump["pretrain"], "seed": config.seed},
-            {"tokens": "tokenize", "base": "base"},
+            {"tokens": pretrain_tokens, "base": pretrain_base},
             summary="continued pretraining → the DAPT base",
             resumable=True,
         ),
@@ -121,8 +147,8 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
             "evaluate_lm",
             evaluate.run_lm,
             {"seq_len": config.pretrain.seq_len, "document_mask": config.pretrain.document_mask},
-            {"tokens": "tokenize", "original": "base", "dapt": "pretrain"},
-            summary="domain and general perplexity, before and after",
+            {"tokens": "tokenize", "corpus": "curate", "original": "base", "dapt": "pretrain"},
+            summary="domain and general perplexity and bits per byte, before and after",
         ),
     ]
     for task in dump["tasks"]:
@@ -268,7 +294,7 @@ def run_stages(stages: list[StageSpec], config: PipelineConfig, run_dir: Path) -
     return artifacts
 
 
-MODEL_KINDS = ("base", "pretrain", "tapt", "adapt")  # artifacts whose files later stages build on
+MODEL_KINDS = ("base", "extend_vocab", "pretrain", "tapt", "adapt")  # artifacts whose files later stages build on
 
 
 def verify_models_unchanged(inputs: dict[str, Artifact]) -> None:

@@ -1,6 +1,7 @@
 """`dapt assess`: the measurements it reports, the rules it recommends by, and the command end to end."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from dapt.assess import (
     vocabulary_growth,
 )
 from dapt.cli import main
+from dapt.config import load_config
 from dapt.data.documents import write_documents
 from dapt.errors import DataError
 from dapt.tokenizer.byte_level import byte_level_tokenizer
@@ -136,6 +138,14 @@ def test_each_rule_decides_on_its_own_evidence(evidence, choice):
     recommendation = recommend(evidence)
     assert recommendation["choice"] == choice
     assert recommendation["reasons"]
+
+
+def test_the_extension_recommendation_names_the_pipeline_key_to_set():
+    recommendation = recommend(Evidence(domain_tokens=5_000_000, ppl_ratio=1.5, fertility_ratio=1.4))
+    assert recommendation["choice"] == "DAPT + vocabulary extension"
+    assert "vocab: {add: 1000}" in recommendation["reasons"][0]
+    tiny = Path(__file__).parents[1] / "integration" / "tiny.yaml"
+    assert load_config(tiny, ["vocab.add=1000"]).vocab.add == 1000  # the key it names is a real one
 
 
 def test_rules_whose_measure_is_missing_are_skipped_and_said_so():

@@ -68,12 +68,22 @@ class TokenShard:
 
 def eval_windows(shard: TokenShard, seq_len: int, max_tokens: int | None = None) -> list[torch.Tensor]:
     """Every window of a held-out shard (up to max_tokens), in order: the same set at every evaluation."""
-    count = shard.num_windows(seq_len)
+    windows = packed_windows(shard.tokens, seq_len, max_tokens)
+    if not windows:
+        raise ValueError(f"shard {shard.folder} has {shard.num_tokens} tokens: fewer than one window of {seq_len}")
+    return windows
+
+
+def packed_windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None = None) -> list[torch.Tensor]:
+    """Non-overlapping windows of seq_len inputs (+1 target token each) over packed tokens, up to max_tokens
+    (at least one window), in order; each (seq_len + 1,). Empty when there are too few tokens for one."""
+    count = max(0, (len(tokens) - 1) // seq_len)
     if max_tokens is not None:
         count = min(count, max(1, max_tokens // seq_len))
-    if count == 0:
-        raise ValueError(f"shard {shard.folder} has {shard.num_tokens} tokens: fewer than one window of {seq_len}")
-    return [shard.window(i, seq_len) for i in range(count)]
+    return [
+        torch.from_numpy(np.asarray(tokens[i * seq_len : i * seq_len + seq_len + 1]).astype(np.int64))
+        for i in range(count)
+    ]
 
 
 def document_position_ids(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:

@@ -145,7 +145,10 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
         artifacts["pretrain"].metrics,
         artifacts["evaluate-lm"].metrics,
     )
-    curate, tokenize = artifacts["curate"].metrics, artifacts["tokenize"].metrics
+    curate = artifacts["curate"].metrics
+    # the tokenization the DAPT base was trained on (`tokenize-extended` with vocabulary extension)
+    tokenize = artifacts.get(artifacts["pretrain"].manifest["inputs"]["tokens"]["name"], artifacts["tokenize"]).metrics
+    extension = artifacts["extend-vocab"].metrics if "extend-vocab" in artifacts else None
     report: dict[str, Any] = {
         "run": config.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -159,7 +162,28 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
             "general_ppl_before": lm["original"].get("general_ppl"),
             "general_ppl_after": lm["dapt"].get("general_ppl"),
             "test_tokens": lm["test_tokens"],
+            # bits per UTF-8 byte of the whole test documents: comparable when the tokenizers differ
+            "domain_bpb_before": lm["original"].get("domain_bits_per_byte"),
+            "domain_bpb_after": lm["dapt"].get("domain_bits_per_byte"),
+            "general_bpb_before": lm["original"].get("general_bits_per_byte"),
+            "general_bpb_after": lm["dapt"].get("general_bits_per_byte"),
+            "same_tokenizer": lm.get("same_tokenizer", True),
+            "vocab_size_before": lm["original"].get("vocab_size", base["vocab_size"]),
+            "vocab_size_after": lm["dapt"].get("vocab_size", base["vocab_size"]),
+            "test_documents": lm.get("test_documents", {}),
+            "test_bytes": lm.get("test_bytes", {}),
             "general_heldout_from": tokenize["general_heldout_from"],
+            "tokenizer_missing_bytes": base.get("tokenizer_missing_bytes"),
+            "vocabulary_extension": None
+            if extension is None
+            else {
+                "added": extension["added"],
+                "old_vocab_size": extension["old_vocab_size"],
+                "new_vocab_size": extension["new_vocab_size"],
+                "embedding_rows_after": extension["embedding_rows_after"],
+                "heldout_fertility": extension["fertility"],
+                "top_tokens": extension["top_tokens"],
+            },
         },
         "pretrain": {
             key: pretrain[key]
@@ -224,6 +248,67 @@ def _seeds_note(task: dict[str, Any]) -> str:
     )
 
 
+COMPARABILITY_NOTE = (
+    "Bits per byte is each base's loss over the whole test documents in bits per UTF-8 byte of their text: it "
+    "does not depend on how the text is cut into tokens. Per-token perplexity is only comparable when the "
+    "tokenizers match: a tokenizer with longer tokens makes fewer, harder predictions for the same text."
+)
+
+
+def _language_model_line(base: dict[str, Any]) -> str:
+    """The headline on held-out text: bits per byte first when the tokenizers differ, else perplexity."""
+    bpb = (
+        f"**domain bits per byte** {_num(base['domain_bpb_before'], 4)} → {_num(base['domain_bpb_after'], 4)} "
+        f"({_change(base['domain_bpb_before'], base['domain_bpb_after'])}); **general bits per byte** "
+        f"{_num(base['general_bpb_before'], 4)} → {_num(base['general_bpb_after'], 4)} "
+        f"({_change(base['general_bpb_before'], base['general_bpb_after'])}, the forgetting signal)"
+    )
+    if not base["same_tokenizer"]:
+        return (
+            f"- The DAPT base has an extended vocabulary ({base['vocab_size_before']} → {base['vocab_size_after']} "
+            f"tokens), so per-token perplexity does not compare; {bpb}."
+        )
+    return (
+        f"- **Domain perplexity** {_num(base['domain_ppl_before'])} → {_num(base['domain_ppl_after'])} "
+        f"({_change(base['domain_ppl_before'], base['domain_ppl_after'])}); **general perplexity** "
+        f"{_num(base['general_ppl_before'])} → {_num(base['general_ppl_after'])} "
+        f"({_change(base['general_ppl_before'], base['general_ppl_after'])}, the forgetting signal); {bpb[0].lower()}"
+        f"{bpb[1:]}."
+    )
+
+
+def _missing_bytes_lines(base: dict[str, Any]) -> list[str]:
+    missing = base.get("tokenizer_missing_bytes")
+    if not missing:
+        return []
+    return [
+        "",
+        f"Warning: the base's tokenizer has no token for {len(missing)} bytes ({', '.join(missing)}); characters that "
+        "need them are dropped when text is encoded.",
+    ]
+
+
+def _extension_lines(base: dict[str, Any]) -> list[str]:
+    extension = base.get("vocabulary_extension")
+    if extension is None:
+        return []
+    domain = extension["heldout_fertility"].get("domain_val")
+    fertility = (
+        f"; on held-out domain text, tokens per word {domain['before']['tokens_per_word']:.3f} → "
+        f"{domain['after']['tokens_per_word']:.3f}"
+        if domain
+        else ""
+    )
+    top = ", ".join(repr(token) for token in extension["top_tokens"][:8])
+    return [
+        "",
+        f"Vocabulary extension (`vocab:`): {extension['added']} domain tokens added to the original base before "
+        f"continued pretraining (vocabulary {extension['old_vocab_size']} → {extension['new_vocab_size']}, "
+        f"{extension['embedding_rows_after']} embedding rows){fertility}. Top tokens: {top}. The control variants "
+        "start from the original base and its tokenizer.",
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     base, pretrain, funnel = report["base"], report["pretrain"], report["data"]["funnel"]
     lines = [
@@ -255,10 +340,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 )
             )
     lines += [
-        f"- **Domain perplexity** {_num(base['domain_ppl_before'])} → {_num(base['domain_ppl_after'])} "
-        f"({_change(base['domain_ppl_before'], base['domain_ppl_after'])}); **general perplexity** "
-        f"{_num(base['general_ppl_before'])} → {_num(base['general_ppl_after'])} "
-        f"({_change(base['general_ppl_before'], base['general_ppl_after'])}, the forgetting signal).",
+        _language_model_line(base),
         "",
         "The interval comes from resampling the test examples (paired); with one seed it does not cover "
         "seed-to-seed variation — set `seeds:` on a task for that. Read small differences as noise.",
@@ -266,14 +348,28 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Base models",
         "",
         f"Original base: {base['original']} ({base['architecture']}, {base['parameters'] / 1e6:.1f}M parameters).",
+        *_missing_bytes_lines(base),
+        *_extension_lines(base),
         "",
-        "| model | domain ppl | general ppl |",
-        "|---|---|---|",
-        f"| original | {_num(base['domain_ppl_before'])} | {_num(base['general_ppl_before'])} |",
-        f"| DAPT | {_num(base['domain_ppl_after'])} | {_num(base['general_ppl_after'])} |",
+        "| model | vocabulary | domain ppl | general ppl | domain bits/byte | general bits/byte |",
+        "|---|---|---|---|---|---|",
+        f"| original | {base['vocab_size_before']} | {_num(base['domain_ppl_before'])} | "
+        f"{_num(base['general_ppl_before'])} | {_num(base['domain_bpb_before'], 4)} | "
+        f"{_num(base['general_bpb_before'], 4)} |",
+        f"| DAPT | {base['vocab_size_after']} | {_num(base['domain_ppl_after'])} | {_num(base['general_ppl_after'])} | "
+        f"{_num(base['domain_bpb_after'], 4)} | {_num(base['general_bpb_after'], 4)} |",
         "",
-        f"Measured on held-out test documents ({base['test_tokens'].get('domain', 0)} domain and "
-        f"{base['test_tokens'].get('general', 0)} general tokens); general text held out from "
+        COMPARABILITY_NOTE
+        + (
+            " Here they differ (the DAPT base has an extended vocabulary): compare the bases by bits per byte."
+            if not base["same_tokenizer"]
+            else " Here both bases use the same tokenizer, so both measures compare."
+        ),
+        "",
+        f"Measured on the same held-out test documents for both bases ({base['test_documents'].get('domain', 0)} "
+        f"domain and {base['test_documents'].get('general', 0)} general documents; perplexity on the first "
+        f"{base['test_tokens'].get('domain', 0)} domain and {base['test_tokens'].get('general', 0)} general tokens "
+        "of the original base's tokenization); general text held out from "
         f"the `{base['general_heldout_from']}` source"
         + (
             " — the replay source, so it mostly shows how well the replay was learned."

@@ -17,7 +17,15 @@ from typing import Any
 
 from dapt.lineage import render_tree
 from dapt.report import plots
-from dapt.report.build import METRIC_LABELS, UNBOUNDED_METRICS, _change, _num, difference_text, render_markdown
+from dapt.report.build import (
+    COMPARABILITY_NOTE,
+    METRIC_LABELS,
+    UNBOUNDED_METRICS,
+    _change,
+    _num,
+    difference_text,
+    render_markdown,
+)
 
 VERDICT_HEADING = "## Did domain-adaptive pretraining pay off?"  # the section of report.md the verdict comes from
 
@@ -44,7 +52,7 @@ nav ol { columns: 2; }
 SECTIONS = [  # (id, heading) in page order; the verdict's heading is report.md's
     ("verdict", VERDICT_HEADING.removeprefix("## ")),
     ("loss-curves", "Continued pretraining: loss curves"),
-    ("perplexity", "Perplexity before and after"),
+    ("perplexity", "Perplexity and bits per byte, before and after"),
     ("data-funnel", "Data funnel"),
     ("tasks", "Tasks: control vs DAPT"),
     ("lineage", "Lineage"),
@@ -159,7 +167,9 @@ def _heldout_sources(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def _perplexity(report: dict[str, Any]) -> str:
     base = report["base"]
-    rows, labels, before, after = [], [], [], []
+    rows, bpb_rows, labels, before, after = [], [], [], [], []
+    # with different tokenizers only bits per byte compares the bases, so that is what the plot shows
+    plotted = "ppl" if base.get("same_tokenizer", True) else "bpb"
     for label, key, tokens_key in _heldout_sources(report):
         old, new = base[f"{key}_before"], base[f"{key}_after"]
         rows.append(
@@ -171,22 +181,49 @@ def _perplexity(report: dict[str, Any]) -> str:
                 _change(old, new),
             ]
         )
-        if old is not None and new is not None:
+        old_bpb, new_bpb = base.get(f"{tokens_key}_bpb_before"), base.get(f"{tokens_key}_bpb_after")
+        bpb_rows.append(
+            [
+                _e(label),
+                _e(base.get("test_bytes", {}).get(tokens_key, 0)),
+                _num(old_bpb, 4),
+                _num(new_bpb, 4),
+                _change(old_bpb, new_bpb),
+            ]
+        )
+        shown = (old, new) if plotted == "ppl" else (old_bpb, new_bpb)
+        if None not in shown:
             labels.append(label)
-            before.append(old)
-            after.append(new)
+            before.append(shown[0])
+            after.append(shown[1])
     parts = []
     if labels:
         parts.append(
             _image(
-                plots.perplexity_bars(labels, before, after),
-                "test perplexity of the original and the DAPT base",
-                "Perplexity on held-out test documents, which neither training nor early stopping saw. "
-                "A rise on general text is the forgetting signal.",
+                plots.perplexity_bars(labels, before, after, measure=plotted),
+                f"test {'perplexity' if plotted == 'ppl' else 'bits per byte'} of the original and the DAPT base",
+                f"{'Perplexity' if plotted == 'ppl' else 'Bits per byte'} on held-out test documents, which neither "
+                "training nor early stopping saw. A rise on general text is the forgetting signal.",
             )
         )
     parts.append(
         _table(["held-out text", "test tokens", "original base", "DAPT base", "change"], rows, numeric={1, 2, 3, 4})
+    )
+    parts.append(
+        _table(
+            ["held-out text", "test bytes", "original bits/byte", "DAPT bits/byte", "change"],
+            bpb_rows,
+            numeric={1, 2, 3, 4},
+        )
+    )
+    parts.append(
+        f"<p>{_e(COMPARABILITY_NOTE)}"
+        + (
+            f" Here they differ: the DAPT base has an extended vocabulary ({base['vocab_size_before']:,} → "
+            f"{base['vocab_size_after']:,} tokens), so compare the bases by bits per byte.</p>"
+            if not base.get("same_tokenizer", True)
+            else " Here both bases use the same tokenizer.</p>"
+        )
     )
     parts.append(
         f"<p>Original base: {_e(base['original'])} ({_e(base['architecture'])}, "

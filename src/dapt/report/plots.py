@@ -68,8 +68,11 @@ def loss_curves(train_curve: dict[str, list[float]], evaluations: list[dict[str,
     return _png(figure)
 
 
-def perplexity_bars(sources: Sequence[str], before: Sequence[float], after: Sequence[float]) -> bytes:
-    """Grouped bars: test perplexity of the original and the DAPT base on each held-out source."""
+def perplexity_bars(
+    sources: Sequence[str], before: Sequence[float], after: Sequence[float], measure: str = "ppl"
+) -> bytes:
+    """Grouped bars: test perplexity (measure "ppl") or bits per byte ("bpb") of the original and the DAPT base on
+    each held-out source."""
     figure, axes = _figure()
     width = 0.38
     positions = range(len(sources))
@@ -78,10 +81,11 @@ def perplexity_bars(sources: Sequence[str], before: Sequence[float], after: Sequ
         (width / 2, after, BLUE, "DAPT base"),
     ):
         bars = axes.bar([p + offset for p in positions], values, width, color=colour, label=label)
-        axes.bar_label(bars, fmt="%.1f", fontsize="small", padding=2)
+        axes.bar_label(bars, fmt="%.1f" if measure == "ppl" else "%.3f", fontsize="small", padding=2)
     axes.set_xticks(list(positions), [_short(source) for source in sources])
-    axes.set_ylabel("test perplexity (lower is better)")
-    axes.set_title("Perplexity before and after continued pretraining")
+    what = "perplexity" if measure == "ppl" else "bits per byte"
+    axes.set_ylabel(f"test {what} (lower is better)")
+    axes.set_title(f"{what.capitalize()} before and after continued pretraining")
     axes.margins(y=0.15)
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize="small")

@@ -1,4 +1,4 @@
-"""evaluate: measure each model on its own test — perplexity for bases, task metrics for variants.
+"""evaluate: measure each model on its own test — perplexity and bits per byte for bases, task metrics for variants.
 
 "How well the base predicts text does not tell you how good a variant is": the bases are measured on
 held-out domain and general text, the variants on their task's test split, loaded the way a user
@@ -8,15 +8,18 @@ would load them (`AutoModelForSequenceClassification.from_pretrained`).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from dapt.data.shards import TokenShard, eval_windows
+from dapt.data.shards import packed_windows
+from dapt.errors import DataError
 from dapt.eval.metrics import classification_report
 from dapt.eval.text_metrics import exact_match, rouge_l, token_f1
 from dapt.model.chat import encode_pair, prompt_ids
@@ -25,32 +28,102 @@ from dapt.model.load import load_causal_lm
 from dapt.pipeline import StageContext
 from dapt.stages.adapt import pair_logps
 from dapt.stages.tasks import read_examples
-from dapt.train.objectives import mean_lm_loss, perplexity
+from dapt.stages.tokenize import split_texts, tokenize_texts
+from dapt.train.objectives import bits_per_byte, mean_lm_loss, perplexity, text_nats
 
 BATCH = 16
 TEXT_METRICS = {"rouge_l": rouge_l, "token_f1": token_f1, "exact_match": exact_match}
 
 
+def same_tokenizer(first: Any, second: Any) -> bool:
+    """Whether two tokenizers cut text into the same ids (same vocabulary and merges)."""
+    if hasattr(first, "backend_tokenizer") and hasattr(second, "backend_tokenizer"):
+        models = [json.loads(tokenizer.backend_tokenizer.to_str())["model"] for tokenizer in (first, second)]
+        return models[0] == models[1]
+    return first.get_vocab() == second.get_vocab()
+
+
+def first_characters(texts: list[str], max_chars: int) -> list[str]:
+    """The documents in order until `max_chars` characters in all, the last one cut short if need be."""
+    kept: list[str] = []
+    total = 0
+    for text in texts:
+        if total >= max_chars:
+            break
+        kept.append(text[: max_chars - total])
+        total += len(kept[-1])
+    return kept
+
+
 def run_lm(context: StageContext) -> dict[str, Any]:
+    """Both bases on the same held-out test documents, each tokenized with that base's own tokenizer.
+
+    - loss and perplexity per token on the first `eval_tokens` tokens (packed windows, as in pretraining);
+    - bits per UTF-8 byte on the same text for both bases: the test documents in order, cut after as many
+      characters as `eval_tokens` tokens of the original base's tokenizer hold on them (about the text the
+      perplexity covers; a whole 100k-character document would cost minutes on CPU). Bits per byte stays
+      comparable when the tokenizers differ (vocabulary extension); per-token perplexity does not: a
+      tokenizer with longer tokens makes fewer, harder predictions for the same text.
+    """
     seq_len = context.config["seq_len"]
-    shard_root = context.inputs["tokens"].path / "shards"
+    document_mask = context.config["document_mask"]
     budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
-    test_sets = {
-        name: eval_windows(TokenShard(shard_root / split), seq_len, max_tokens=budget)
-        for name, split in (("domain", "domain_test"), ("general", "general_test"))
-        if (shard_root / split).is_dir()
+    texts = split_texts(
+        context.inputs["tokens"].path / "splits.parquet", context.inputs["corpus"].path / "documents.parquet"
+    )
+    held_out = (("domain", "domain_test"), ("general", "general_test"))
+    test_texts = {name: texts[split] for name, split in held_out if texts.get(split)}
+
+    original_tokenizer = AutoTokenizer.from_pretrained(context.inputs["original"].path / "model")
+    measured_texts = {}  # the text bits per byte is measured on, the same for both bases
+    for name, documents in test_texts.items():
+        tokens = sum(map(len, original_tokenizer(documents, add_special_tokens=False)["input_ids"]))
+        characters = sum(map(len, documents))
+        measured_texts[name] = first_characters(documents, math.ceil(budget * characters / max(tokens, 1)))
+    metrics: dict[str, Any] = {
+        "test_documents": {name: len(documents) for name, documents in test_texts.items()},
+        "bpb_documents": {name: len(documents) for name, documents in measured_texts.items()},
+        "test_characters": {name: sum(map(len, documents)) for name, documents in measured_texts.items()},
+        "test_bytes": {
+            name: sum(len(t.encode("utf-8")) for t in documents) for name, documents in measured_texts.items()
+        },
     }
-    metrics: dict[str, Any] = {"test_tokens": {name: len(w) * seq_len for name, w in test_sets.items()}}
+    tokenizers = {}
     for role in ("original", "dapt"):
         model, tokenizer = load_causal_lm(context.inputs[role].path / "model")
         model.eval()
-        eos_id = tokenizer.eos_token_id if context.config["document_mask"] else None
-        metrics[role] = {}
-        for name, windows in test_sets.items():
-            loss = mean_lm_loss(model, windows, eos_id=eos_id)
-            metrics[role][f"{name}_loss"] = loss
-            metrics[role][f"{name}_ppl"] = perplexity(loss)
-        context.log(f"{role}: " + ", ".join(f"{n} ppl {metrics[role][f'{n}_ppl']:.3f}" for n in test_sets))
+        tokenizers[role] = tokenizer
+        eos_id = tokenizer.eos_token_id
+        metrics[role] = {"vocab_size": len(tokenizer)}
+        for name, documents in test_texts.items():
+            encoded = tokenize_texts(tokenizer, documents, eos_id, f"tokenize {name} test")  # each ends in eos
+            windows = packed_windows(np.concatenate(encoded), seq_len, max_tokens=budget)
+            if not windows:
+                raise DataError(
+                    f"evaluate-lm: the {name} test documents are {sum(map(len, encoded))} tokens for the {role} base, "
+                    f"fewer than one window of {seq_len}; raise tokenize.eval_tokens"
+                )
+            loss = mean_lm_loss(model, windows, eos_id=eos_id if document_mask else None)
+            measured = tokenizer(measured_texts[name], add_special_tokens=False)["input_ids"]
+            nats, text_tokens = text_nats(model, measured, eos_id, seq_len, document_mask)
+            metrics[role] |= {
+                f"{name}_loss": loss,
+                f"{name}_ppl": perplexity(loss),
+                f"{name}_tokens": len(windows) * seq_len,  # the tokens the loss and perplexity are measured on
+                f"{name}_bits_per_byte": bits_per_byte(nats, metrics["test_bytes"][name]),
+                f"{name}_bpb_tokens": text_tokens,  # this base's tokens for the bits-per-byte text
+            }
+        context.log(
+            f"{role}: "
+            + ", ".join(
+                f"{n} ppl {metrics[role][f'{n}_ppl']:.3f}, {metrics[role][f'{n}_bits_per_byte']:.4f} bits/byte"
+                for n in test_texts
+            )
+        )
+    metrics["same_tokenizer"] = same_tokenizer(tokenizers["original"], tokenizers["dapt"])
+    if not metrics["same_tokenizer"]:
+        context.log("the bases' tokenizers differ: compare bits per byte; per-token perplexity is not comparable")
+    metrics["test_tokens"] = {name: metrics["original"][f"{name}_tokens"] for name in test_texts}  # original's count
     return metrics
 
 

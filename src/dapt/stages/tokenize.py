@@ -5,10 +5,15 @@ Splits are by document (never a document cut between train and validation):
 - general_eval sources → general_val, general_test (the forgetting signal);
 - replay sources → replay_train. With no general_eval source, general_val/test are held-out replay
   documents instead, and the manifest says so: that mostly measures how well the replay was learned.
+
+With vocabulary extension the corpus is tokenized twice: `tokenize` with the original base's tokenizer
+decides the splits, and `tokenize-extended` (its `splits` input) puts the very same documents in each split,
+so both bases are measured on the same held-out text and the extension never sees it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +49,29 @@ def hold_out(order: np.ndarray, lengths: list[int], budget: int) -> tuple[list[i
         taken.append(int(index))
         total += lengths[index]
     return taken, order[len(order) :]
+
+
+def same_splits(splits_file: Path, ids: list[str]) -> dict[str, list[int]]:
+    """The rows of `ids` in each split of another tokenization's `splits.parquet`, in that file's order."""
+    row_of = {document_id: row for row, document_id in enumerate(ids)}
+    table = pq.read_table(splits_file, columns=["id", "split"])
+    splits: dict[str, list[int]] = {}
+    for document_id, split in zip(table.column("id").to_pylist(), table.column("split").to_pylist(), strict=True):
+        if document_id not in row_of:
+            raise DataError(f"{splits_file}: document {document_id!r} is not in the curated corpus; rerun the pipeline")
+        splits.setdefault(split, []).append(row_of[document_id])
+    return splits
+
+
+def split_texts(splits_file: Path, documents_file: Path) -> dict[str, list[str]]:
+    """The texts of each split of a tokenization (its `splits.parquet`), in shard order, from the curated corpus."""
+    documents = read_documents(documents_file)
+    text_of = dict(zip(documents.column("id").to_pylist(), documents.column("text").to_pylist(), strict=True))
+    table = pq.read_table(splits_file, columns=["id", "split"])
+    texts: dict[str, list[str]] = {}
+    for document_id, split in zip(table.column("id").to_pylist(), table.column("split").to_pylist(), strict=True):
+        texts.setdefault(split, []).append(text_of[document_id])
+    return texts
 
 
 def run(context: StageContext) -> dict[str, Any]:
@@ -85,6 +113,8 @@ def run(context: StageContext) -> dict[str, Any]:
     if config.max_train_tokens is not None:
         for split in ("domain_train", "replay_train"):
             splits[split], _ = hold_out(np.array(splits[split], dtype=np.int64), lengths, config.max_train_tokens)
+    if "splits" in context.inputs:  # an extended tokenizer: the original tokenization's documents, split for split
+        splits = same_splits(context.inputs["splits"].path / "splits.parquet", ids)
 
     train_tokens = sum(lengths[r] for r in splits["domain_train"])
     if train_tokens == 0:

@@ -54,6 +54,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dapt.artifacts import atomic_write_text
 from dapt.errors import ConfigError, DataError
+from dapt.tokenizer.byte_level import BYTE_DECODER, has_type
 from dapt.tokenizer.compare import check_model_spec, measure
 from dapt.tokenizer.train import byte_level_bpe, read_corpus
 
@@ -66,21 +67,6 @@ ENCODE_BATCH = 1_000  # documents per call into the Rust tokenizer: parallel, an
 DIGIT = re.compile("[0-9]")
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet read backwards: each stand-in character → the byte it shows."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    shown = dict(zip(printable, printable, strict=True))
-    extra = 0
-    for byte in range(256):
-        if byte not in shown:
-            shown[byte] = 256 + extra
-            extra += 1
-    return {chr(code): byte for byte, code in shown.items()}
-
-
-BYTE_DECODER = _byte_decoder()
-
-
 def token_text(token: str) -> str | None:
     """The text a byte-level token stands for ("Ġscipy" → " scipy"); None when its bytes are not whole UTF-8
     characters (a token may hold half of an emoji)."""
@@ -90,30 +76,25 @@ def token_text(token: str) -> str | None:
         return None
 
 
-def _find_types(spec: Any, kind: str) -> bool:
-    """Whether a `tokenizers` JSON component (or one nested in a Sequence) is of type `kind`."""
-    if isinstance(spec, dict):
-        return spec.get("type") == kind or any(_find_types(value, kind) for value in spec.values())
-    if isinstance(spec, list):
-        return any(_find_types(value, kind) for value in spec)
-    return False
+def check_extendable(tokenizer: PreTrainedTokenizerBase, base: str, where: str | None = None) -> dict[str, Any]:
+    """The base tokenizer's `tokenizers` JSON, once it is known to be a byte-level BPE this module can extend.
 
-
-def check_extendable(tokenizer: PreTrainedTokenizerBase, base: str) -> dict[str, Any]:
-    """The base tokenizer's `tokenizers` JSON, once it is known to be a byte-level BPE this module can extend."""
+    Errors start with `where` (default "--base BASE", the CLI's option).
+    """
+    where = where or f"--base {base}"
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise ConfigError(f"--base {base}: its tokenizer is a slow (Python) tokenizer; extension needs a fast one")
+        raise ConfigError(f"{where}: its tokenizer is a slow (Python) tokenizer; extension needs a fast one")
     spec = json.loads(backend.to_str())
     model = spec["model"]
-    if model.get("type") != "BPE" or not _find_types(spec.get("pre_tokenizer"), "ByteLevel"):
+    if model.get("type") != "BPE" or not has_type(spec.get("pre_tokenizer"), "ByteLevel"):
         raise ConfigError(
-            f"--base {base}: its tokenizer is a {model.get('type')} model without byte-level pre-tokenization; "
+            f"{where}: its tokenizer is a {model.get('type')} model without byte-level pre-tokenization; "
             "extension supports byte-level BPE tokenizers (GPT-2, Llama 3, Qwen2, SmolLM, Mistral Nemo, ...), "
             "not SentencePiece ones (Llama 2, Mistral 7B)"
         )
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") or model.get("dropout"):
-        raise ConfigError(f"--base {base}: BPE with subword prefixes/suffixes or dropout is not supported")
+        raise ConfigError(f"{where}: BPE with subword prefixes/suffixes or dropout is not supported")
     return spec
 
 
@@ -393,23 +374,36 @@ def extend_base(
     add: int | None = None,
     coverage: float | None = None,
     domain_vocab_size: int = DOMAIN_VOCAB_SIZE,
+    min_frequency: int = 1,
     base: str = "the base",
+    where: str | None = None,
 ) -> Extension:
-    """The whole recipe on a loaded base; the model is changed in place and returned with the new tokenizer."""
+    """The whole recipe on a loaded base; the model is changed in place and returned with the new tokenizer.
+
+    A candidate seen fewer than `min_frequency` times in `texts` is never added (its row would barely train).
+    `where` starts the error for a tokenizer that cannot be extended (default: the CLI's "--base BASE").
+    """
     if add is None and coverage is None:
         add = DEFAULT_ADD
     if add is not None and add < 1:
         raise ConfigError(f"--add {add}: add at least one token")
+    if min_frequency < 1:
+        raise ConfigError(f"--min-frequency {min_frequency}: a count of occurrences, at least 1")
     if coverage is not None and not 0 < coverage < 1:
         raise ConfigError(f"--coverage {coverage}: a share of the domain tokens to save, between 0 and 1 (e.g. 0.1)")
-    base_spec = check_extendable(tokenizer, base)
+    base_spec = check_extendable(tokenizer, base, where)
     backend = tokenizer.backend_tokenizer
     started = time.perf_counter()
     base_vocab = set(backend.get_vocab(with_added_tokens=True))
     base_tokens = int(count_ids(backend, texts).sum())
-    candidates = domain_candidates(base_spec, texts, domain_vocab_size)
+    candidates = [
+        candidate
+        for candidate in domain_candidates(base_spec, texts, domain_vocab_size)
+        if candidate.frequency >= min_frequency
+    ]
     if not candidates:
-        raise DataError(f"the domain text has no frequent token that {base}'s vocabulary lacks; nothing to add")
+        seen = f" seen at least {min_frequency} times" if min_frequency > 1 else ""
+        raise DataError(f"the domain text has no frequent token{seen} that {base}'s vocabulary lacks; nothing to add")
     domain_vocab = {candidate.token for candidate in candidates}
     selection = select_tokens(candidates, base_vocab, domain_vocab, add=add, coverage=coverage, base_tokens=base_tokens)
     spec, new_ids = extended_tokenizer_spec(base_spec, selection.plan)
@@ -433,6 +427,7 @@ def extend_base(
         "mean of the pieces' rows",
         "selection": {"add": add} if coverage is None else {"coverage": coverage},
         "domain_tokenizer_vocab_size": domain_vocab_size,
+        "min_frequency": min_frequency,
         "candidates": len(candidates),
         "unbuildable_candidates": selection.unbuildable,
         "added": len(new_ids),
@@ -475,6 +470,7 @@ def run_extend(
     add: int | None = None,
     coverage: float | None = None,
     domain_vocab_size: int | None = None,
+    min_frequency: int = 1,
     text_field: str = "text",
 ) -> int:
     """The CLI's entry point: load, extend, save the HF folder and extension.json, print the outcome."""
@@ -493,6 +489,7 @@ def run_extend(
         add=add,
         coverage=coverage,
         domain_vocab_size=domain_vocab_size or DOMAIN_VOCAB_SIZE,
+        min_frequency=min_frequency,
         base=base,
     )
     report = extension.report

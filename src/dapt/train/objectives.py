@@ -46,6 +46,49 @@ def mean_lm_loss(
     return total / count
 
 
+@torch.no_grad()
+def text_nats(
+    model: torch.nn.Module,
+    documents: list[list[int]],
+    eos_id: int,
+    seq_len: int,
+    document_mask: bool = True,
+    batch_size: int = 4,
+) -> tuple[float, int]:
+    """Total next-token loss (nats) over every token of `documents`, and how many tokens that is.
+
+    documents: token ids per document, without end-of-text. They are packed into one stream with an
+    end-of-text token before each (eos d1 eos d2 ...), cut into windows of seq_len inputs (the last one
+    padded): every document token is a target exactly once; the end-of-text tokens are not targets (they are
+    no text), nor is the padding. With `document_mask`, positions restart after each end-of-text, as in
+    training (`lm_batch`).
+    """
+    stream = [token for document in documents for token in (eos_id, *document)]
+    scored = [flag for document in documents for flag in (False, *([True] * len(document)))]
+    if len(stream) < 2:
+        return 0.0, 0
+    ids, is_text = torch.tensor(stream), torch.tensor(scored)
+    inputs, targets = ids[:-1], torch.where(is_text[1:], ids[1:], -100)  # targets[t] is predicted at inputs[t]
+    windows = math.ceil(len(inputs) / seq_len)
+    padding = windows * seq_len - len(inputs)
+    inputs = F.pad(inputs, (0, padding), value=eos_id).view(windows, seq_len)
+    targets = F.pad(targets, (0, padding), value=-100).view(windows, seq_len)
+    device = next(model.parameters()).device
+    total = 0.0
+    for start in range(0, windows, batch_size):
+        batch = inputs[start : start + batch_size].to(device)
+        position_ids = document_position_ids(batch, eos_id) if document_mask else None
+        logits = model(input_ids=batch, position_ids=position_ids, use_cache=False).logits
+        batch_targets = targets[start : start + batch_size].to(device).flatten()
+        total += F.cross_entropy(logits.flatten(0, 1).float(), batch_targets, ignore_index=-100, reduction="sum").item()
+    return total, int(is_text.sum())
+
+
+def bits_per_byte(nats: float, num_bytes: int) -> float:
+    """A text's total loss in bits per UTF-8 byte of it: comparable across tokenizers, unlike per-token loss."""
+    return nats / math.log(2) / num_bytes
+
+
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))  # exp(50) already means "knows nothing"; avoid overflow to inf
 
