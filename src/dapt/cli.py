@@ -263,10 +263,17 @@ def _run(pipeline_path: Path, out: Path | None, overrides: list[str], until: str
 def print_headline(report: dict, run_dir: Path) -> None:
     base = report["base"]
     print(f"\nReport: {run_dir / 'report.html'} (also report.md, report.json)")
-    print(
-        f"Domain perplexity  {base['domain_ppl_before']:.3f} → {base['domain_ppl_after']:.3f}   "
-        f"general perplexity {base['general_ppl_before']:.3f} → {base['general_ppl_after']:.3f}"
-    )
+    if base.get("same_tokenizer", True):
+        print(
+            f"Domain perplexity  {base['domain_ppl_before']:.3f} → {base['domain_ppl_after']:.3f}   "
+            f"general perplexity {base['general_ppl_before']:.3f} → {base['general_ppl_after']:.3f}"
+        )
+    else:  # per-token perplexities of different tokenizers do not compare
+        print(
+            f"Domain bits/byte  {base['domain_bpb_before']:.4f} → {base['domain_bpb_after']:.4f}   "
+            f"general bits/byte {base['general_bpb_before']:.4f} → {base['general_bpb_after']:.4f}   "
+            f"(extended vocabulary: {base['vocab_size_before']} → {base['vocab_size_after']} tokens)"
+        )
     for task in report["tasks"]:
         control, dapt, p, q = task["control"], task["dapt"], task["primary"], task["secondary"]
         print(

@@ -249,9 +249,9 @@ def _seeds_note(task: dict[str, Any]) -> str:
 
 
 COMPARABILITY_NOTE = (
-    "Bits per byte is each base's loss over the whole test documents in bits per UTF-8 byte of their text: it "
-    "does not depend on how the text is cut into tokens. Per-token perplexity is only comparable when the "
-    "tokenizers match: a tokenizer with longer tokens makes fewer, harder predictions for the same text."
+    "Bits per byte is a base's loss on the same held-out text as the other base's, in bits per UTF-8 byte of "
+    "that text: it does not depend on how the text is cut into tokens. Per-token perplexity is only comparable "
+    "when the tokenizers match: a tokenizer with longer tokens makes fewer, harder predictions for the same text."
 )
 
 
@@ -367,9 +367,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         ),
         "",
         f"Measured on the same held-out test documents for both bases ({base['test_documents'].get('domain', 0)} "
-        f"domain and {base['test_documents'].get('general', 0)} general documents; perplexity on the first "
-        f"{base['test_tokens'].get('domain', 0)} domain and {base['test_tokens'].get('general', 0)} general tokens "
-        "of the original base's tokenization); general text held out from "
+        f"domain and {base['test_documents'].get('general', 0)} general documents), each tokenized with the base's "
+        f"own tokenizer: perplexity on the first {base['test_tokens'].get('domain', 0)} domain and "
+        f"{base['test_tokens'].get('general', 0)} general tokens (of the original base's tokenization; fewer of "
+        f"an extended one's), bits per byte on the first {base['test_bytes'].get('domain', 0)} domain and "
+        f"{base['test_bytes'].get('general', 0)} general bytes; general text held out from "
         f"the `{base['general_heldout_from']}` source"
         + (
             " — the replay source, so it mostly shows how well the replay was learned."
