@@ -74,5 +74,33 @@ def test_shipped_demo_pipeline_is_valid():
 def test_explain_lists_every_section(capsys):
     assert main(["config", "--explain"]) == 0
     out = capsys.readouterr().out
-    for key in ("base:", "sources:", "pretrain:", "replay_fraction:", "early_stopping:", "tasks:"):
+    for key in (
+        "base:",
+        "sources:",
+        "vocab:",
+        "min_frequency:",
+        "pretrain:",
+        "replay_fraction:",
+        "early_stopping:",
+        "tasks:",
+    ):
         assert key in out
+
+
+def test_vocabulary_extension_is_off_by_default_and_takes_one_size():
+    assert not config_from_dict(MINIMAL).vocab.enabled
+    assert config_from_dict({**MINIMAL, "vocab": {"coverage": 0.05}}).vocab.enabled
+    with pytest.raises(ConfigError, match=r"vocab: give `add` .* or `coverage`.*not both"):
+        config_from_dict({**MINIMAL, "vocab": {"add": 100, "coverage": 0.05}})
+    with pytest.raises(ConfigError, match=r"vocab\.add: "):
+        config_from_dict({**MINIMAL, "vocab": {"add": 0}})
+
+
+def test_the_extension_stages_are_planned_only_when_it_is_on():
+    from dapt.pipeline import plan
+
+    names = [stage.name for stage in plan(config_from_dict(MINIMAL))]
+    assert "extend-vocab" not in names and "tokenize-extended" not in names
+    stages = {stage.name: stage for stage in plan(config_from_dict({**MINIMAL, "vocab": {"add": 100}}))}
+    assert stages["pretrain"].inputs == {"tokens": "tokenize-extended", "base": "extend-vocab"}
+    assert stages["evaluate-lm"].inputs["original"] == "base"

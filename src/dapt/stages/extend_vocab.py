@@ -29,6 +29,23 @@ from dapt.tokenizer.compare import measure
 from dapt.tokenizer.extend import extend_base
 
 TOP_TOKENS_SHOWN = 20  # in the manifest; extension.json has all of them
+SUMMARY_KEYS = (  # of the extension's report, kept in the manifest
+    "selection",
+    "min_frequency",
+    "domain_tokenizer_vocab_size",
+    "candidates",
+    "added",
+    "added_ranked",
+    "added_intermediate",
+    "old_vocab_size",
+    "new_vocab_size",
+    "embedding_rows_before",
+    "embedding_rows_after",
+    "tied_embeddings",
+    "domain_documents",
+    "domain_tokens_before",
+    "domain_tokens_after",
+)
 
 
 def run(context: StageContext) -> dict[str, Any]:
@@ -68,36 +85,15 @@ def run(context: StageContext) -> dict[str, Any]:
     if domain is not None:
         context.log(
             f"{report['added']:,} tokens added (vocabulary {report['old_vocab_size']:,} → "
-            f"{report['new_vocab_size']:,}, "
-            f"{report['embedding_rows_after']:,} embedding rows); held-out domain tokens per word "
+            f"{report['new_vocab_size']:,}, {report['embedding_rows_after']:,} embedding rows); held-out domain "
+            "tokens per word "
             f"{domain['before']['tokens_per_word']:.3f} → {domain['after']['tokens_per_word']:.3f}"
         )
     ranked = [entry for entry in report["added_tokens"] if entry["role"] == "ranked"]
-    return (
-        {
-            key: report[key]
-            for key in (
-                "selection",
-                "min_frequency",
-                "domain_tokenizer_vocab_size",
-                "candidates",
-                "added",
-                "added_ranked",
-                "added_intermediate",
-                "old_vocab_size",
-                "new_vocab_size",
-                "embedding_rows_before",
-                "embedding_rows_after",
-                "tied_embeddings",
-                "domain_documents",
-                "domain_tokens_before",
-                "domain_tokens_after",
-            )
-        }
-        | {
-            "fertility": fertility,  # on held-out validation documents: "before" is the original tokenizer
-            "top_tokens": [entry["text"] or entry["token"] for entry in ranked[:TOP_TOKENS_SHOWN]],
-            "model_folder": "model",
-            "extension_file": "extension.json",
-        }
-    )
+    return {
+        **{key: report[key] for key in SUMMARY_KEYS},
+        "fertility": fertility,  # on held-out validation documents: "before" is the original tokenizer
+        "top_tokens": [entry["text"] or entry["token"] for entry in ranked[:TOP_TOKENS_SHOWN]],
+        "model_folder": "model",
+        "extension_file": "extension.json",
+    }

@@ -54,6 +54,8 @@ def hold_out(order: np.ndarray, lengths: list[int], budget: int) -> tuple[list[i
 def same_splits(splits_file: Path, ids: list[str]) -> dict[str, list[int]]:
     """The rows of `ids` in each split of another tokenization's `splits.parquet`, in that file's order."""
     row_of = {document_id: row for row, document_id in enumerate(ids)}
+    if len(row_of) != len(ids):
+        raise DataError(f"{splits_file}: the curated corpus repeats document ids, so splits cannot be matched by id")
     table = pq.read_table(splits_file, columns=["id", "split"])
     splits: dict[str, list[int]] = {}
     for document_id, split in zip(table.column("id").to_pylist(), table.column("split").to_pylist(), strict=True):
