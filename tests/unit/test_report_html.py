@@ -181,7 +181,14 @@ def hostile_report() -> dict:
             "test_bytes": {"domain": 400},
             "general_heldout_from": "replay",
             "tokenizer_missing_bytes": ["0x04"],
-            "vocabulary_extension": None,
+            "vocabulary_extension": {
+                "added": 2,
+                "old_vocab_size": 258,
+                "new_vocab_size": 260,
+                "embedding_rows_after": 320,
+                "heldout_fertility": {},
+                "top_tokens": ["<b>tok</b>", " x"],
+            },
         },
         "pretrain": {
             "steps": 4,
@@ -269,6 +276,7 @@ def test_names_from_data_are_escaped_never_markup():
     assert report["tasks"][0]["name"] in page.text("tasks") and report["tasks"][0]["name"] in page.text("lineage")
     assert "dropped: <img src=x onerror=alert(1)>" in page.text("data-funnel")
     assert "<b>docs</b>" in page.text("perplexity")
+    assert "<b>tok</b>" in page.text("perplexity")  # a token from the domain text, shown as text
 
 
 def test_a_run_without_general_text_still_renders_every_section():

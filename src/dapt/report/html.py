@@ -22,6 +22,8 @@ from dapt.report.build import (
     METRIC_LABELS,
     UNBOUNDED_METRICS,
     _change,
+    _extension_lines,
+    _missing_bytes_lines,
     _num,
     difference_text,
     render_markdown,
@@ -207,7 +209,7 @@ def _perplexity(report: dict[str, Any]) -> str:
             )
         )
     parts.append(
-        _table(["held-out text", "test tokens", "original base", "DAPT base", "change"], rows, numeric={1, 2, 3, 4})
+        _table(["held-out text", "test tokens", "original ppl", "DAPT ppl", "change"], rows, numeric={1, 2, 3, 4})
     )
     parts.append(
         _table(
@@ -235,6 +237,10 @@ def _perplexity(report: dict[str, Any]) -> str:
             else ", not the replay source.</p>"
         )
     )
+    # the same paragraphs as report.md: the vocabulary extension, a tokenizer that drops bytes
+    parts += [
+        f"<p>{_e(line.replace('`', ''))}</p>" for line in (*_extension_lines(base), *_missing_bytes_lines(base)) if line
+    ]
     return "\n".join(parts)
 
 

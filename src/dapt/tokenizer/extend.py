@@ -1,5 +1,7 @@
 """`dapt tokenizer extend`: add domain tokens to a base's tokenizer and model, ChipNeMo's way.
 
+The pipeline's `extend-vocab` stage (`vocab:` in the YAML) runs the same recipe on the curated domain text.
+
 The recipe (Liu et al. 2023, "ChipNeMo: Domain-Adapted LLMs for Chip Design"):
 
 1. train a BPE tokenizer on the domain corpus (with the base's own word splitting, so its tokens are units
