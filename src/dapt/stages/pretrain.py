@@ -165,7 +165,7 @@ def run(context: StageContext) -> dict[str, Any]:
     for partial_export in ("model", "adapter"):  # left by an attempt killed while exporting
         shutil.rmtree(context.out / partial_export, ignore_errors=True)
     if best_step == 0:
-        context.log("no step improved the domain validation loss: the DAPT base is the original base")
+        context.log("no step improved the domain validation loss: the DAPT base is the base it started from")
         link_or_copy_folder(base_folder, context.out / "model")
     elif config.method == "lora":
         best_folder = checkpointer.step_folder(best_step)
