@@ -127,3 +127,25 @@ def test_another_extension_size_reruns_the_extension_and_what_grows_from_it_only
         "evaluate-xml-subpackage-dapt",
     }
     assert read_artifact(run_dir / "extend-vocab").metrics["new_vocab_size"] == ORIGINAL_VOCAB + 32
+
+
+def test_a_base_whose_tokenizer_cannot_be_extended_stops_with_the_key_named(tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from dapt.config import BaseConfig, PresetConfig
+    from dapt.model.load import load_original_base, save_model_folder
+
+    words = {"<eos>": 0, "<unk>": 1, **{chr(c): 2 + i for i, c in enumerate(range(ord("a"), ord("z") + 1))}}
+    core = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    word_level = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>")
+    model, _, _ = load_original_base(BaseConfig(preset=PresetConfig()))
+    save_model_folder(model, word_level, tmp_path / "word-level")
+    overrides = ["--set", "base.preset=null", "--set", f"base.model={tmp_path / 'word-level'}", *EXTEND]
+    capsys.readouterr()
+    assert main(["extend-vocab", str(TINY), "--out", str(tmp_path / "run"), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "vocab (vocabulary extension): the base: its tokenizer is a WordLevel model" in err
+    assert "Traceback" not in err
+    assert read_artifact(tmp_path / "run" / "extend-vocab") is None  # nothing marked finished
