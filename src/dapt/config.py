@@ -406,7 +406,8 @@ class TaskConfig(Section):
         description=(
             "top_blocks (classification): train the classification head plus the last `top_blocks` decoder "
             "blocks (the rest frozen; their activations are computed once). full: train every weight. "
-            "lora (instruction): LoRA adapters (`lora:`), merged into the exported model."
+            "lora: LoRA adapters (`lora:`) on the decoder (for classification the head trains in full), merged "
+            "into the exported model; the adapters are kept in `adapter/`."
         ),
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -433,8 +434,6 @@ class TaskConfig(Section):
 
     @model_validator(mode="after")
     def _recipe_fits_type(self) -> TaskConfig:
-        if self.type == "classification" and self.recipe == "lora":
-            raise ValueError("recipe lora is for instruction tasks; classification uses top_blocks or full")
         if self.type != "classification" and self.recipe == "top_blocks":
             raise ValueError(f"recipe top_blocks is for classification; {self.type} tasks use full or lora")
         if self.start_from is not None and self.type != "preference":
