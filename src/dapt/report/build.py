@@ -21,6 +21,13 @@ from dapt.lineage import lineage, render_tree
 from dapt.pipeline import plan, run_suffix, task_runs
 
 BOOTSTRAP_SAMPLES = 2000
+ADAPTED_NOTE = (
+    "`{name}` was branched later with `dapt adapt` from the finished base `{base}` (and its original base, the "
+    "control): its test texts were not removed from that base's pretraining corpus."
+)
+STALE_NOTE = (
+    "Left out: {names}, branched with `dapt adapt` from a base that has been rebuilt since; run `dapt adapt` again."
+)
 
 
 def paired_bootstrap(control_correct: np.ndarray, dapt_correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -135,6 +142,22 @@ def _task_entry(task: TaskConfig, pipeline_seed: int, artifacts: dict[str, Artif
     return entry
 
 
+def _adapted_task_entries(config: PipelineConfig, run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Report entries of the tasks `dapt adapt` branched into this run folder (finished ones), and the stale ones."""
+    from dapt.adapt_command import adapted_tasks
+
+    found, stale = adapted_tasks(run_dir, config.seed)
+    entries = []
+    own = {task.name for task in config.tasks}
+    for task, record, task_artifacts in found:
+        if task.name in own or f"adapt-{task.name}-dapt" not in task_artifacts:
+            continue  # the pipeline's own task of that name wins; an unfinished branch is not reported
+        entry = _task_entry(task, config.seed, task_artifacts)
+        entry["adapted_from"] = record["dapt_base"]["path"]
+        entries.append(entry)
+    return entries, stale
+
+
 def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Artifact] | None = None) -> dict[str, Any]:
     """Assemble report.json and report.md from the run's manifests; returns the report's content."""
     if artifacts is None:
@@ -146,6 +169,7 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
         artifacts["evaluate-lm"].metrics,
     )
     curate, tokenize = artifacts["curate"].metrics, artifacts["tokenize"].metrics
+    adapted, stale = _adapted_task_entries(config, run_dir)
     report: dict[str, Any] = {
         "run": config.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -186,10 +210,12 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
             "sources": artifacts["ingest"].metrics["by_source"],
             "token_splits": tokenize["splits"],
         },
-        "tasks": [_task_entry(task, config.seed, artifacts) for task in config.tasks],
+        "tasks": [_task_entry(task, config.seed, artifacts) for task in config.tasks] + adapted,
         "lineage": lineage(run_dir),
         "timings": {name: a.manifest["timings"]["seconds"] for name, a in artifacts.items()},
     }
+    if stale:
+        report["stale_adapted_tasks"] = stale
     # the training loss per optimizer step, for report.html's loss curves (evaluation records have no "loss")
     metrics_file = artifacts["pretrain"].path / "metrics.jsonl"
     records = [json.loads(line) for line in metrics_file.read_text().splitlines()] if metrics_file.is_file() else []
@@ -327,6 +353,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             ]
         if task.get("missing_runs"):
             lines += ["", f"Not finished, left out: {', '.join(task['missing_runs'])}."]
+        if task.get("adapted_from"):
+            lines += ["", ADAPTED_NOTE.format(name=task["name"], base=task["adapted_from"])]
+    if report.get("stale_adapted_tasks"):
+        lines += ["", STALE_NOTE.format(names=", ".join(report["stale_adapted_tasks"]))]
     lines += [
         "",
         "## Data funnel",

@@ -17,7 +17,16 @@ from typing import Any
 
 from dapt.lineage import render_tree
 from dapt.report import plots
-from dapt.report.build import METRIC_LABELS, UNBOUNDED_METRICS, _change, _num, difference_text, render_markdown
+from dapt.report.build import (
+    ADAPTED_NOTE,
+    METRIC_LABELS,
+    STALE_NOTE,
+    UNBOUNDED_METRICS,
+    _change,
+    _num,
+    difference_text,
+    render_markdown,
+)
 
 VERDICT_HEADING = "## Did domain-adaptive pretraining pay off?"  # the section of report.md the verdict comes from
 
@@ -324,6 +333,13 @@ def _tasks(report: dict[str, Any]) -> str:
             parts.append(f"<h3>Data efficiency: {_e(task['name'])}</h3>")
             label = METRIC_LABELS[task.get("primary", "accuracy")]
             parts.append(_table(["share of training data", f"control {label}", f"DAPT {label}"], curve, numeric={1, 2}))
+    for task in tasks:
+        if task.get("adapted_from"):
+            parts.append(
+                f"<p>{_inline_markdown(ADAPTED_NOTE.format(name=task['name'], base=task['adapted_from']))}</p>"
+            )
+    if report.get("stale_adapted_tasks"):
+        parts.append(f"<p>{_inline_markdown(STALE_NOTE.format(names=', '.join(report['stale_adapted_tasks'])))}</p>")
     return "\n".join(parts)
 
 
