@@ -123,15 +123,18 @@ def _task_entry(task: TaskConfig, pipeline_seed: int, artifacts: dict[str, Artif
         entry["verdict"] = f"no clear difference: the {label} gap is within the 95% interval of chance on this test set"
     fractions = sorted({fraction for _, fraction in runs})
     if len(fractions) > 1:
-        curve = [
-            {
-                "fraction": fraction,
-                "control": summary(results[("control", fraction)])[primary],
-                "dapt": summary(results[("dapt", fraction)])[primary],
-            }
-            for fraction in fractions
-            if results.get(("control", fraction)) and results.get(("dapt", fraction))
-        ]
+        curve = []
+        for fraction in fractions:
+            if not (results.get(("control", fraction)) and results.get(("dapt", fraction))):
+                continue
+            point: dict[str, Any] = {"fraction": fraction}
+            for variant in ("control", "dapt"):
+                scores = summary(results[(variant, fraction)])
+                # the mean over seeds, its standard deviation (0 with one seed) and each seed's score
+                point[variant] = scores[primary]
+                point[f"{variant}_std"] = scores[f"{primary}_std"]
+                point[f"{variant}_runs"] = [e.metrics[primary] for e in results[(variant, fraction)]]
+            curve.append(point)
         entry["data_efficiency"] = curve
         target = entry["control"][primary]
         entry["dapt_matches_control_full_data_at"] = next(
@@ -250,6 +253,12 @@ def _seeds_note(task: dict[str, Any]) -> str:
     )
 
 
+def _with_spread(point: dict[str, Any], variant: str) -> str:
+    """A data-efficiency point's mean, with ± the seeds' standard deviation when there are several seeds."""
+    several = len(point.get(f"{variant}_runs", [])) > 1
+    return f"{point[variant]:.3f}" + (f" ± {point[f'{variant}_std']:.3f}" if several else "")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     base, pretrain, funnel = report["base"], report["pretrain"], report["data"]["funnel"]
     lines = [
@@ -348,7 +357,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "|---|---|---|",
             ]
             lines += [
-                f"| {point['fraction']:.0%} | {point['control']:.3f} | {point['dapt']:.3f} |"
+                f"| {point['fraction']:.0%} | {_with_spread(point, 'control')} | {_with_spread(point, 'dapt')} |"
                 for point in task["data_efficiency"]
             ]
         if task.get("missing_runs"):

@@ -24,6 +24,7 @@ from dapt.report.build import (
     UNBOUNDED_METRICS,
     _change,
     _num,
+    _with_spread,
     difference_text,
     render_markdown,
 )
@@ -327,11 +328,28 @@ def _tasks(report: dict[str, Any]) -> str:
     parts = [figure, _table(header, rows, numeric=set(range(2, 10))), note]
     for task in tasks:
         if "data_efficiency" in task:
+            primary = task.get("primary", "accuracy")
+            label = METRIC_LABELS[primary]
             curve = [
-                [f"{p['fraction']:.0%}", f"{p['control']:.3f}", f"{p['dapt']:.3f}"] for p in task["data_efficiency"]
+                [f"{p['fraction']:.0%}", _with_spread(p, "control"), _with_spread(p, "dapt")]
+                for p in task["data_efficiency"]
             ]
             parts.append(f"<h3>Data efficiency: {_e(task['name'])}</h3>")
-            label = METRIC_LABELS[task.get("primary", "accuracy")]
+            matched = task.get("dapt_matches_control_full_data_at")
+            parts.append(
+                _image(
+                    plots.data_efficiency(task["data_efficiency"], label, task["control"][primary], task["name"]),
+                    f"{label} by share of the training data, control and DAPT",
+                    f"{_e(label)} of each variant trained on a share of the training data (mean over seeds; the band "
+                    "is ± one standard deviation, dots are single seeds). The dashed line is the control's score "
+                    "with all the data: "
+                    + (
+                        f"the DAPT variant reaches it with {matched:.0%} of the data."
+                        if matched is not None
+                        else "the DAPT variant does not reach it with less data."
+                    ),
+                )
+            )
             parts.append(_table(["share of training data", f"control {label}", f"DAPT {label}"], curve, numeric={1, 2}))
     for task in tasks:
         if task.get("adapted_from"):
