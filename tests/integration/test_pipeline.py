@@ -51,6 +51,17 @@ def test_report_holds_the_headline_numbers(run_dir, capsys):
     assert task["name"] == "xml-subpackage"
     for variant in ("control", "dapt"):
         assert 0.0 <= task[variant]["accuracy"] <= 1.0 and 0.0 <= task[variant]["macro_f1"] <= 1.0
+        # per class and the confusion matrix, as the evaluation artifact holds them
+        evaluation = read_artifact(run_dir / f"evaluate-xml-subpackage-{variant}").metrics
+        assert task["per_class"][variant] == evaluation["per_class"] and set(evaluation["per_class"]) == set(
+            task["labels"]
+        )
+        matrix = task["confusion_matrix"][variant]
+        assert sum(map(sum, matrix)) == task["test_examples"]
+        assert sum(matrix[i][i] for i in range(len(matrix))) / task["test_examples"] == pytest.approx(
+            task[variant]["accuracy"]
+        )
+    assert "Confusion matrix, dapt" in (run_dir / "report.md").read_text()
     funnel = report["data"]["funnel"]
     assert funnel["documents_in"] == funnel["kept"] + sum(funnel["dropped_by_reason"].values())
     assert "## Did domain-adaptive pretraining pay off?" in (run_dir / "report.md").read_text()

@@ -160,6 +160,10 @@ def test_verdict_and_numbers_match_report_json(run_dir, page):
     half = task["data_efficiency"][0]
     assert half["fraction"] == 0.5 and len(half["dapt_runs"]) == 2
     assert f"{half['dapt']:.3f} ± {half['dapt_std']:.3f}" in page.text("tasks")
+    # per class: each class with its test examples, and both confusion matrices
+    assert "Per class: xml-subpackage" in page.text("tasks") and page.text("tasks").count("Confusion matrix") == 2
+    for label, scores in task["per_class"]["dapt"].items():
+        assert f"{label} {scores['support']} " in page.text("tasks")
     # report.json carries the per-step training loss the loss curves are drawn from
     curve = report["pretrain"]["train_curve"]
     assert len(curve["step"]) == len(curve["loss"]) == report["pretrain"]["steps"]

@@ -121,6 +121,13 @@ def _task_entry(task: TaskConfig, pipeline_seed: int, artifacts: dict[str, Artif
         entry["verdict"] = f"the DAPT base hurt: its variant's {label} is lower, beyond the 95% interval of chance"
     else:
         entry["verdict"] = f"no clear difference: the {label} gap is within the 95% interval of chance on this test set"
+    if task.type == "classification":
+        # per class and the confusion matrix, of the main run (the pipeline's seed, all the data) of each variant
+        main = {v: artifacts.get(f"evaluate-{task.name}-{v}") for v in ("control", "dapt")}
+        if all(e is not None and "per_class" in e.metrics for e in main.values()):
+            entry["per_class"] = {v: e.metrics["per_class"] for v, e in main.items()}
+            entry["confusion_matrix"] = {v: e.metrics["confusion_matrix"] for v, e in main.items()}
+            entry["labels"] = main["dapt"].metrics["labels"]
     fractions = sorted({fraction for _, fraction in runs})
     if len(fractions) > 1:
         curve = []
@@ -253,6 +260,18 @@ def _seeds_note(task: dict[str, Any]) -> str:
     )
 
 
+PER_CLASS_NOTE = "the main run of each variant: the pipeline's seed, all the training data; P precision, R recall"
+
+
+def per_class_rows(task: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(class, control's scores, DAPT's scores) for each class of a classification task, in label order."""
+    return [(label, task["per_class"]["control"][label], task["per_class"]["dapt"][label]) for label in task["labels"]]
+
+
+def _prf(scores: dict[str, Any]) -> str:
+    return f"{scores['precision']:.3f} / {scores['recall']:.3f} / {scores['f1']:.3f}"
+
+
 def _with_spread(point: dict[str, Any], variant: str) -> str:
     """A data-efficiency point's mean, with ± the seeds' standard deviation when there are several seeds."""
     several = len(point.get(f"{variant}_runs", [])) > 1
@@ -362,6 +381,17 @@ def render_markdown(report: dict[str, Any]) -> str:
             ]
         if task.get("missing_runs"):
             lines += ["", f"Not finished, left out: {', '.join(task['missing_runs'])}."]
+        if task.get("per_class"):
+            lines += ["", f"Per class, `{task['name']}` ({PER_CLASS_NOTE}):", ""]
+            lines += ["| class | test examples | control P / R / F1 | DAPT P / R / F1 |", "|---|---|---|---|"]
+            for label, control, dapt in per_class_rows(task):
+                lines.append(f"| {label} | {dapt['support']} | {_prf(control)} | {_prf(dapt)} |")
+            for variant in ("control", "dapt"):
+                lines += ["", f"Confusion matrix, {variant} (rows: true class, columns: predicted):", ""]
+                lines += ["| true ↓ predicted → | " + " | ".join(task["labels"]) + " |"]
+                lines += ["|---" * (len(task["labels"]) + 1) + "|"]
+                for label, row in zip(task["labels"], task["confusion_matrix"][variant], strict=True):
+                    lines.append(f"| {label} | " + " | ".join(str(n) for n in row) + " |")
         if task.get("adapted_from"):
             lines += ["", ADAPTED_NOTE.format(name=task["name"], base=task["adapted_from"])]
     if report.get("stale_adapted_tasks"):

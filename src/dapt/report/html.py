@@ -20,12 +20,14 @@ from dapt.report import plots
 from dapt.report.build import (
     ADAPTED_NOTE,
     METRIC_LABELS,
+    PER_CLASS_NOTE,
     STALE_NOTE,
     UNBOUNDED_METRICS,
     _change,
     _num,
     _with_spread,
     difference_text,
+    per_class_rows,
     render_markdown,
 )
 
@@ -351,6 +353,32 @@ def _tasks(report: dict[str, Any]) -> str:
                 )
             )
             parts.append(_table(["share of training data", f"control {label}", f"DAPT {label}"], curve, numeric={1, 2}))
+    for task in tasks:
+        if task.get("per_class"):
+            parts.append(f"<h3>Per class: {_e(task['name'])}</h3>")
+            parts.append(f"<p>{_e(PER_CLASS_NOTE[0].upper() + PER_CLASS_NOTE[1:])}.</p>")
+            rows = [
+                [_e(label), str(dapt["support"])]
+                + [f"{scores[k]:.3f}" for scores in (control, dapt) for k in ("precision", "recall", "f1")]
+                for label, control, dapt in per_class_rows(task)
+            ]
+            header = ["class", "test examples"] + [
+                f"{variant} {k}" for variant in ("control", "DAPT") for k in ("precision", "recall", "F1")
+            ]
+            parts.append(_table(header, rows, numeric=set(range(1, 8))))
+            for variant, title in (("control", "control"), ("dapt", "DAPT")):
+                matrix = task["confusion_matrix"][variant]
+                parts.append(f"<p>Confusion matrix, {title}: rows are the true class, columns the predicted one.</p>")
+                parts.append(
+                    _table(
+                        ["true ↓ predicted →", *(_e(label) for label in task["labels"])],
+                        [
+                            [_e(label), *(str(n) for n in row)]
+                            for label, row in zip(task["labels"], matrix, strict=True)
+                        ],
+                        numeric=set(range(1, len(task["labels"]) + 1)),
+                    )
+                )
     for task in tasks:
         if task.get("adapted_from"):
             parts.append(
