@@ -140,7 +140,8 @@ def variant_stages(task: dict[str, Any], pipeline_seed: int, bases: dict[str, st
 
     stages: list[StageSpec] = []
     # what the adapt stage needs; data, splits and TAPT belong to the stages before it
-    not_adapt = ("data", "test_fraction", "seeds", "data_fractions", "tapt_steps", "tapt_lr", "tapt_seq_len")
+    # (the judge belongs to the evaluation)
+    not_adapt = ("data", "test_fraction", "seeds", "data_fractions", "tapt_steps", "tapt_lr", "tapt_seq_len", "judge")
     task_config = {k: v for k, v in task.items() if k not in not_adapt}
     for seed, fraction in task_runs(task, pipeline_seed):
         for variant, base_stage in bases.items():
@@ -190,6 +191,8 @@ def variant_stages(task: dict[str, Any], pipeline_seed: int, bases: dict[str, st
                         "type": task["type"],
                         "max_new_tokens": task["max_new_tokens"],
                         "beta": task["beta"],
+                        # only when set, so that the ids of runs without a judge stay as they were
+                        **({"judge": task["judge"], "task_name": task["name"]} if task.get("judge") else {}),
                     },
                     {"task": f"task-{task['name']}", "model": adapted, "reference": base_stage},
                     summary="test-set metrics",

@@ -121,6 +121,16 @@ def _task_entry(task: TaskConfig, pipeline_seed: int, artifacts: dict[str, Artif
         entry["verdict"] = f"the DAPT base hurt: its variant's {label} is lower, beyond the 95% interval of chance"
     else:
         entry["verdict"] = f"no clear difference: the {label} gap is within the 95% interval of chance on this test set"
+    if task.type == "instruction":
+        # the optional LLM judge: its mean score per variant (over seeds), or None when no judge was used
+        judged = [e.metrics.get("judge") for variant in ("control", "dapt") for e in full[variant]]
+        entry["judge"] = None
+        if judged and all(judged):
+            entry["judge"] = {
+                "model": judged[0]["model"],
+                "url": judged[0]["url"],
+                **{v: float(np.mean([e.metrics["judge_score"] for e in full[v]])) for v in ("control", "dapt")},
+            }
     if task.type == "classification":
         # per class and the confusion matrix, of the main run (the pipeline's seed, all the data) of each variant
         main = {v: artifacts.get(f"evaluate-{task.name}-{v}") for v in ("control", "dapt")}
@@ -272,6 +282,19 @@ def _prf(scores: dict[str, Any]) -> str:
     return f"{scores['precision']:.3f} / {scores['recall']:.3f} / {scores['f1']:.3f}"
 
 
+def _judge_text(task: dict[str, Any]) -> str:
+    """What the report says about the LLM judge of an instruction task (nothing for other task types)."""
+    if task["type"] != "instruction":
+        return ""
+    judge = task.get("judge")
+    if not judge:
+        return " No LLM judge was used: these scores compare the answers' words with the reference answers."
+    return (
+        f" LLM judge `{judge['model']}` (ratings 1-5 against the reference, rescaled to 0-1): "
+        f"{judge['control']:.3f} (control) → {judge['dapt']:.3f} (DAPT)."
+    )
+
+
 def _with_spread(point: dict[str, Any], variant: str) -> str:
     """A data-efficiency point's mean, with ± the seeds' standard deviation when there are several seeds."""
     several = len(point.get(f"{variant}_runs", [])) > 1
@@ -296,7 +319,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{task['dapt'][p]:.3f} (DAPT base), {d[p] * 100:+.1f} points "
             f"(95% bootstrap interval {low * 100:+.1f} to {high * 100:+.1f}); {METRIC_LABELS[q]} "
             f"{task['control'][q]:.3f} → {task['dapt'][q]:.3f}{_seeds_note(task)}. "
-            f"Verdict: {task['verdict']}."
+            f"Verdict: {task['verdict']}.{_judge_text(task)}"
         )
         if "data_efficiency" in task:
             matched = task["dapt_matches_control_full_data_at"]
