@@ -193,6 +193,23 @@ def build_parser() -> argparse.ArgumentParser:
                 type=Path,
                 help="with --base: a YAML of one task (the keys of a `tasks:` entry) or `tasks: [...]`",
             )
+        elif stage == "evaluate":  # also `dapt evaluate --harness TASKS --model FOLDER`: lm-evaluation-harness
+            command.description = (
+                "Two uses. `dapt evaluate PIPELINE.yaml`: run the pipeline's evaluations (and the stages they need). "
+                "`dapt evaluate --harness TASKS --model FOLDER`: EleutherAI's lm-evaluation-harness (pip install "
+                "'dapt-lm[harness]') on a model folder or dapt artifact; the results go to a harness-<name> artifact "
+                "next to an artifact, or lm_eval_results.json in a plain model folder, or --out FILE."
+            )
+            command.add_argument("pipeline", type=Path, nargs="?", help="the pipeline YAML (without --harness)")
+            command.add_argument("--harness", metavar="TASKS", help="lm-eval task names, comma-separated")
+            command.add_argument("--model", type=Path, help="with --harness: a HF model folder or a dapt artifact")
+            command.add_argument("--include-path", type=Path, help="with --harness: a folder of your own task YAMLs")
+            command.add_argument("--num-fewshot", type=int, help="with --harness: few-shot examples per prompt")
+            command.add_argument(
+                "--limit", type=float, help="with --harness: examples per task (a share if below 1), for a quick look"
+            )
+            command.add_argument("--batch-size", type=int, default=8, help="with --harness: batch size (default 8)")
+            command.add_argument("--device", help="with --harness: cpu, cuda, cuda:1, ... (default: cuda if present)")
         else:
             command.add_argument("pipeline", type=Path, help="the pipeline YAML")
         _add_run_options(command)
@@ -341,6 +358,25 @@ def main(argv: list[str] | None = None) -> int:
                     "dapt adapt: give a pipeline YAML, or --base ARTIFACT --task TASK.yaml (then no pipeline, no --set)"
                 )
             return run_adapt(args.base, args.task, args.out)
+        if args.command == "evaluate" and (args.harness or args.model or args.pipeline is None):
+            from dapt.errors import ConfigError
+            from dapt.eval.harness import run_harness
+
+            if not (args.harness and args.model) or args.pipeline is not None or args.overrides:
+                raise ConfigError(
+                    "dapt evaluate: give a pipeline YAML, or --harness TASKS --model FOLDER (then no pipeline or --set)"
+                )
+            run_harness(
+                args.harness,
+                args.model,
+                include_path=args.include_path,
+                num_fewshot=args.num_fewshot,
+                limit=args.limit,
+                batch_size=args.batch_size,
+                device=args.device,
+                out=args.out,
+            )
+            return 0
         if args.command in STAGES:
             return _run(args.pipeline, args.out, args.overrides, args.command)
         if args.command == "report":
