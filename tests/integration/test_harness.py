@@ -101,3 +101,7 @@ def test_harness_errors_name_the_task_and_the_model(tmp_path, local_task, capsys
     assert "unknown lm-eval task(s) dapt_no_such_task_xyz" in capsys.readouterr().err
     assert main(["evaluate", "--harness", "dapt_words", "--model", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
+    config = tmp_path / "plain" / "config.json"
+    config.write_text(config.read_text().replace("LlamaForCausalLM", "LlamaForSequenceClassification"))
+    assert main([*args, "--harness", "dapt_words"]) == 2
+    assert "a classifier (LlamaForSequenceClassification)" in capsys.readouterr().err

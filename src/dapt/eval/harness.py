@@ -78,6 +78,13 @@ def run_harness(
     from dapt.pipeline import say, verify_models_unchanged
 
     folder, artifact = _model_location(model)
+    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    if any(name.endswith(("ForSequenceClassification", "ForTokenClassification")) for name in architectures):
+        raise ConfigError(
+            f"--model {model}: a classifier ({architectures[0]}); the harness evaluates language models — give a "
+            "base (e.g. runs/<name>/pretrain) or an instruction variant, and score classifiers with `dapt evaluate "
+            "PIPELINE.yaml`"
+        )
     if artifact is not None:
         verify_models_unchanged({"model": artifact})  # a finished model is evaluated as it was written
     task_names = [name.strip() for name in tasks.split(",") if name.strip()]
