@@ -184,6 +184,41 @@ def build_parser() -> argparse.ArgumentParser:
             from dapt.curate_command import add_arguments
 
             add_arguments(command)
+        elif stage == "adapt":  # also `dapt adapt --base ARTIFACT --task TASK.yaml`: a new task on a finished base
+            command.description = (
+                "Two uses. `dapt adapt PIPELINE.yaml`: run the pipeline's adapt stages (and the stages they need). "
+                "`dapt adapt --base ARTIFACT --task TASK.yaml [--out RUN_DIR]`: branch a finished DAPT base (e.g. "
+                "runs/x/pretrain) into a new task without touching it — its files are hashed again first — with the "
+                "control from the original base its manifest names; the variants and evaluations land in RUN_DIR "
+                "(default: the base's run folder) and appear in its lineage and report."
+            )
+            command.add_argument("pipeline", type=Path, nargs="?", help="the pipeline YAML (without --base)")
+            command.add_argument(
+                "--base",
+                help="a finished DAPT base: its artifact folder, its run folder (uses its pretrain), or its id",
+            )
+            command.add_argument(
+                "--task",
+                type=Path,
+                help="with --base: a YAML of one task (the keys of a `tasks:` entry) or `tasks: [...]`",
+            )
+        elif stage == "evaluate":  # also `dapt evaluate --harness TASKS --model FOLDER`: lm-evaluation-harness
+            command.description = (
+                "Two uses. `dapt evaluate PIPELINE.yaml`: run the pipeline's evaluations (and the stages they need). "
+                "`dapt evaluate --harness TASKS --model FOLDER`: EleutherAI's lm-evaluation-harness (pip install "
+                "'dapt-lm[harness]') on a model folder or dapt artifact; the results go to a harness-<name> artifact "
+                "next to an artifact, or lm_eval_results.json in a plain model folder, or --out FILE."
+            )
+            command.add_argument("pipeline", type=Path, nargs="?", help="the pipeline YAML (without --harness)")
+            command.add_argument("--harness", metavar="TASKS", help="lm-eval task names, comma-separated")
+            command.add_argument("--model", type=Path, help="with --harness: a HF model folder or a dapt artifact")
+            command.add_argument("--include-path", type=Path, help="with --harness: a folder of your own task YAMLs")
+            command.add_argument("--num-fewshot", type=int, help="with --harness: few-shot examples per prompt")
+            command.add_argument(
+                "--limit", type=float, help="with --harness: examples per task (a share if below 1), for a quick look"
+            )
+            command.add_argument("--batch-size", type=int, default=8, help="with --harness: batch size (default 8)")
+            command.add_argument("--device", help="with --harness: cpu, cuda, cuda:1, ... (default: cuda if present)")
         else:
             command.add_argument("pipeline", type=Path, help="the pipeline YAML")
         _add_run_options(command)
@@ -284,15 +319,21 @@ def print_headline(report: dict, run_dir: Path) -> None:
 
 
 def _rebuild_report(run_dir: Path) -> int:
+    from dapt.adapt_command import adapted_sources, run_stages_found
     from dapt.config import load_config
     from dapt.errors import ConfigError
     from dapt.report.build import build_report
 
-    if not (run_dir / "pipeline.yaml").is_file():
+    artifacts = None
+    if (run_dir / "pipeline.yaml").is_file():
+        config = load_config(run_dir / "pipeline.yaml")
+    elif (source := adapted_sources(run_dir)) is not None:  # tasks `dapt adapt` branched from another run's base
+        config = load_config(source / "pipeline.yaml")
+        artifacts = run_stages_found(config, source)
+    else:
         raise ConfigError(f"{run_dir}: no pipeline.yaml here; is it a run folder written by `dapt run` or `dapt demo`?")
-    config = load_config(run_dir / "pipeline.yaml")
     try:
-        report = build_report(config, run_dir)
+        report = build_report(config, run_dir, artifacts)
     except KeyError as missing:
         raise ConfigError(f"{run_dir}: stage {missing} has not finished; run the pipeline first") from None
     print_headline(report, run_dir)
@@ -324,6 +365,34 @@ def main(argv: list[str] | None = None) -> int:
             args.pipeline = pipeline_path(args)
             if args.pipeline is None:
                 return run_from_args(args)
+        if args.command == "adapt" and (args.base or args.task or args.pipeline is None):
+            from dapt.adapt_command import run_adapt
+            from dapt.errors import ConfigError
+
+            if not (args.base and args.task) or args.pipeline is not None or args.overrides:
+                raise ConfigError(
+                    "dapt adapt: give a pipeline YAML, or --base ARTIFACT --task TASK.yaml (then no pipeline, no --set)"
+                )
+            return run_adapt(args.base, args.task, args.out)
+        if args.command == "evaluate" and (args.harness or args.model or args.pipeline is None):
+            from dapt.errors import ConfigError
+            from dapt.eval.harness import run_harness
+
+            if not (args.harness and args.model) or args.pipeline is not None or args.overrides:
+                raise ConfigError(
+                    "dapt evaluate: give a pipeline YAML, or --harness TASKS --model FOLDER (then no pipeline or --set)"
+                )
+            run_harness(
+                args.harness,
+                args.model,
+                include_path=args.include_path,
+                num_fewshot=args.num_fewshot,
+                limit=args.limit,
+                batch_size=args.batch_size,
+                device=args.device,
+                out=args.out,
+            )
+            return 0
         if args.command in STAGES:
             return _run(args.pipeline, args.out, args.overrides, args.command)
         if args.command == "report":

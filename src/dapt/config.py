@@ -425,6 +425,23 @@ class TaskDataConfig(Section):
         return self
 
 
+class JudgeConfig(Section):
+    """An LLM judge for an instruction task's answers: any OpenAI-compatible chat-completions endpoint (a local
+    vLLM / llama.cpp / Ollama server, or a hosted API). Each greedy answer is rated 1-5 against the reference on
+    the rubric in `dapt.eval.judge`; the variant's `judge_score` is the mean rating rescaled to [0, 1]."""
+
+    url: str = Field(
+        description="The API base (e.g. http://127.0.0.1:8000/v1; /chat/completions is added) or the full "
+        "chat-completions URL."
+    )
+    model: str = Field(description="The judge model's name, as the endpoint knows it.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the API key (sent as a Bearer token); None: no key."
+    )
+    timeout_seconds: float = Field(60.0, gt=0, description="Seconds to wait for each of the judge's replies.")
+    max_tokens: int = Field(8, gt=0, description="Tokens the judge may reply with (the rating is one digit).")
+
+
 class TaskConfig(Section):
     """A downstream task. Each is adapted twice: from the DAPT base and from the original base (the control)."""
 
@@ -455,11 +472,17 @@ class TaskConfig(Section):
         description=(
             "top_blocks (classification): train the classification head plus the last `top_blocks` decoder "
             "blocks (the rest frozen; their activations are computed once). full: train every weight. "
-            "lora (instruction): LoRA adapters (`lora:`), merged into the exported model."
+            "lora: LoRA adapters (`lora:`) on the decoder (for classification the head trains in full), merged "
+            "into the exported model; the adapters are kept in `adapter/`."
         ),
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     max_new_tokens: int = Field(48, gt=0, description="instruction: tokens generated per test prompt (greedy).")
+    judge: JudgeConfig | None = Field(
+        None,
+        description="instruction: an LLM judge that rates each answer against the reference (None: no judge; "
+        "the word-overlap metrics only, and the report says so).",
+    )
     top_blocks: int = Field(2, ge=0, description="top_blocks recipe: how many final decoder blocks to train.")
     max_length: int = Field(64, gt=0, description="Tokens per example (longer texts are truncated).")
     epochs: int = Field(4, gt=0, description="Passes over the training examples.")
@@ -482,10 +505,10 @@ class TaskConfig(Section):
 
     @model_validator(mode="after")
     def _recipe_fits_type(self) -> TaskConfig:
-        if self.type == "classification" and self.recipe == "lora":
-            raise ValueError("recipe lora is for instruction tasks; classification uses top_blocks or full")
         if self.type != "classification" and self.recipe == "top_blocks":
             raise ValueError(f"recipe top_blocks is for classification; {self.type} tasks use full or lora")
+        if self.judge is not None and self.type != "instruction":
+            raise ValueError("judge is for instruction tasks (it rates generated answers against references)")
         if self.start_from is not None and self.type != "preference":
             raise ValueError("start_from is for preference tasks (DPO after an instruction task)")
         if self.type == "classification" and self.data.kind == "python_docstrings" and len(self.data.classes) < 2:

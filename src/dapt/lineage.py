@@ -20,11 +20,17 @@ HEADLINE_METRICS = ("accuracy", "macro_f1", "rouge_l", "token_f1", "preference_a
 
 
 def read_run(run_dir: Path) -> list[Artifact]:
-    """Every finished artifact in the run folder, in folder-name order."""
+    """Every finished artifact in the run folder, in folder-name order (after the bases its adapted tasks came
+    from, when those live in another run folder)."""
     if not run_dir.is_dir():
         raise ConfigError(f"run folder {str(run_dir)!r} not found (looked in {run_dir.resolve()})")
+    from dapt.adapt_command import external_models
+
     found = [read_artifact(folder) for folder in sorted(run_dir.iterdir()) if folder.is_dir()]
-    return [artifact for artifact in found if artifact is not None]
+    artifacts = [artifact for artifact in found if artifact is not None]
+    ids = {artifact.id for artifact in artifacts}
+    # bases in another run folder that `dapt adapt` branched this folder's tasks from
+    return [a for a in external_models(run_dir) if a.id not in ids] + artifacts
 
 
 def _describe(artifact: Artifact, evaluations: dict[str, Artifact], by_id: dict[str, Artifact]) -> str:

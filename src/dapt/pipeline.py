@@ -61,25 +61,13 @@ class StageSpec:
 
 def plan(config: PipelineConfig) -> list[StageSpec]:
     """The stages of a pipeline, in dependency order."""
-    from dapt.stages import adapt, base, curate, evaluate, extend_vocab, ingest, pretrain, tapt, tasks, tokenize
+    from dapt.stages import base, curate, evaluate, extend_vocab, ingest, pretrain, tokenize
 
     dump = config.model_dump(mode="json")
     stages = [
         StageSpec("ingest", "ingest", ingest.run, {"sources": dump["sources"]}, summary="read the text sources"),
     ]
-    for task in dump["tasks"]:
-        stages.append(
-            StageSpec(
-                f"task-{task['name']}",
-                "task",
-                tasks.run,
-                {
-                    "task": {k: task[k] for k in ("name", "type", "data", "test_fraction")},
-                    "seed": config.seed,
-                },
-                summary="labelled train/test examples",
-            )
-        )
+    stages += [task_data_stage(task, config.seed) for task in dump["tasks"]]
     task_inputs = {f"task:{t['name']}": f"task-{t['name']}" for t in dump["tasks"]}
     stages += [
         StageSpec(
@@ -152,62 +140,90 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
         ),
     ]
     for task in dump["tasks"]:
-        # what the adapt stage needs; data, splits and TAPT belong to the stages before it
-        not_adapt = ("data", "test_fraction", "seeds", "data_fractions", "tapt_steps", "tapt_lr", "tapt_seq_len")
-        task_config = {k: v for k, v in task.items() if k not in not_adapt}
-        for seed, fraction in task_runs(task, config.seed):
-            for variant, base_stage in (("control", "base"), ("dapt", "pretrain")):
-                if task.get("start_from"):  # DPO after SFT: start from (and compare with) that task's variant
-                    base_stage = f"adapt-{task['start_from']}-{variant}"
-                if task.get("tapt_steps"):  # task-adaptive pretraining first, for both variants alike
-                    tapt_stage = f"tapt-{task['name']}-{variant}"
-                    if tapt_stage not in {stage.name for stage in stages}:
-                        stages.append(
-                            StageSpec(
-                                tapt_stage,
-                                "tapt",
-                                tapt.run,
-                                {
-                                    "tapt": {
-                                        "steps": task["tapt_steps"],
-                                        "lr": task["tapt_lr"],
-                                        "seq_len": task["tapt_seq_len"],
-                                        "micro_batch_size": 4,
-                                    },
-                                    "seed": config.seed,
+        stages += variant_stages(task, config.seed, {"control": "base", "dapt": "pretrain"})
+    return stages
+
+
+def task_data_stage(task: dict[str, Any], pipeline_seed: int) -> StageSpec:
+    """The stage that reads a task's examples and splits them into train and test."""
+    from dapt.stages import tasks
+
+    return StageSpec(
+        f"task-{task['name']}",
+        "task",
+        tasks.run,
+        {"task": {k: task[k] for k in ("name", "type", "data", "test_fraction")}, "seed": pipeline_seed},
+        summary="labelled train/test examples",
+    )
+
+
+def variant_stages(task: dict[str, Any], pipeline_seed: int, bases: dict[str, str]) -> list[StageSpec]:
+    """A task's variants and their evaluations, per seed and data fraction, with TAPT first when asked.
+
+    `bases` names the stage (or given artifact) each variant starts from: {"control": ..., "dapt": ...}.
+    """
+    from dapt.stages import adapt, evaluate, tapt
+
+    stages: list[StageSpec] = []
+    # what the adapt stage needs; data, splits and TAPT belong to the stages before it
+    # (the judge belongs to the evaluation)
+    not_adapt = ("data", "test_fraction", "seeds", "data_fractions", "tapt_steps", "tapt_lr", "tapt_seq_len", "judge")
+    task_config = {k: v for k, v in task.items() if k not in not_adapt}
+    for seed, fraction in task_runs(task, pipeline_seed):
+        for variant, base_stage in bases.items():
+            if task.get("start_from"):  # DPO after SFT: start from (and compare with) that task's variant
+                base_stage = f"adapt-{task['start_from']}-{variant}"
+            if task.get("tapt_steps"):  # task-adaptive pretraining first, for both variants alike
+                tapt_stage = f"tapt-{task['name']}-{variant}"
+                if tapt_stage not in {stage.name for stage in stages}:
+                    stages.append(
+                        StageSpec(
+                            tapt_stage,
+                            "tapt",
+                            tapt.run,
+                            {
+                                "tapt": {
+                                    "steps": task["tapt_steps"],
+                                    "lr": task["tapt_lr"],
+                                    "seq_len": task["tapt_seq_len"],
+                                    "micro_batch_size": 4,
                                 },
-                                {"task": f"task-{task['name']}", "base": base_stage},
-                                summary="task-adaptive pretraining on the task's training text",
-                            )
+                                "seed": pipeline_seed,
+                            },
+                            {"task": f"task-{task['name']}", "base": base_stage},
+                            summary="task-adaptive pretraining on the task's training text",
                         )
-                    base_stage = tapt_stage
-                adapted = f"adapt-{task['name']}-{variant}{run_suffix(seed, fraction, config.seed)}"
-                stages.append(
-                    StageSpec(
-                        adapted,
-                        "adapt",
-                        adapt.run,
-                        {"task": task_config, "variant": variant, "seed": seed, "data_fraction": fraction},
-                        {"task": f"task-{task['name']}", "base": base_stage},
-                        summary=f"{task['type']} variant from the {'original' if variant == 'control' else 'DAPT'} "
-                        f"base (seed {seed}, {fraction:.0%} of the training data)",
                     )
+                base_stage = tapt_stage
+            adapted = f"adapt-{task['name']}-{variant}{run_suffix(seed, fraction, pipeline_seed)}"
+            stages.append(
+                StageSpec(
+                    adapted,
+                    "adapt",
+                    adapt.run,
+                    {"task": task_config, "variant": variant, "seed": seed, "data_fraction": fraction},
+                    {"task": f"task-{task['name']}", "base": base_stage},
+                    summary=f"{task['type']} variant from the {'original' if variant == 'control' else 'DAPT'} "
+                    f"base (seed {seed}, {fraction:.0%} of the training data)",
                 )
-                stages.append(
-                    StageSpec(
-                        adapted.replace("adapt-", "evaluate-", 1),
-                        "evaluate_task",
-                        evaluate.run_task,
-                        {
-                            "max_length": task["max_length"],
-                            "type": task["type"],
-                            "max_new_tokens": task["max_new_tokens"],
-                            "beta": task["beta"],
-                        },
-                        {"task": f"task-{task['name']}", "model": adapted, "reference": base_stage},
-                        summary="test-set metrics",
-                    )
+            )
+            stages.append(
+                StageSpec(
+                    adapted.replace("adapt-", "evaluate-", 1),
+                    "evaluate_task",
+                    evaluate.run_task,
+                    {
+                        "max_length": task["max_length"],
+                        "type": task["type"],
+                        "max_new_tokens": task["max_new_tokens"],
+                        "beta": task["beta"],
+                        # only when set, so that the ids of runs without a judge stay as they were
+                        **({"judge": task["judge"], "task_name": task["name"]} if task.get("judge") else {}),
+                    },
+                    {"task": f"task-{task['name']}", "model": adapted, "reference": base_stage},
+                    summary="test-set metrics",
                 )
+            )
     return stages
 
 
@@ -244,10 +260,15 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, *, until: str | None = N
     return run_stages(stages, config, run_dir)
 
 
-def run_stages(stages: list[StageSpec], config: PipelineConfig, run_dir: Path) -> dict[str, Artifact]:
-    """Run planned stages in order; a stage whose artifact is finished and current is skipped."""
+def run_stages(
+    stages: list[StageSpec], config: PipelineConfig, run_dir: Path, given: dict[str, Artifact] | None = None
+) -> dict[str, Artifact]:
+    """Run planned stages in order; a stage whose artifact is finished and current is skipped.
+
+    `given`: finished artifacts from elsewhere (e.g. the bases `dapt adapt` branches from) that stages may name
+    as inputs; like any input, their files are hashed again before a stage builds on them."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    artifacts: dict[str, Artifact] = {}
+    artifacts: dict[str, Artifact] = dict(given or {})
     say(f"dapt: run {config.name!r} in {run_dir} ({len(stages)} stages)")
     for number, spec in enumerate(stages, start=1):
         inputs = {role: artifacts[source] for role, source in spec.inputs.items()}

@@ -43,6 +43,27 @@ def test_instruction_task_trains_on_responses_and_reports_text_metrics(sft_run):
     assert json.loads((tmp_path / "curate" / "manifest.json").read_text())["metrics"]["decontaminated_by_task"]
 
 
+def test_without_a_judge_the_report_says_so_and_with_one_each_answer_is_rated(sft_run, capsys):
+    from conftest import FakeJudge, overlap_rating  # tests/conftest.py
+
+    (task,) = json.loads((sft_run / "report.json").read_text())["tasks"]
+    assert task["judge"] is None and "No LLM judge was used" in (sft_run / "report.md").read_text()
+    with FakeJudge(overlap_rating) as server:
+        judge = f"tasks.0.judge={{url: '{server.url}', model: tiny-judge}}"
+        capsys.readouterr()
+        assert main(["run", str(TINY), "--out", str(sft_run), "--set", SFT_TASK, "--set", judge]) == 0
+    err = capsys.readouterr().err
+    assert "adapt-xml-qa-dapt: cached" in err and "evaluate-xml-qa-dapt: running" in err  # only evaluation re-runs
+    predictions = pq.read_table(sft_run / "evaluate-xml-qa-dapt" / "predictions.parquet").to_pylist()
+    assert len(server.requests) == 2 * len(predictions)  # every answer of both variants, once
+    expected = [5 if p["generated"] == p["reference"] else 2 for p in predictions]
+    assert [p["judge_rating"] for p in predictions] == expected
+    (task,) = json.loads((sft_run / "report.json").read_text())["tasks"]
+    assert task["judge"]["model"] == "tiny-judge"
+    assert task["judge"]["dapt"] == pytest.approx(sum((r - 1) / 4 for r in expected) / len(expected))
+    assert "LLM judge `tiny-judge`" in (sft_run / "report.md").read_text()
+
+
 def test_generate_answers_from_a_variant_and_names_a_missing_model(sft_run, tmp_path, capsys):
     capsys.readouterr()
     variant = sft_run / "adapt-xml-qa-dapt"

@@ -51,6 +51,17 @@ def test_report_holds_the_headline_numbers(run_dir, capsys):
     assert task["name"] == "xml-subpackage"
     for variant in ("control", "dapt"):
         assert 0.0 <= task[variant]["accuracy"] <= 1.0 and 0.0 <= task[variant]["macro_f1"] <= 1.0
+        # per class and the confusion matrix, as the evaluation artifact holds them
+        evaluation = read_artifact(run_dir / f"evaluate-xml-subpackage-{variant}").metrics
+        assert task["per_class"][variant] == evaluation["per_class"] and set(evaluation["per_class"]) == set(
+            task["labels"]
+        )
+        matrix = task["confusion_matrix"][variant]
+        assert sum(map(sum, matrix)) == task["test_examples"]
+        assert sum(matrix[i][i] for i in range(len(matrix))) / task["test_examples"] == pytest.approx(
+            task[variant]["accuracy"]
+        )
+    assert "Confusion matrix, dapt" in (run_dir / "report.md").read_text()
     funnel = report["data"]["funnel"]
     assert funnel["documents_in"] == funnel["kept"] + sum(funnel["dropped_by_reason"].values())
     assert "## Did domain-adaptive pretraining pay off?" in (run_dir / "report.md").read_text()
@@ -201,3 +212,77 @@ def test_a_finished_base_that_was_modified_is_refused_on_reuse(tmp_path, capsys)
     assert main(["run", str(TINY), "--out", str(tmp_path), "--set", "tasks.0.epochs=1"]) == 2
     err = capsys.readouterr().err
     assert "finished artifact 'base' changed" in err and "Traceback" not in err
+
+
+def test_adapt_branches_a_finished_base_into_a_new_task_without_touching_it(run_dir, tmp_path, capsys):
+    source = tmp_path / "run"
+    shutil.copytree(run_dir, source)
+    before = {name: read_artifact(source / name).content_hash for name in ("base", "pretrain")}
+    files_before = sorted(p.name for p in (source / "pretrain").rglob("*"))
+    examples = [
+        {"text": f"{kind} number {i} of the {kind} family", "label": kind} for i in range(20) for kind in ("ab", "cd")
+    ]
+    (tmp_path / "new.jsonl").write_text("\n".join(json.dumps(e) for e in examples) + "\n")
+    task_file = tmp_path / "task.yaml"
+    task_file.write_text(
+        "name: families\nrecipe: lora\nlora: {r: 4, alpha: 8}\nepochs: 1\nbatch_size: 8\nlr: 1.0e-3\n"
+        "max_length: 16\ndata: {kind: files, train: new.jsonl}\n"
+    )
+    capsys.readouterr()
+    assert main(["adapt", "--base", str(source / "pretrain"), "--task", str(task_file)]) == 0
+    err = capsys.readouterr().err
+    assert "adapt-families-dapt: running" in err and "pretrain: running" not in err
+    # the base is only read: same files, same hash
+    assert sorted(p.name for p in (source / "pretrain").rglob("*")) == files_before
+    assert {name: read_artifact(source / name).content_hash for name in ("base", "pretrain")} == before
+    for variant, parent in (("control", "base"), ("dapt", "pretrain")):
+        adapted = read_artifact(source / f"adapt-families-{variant}")
+        assert adapted.manifest["inputs"]["base"]["id"] == read_artifact(source / parent).id
+        assert adapted.metrics["recipe"] == "lora" and (source / f"adapt-families-{variant}" / "adapter").is_dir()
+        assert read_artifact(source / f"evaluate-families-{variant}").metrics["examples"] > 0
+    # the lineage and the report of the run folder show the new task next to the pipeline's own
+    assert main(["lineage", str(source), "--json"]) == 0
+    (root,) = json.loads(capsys.readouterr().out)
+    children = {child["name"]: child for child in root["children"]}
+    assert "adapt-families-control" in children
+    assert {"adapt-xml-subpackage-dapt", "adapt-families-dapt"} <= {v["name"] for v in children["pretrain"]["children"]}
+    assert main(["report", str(source)]) == 0
+    tasks = {t["name"]: t for t in json.loads((source / "report.json").read_text())["tasks"]}
+    assert set(tasks) == {"xml-subpackage", "families"} and tasks["families"]["adapted_from"].endswith("pretrain")
+    assert "branched later with `dapt adapt`" in (source / "report.md").read_text()
+    assert "families" in (source / "report.html").read_text()
+
+    # into a new folder: the bases stay where they are; lineage and report of that folder reach them
+    other = tmp_path / "other"
+    assert main(["adapt", "--base", str(source), "--task", str(task_file), "--out", str(other)]) == 0
+    assert not (other / "pretrain").exists() and read_artifact(other / "adapt-families-dapt") is not None
+    capsys.readouterr()
+    assert main(["lineage", str(other), "--json"]) == 0
+    (root,) = json.loads(capsys.readouterr().out)
+    assert root["name"] == "base" and [c["name"] for c in root["children"]] == ["pretrain", "adapt-families-control"]
+    assert [c["name"] for c in root["children"][0]["children"]] == ["adapt-families-dapt"]
+    assert main(["report", str(other)]) == 0
+    assert [t["name"] for t in json.loads((other / "report.json").read_text())["tasks"]] == [
+        "xml-subpackage",
+        "families",
+    ]
+
+    # a base rebuilt since the branch (here: its recorded id no longer matches): the task is left out, and said so
+    record = json.loads((source / "adapted.json").read_text())
+    record["adapted"][0]["dapt_base"]["id"] = "0" * 16
+    (source / "adapted.json").write_text(json.dumps(record))
+    assert main(["report", str(source)]) == 0
+    report = json.loads((source / "report.json").read_text())
+    assert [t["name"] for t in report["tasks"]] == ["xml-subpackage"] and report["stale_adapted_tasks"] == ["families"]
+    assert "Left out: families" in (source / "report.md").read_text()
+
+    # a modified base is refused before anything is built on it
+    config = source / "pretrain" / "model" / "config.json"
+    config.write_text(config.read_text().replace('"hidden_act"', '"hidden_act" ', 1))
+    task_file.write_text(task_file.read_text().replace("epochs: 1", "epochs: 2"))
+    capsys.readouterr()
+    assert main(["adapt", "--base", str(source / "pretrain"), "--task", str(task_file)]) == 2
+    assert "finished artifact 'pretrain' changed" in capsys.readouterr().err
+    # an original base is not an adapted base
+    assert main(["adapt", "--base", str(source / "base"), "--task", str(task_file)]) == 2
+    assert "give an adapted base" in capsys.readouterr().err

@@ -86,7 +86,14 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-html") / "run"
     # the tiny pipeline, made smaller still (4 steps with evaluations at 0, 2, 4; one classifier epoch):
     # this file is about the page, not the training
-    shrink = ["pretrain.max_steps=4", "pretrain.eval_every=2", "tasks.0.epochs=1"]
+    # two seeds on half and all of the data: the data-efficiency plot with the seeds' spread
+    shrink = [
+        "pretrain.max_steps=4",
+        "pretrain.eval_every=2",
+        "tasks.0.epochs=1",
+        "tasks.0.seeds=[0, 1]",
+        "tasks.0.data_fractions=[0.5, 1.0]",
+    ]
     assert main(["run", str(TINY), "--out", str(out), *(a for o in shrink for a in ("--set", o))]) == 0
     return out
 
@@ -112,8 +119,9 @@ def test_every_section_is_there_with_its_heading(page):
 
 @pytest.mark.integration
 def test_every_image_is_an_embedded_png_with_something_drawn(page):
-    # loss curves, perplexity, data funnel, task differences
-    assert len(page.images) == 4
+    # loss curves, perplexity, data funnel, task differences, data efficiency
+    assert len(page.images) == 5
+    assert "by share of the training data" in page.images[4]["alt"]
     for image in page.images:
         png = decode_png(image["src"])
         assert png.startswith(PNG_SIGNATURE)
@@ -148,6 +156,14 @@ def test_verdict_and_numbers_match_report_json(run_dir, page):
         and dapt_base["id"] in page.text("lineage")
     )
     assert f"{report['pretrain']['tokens_trained']:,}" in page.text("cost")
+    # the data-efficiency table beside its plot: each share's mean ± the seeds' spread, as in report.json
+    half = task["data_efficiency"][0]
+    assert half["fraction"] == 0.5 and len(half["dapt_runs"]) == 2
+    assert f"{half['dapt']:.3f} ± {half['dapt_std']:.3f}" in page.text("tasks")
+    # per class: each class with its test examples, and both confusion matrices
+    assert "Per class: xml-subpackage" in page.text("tasks") and page.text("tasks").count("Confusion matrix") == 2
+    for label, scores in task["per_class"]["dapt"].items():
+        assert f"{label} {scores['support']} " in page.text("tasks")
     # report.json carries the per-step training loss the loss curves are drawn from
     curve = report["pretrain"]["train_curve"]
     assert len(curve["step"]) == len(curve["loss"]) == report["pretrain"]["steps"]
@@ -225,6 +241,27 @@ def hostile_report() -> dict:
                 "primary": "accuracy",
                 "secondary": "macro_f1",
                 "verdict": "the DAPT base helped",
+                "data_efficiency": [
+                    {
+                        "fraction": 0.25,
+                        "control": 0.3,
+                        "dapt": 0.5,
+                        "control_std": 0.05,
+                        "dapt_std": 0.02,
+                        "control_runs": [0.25, 0.35],
+                        "dapt_runs": [0.48, 0.52],
+                    },
+                    {
+                        "fraction": 1.0,
+                        "control": 0.5,
+                        "dapt": 0.7,
+                        "control_std": 0.0,
+                        "dapt_std": 0.0,
+                        "control_runs": [0.5, 0.5],
+                        "dapt_runs": [0.7, 0.7],
+                    },
+                ],
+                "dapt_matches_control_full_data_at": 0.25,
             }
         ],
         "lineage": [
@@ -283,7 +320,8 @@ def test_a_run_without_general_text_still_renders_every_section():
     page = Page(render_html(hostile_report()))
     assert list(page.headings) == [section_id for section_id, _ in SECTIONS]
     assert "—" in page.text("perplexity")  # general perplexity not measured: shown as missing, not as 0
-    assert len(page.images) == 4
+    assert len(page.images) == 5  # perplexity bars of the domain only; the data-efficiency plot
+    assert "reaches it with 25% of the data" in page.text("tasks") and "0.500 ± 0.020" in page.text("tasks")
 
 
 @pytest.mark.integration

@@ -26,8 +26,12 @@ def embedding_modules(model: PreTrainedModel) -> list[str]:
     return names
 
 
-def add_lora(model: PreTrainedModel, config: LoraConfig) -> PeftModel:
-    """Wrap `model` with trainable LoRA adapters; everything else is frozen (but embeddings, on request)."""
+def add_lora(model: PreTrainedModel, config: LoraConfig, task_type: str = "CAUSAL_LM") -> PeftModel:
+    """Wrap `model` with trainable LoRA adapters; everything else is frozen (but embeddings, on request).
+
+    task_type "SEQ_CLS" is for a sequence classifier: peft then leaves the freshly initialised head (`score`)
+    out of the adapters and trains it in full (modules_to_save), and the merged export keeps it as trained.
+    """
     peft_config = PeftLoraConfig(
         r=config.r,
         lora_alpha=config.alpha,
@@ -36,7 +40,7 @@ def add_lora(model: PreTrainedModel, config: LoraConfig) -> PeftModel:
         modules_to_save=embedding_modules(model) if config.train_embeddings else None,
         # tied input/output embeddings stay one matrix while training, as they are in the exported model
         ensure_weight_tying=bool(config.train_embeddings and model.config.tie_word_embeddings),
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, peft_config)
 

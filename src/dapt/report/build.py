@@ -21,6 +21,13 @@ from dapt.lineage import lineage, render_tree
 from dapt.pipeline import plan, run_suffix, task_runs
 
 BOOTSTRAP_SAMPLES = 2000
+ADAPTED_NOTE = (
+    "`{name}` was branched later with `dapt adapt` from the finished base `{base}` (and its original base, the "
+    "control): its test texts were not removed from that base's pretraining corpus."
+)
+STALE_NOTE = (
+    "Left out: {names}, branched with `dapt adapt` from a base that has been rebuilt since; run `dapt adapt` again."
+)
 
 
 def paired_bootstrap(control_correct: np.ndarray, dapt_correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -114,17 +121,37 @@ def _task_entry(task: TaskConfig, pipeline_seed: int, artifacts: dict[str, Artif
         entry["verdict"] = f"the DAPT base hurt: its variant's {label} is lower, beyond the 95% interval of chance"
     else:
         entry["verdict"] = f"no clear difference: the {label} gap is within the 95% interval of chance on this test set"
+    if task.type == "instruction":
+        # the optional LLM judge: its mean score per variant (over seeds), or None when no judge was used
+        judged = [e.metrics.get("judge") for variant in ("control", "dapt") for e in full[variant]]
+        entry["judge"] = None
+        if judged and all(judged):
+            entry["judge"] = {
+                "model": judged[0]["model"],
+                "url": judged[0]["url"],
+                **{v: float(np.mean([e.metrics["judge_score"] for e in full[v]])) for v in ("control", "dapt")},
+            }
+    if task.type == "classification":
+        # per class and the confusion matrix, of the main run (the pipeline's seed, all the data) of each variant
+        main = {v: artifacts.get(f"evaluate-{task.name}-{v}") for v in ("control", "dapt")}
+        if all(e is not None and "per_class" in e.metrics for e in main.values()):
+            entry["per_class"] = {v: e.metrics["per_class"] for v, e in main.items()}
+            entry["confusion_matrix"] = {v: e.metrics["confusion_matrix"] for v, e in main.items()}
+            entry["labels"] = main["dapt"].metrics["labels"]
     fractions = sorted({fraction for _, fraction in runs})
     if len(fractions) > 1:
-        curve = [
-            {
-                "fraction": fraction,
-                "control": summary(results[("control", fraction)])[primary],
-                "dapt": summary(results[("dapt", fraction)])[primary],
-            }
-            for fraction in fractions
-            if results.get(("control", fraction)) and results.get(("dapt", fraction))
-        ]
+        curve = []
+        for fraction in fractions:
+            if not (results.get(("control", fraction)) and results.get(("dapt", fraction))):
+                continue
+            point: dict[str, Any] = {"fraction": fraction}
+            for variant in ("control", "dapt"):
+                scores = summary(results[(variant, fraction)])
+                # the mean over seeds, its standard deviation (0 with one seed) and each seed's score
+                point[variant] = scores[primary]
+                point[f"{variant}_std"] = scores[f"{primary}_std"]
+                point[f"{variant}_runs"] = [e.metrics[primary] for e in results[(variant, fraction)]]
+            curve.append(point)
         entry["data_efficiency"] = curve
         target = entry["control"][primary]
         entry["dapt_matches_control_full_data_at"] = next(
@@ -133,6 +160,22 @@ def _task_entry(task: TaskConfig, pipeline_seed: int, artifacts: dict[str, Artif
     if missing:
         entry["missing_runs"] = missing
     return entry
+
+
+def _adapted_task_entries(config: PipelineConfig, run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Report entries of the tasks `dapt adapt` branched into this run folder (finished ones), and the stale ones."""
+    from dapt.adapt_command import adapted_tasks
+
+    found, stale = adapted_tasks(run_dir, config.seed)
+    entries = []
+    own = {task.name for task in config.tasks}
+    for task, record, task_artifacts in found:
+        if task.name in own or f"adapt-{task.name}-dapt" not in task_artifacts:
+            continue  # the pipeline's own task of that name wins; an unfinished branch is not reported
+        entry = _task_entry(task, config.seed, task_artifacts)
+        entry["adapted_from"] = record["dapt_base"]["path"]
+        entries.append(entry)
+    return entries, stale
 
 
 def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Artifact] | None = None) -> dict[str, Any]:
@@ -149,6 +192,7 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
     # the tokenization the DAPT base was trained on (`tokenize-extended` with vocabulary extension)
     tokenize = artifacts.get(artifacts["pretrain"].manifest["inputs"]["tokens"]["name"], artifacts["tokenize"]).metrics
     extension = artifacts["extend-vocab"].metrics if "extend-vocab" in artifacts else None
+    adapted, stale = _adapted_task_entries(config, run_dir)
     report: dict[str, Any] = {
         "run": config.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -210,10 +254,12 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
             "sources": artifacts["ingest"].metrics["by_source"],
             "token_splits": tokenize["splits"],
         },
-        "tasks": [_task_entry(task, config.seed, artifacts) for task in config.tasks],
+        "tasks": [_task_entry(task, config.seed, artifacts) for task in config.tasks] + adapted,
         "lineage": lineage(run_dir),
         "timings": {name: a.manifest["timings"]["seconds"] for name, a in artifacts.items()},
     }
+    if stale:
+        report["stale_adapted_tasks"] = stale
     # the training loss per optimizer step, for report.html's loss curves (evaluation records have no "loss")
     metrics_file = artifacts["pretrain"].path / "metrics.jsonl"
     records = [json.loads(line) for line in metrics_file.read_text().splitlines()] if metrics_file.is_file() else []
@@ -309,6 +355,37 @@ def _extension_lines(base: dict[str, Any]) -> list[str]:
     ]
 
 
+PER_CLASS_NOTE = "the main run of each variant: the pipeline's seed, all the training data; P precision, R recall"
+
+
+def per_class_rows(task: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(class, control's scores, DAPT's scores) for each class of a classification task, in label order."""
+    return [(label, task["per_class"]["control"][label], task["per_class"]["dapt"][label]) for label in task["labels"]]
+
+
+def _prf(scores: dict[str, Any]) -> str:
+    return f"{scores['precision']:.3f} / {scores['recall']:.3f} / {scores['f1']:.3f}"
+
+
+def _judge_text(task: dict[str, Any]) -> str:
+    """What the report says about the LLM judge of an instruction task (nothing for other task types)."""
+    if task["type"] != "instruction":
+        return ""
+    judge = task.get("judge")
+    if not judge:
+        return " No LLM judge was used: these scores compare the answers' words with the reference answers."
+    return (
+        f" LLM judge `{judge['model']}` (ratings 1-5 against the reference, rescaled to 0-1): "
+        f"{judge['control']:.3f} (control) → {judge['dapt']:.3f} (DAPT)."
+    )
+
+
+def _with_spread(point: dict[str, Any], variant: str) -> str:
+    """A data-efficiency point's mean, with ± the seeds' standard deviation when there are several seeds."""
+    several = len(point.get(f"{variant}_runs", [])) > 1
+    return f"{point[variant]:.3f}" + (f" ± {point[f'{variant}_std']:.3f}" if several else "")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     base, pretrain, funnel = report["base"], report["pretrain"], report["data"]["funnel"]
     lines = [
@@ -327,7 +404,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{task['dapt'][p]:.3f} (DAPT base), {d[p] * 100:+.1f} points "
             f"(95% bootstrap interval {low * 100:+.1f} to {high * 100:+.1f}); {METRIC_LABELS[q]} "
             f"{task['control'][q]:.3f} → {task['dapt'][q]:.3f}{_seeds_note(task)}. "
-            f"Verdict: {task['verdict']}."
+            f"Verdict: {task['verdict']}.{_judge_text(task)}"
         )
         if "data_efficiency" in task:
             matched = task["dapt_matches_control_full_data_at"]
@@ -420,11 +497,26 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "|---|---|---|",
             ]
             lines += [
-                f"| {point['fraction']:.0%} | {point['control']:.3f} | {point['dapt']:.3f} |"
+                f"| {point['fraction']:.0%} | {_with_spread(point, 'control')} | {_with_spread(point, 'dapt')} |"
                 for point in task["data_efficiency"]
             ]
         if task.get("missing_runs"):
             lines += ["", f"Not finished, left out: {', '.join(task['missing_runs'])}."]
+        if task.get("per_class"):
+            lines += ["", f"Per class, `{task['name']}` ({PER_CLASS_NOTE}):", ""]
+            lines += ["| class | test examples | control P / R / F1 | DAPT P / R / F1 |", "|---|---|---|---|"]
+            for label, control, dapt in per_class_rows(task):
+                lines.append(f"| {label} | {dapt['support']} | {_prf(control)} | {_prf(dapt)} |")
+            for variant in ("control", "dapt"):
+                lines += ["", f"Confusion matrix, {variant} (rows: true class, columns: predicted):", ""]
+                lines += ["| true ↓ predicted → | " + " | ".join(task["labels"]) + " |"]
+                lines += ["|---" * (len(task["labels"]) + 1) + "|"]
+                for label, row in zip(task["labels"], task["confusion_matrix"][variant], strict=True):
+                    lines.append(f"| {label} | " + " | ".join(str(n) for n in row) + " |")
+        if task.get("adapted_from"):
+            lines += ["", ADAPTED_NOTE.format(name=task["name"], base=task["adapted_from"])]
+    if report.get("stale_adapted_tasks"):
+        lines += ["", STALE_NOTE.format(names=", ".join(report["stale_adapted_tasks"]))]
     lines += [
         "",
         "## Data funnel",

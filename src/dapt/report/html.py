@@ -18,14 +18,19 @@ from typing import Any
 from dapt.lineage import render_tree
 from dapt.report import plots
 from dapt.report.build import (
+    ADAPTED_NOTE,
     COMPARABILITY_NOTE,
     METRIC_LABELS,
+    PER_CLASS_NOTE,
+    STALE_NOTE,
     UNBOUNDED_METRICS,
     _change,
     _extension_lines,
     _missing_bytes_lines,
     _num,
+    _with_spread,
     difference_text,
+    per_class_rows,
     render_markdown,
 )
 
@@ -361,12 +366,62 @@ def _tasks(report: dict[str, Any]) -> str:
     parts = [figure, _table(header, rows, numeric=set(range(2, 10))), note]
     for task in tasks:
         if "data_efficiency" in task:
+            primary = task.get("primary", "accuracy")
+            label = METRIC_LABELS[primary]
             curve = [
-                [f"{p['fraction']:.0%}", f"{p['control']:.3f}", f"{p['dapt']:.3f}"] for p in task["data_efficiency"]
+                [f"{p['fraction']:.0%}", _with_spread(p, "control"), _with_spread(p, "dapt")]
+                for p in task["data_efficiency"]
             ]
             parts.append(f"<h3>Data efficiency: {_e(task['name'])}</h3>")
-            label = METRIC_LABELS[task.get("primary", "accuracy")]
+            matched = task.get("dapt_matches_control_full_data_at")
+            parts.append(
+                _image(
+                    plots.data_efficiency(task["data_efficiency"], label, task["control"][primary], task["name"]),
+                    f"{label} by share of the training data, control and DAPT",
+                    f"{_e(label)} of each variant trained on a share of the training data (mean over seeds; the band "
+                    "is ± one standard deviation, dots are single seeds). The dashed line is the control's score "
+                    "with all the data: "
+                    + (
+                        f"the DAPT variant reaches it with {matched:.0%} of the data."
+                        if matched is not None
+                        else "the DAPT variant does not reach it with less data."
+                    ),
+                )
+            )
             parts.append(_table(["share of training data", f"control {label}", f"DAPT {label}"], curve, numeric={1, 2}))
+    for task in tasks:
+        if task.get("per_class"):
+            parts.append(f"<h3>Per class: {_e(task['name'])}</h3>")
+            parts.append(f"<p>{_e(PER_CLASS_NOTE[0].upper() + PER_CLASS_NOTE[1:])}.</p>")
+            rows = [
+                [_e(label), str(dapt["support"])]
+                + [f"{scores[k]:.3f}" for scores in (control, dapt) for k in ("precision", "recall", "f1")]
+                for label, control, dapt in per_class_rows(task)
+            ]
+            header = ["class", "test examples"] + [
+                f"{variant} {k}" for variant in ("control", "DAPT") for k in ("precision", "recall", "F1")
+            ]
+            parts.append(_table(header, rows, numeric=set(range(1, 8))))
+            for variant, title in (("control", "control"), ("dapt", "DAPT")):
+                matrix = task["confusion_matrix"][variant]
+                parts.append(f"<p>Confusion matrix, {title}: rows are the true class, columns the predicted one.</p>")
+                parts.append(
+                    _table(
+                        ["true ↓ predicted →", *(_e(label) for label in task["labels"])],
+                        [
+                            [_e(label), *(str(n) for n in row)]
+                            for label, row in zip(task["labels"], matrix, strict=True)
+                        ],
+                        numeric=set(range(1, len(task["labels"]) + 1)),
+                    )
+                )
+    for task in tasks:
+        if task.get("adapted_from"):
+            parts.append(
+                f"<p>{_inline_markdown(ADAPTED_NOTE.format(name=task['name'], base=task['adapted_from']))}</p>"
+            )
+    if report.get("stale_adapted_tasks"):
+        parts.append(f"<p>{_inline_markdown(STALE_NOTE.format(names=', '.join(report['stale_adapted_tasks'])))}</p>")
     return "\n".join(parts)
 
 

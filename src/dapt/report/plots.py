@@ -132,3 +132,45 @@ def task_differences(names: Sequence[str], differences: Sequence[float], interva
     axes.set_xlim(-limit * 1.15, limit * 1.15)  # symmetric, so the side of zero is obvious at a glance
     axes.grid(axis="x", alpha=0.3)
     return _png(figure)
+
+
+def data_efficiency(
+    points: Sequence[dict[str, Any]], metric_label: str, target: float | None = None, task_name: str = ""
+) -> bytes:
+    """Score against the share of training data, for the control (grey) and the DAPT variant (blue).
+
+    `points` are report.json's data-efficiency records: {"fraction", "control", "dapt"} means over seeds, with
+    "<variant>_std" drawn as a band of ± one standard deviation and "<variant>_runs" (each seed) as dots.
+    `target`: the control's full-data score, as a dashed line — where the blue curve crosses it, the DAPT
+    base needs only that share of the data.
+    """
+    figure, axes = _figure()
+    shares = [p["fraction"] * 100 for p in points]
+    for variant, colour, label, marker in (
+        ("control", GREY, "control (original base)", "s"),
+        ("dapt", BLUE, "DAPT base", "o"),
+    ):
+        means = [p[variant] for p in points]
+        spread = [p.get(f"{variant}_std", 0.0) for p in points]
+        axes.plot(shares, means, color=colour, marker=marker, linewidth=1.8, label=label)
+        axes.fill_between(
+            shares,
+            [m - s for m, s in zip(means, spread, strict=True)],
+            [m + s for m, s in zip(means, spread, strict=True)],
+            color=colour,
+            alpha=0.18,
+            linewidth=0,
+        )
+        for share, point in zip(shares, points, strict=True):
+            runs = point.get(f"{variant}_runs", [])
+            if len(runs) > 1:
+                axes.scatter([share] * len(runs), runs, color=colour, s=10, alpha=0.6, zorder=3)
+    if target is not None:
+        axes.axhline(target, color="black", linestyle="--", linewidth=1, label="control, all the data")
+    axes.set_xlabel("share of the training data (%)")
+    axes.set_ylabel(metric_label)
+    axes.set_xlim(0, 105)
+    axes.set_title(_short(f"Data efficiency: {task_name}", 60) if task_name else "Data efficiency")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return _png(figure)

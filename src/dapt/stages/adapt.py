@@ -1,4 +1,4 @@
-"""adapt: branch a base into a task variant — here, a sequence classifier.
+"""adapt: branch a base into a task variant — a sequence classifier, an instruction follower, or a DPO variant.
 
 The same recipe, data, budget and seed run twice: from the DAPT base and from the original base (the
 control), so the only difference between the two variants is the continued pretraining. The base's
@@ -158,7 +158,10 @@ def run(context: StageContext) -> dict[str, Any]:
                 "labels": label_index[index],
             }
     else:
+        # full: every weight; lora: adapters on the decoder, the head (`score`) in full
         trained = classifier
+        if task["recipe"] == "lora":
+            trained = add_lora(classifier, LoraConfig.model_validate(task["lora"]), task_type="SEQ_CLS")
 
         def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -172,13 +175,18 @@ def run(context: StageContext) -> dict[str, Any]:
                 "labels": label_index[index],
             }
 
+    trainable = parameter_count(trained, trainable_only=True)
     context.log(
         f"recipe {task['recipe']}"
         + (f" (last {task['top_blocks']} blocks + head)" if task["recipe"] == "top_blocks" else "")
-        + f": {parameter_count(classifier, trainable_only=True) / 1e6:.2f}M of "
-        f"{parameter_count(classifier) / 1e6:.1f}M parameters trained, {len(train)} examples × {task['epochs']} epochs"
+        + (" (adapters + head)" if task["recipe"] == "lora" else "")
+        + f": {trainable / 1e6:.2f}M of {parameter_count(classifier) / 1e6:.1f}M parameters trained, "
+        f"{len(train)} examples × {task['epochs']} epochs"
     )
     result = fit_variant(context, trained, rows, len(train), loss_fn, unit="ex")
+    if task["recipe"] == "lora":
+        trained.save_pretrained(context.out / "adapter")
+        classifier = merged_model(trained)  # a plain AutoModelForSequenceClassification folder
     for parameter in classifier.parameters():
         parameter.requires_grad_(True)
     save_model_folder(classifier, tokenizer, context.out / "model")
@@ -190,7 +198,7 @@ def run(context: StageContext) -> dict[str, Any]:
         "base_id": context.inputs["base"].id,
         "recipe": task["recipe"],
         "top_blocks": task["top_blocks"] if task["recipe"] == "top_blocks" else None,
-        "trainable_parameters": sum(p.numel() for p in trained.parameters()),
+        "trainable_parameters": trainable,
         "parameters": parameter_count(classifier),
         "train_examples": len(train),
         "steps": result.steps,

@@ -20,6 +20,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from dapt.data.shards import packed_windows
 from dapt.errors import DataError
+from dapt.eval.judge import endpoint, rate
+from dapt.eval.judge import score as judge_score
 from dapt.eval.metrics import classification_report
 from dapt.eval.text_metrics import exact_match, rouge_l, token_f1
 from dapt.model.chat import encode_pair, prompt_ids
@@ -193,10 +195,22 @@ def run_instruction(context: StageContext) -> dict[str, Any]:
                 "score": scores["rouge_l"],
             }
         )
-    pq.write_table(pa.Table.from_pylist(rows), context.out / "predictions.parquet")
     metrics: dict[str, Any] = {name: sum(r[name] for r in rows) / len(rows) for name in TEXT_METRICS}
     metrics["examples"] = len(rows)
     metrics["judge"] = None  # no judge endpoint configured: the metrics above compare words with the reference
+    judge = context.config.get("judge")
+    if judge:
+        ratings = [
+            rate(judge, context.config["task_name"], r["prompt"], r["reference"], r["generated"])
+            for r in tqdm(rows, desc=f"judge {context.name}", unit="answer", leave=False)
+        ]
+        for row, rating in zip(rows, ratings, strict=True):
+            row["judge_rating"] = rating
+        metrics["judge"] = {"model": judge["model"], "url": endpoint(judge["url"]), "rubric": "dapt.eval.judge.RUBRIC"}
+        metrics["judge_score"] = sum(judge_score(r) for r in ratings) / len(ratings)
+        metrics["judge_rating"] = sum(ratings) / len(ratings)
+        context.log(f"judge {judge['model']}: mean rating {metrics['judge_rating']:.2f} of 5 on {len(rows)} answers")
+    pq.write_table(pa.Table.from_pylist(rows), context.out / "predictions.parquet")
     context.log(
         f"ROUGE-L {metrics['rouge_l']:.3f}, token F1 {metrics['token_f1']:.3f}, exact match "
         f"{metrics['exact_match']:.3f} on {len(rows)} test prompts"

@@ -1,0 +1,161 @@
+"""`dapt evaluate --harness TASKS --model FOLDER`: EleutherAI's lm-evaluation-harness on a checkpoint.
+
+Runs lm-eval (the optional extra `dapt-lm[harness]`) through its Python API — `simple_evaluate` with the
+`hf` model on the folder, and a `TaskManager` that also reads task YAMLs from `--include-path` — so a
+base or variant is scored on the same benchmarks, with the same prompts and metrics, as published models.
+
+Where the results go: for a dapt artifact (a folder with manifest.json and model/), a new artifact next to
+it, `harness-<name>/` (results.json + a manifest naming the model artifact, its id and content hash) —
+never inside the model's own artifact, whose files are hashed and must not change. For any other model
+folder, `lm_eval_results.json` inside it. `--out FILE` writes the JSON there instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dapt.artifacts import artifact_id, atomic_write_text, read_artifact, write_manifest
+from dapt.errors import ConfigError
+
+
+def _model_location(model: Path) -> tuple[Path, Any]:
+    """(the HF model folder, the dapt artifact holding it or None)."""
+    if not model.is_dir():
+        raise ConfigError(f"--model {model}: not a folder (looked in {model.resolve()})")
+    for artifact_folder, folder in ((model, model / "model"), (model.parent, model)):
+        artifact = read_artifact(artifact_folder)
+        if artifact is not None and (folder / "config.json").is_file():
+            return folder, artifact
+    if not (model / "config.json").is_file():
+        raise ConfigError(f"--model {model}: no config.json there; give a Hugging Face model folder or a dapt artifact")
+    return model, None
+
+
+def _task_manager(task_names: list[str], include_path: Path | None) -> Any:
+    """A TaskManager that knows the tasks; lm-eval's ~15k built-in task configs are only indexed when needed."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path is not None:
+        if not include_path.is_dir():
+            raise ConfigError(f"--include-path {include_path}: not a folder of task YAMLs")
+        local = TaskManager(include_path=str(include_path.resolve()), include_defaults=False)
+        if set(task_names) <= set(local.match_tasks(task_names)):
+            return local  # all found in the user's folder: no need to index the built-in ones (~15 s)
+    manager = TaskManager(include_path=str(include_path.resolve()) if include_path else None)
+    unknown = [name for name in task_names if not manager.match_tasks([name])]
+    if unknown:
+        where = f" (nor in {include_path})" if include_path else ""
+        raise ConfigError(
+            f"--harness: unknown lm-eval task(s) {', '.join(unknown)}{where}; `lm_eval ls tasks` lists the built-in "
+            "ones, and --include-path adds a folder of your own task YAMLs"
+        )
+    return manager
+
+
+def run_harness(
+    tasks: str,
+    model: Path,
+    *,
+    include_path: Path | None = None,
+    num_fewshot: int | None = None,
+    limit: float | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate the model folder on the harness tasks; write and return {"results": {task: {metric: value}}, ...}."""
+    try:
+        from lm_eval import simple_evaluate
+    except ImportError:
+        raise ConfigError(
+            "--harness needs EleutherAI's lm-evaluation-harness: pip install 'dapt-lm[harness]' (or lm-eval)"
+        ) from None
+    from dapt.pipeline import say, verify_models_unchanged
+
+    folder, artifact = _model_location(model)
+    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    if any(name.endswith(("ForSequenceClassification", "ForTokenClassification")) for name in architectures):
+        raise ConfigError(
+            f"--model {model}: a classifier ({architectures[0]}); the harness evaluates language models — give a "
+            "base (e.g. runs/<name>/pretrain) or an instruction variant, and score classifiers with `dapt evaluate "
+            "PIPELINE.yaml`"
+        )
+    if artifact is not None:
+        verify_models_unchanged({"model": artifact})  # a finished model is evaluated as it was written
+    task_names = [name.strip() for name in tasks.split(",") if name.strip()]
+    if not task_names:
+        raise ConfigError("--harness: give one or more lm-eval task names, comma-separated (e.g. hellaswag,arc_easy)")
+    manager = _task_manager(task_names, include_path)
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    say(f"dapt evaluate: lm-eval {', '.join(task_names)} on {folder} ({device})")
+    clock = time.perf_counter()
+    started = datetime.now(timezone.utc)
+    output = simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(folder.resolve()), "dtype": "float32" if device == "cpu" else "auto"},
+        tasks=task_names,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+        task_manager=manager,
+        log_samples=False,
+    )
+    seconds = time.perf_counter() - clock
+    results = {
+        "model": str(folder.resolve()),
+        "tasks": task_names,
+        "lm_eval_version": metadata.version("lm-eval"),
+        "num_fewshot": num_fewshot,
+        "limit": limit,
+        # {task: {"acc,none": 0.5, "acc_stderr,none": ...}}: lm-eval's own metric names (metric,filter)
+        "results": {
+            task: {
+                k: v for k, v in values.items() if "," in k and isinstance(v, int | float) and not isinstance(v, bool)
+            }
+            for task, values in output["results"].items()
+        },
+        "n_samples": output.get("n-samples", {}),
+        "seconds": round(seconds, 1),
+    }
+    text = json.dumps(results, indent=2, default=str) + "\n"
+    if out is not None:
+        atomic_write_text(out, text)
+        where = out
+    elif artifact is not None:
+        name = f"harness-{artifact.manifest['name']}"
+        target = artifact.path.parent / name
+        target.mkdir(exist_ok=True)
+        (target / "manifest.json").unlink(missing_ok=True)  # unfinished until the new manifest is written
+        atomic_write_text(target / "results.json", text)
+        config = {"tasks": task_names, "num_fewshot": num_fewshot, "limit": limit, "include_path": str(include_path)}
+        write_manifest(
+            target,
+            kind="harness",
+            name=name,
+            id=artifact_id("harness", config, {"model": artifact.id}),
+            config=config,
+            inputs={"model": artifact},
+            metrics=results["results"],
+            timings={
+                "started": started.isoformat(timespec="seconds"),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seconds": round(seconds, 2),
+            },
+        )
+        where = target / "results.json"
+    else:
+        where = folder / "lm_eval_results.json"
+        atomic_write_text(where, text)
+    for task, values in results["results"].items():
+        shown = ", ".join(f"{k.split(',')[0]} {v:.4f}" for k, v in values.items() if "stderr" not in k)
+        print(f"{task}: {shown}")
+    say(f"dapt evaluate: results in {where} ({seconds:.1f}s)")
+    return results
