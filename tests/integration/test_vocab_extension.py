@@ -1,6 +1,7 @@
 """Vocabulary extension inside the pipeline, end to end on the tiny from-scratch model (tiny.yaml, vocab.add)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -105,6 +106,23 @@ def test_lineage_goes_original_then_extended_then_dapt_base_then_variants(run_di
     (dapt_base,) = extended["children"]
     assert dapt_base["name"] == "pretrain"
     assert [v["name"] for v in dapt_base["children"]] == ["adapt-xml-subpackage-dapt"]
+
+
+def test_dapt_adapt_on_an_extended_dapt_base_takes_the_control_from_the_original_base(run_dir, tmp_path, capsys):
+    source = tmp_path / "run"
+    shutil.copytree(run_dir, source)
+    examples = [{"text": f"{kind} number {i} of the {kind} family", "label": kind} for i in range(20) for kind in "xy"]
+    (tmp_path / "new.jsonl").write_text("\n".join(json.dumps(e) for e in examples) + "\n")
+    task_file = tmp_path / "task.yaml"
+    task_file.write_text(
+        "name: families\ntop_blocks: 1\nepochs: 1\nbatch_size: 8\nmax_length: 16\n"
+        "data: {kind: files, train: new.jsonl}\n"
+    )
+    assert main(["adapt", "--base", str(source / "pretrain"), "--task", str(task_file)]) == 0
+    for variant, parent, size in (("control", "base", ORIGINAL_VOCAB), ("dapt", "pretrain", ORIGINAL_VOCAB + ADDED)):
+        adapted = read_artifact(source / f"adapt-families-{variant}")
+        assert adapted.manifest["inputs"]["base"]["id"] == read_artifact(source / parent).id
+        assert len(AutoTokenizer.from_pretrained(source / f"adapt-families-{variant}" / "model")) == size
 
 
 def test_a_rerun_is_all_cache_hits(run_dir, capsys):
