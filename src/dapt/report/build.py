@@ -445,9 +445,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Measured on the same held-out test documents for both bases ({base['test_documents'].get('domain', 0)} "
         f"domain and {base['test_documents'].get('general', 0)} general documents), each tokenized with the base's "
-        f"own tokenizer: perplexity on the first {base['test_tokens'].get('domain', 0)} domain and "
-        f"{base['test_tokens'].get('general', 0)} general tokens (of the original base's tokenization; fewer of "
-        f"an extended one's), bits per byte on the first {base['test_bytes'].get('domain', 0)} domain and "
+        f"own tokenizer: perplexity on at most the first {base['test_tokens'].get('domain', 0)} domain and "
+        f"{base['test_tokens'].get('general', 0)} general tokens of each, bits per byte on the first "
+        f"{base['test_bytes'].get('domain', 0)} domain and "
         f"{base['test_bytes'].get('general', 0)} general bytes; general text held out from "
         f"the `{base['general_heldout_from']}` source"
         + (
