@@ -206,7 +206,7 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
             "general_ppl_before": lm["original"].get("general_ppl"),
             "general_ppl_after": lm["dapt"].get("general_ppl"),
             "test_tokens": lm["test_tokens"],
-            # bits per UTF-8 byte of the whole test documents: comparable when the tokenizers differ
+            # bits per UTF-8 byte of the same held-out text for both bases: comparable when the tokenizers differ
             "domain_bpb_before": lm["original"].get("domain_bits_per_byte"),
             "domain_bpb_after": lm["dapt"].get("domain_bits_per_byte"),
             "general_bpb_before": lm["original"].get("general_bits_per_byte"),
