@@ -84,8 +84,7 @@ def demo_texts() -> dict[str, list[str]]:
     scrubber = PiiScrubber()
     return {
         package: [
-            scrubber(normalize_text(doc["text"]))
-            for doc in docstring_documents(package, source=package, min_chars=200)
+            scrubber(normalize_text(doc["text"])) for doc in docstring_documents(package, source=package, min_chars=200)
         ]
         for package in ("scipy", "stdlib")
     }
@@ -155,7 +154,11 @@ def main() -> None:
 
 
 def published_blocks():
-    return [GopherQualityFilter(**GOPHER_PUBLISHED), GopherRepetitionFilter(**REPETITION_PUBLISHED), C4Filter(**C4_PUBLISHED)]
+    return [
+        GopherQualityFilter(**GOPHER_PUBLISHED),
+        GopherRepetitionFilter(**REPETITION_PUBLISHED),
+        C4Filter(**C4_PUBLISHED),
+    ]
 
 
 if __name__ == "__main__":

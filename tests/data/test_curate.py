@@ -20,7 +20,8 @@ def prose(seed: int, n_words: int = 60) -> str:
     rng = random.Random(seed)
     sentences = []
     while sum(len(s.split()) for s in sentences) < n_words:
-        sentences.append(" ".join(rng.choice(WORDS) for _ in range(8)).capitalize() + ".")
+        # "The" opens each sentence: English has stop words, which the Gopher quality rule looks for.
+        sentences.append("The " + " ".join(rng.choice(WORDS) for _ in range(8)) + ".")
     return " ".join(sentences)
 
 

@@ -1,8 +1,8 @@
 """Clean a document table, keeping an account of every document that was dropped and why.
 
-Curation runs small blocks in a fixed order: normalize → PII scrub → length → quality → decontaminate →
-exact dedup → near dedup. Each filter answers "keep?" for one document and, when not, gives a `reason`
-(a stable key to count by) and a `detail` a person can check (the measured value and the threshold, the
+Curation runs small blocks in a fixed order: normalize → PII scrub → length → quality → Gopher quality →
+Gopher repetition → C4 (`dapt.data.quality`) → decontaminate → exact dedup → near dedup. Each filter
+answers "keep?" for one document and, when not, gives a `reason` (a stable key to count by) and a `detail` a person can check (the measured value and the threshold, the
 kept duplicate's id, the eval task whose text leaked). Dropped documents go to the rejection ledger rather
 than disappearing, so `docs_in == kept + ledger` always holds and a surprising drop can be traced to its
 block.
@@ -366,6 +366,9 @@ def curate_documents(
     near_dedup_num_perm: int = DEFAULT_NUM_PERM,
     near_dedup_bands: int = DEFAULT_BANDS,
     near_dedup_threshold: float = DEFAULT_THRESHOLD,
+    gopher_quality: dict | None = None,
+    gopher_repetition: dict | None = None,
+    c4: dict | None = None,
 ) -> CurateResult:
     """Normalize, scrub, filter and deduplicate `documents` (DOCUMENT_SCHEMA); see the module docstring.
 
@@ -373,8 +376,11 @@ def curate_documents(
     sequence with any of them are dropped and counted for that task, except for n-grams found in more than
     `decontaminate_max_doc_frequency` documents of the corpus (boilerplate, not a leak).
     `pii_kinds` selects among `dapt.data.pii.PII_KINDS`; the `near_dedup_*` settings are
-    `dapt.data.near_dup.NearDuplicateFinder`'s.
+    `dapt.data.near_dup.NearDuplicateFinder`'s. `gopher_quality`, `gopher_repetition` and `c4` are the
+    config sections of `dapt.data.quality`'s blocks (None: their defaults).
     """
+    from dapt.data.quality import quality_blocks  # it imports this module's CurationBlock
+
     columns = _columns(documents)
     ids, raw_texts, sources = columns["id"], columns["text"], columns["source"]
     texts = [normalize_text(text or "") for text in raw_texts]
@@ -398,6 +404,7 @@ def curate_documents(
             min_alpha_words_ratio=min_alpha_words_ratio,
             max_mean_word_chars=max_mean_word_chars,
         ),
+        *quality_blocks(gopher_quality, gopher_repetition, c4),
     ]
     decontaminator = Decontaminator(contamination=contamination or {}, n=decontaminate_ngram)
     decontaminator.ignore_common(texts, decontaminate_max_doc_frequency)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from dapt.data.curate import CurationBlock, Rejection
 
@@ -104,7 +106,7 @@ class GopherQualityFilter(CurationBlock):
     def judge(self, doc_id: str, text: str) -> Rejection | None:
         return next(self.failures(text), None)
 
-    def failures(self, text: str):
+    def failures(self, text: str) -> Iterator[Rejection]:
         """Every rule `text` fails, in a fixed order (`judge` reports the first)."""
         tokens = text.split()
         # Tokens of punctuation alone (`>>>`, `...`, an rst underline `=====`) are not words: as in the
@@ -120,11 +122,13 @@ class GopherQualityFilter(CurationBlock):
         mean_chars = sum(map(len, words)) / n_words
         if self.min_mean_word_chars is not None and mean_chars < self.min_mean_word_chars:
             yield Rejection(
-                "gopher_short_words", f"mean word length {mean_chars:.2f} < min_mean_word_chars {self.min_mean_word_chars}"
+                "gopher_short_words",
+                f"mean word length {mean_chars:.2f} < min_mean_word_chars {self.min_mean_word_chars}",
             )
         if self.max_mean_word_chars is not None and mean_chars > self.max_mean_word_chars:
             yield Rejection(
-                "gopher_long_words", f"mean word length {mean_chars:.2f} > max_mean_word_chars {self.max_mean_word_chars}"
+                "gopher_long_words",
+                f"mean word length {mean_chars:.2f} > max_mean_word_chars {self.max_mean_word_chars}",
             )
         if self.max_symbol_word_ratio is not None:
             symbols = text.count("#") + text.count("...") + text.count("…")
@@ -198,14 +202,18 @@ class GopherRepetitionFilter(CurationBlock):
     max_dup_paragraph_fraction: float | None = DEFAULT_MAX_DUP_PARAGRAPH_FRACTION
     max_dup_line_char_fraction: float | None = DEFAULT_MAX_DUP_LINE_CHAR_FRACTION
     max_dup_paragraph_char_fraction: float | None = DEFAULT_MAX_DUP_PARAGRAPH_CHAR_FRACTION
-    max_top_ngram_char_fraction: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_MAX_TOP_NGRAM_CHAR_FRACTION))
-    max_dup_ngram_char_fraction: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_MAX_DUP_NGRAM_CHAR_FRACTION))
+    max_top_ngram_char_fraction: dict[int, float] = field(
+        default_factory=lambda: dict(DEFAULT_MAX_TOP_NGRAM_CHAR_FRACTION)
+    )
+    max_dup_ngram_char_fraction: dict[int, float] = field(
+        default_factory=lambda: dict(DEFAULT_MAX_DUP_NGRAM_CHAR_FRACTION)
+    )
     name: str = field(init=False, default="gopher_repetition")
 
     def judge(self, doc_id: str, text: str) -> Rejection | None:
         return next(self.failures(text), None)
 
-    def failures(self, text: str):
+    def failures(self, text: str) -> Iterator[Rejection]:
         """Every rule `text` fails, cheapest first (`judge` reports the first)."""
         if not text:
             return
@@ -303,7 +311,7 @@ class C4Filter(CurationBlock):
     def judge(self, doc_id: str, text: str) -> Rejection | None:
         return next(self.failures(text), None)
 
-    def failures(self, text: str):
+    def failures(self, text: str) -> Iterator[Rejection]:
         """Every rule `text` fails (`judge` reports the first)."""
         lowered = text.lower()
         if self.lorem_ipsum and "lorem ipsum" in lowered:
@@ -340,3 +348,22 @@ class C4Filter(CurationBlock):
                     f"lines ending in terminal punctuation {ratio:.3f} of {len(lines)} < "
                     f"min_terminal_punct_lines_ratio {self.min_terminal_punct_lines_ratio}",
                 )
+
+
+def quality_blocks(
+    gopher_quality: Mapping[str, Any] | None = None,
+    gopher_repetition: Mapping[str, Any] | None = None,
+    c4: Mapping[str, Any] | None = None,
+) -> list[CurationBlock]:
+    """The Gopher quality, Gopher repetition and C4 blocks from their config sections (CurateConfig's
+    `gopher_quality`, `gopher_repetition`, `c4`: the blocks' fields plus `enabled`); None: the defaults."""
+    blocks: list[CurationBlock] = []
+    for block_class, options in (
+        (GopherQualityFilter, gopher_quality),
+        (GopherRepetitionFilter, gopher_repetition),
+        (C4Filter, c4),
+    ):
+        options = dict(options or {})
+        if options.pop("enabled", True):
+            blocks.append(block_class(**options))
+    return blocks
