@@ -2,10 +2,10 @@
 
 Curation runs small blocks in a fixed order: normalize → PII scrub → length → quality → Gopher quality →
 Gopher repetition → C4 (`dapt.data.quality`) → decontaminate → exact dedup → near dedup. Each filter
-answers "keep?" for one document and, when not, gives a `reason` (a stable key to count by) and a `detail` a person can check (the measured value and the threshold, the
-kept duplicate's id, the eval task whose text leaked). Dropped documents go to the rejection ledger rather
-than disappearing, so `docs_in == kept + ledger` always holds and a surprising drop can be traced to its
-block.
+answers "keep?" for one document and, when not, gives a `reason` (a stable key to count by) and a
+`detail` a person can check (the measured value and the threshold, the kept duplicate's id, the eval task
+whose text leaked). Dropped documents go to the rejection ledger rather than disappearing, so
+`docs_in == kept + ledger` always holds and a surprising drop can be traced to its block.
 
 PII scrubbing (`dapt.data.pii`) replaces e-mail addresses, phone numbers, IPs, card numbers, IBANs and
 secrets with placeholders and drops nothing; it runs before every block that reads text, so that two
