@@ -25,20 +25,21 @@ import logging
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
 from dapt.data.documents import DOCUMENT_SCHEMA
-from dapt.data.near_dup import (
+from dapt.data.near_dup import (  # noqa: F401  (the DEFAULT_* are CurateConfig's defaults)
     DEFAULT_BANDS,
     DEFAULT_NUM_PERM,
     DEFAULT_SHINGLE,
     DEFAULT_THRESHOLD,
     NearDuplicateFinder,
 )
-from dapt.data.pii import PII_KINDS, PiiScrubber
+from dapt.data.pii import PII_KINDS, PiiScrubber  # noqa: F401
 from dapt.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -346,71 +347,69 @@ def run_blocks(ids: list[str], texts: list[str], blocks: Iterable[CurationBlock]
     return verdicts
 
 
-def curate_documents(
-    documents: pa.Table,
-    *,
-    min_chars: int = DEFAULT_MIN_CHARS,
-    max_chars: int = DEFAULT_MAX_CHARS,
-    min_words: int = DEFAULT_MIN_WORDS,
-    max_symbol_ratio: float = DEFAULT_MAX_SYMBOL_RATIO,
-    min_alpha_words_ratio: float = DEFAULT_MIN_ALPHA_WORDS_RATIO,
-    max_mean_word_chars: float = DEFAULT_MAX_MEAN_WORD_CHARS,
-    exact_dedup: bool = True,
-    decontaminate_ngram: int = 13,
-    decontaminate_max_doc_frequency: int = DEFAULT_DECONTAMINATE_MAX_DOC_FREQUENCY,
-    contamination: dict[str, list[str]] | None = None,
-    pii_scrub: bool = True,
-    pii_kinds: Sequence[str] = PII_KINDS,
-    near_dedup: bool = True,
-    near_dedup_shingle: int = DEFAULT_SHINGLE,
-    near_dedup_num_perm: int = DEFAULT_NUM_PERM,
-    near_dedup_bands: int = DEFAULT_BANDS,
-    near_dedup_threshold: float = DEFAULT_THRESHOLD,
-    gopher_quality: dict | None = None,
-    gopher_repetition: dict | None = None,
-    c4: dict | None = None,
-) -> CurateResult:
-    """Normalize, scrub, filter and deduplicate `documents` (DOCUMENT_SCHEMA); see the module docstring.
+def curation_options(**options: Any) -> dict[str, Any]:
+    """CurateConfig's fields with `options` applied and checked: the one source of curation defaults."""
+    from dapt.config import CurateConfig  # dapt.config reads this module's DEFAULT_* constants
 
-    `contamination` maps a task name to its eval/test texts; documents sharing a `decontaminate_ngram`-word
-    sequence with any of them are dropped and counted for that task, except for n-grams found in more than
-    `decontaminate_max_doc_frequency` documents of the corpus (boilerplate, not a leak).
-    `pii_kinds` selects among `dapt.data.pii.PII_KINDS`; the `near_dedup_*` settings are
-    `dapt.data.near_dup.NearDuplicateFinder`'s. `gopher_quality`, `gopher_repetition` and `c4` are the
-    config sections of `dapt.data.quality`'s blocks (None: their defaults).
+    return CurateConfig(**options).model_dump()
+
+
+def document_blocks(options: Mapping[str, Any]) -> list[CurationBlock]:
+    """The per-document filters, in the order they run, built from CurateConfig's fields (`options`).
+
+    They run after normalization and PII scrubbing and before the blocks that need more than one document
+    (decontamination's corpus-wide count, exact and near dedup). A block here judges one document from its
+    text alone and keeps no state between documents: each worker process builds its own copies, and the
+    `seen` / `dropped` counts a report shows are recomputed from the verdicts.
     """
     from dapt.data.quality import quality_blocks  # it imports this module's CurationBlock
 
+    return [
+        LengthFilter(min_chars=options["min_chars"], max_chars=options["max_chars"], min_words=options["min_words"]),
+        QualityFilter(
+            max_symbol_ratio=options["max_symbol_ratio"],
+            min_alpha_words_ratio=options["min_alpha_words_ratio"],
+            max_mean_word_chars=options["max_mean_word_chars"],
+        ),
+        *quality_blocks(options["gopher_quality"], options["gopher_repetition"], options["c4"]),
+    ]
+
+
+def curate_documents(
+    documents: pa.Table, *, contamination: dict[str, list[str]] | None = None, **options: Any
+) -> CurateResult:
+    """Normalize, scrub, filter and deduplicate `documents` (DOCUMENT_SCHEMA); see the module docstring.
+
+    `options` are CurateConfig's fields (`dapt config --explain curate`); those not given take its defaults.
+    `contamination` maps a task name to its eval/test texts; documents sharing a `decontaminate_ngram`-word
+    sequence with any of them are dropped and counted for that task, except for n-grams found in more than
+    `decontaminate_max_doc_frequency` documents of the corpus (boilerplate, not a leak).
+    """
+    options = curation_options(**options)
+    pii_scrub = options["pii_scrub"]
     columns = _columns(documents)
     ids, raw_texts, sources = columns["id"], columns["text"], columns["source"]
     texts = [normalize_text(text or "") for text in raw_texts]
-    scrubber = PiiScrubber(kinds=pii_kinds if pii_scrub else ())
+    scrubber = PiiScrubber(kinds=options["pii_kinds"] if pii_scrub else ())
     if pii_scrub:
         texts = [scrubber(text) for text in texts]
     # Built before any document is read, so a bad setting fails fast.
     near_dedup_block = NearDedup(
         NearDuplicateFinder(
-            shingle=near_dedup_shingle,
-            num_perm=near_dedup_num_perm,
-            bands=near_dedup_bands,
-            threshold=near_dedup_threshold,
+            shingle=options["near_dedup_shingle"],
+            num_perm=options["near_dedup_num_perm"],
+            bands=options["near_dedup_bands"],
+            threshold=options["near_dedup_threshold"],
         )
     )
+    near_dedup = options["near_dedup"]
 
-    blocks: list[CurationBlock] = [
-        LengthFilter(min_chars=min_chars, max_chars=max_chars, min_words=min_words),
-        QualityFilter(
-            max_symbol_ratio=max_symbol_ratio,
-            min_alpha_words_ratio=min_alpha_words_ratio,
-            max_mean_word_chars=max_mean_word_chars,
-        ),
-        *quality_blocks(gopher_quality, gopher_repetition, c4),
-    ]
-    decontaminator = Decontaminator(contamination=contamination or {}, n=decontaminate_ngram)
-    decontaminator.ignore_common(texts, decontaminate_max_doc_frequency)
+    blocks = document_blocks(options)
+    decontaminator = Decontaminator(contamination=contamination or {}, n=options["decontaminate_ngram"])
+    decontaminator.ignore_common(texts, options["decontaminate_max_doc_frequency"])
     if contamination:
         blocks.append(decontaminator)
-    if exact_dedup:
+    if options["exact_dedup"]:
         blocks.append(ExactDedup())
 
     verdicts = run_blocks(ids, texts, blocks)
