@@ -297,6 +297,12 @@ class CurateConfig(Section):
     documentation with code examples and drop lists of names, number tables and base64 blobs.
     """
 
+    fix_mojibake: bool = Field(
+        True,
+        description="Repair text decoded with the wrong encoding ('cafÃ©' -> 'café') with ftfy before anything reads "
+        "it; only ftfy's repairs, none of its style changes. ASCII text skips it: 0.3 s on the demo's 6.3 MB of "
+        "docstrings (ftfy on every document: 3.9 s), which it leaves unchanged.",
+    )
     min_chars: int = Field(curate.DEFAULT_MIN_CHARS, ge=0, description="Drop documents shorter than this (characters).")
     max_chars: int = Field(curate.DEFAULT_MAX_CHARS, gt=0, description="Drop documents longer than this (characters).")
     min_words: int = Field(curate.DEFAULT_MIN_WORDS, ge=0, description="Drop documents with fewer words than this.")

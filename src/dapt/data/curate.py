@@ -31,6 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from dapt.data import mojibake
 from dapt.data.documents import DOCUMENT_SCHEMA
 from dapt.data.near_dup import (  # noqa: F401  (the DEFAULT_* are CurateConfig's defaults)
     DEFAULT_BANDS,
@@ -82,12 +83,15 @@ _HAS_LETTER = re.compile(r"[^\W\d_]")
 _WORD = re.compile(r"[^\W_]+")
 
 
-def normalize_text(text: str) -> str:
+def normalize_text(text: str, *, fix_mojibake: bool = True) -> str:
     """Canonical form for training and for exact dedup: texts differing only in layout noise become equal.
 
+    Mis-decoded text repaired (`cafÃ©` → `café`, `dapt.data.mojibake`, unless `fix_mojibake` is off),
     Unicode NFC (so "é" typed two ways is one token sequence), `\\r\\n` and lone `\\r` → `\\n`, no
     trailing spaces on lines, at most 2 consecutive blank lines, no leading/trailing whitespace.
     """
+    if fix_mojibake:
+        text = mojibake.fix_mojibake(text)
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _TRAILING_SPACE.sub("", text)
@@ -389,7 +393,7 @@ def curate_documents(
     pii_scrub = options["pii_scrub"]
     columns = _columns(documents)
     ids, raw_texts, sources = columns["id"], columns["text"], columns["source"]
-    texts = [normalize_text(text or "") for text in raw_texts]
+    texts = [normalize_text(text or "", fix_mojibake=options["fix_mojibake"]) for text in raw_texts]
     scrubber = PiiScrubber(kinds=options["pii_kinds"] if pii_scrub else ())
     if pii_scrub:
         texts = [scrubber(text) for text in texts]
