@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dapt.data import curate, quality
+from dapt.data import curate, langid, quality
 from dapt.errors import ConfigError
 
 
@@ -133,6 +133,45 @@ class SourceConfig(Section):
             raise ValueError("kind 'files' needs `paths:` (a list of files or globs)")
         if self.kind == "python_docstrings" and not self.package:
             raise ValueError("kind 'python_docstrings' needs `package:` (e.g. scipy, or stdlib)")
+        return self
+
+
+class LanguageConfig(Section):
+    """Language identification (py3langid, model shipped in the package), paragraph by paragraph so that code
+    and a passage in another language do not decide; see `dapt.data.langid` for the measurements."""
+
+    enabled: bool = Field(True, description="Run language identification.")
+    languages: list[str] = Field(
+        default_factory=lambda: list(langid.DEFAULT_LANGUAGES),
+        description="ISO 639-1 codes of the languages to keep (default [en]: the demo and the Gopher stop-word "
+        "rule are English); [] keeps every language. A corpus in German sets [de].",
+    )
+    min_confidence: float = Field(
+        langid.DEFAULT_MIN_CONFIDENCE,
+        ge=0,
+        le=1,
+        description="A paragraph votes for its language only when the identifier's probability is at least this; "
+        "code and numbers fall below and do not vote. A document with no voting paragraph is kept.",
+    )
+    min_language_share: float = Field(
+        langid.DEFAULT_MIN_LANGUAGE_SHARE,
+        gt=0,
+        le=1,
+        description="Drop a document when the kept languages hold less than this share of its voting characters. "
+        "0.2 keeps all of the demo's docstrings and 95% of those with a quarter of their length in another "
+        "language (0.5: 54%), and drops 99.9% of documents in other languages.",
+    )
+    min_paragraph_chars: int = Field(
+        langid.DEFAULT_MIN_PARAGRAPH_CHARS,
+        ge=1,
+        description="Paragraphs shorter than this (titles, a lone parameter line) are not labelled.",
+    )
+
+    @model_validator(mode="after")
+    def _codes(self) -> LanguageConfig:
+        bad = [code for code in self.languages if not (code.isascii() and code.isalpha() and code.islower())]
+        if bad:
+            raise ValueError(f"languages: {bad} are not lowercase language codes such as en, de, zh")
         return self
 
 
@@ -378,6 +417,9 @@ class CurateConfig(Section):
         "near-duplicates. 0.8: a copy with 1 word in 100 inserted, deleted or swapped scores about 0.9, 1 in 50 "
         "about 0.85; on SciPy's docstrings it drops 35 of 2.9k, sibling functions documented from one "
         "template (dctn / idctn, wishart / invwishart).",
+    )
+    language: LanguageConfig = Field(
+        default_factory=LanguageConfig, description="Language identification (dapt.data.langid)."
     )
     gopher_quality: GopherQualityConfig = Field(
         default_factory=GopherQualityConfig, description="Gopher's quality rules (dapt.data.quality)."

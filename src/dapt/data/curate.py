@@ -1,11 +1,12 @@
 """Clean a document table, keeping an account of every document that was dropped and why.
 
-Curation runs small blocks in a fixed order: normalize → PII scrub → length → quality → Gopher quality →
-Gopher repetition → C4 (`dapt.data.quality`) → decontaminate → exact dedup → near dedup. Each filter
-answers "keep?" for one document and, when not, gives a `reason` (a stable key to count by) and a
-`detail` a person can check (the measured value and the threshold, the kept duplicate's id, the eval task
-whose text leaked). Dropped documents go to the rejection ledger rather than disappearing, so
-`docs_in == kept + ledger` always holds and a surprising drop can be traced to its block.
+Curation runs small blocks in a fixed order: normalize (with mojibake repair) → PII scrub → length →
+quality → language ID (`dapt.data.langid`) → Gopher quality → Gopher repetition → C4 (`dapt.data.quality`)
+→ decontaminate → exact dedup → near dedup. Each filter answers "keep?" for one document and, when not,
+gives a `reason` (a stable key to count by) and a `detail` a person can check (the measured value and
+the threshold, the kept duplicate's id, the eval task whose text leaked). Dropped documents go to the
+rejection ledger rather than disappearing, so `docs_in == kept + ledger` always holds and a surprising
+drop can be traced to its block.
 
 PII scrubbing (`dapt.data.pii`) replaces e-mail addresses, phone numbers, IPs, card numbers, IBANs and
 secrets with placeholders and drops nothing; it runs before every block that reads text, so that two
@@ -366,7 +367,8 @@ def document_blocks(options: Mapping[str, Any]) -> list[CurationBlock]:
     text alone and keeps no state between documents: each worker process builds its own copies, and the
     `seen` / `dropped` counts a report shows are recomputed from the verdicts.
     """
-    from dapt.data.quality import quality_blocks  # it imports this module's CurationBlock
+    from dapt.data.langid import language_block  # these import this module's CurationBlock
+    from dapt.data.quality import quality_blocks
 
     return [
         LengthFilter(min_chars=options["min_chars"], max_chars=options["max_chars"], min_words=options["min_words"]),
@@ -375,6 +377,9 @@ def document_blocks(options: Mapping[str, Any]) -> list[CurationBlock]:
             min_alpha_words_ratio=options["min_alpha_words_ratio"],
             max_mean_word_chars=options["max_mean_word_chars"],
         ),
+        # after the quality block, so that a base64 blob or a table (which the identifier labels too) is
+        # reported as what it is, and before Gopher's English stop-word rule, so a German text is "language"
+        *language_block(options["language"]),
         *quality_blocks(options["gopher_quality"], options["gopher_repetition"], options["c4"]),
     ]
 
@@ -417,6 +422,11 @@ def curate_documents(
         blocks.append(ExactDedup())
 
     verdicts = run_blocks(ids, texts, blocks)
+    if any(block.name == "language" for block in blocks):
+        from dapt.data.langid import warn_if_most_dropped
+
+        language_dropped = sum(verdict is not None and verdict[0] == "language" for verdict in verdicts)
+        warn_if_most_dropped(language_dropped, len(verdicts), options["language"]["languages"])
     if near_dedup:
         survivors = [i for i, verdict in enumerate(verdicts) if verdict is None]
         near_verdicts = near_dedup_block.judge_all([ids[i] for i in survivors], [texts[i] for i in survivors])

@@ -111,7 +111,7 @@ class GopherQualityFilter(CurationBlock):
         tokens = text.split()
         # Tokens of punctuation alone (`>>>`, `...`, an rst underline `=====`) are not words: as in the
         # common implementations (datatrove), they count neither as words nor in the mean word length.
-        words = [token for token in tokens if _ALNUM.search(token)]
+        words = list(filter(_ALNUM.search, tokens))
         n_words = len(words)
         if self.min_words is not None and n_words < self.min_words:
             yield Rejection("gopher_too_few_words", f"{n_words} words < min_words {self.min_words}")
@@ -253,41 +253,35 @@ class GopherRepetitionFilter(CurationBlock):
         words = _WORD.findall(text.lower())
         if not words:
             return
-        # Words as small ints: tuples of ints hash faster than tuples of strings.
-        index: dict[str, int] = {}
-        ids = [index.setdefault(word, len(index)) for word in words]
-        lengths = [len(word) for word in words]
-        total = sum(lengths)
+        # n-grams are tuples of the word strings: a str caches its hash, so hashing a tuple of them is cheap
+        # (mapping words to ints first cost more than it saved).
+        total = sum(map(len, words))
         for n, max_fraction in sorted(self.max_top_ngram_char_fraction.items()):
-            if len(ids) < n:
+            if len(words) < n:
                 continue
-            counts = Counter(zip(*(ids[i:] for i in range(n)), strict=False))
-            gram, occurrences = counts.most_common(1)[0]
+            gram, occurrences = Counter(zip(*(words[i:] for i in range(n)), strict=False)).most_common(1)[0]
             if occurrences < 2:
                 continue
-            # characters of one occurrence: the first position where it occurs
-            first = next(i for i in range(len(ids)) if tuple(ids[i : i + n]) == gram)
-            fraction = occurrences * sum(lengths[first : first + n]) / total
+            fraction = occurrences * sum(map(len, gram)) / total
             if fraction > max_fraction:
-                shown = " ".join(words[first : first + n])
+                shown = " ".join(gram)
                 yield Rejection(
                     "top_ngram_char_fraction",
                     f"the {n}-gram '{shown}' ({occurrences}x) holds {fraction:.3f} of the characters > "
                     f"max_top_ngram_char_fraction[{n}] {max_fraction}",
                 )
         for n, max_fraction in sorted(self.max_dup_ngram_char_fraction.items()):
-            if len(ids) < n:
-                continue
-            covered = bytearray(len(ids))
-            seen: set[tuple[int, ...]] = set()
-            for i, gram in enumerate(zip(*(ids[i:] for i in range(n)), strict=False)):
+            grams = list(zip(*(words[i:] for i in range(n)), strict=False))
+            if len(set(grams)) == len(grams):
+                break  # no n-gram repeats (checked at C speed), so no longer one does either
+            covered = bytearray(len(words))
+            seen: set[tuple[str, ...]] = set()
+            for i, gram in enumerate(grams):
                 if gram in seen:
                     covered[i : i + n] = b"\x01" * n
                 else:
                     seen.add(gram)
-            if not any(covered):
-                break  # no n-gram repeats, so no longer one does either
-            fraction = sum(length for length, flag in zip(lengths, covered, strict=True) if flag) / total
+            fraction = sum(len(word) for word, flag in zip(words, covered, strict=True) if flag) / total
             if fraction > max_fraction:
                 yield Rejection(
                     "dup_ngram_char_fraction",
