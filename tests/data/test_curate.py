@@ -131,6 +131,11 @@ def test_decontamination_runs_before_dedup() -> None:
             st.integers(0, 5).map(lambda seed: (prose(seed, 30) + "\n") * 4),
             st.just("Sparse kernel spline vector matrix estimate. " * 3 + "Integral sample filter signal."),
             st.integers(0, 3).map(lambda seed: prose(seed) + " Lorem ipsum dolor sit amet."),
+            st.just(  # another language: language ID
+                "Die Gemeinde liegt am Ufer eines kleinen Sees und ist von Wäldern umgeben. Im Sommer kommen viele "
+                "Wanderer, die auf den alten Wegen zu den Hütten in den Bergen steigen und dort übernachten."
+            ),
+            st.just("The cafÃ© of the kernel and the sample with the spline. " + prose(7)),  # mojibake
         ),
         max_size=40,
     )
@@ -147,6 +152,7 @@ def test_every_input_document_is_kept_or_in_the_ledger(texts: list[str]) -> None
     assert result.stats["chars_kept"] == sum(map(len, kept_texts))
     assert not [text for text in kept_texts if "@mail.com" in text]  # scrubbed, and then exact duplicates
     assert not [text for text in kept_texts if "buy now buy now" in text or "Lorem ipsum" in text]
+    assert not [text for text in kept_texts if "Gemeinde" in text or "Ã©" in text]
     for seed in range(6):  # a planted near-duplicate never survives next to its original
         assert not {prose(seed, n_words=150), near_copy(seed)} <= set(kept_texts)
 
