@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dapt.data import curate, langid, quality
+from dapt.data import curate, langid, quality, toxicity
 from dapt.errors import ConfigError
 
 
@@ -173,6 +173,26 @@ class LanguageConfig(Section):
         if bad:
             raise ValueError(f"languages: {bad} are not lowercase language codes such as en, de, zh")
         return self
+
+
+class ToxicityConfig(Section):
+    """Toxicity filter (alt-profanity-check, the optional extra `dapt-lm[toxicity]`); see `dapt.data.toxicity`."""
+
+    enabled: bool = Field(
+        False,
+        description="Score every paragraph and drop documents with an abusive or obscene one. Off by default: it "
+        "needs `pip install 'dapt-lm[toxicity]'` (scikit-learn and SciPy, ~165 MB, exact version pins).",
+    )
+    max_score: float = Field(
+        toxicity.DEFAULT_MAX_SCORE,
+        ge=0,
+        le=1,
+        description="Drop a document whose most toxic paragraph scores above this (0..1). 0.95 drops none of the "
+        "demo's docstrings (highest: 0.87, a doctest printing 'hell'); insults score 0.99-1.0.",
+    )
+    min_paragraph_chars: int = Field(
+        toxicity.DEFAULT_MIN_PARAGRAPH_CHARS, ge=1, description="Shorter paragraphs are not scored on their own."
+    )
 
 
 class GopherQualityConfig(Section):
@@ -428,6 +448,9 @@ class CurateConfig(Section):
         default_factory=GopherRepetitionConfig, description="Gopher's repetition rules (dapt.data.quality)."
     )
     c4: C4Config = Field(default_factory=C4Config, description="C4's page rules (dapt.data.quality).")
+    toxicity: ToxicityConfig = Field(
+        default_factory=ToxicityConfig, description="Toxicity filter, off by default (dapt.data.toxicity)."
+    )
 
     @model_validator(mode="after")
     def _bands_divide_num_perm(self) -> CurateConfig:

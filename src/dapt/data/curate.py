@@ -2,11 +2,11 @@
 
 Curation runs small blocks in a fixed order: normalize (with mojibake repair) → PII scrub → length →
 quality → language ID (`dapt.data.langid`) → Gopher quality → Gopher repetition → C4 (`dapt.data.quality`)
-→ decontaminate → exact dedup → near dedup. Each filter answers "keep?" for one document and, when not,
-gives a `reason` (a stable key to count by) and a `detail` a person can check (the measured value and
-the threshold, the kept duplicate's id, the eval task whose text leaked). Dropped documents go to the
-rejection ledger rather than disappearing, so `docs_in == kept + ledger` always holds and a surprising
-drop can be traced to its block.
+→ toxicity (`dapt.data.toxicity`, off by default) → decontaminate → exact dedup → near dedup. Each filter
+answers "keep?" for one document and, when not, gives a `reason` (a stable key to count by) and a
+`detail` a person can check (the measured value and the threshold, the kept duplicate's id, the eval task
+whose text leaked). Dropped documents go to the rejection ledger rather than disappearing, so
+`docs_in == kept + ledger` always holds and a surprising drop can be traced to its block.
 
 PII scrubbing (`dapt.data.pii`) replaces e-mail addresses, phone numbers, IPs, card numbers, IBANs and
 secrets with placeholders and drops nothing; it runs before every block that reads text, so that two
@@ -369,6 +369,7 @@ def document_blocks(options: Mapping[str, Any]) -> list[CurationBlock]:
     """
     from dapt.data.langid import language_block  # these import this module's CurationBlock
     from dapt.data.quality import quality_blocks
+    from dapt.data.toxicity import toxicity_block
 
     return [
         LengthFilter(min_chars=options["min_chars"], max_chars=options["max_chars"], min_words=options["min_words"]),
@@ -381,6 +382,7 @@ def document_blocks(options: Mapping[str, Any]) -> list[CurationBlock]:
         # reported as what it is, and before Gopher's English stop-word rule, so a German text is "language"
         *language_block(options["language"]),
         *quality_blocks(options["gopher_quality"], options["gopher_repetition"], options["c4"]),
+        *toxicity_block(options["toxicity"]),
     ]
 
 
