@@ -4,9 +4,9 @@ alt-profanity-check is a linear SVM over TF-IDF word features (trained on ~200k 
 model files inside the package, scikit-learn to run it; nothing is downloaded. It is slow per call: 6.8 ms per
 docstring here (scikit-learn's calibrated classifier costs ~4 ms a call, whatever the text), against 0.16 ms
 per docstring when all paragraphs go in one call — a block judges one document at a time. Detoxify (BERT
-models; not tried here) fetches its checkpoints over the network on first use, which fails offline. The package pins exact scikit-learn and
-joblib releases and brings scikit-learn + SciPy (~165 MB), so it is the optional extra `dapt-lm[toxicity]` and
-the block is off unless `curate.toxicity.enabled` is set.
+models; not tried here) fetches its checkpoints over the network on first use, which fails offline. The
+package pins exact scikit-learn and joblib releases and brings scikit-learn + SciPy (~165 MB), so it is the
+optional extra `dapt-lm[toxicity]` and the block is off unless `curate.toxicity.enabled` is set.
 
 Scoring is per paragraph, the document's score the highest: TF-IDF of a whole long document dilutes one
 abusive paragraph into a low score. On the demo's 5,106 SciPy + stdlib docstrings (32.5k paragraphs of >= 30
