@@ -133,7 +133,8 @@ def test_decontamination_runs_before_dedup() -> None:
             st.integers(0, 3).map(lambda seed: prose(seed) + " Lorem ipsum dolor sit amet."),
             st.just(  # another language: language ID
                 "Die Gemeinde liegt am Ufer eines kleinen Sees und ist von Wäldern umgeben. Im Sommer kommen viele "
-                "Wanderer, die auf den alten Wegen zu den Hütten in den Bergen steigen und dort übernachten."
+                "Wanderer, die auf den alten Wegen zu den Hütten in den Bergen steigen und dort übernachten. Die "
+                "Schule des Ortes wurde im neunzehnten Jahrhundert gebaut."
             ),
             st.just("The cafÃ© of the kernel and the sample with the spline. " + prose(7)),  # mojibake
         ),

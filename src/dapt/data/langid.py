@@ -152,7 +152,7 @@ def warn_if_most_dropped(dropped: int, seen: int, languages: tuple[str, ...] | l
     if seen >= 10 and dropped > seen / 2:
         logger.warning(
             "language ID dropped %d of %d documents as not %s: if your corpus is in another language, set "
-            "curate.language.languages (e.g. [de]) or [] to keep every language",
+            "curate.language.languages to its ISO 639-1 codes (e.g. [de, fr]), or [] to keep every language",
             dropped,
             seen,
             "/".join(languages),
