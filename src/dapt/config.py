@@ -219,6 +219,19 @@ class CurateConfig(Section):
         "about 0.85; on SciPy's docstrings it drops 35 of 2.9k, sibling functions documented from one "
         "template (dctn / idctn, wishart / invwishart).",
     )
+    # How curation runs (dapt.data.executor): none of these changes which documents are kept.
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Processes that run the per-document blocks, batch by batch: 0 = every core this process "
+        "may use, 1 = in this process. Kept documents, ledger and counts are the same for any value.",
+    )
+    batch_size: int = Field(
+        2048,
+        gt=0,
+        description="Documents per batch handed to a worker. Memory holds about 2 x workers batches of text "
+        "(plus ~600 bytes per document for the dedups); a corpus of one batch runs in this process.",
+    )
 
     @model_validator(mode="after")
     def _bands_divide_num_perm(self) -> CurateConfig:

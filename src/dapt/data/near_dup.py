@@ -259,7 +259,10 @@ class NearDuplicateFinder:
 
     def find(self, texts: Sequence[str]) -> list[NearDuplicate]:
         """The near-duplicates among `texts`, by index; the first document of each cluster is not listed."""
-        signatures = self.signatures(texts)
+        return self.find_in_signatures(self.signatures(texts))
+
+    def find_in_signatures(self, signatures: np.ndarray) -> list[NearDuplicate]:
+        """`find` from the texts' signatures (uint32, (documents, num_perm)), which can be computed apart."""
         candidates = lsh_candidate_pairs(signatures, self.bands)
         jaccard = estimated_jaccard(signatures, candidates[:, 0], candidates[:, 1])
         # A float comparison on k/num_perm: allow for rounding so that 0.8 exactly passes threshold 0.8.
@@ -267,7 +270,7 @@ class NearDuplicateFinder:
         verified_jaccard = jaccard[jaccard >= self.threshold - 1e-9]
         self.candidate_pairs, self.verified_pairs = len(candidates), len(verified)
 
-        parent = list(range(len(texts)))
+        parent = list(range(len(signatures)))
 
         def root(i: int) -> int:
             while parent[i] != i:
@@ -286,7 +289,7 @@ class NearDuplicateFinder:
                 if (estimate, -other) > best_neighbour.get(member, (-1.0, 0)):
                     best_neighbour[member] = (estimate, -other)
 
-        duplicates = [index for index in range(len(texts)) if root(index) != index]
+        duplicates = [index for index in range(len(signatures)) if root(index) != index]
         if not duplicates:
             return []
         kept = np.array([root(index) for index in duplicates])
