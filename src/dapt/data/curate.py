@@ -1,11 +1,11 @@
 """Clean a document table, keeping an account of every document that was dropped and why.
 
-Curation runs small blocks in a fixed order: normalize → PII scrub → length → quality → decontaminate →
-exact dedup → near dedup. Each filter answers "keep?" for one document and, when not, gives a `reason`
-(a stable key to count by) and a `detail` a person can check (the measured value and the threshold, the
-kept duplicate's id, the eval task whose text leaked). Dropped documents go to the rejection ledger rather
-than disappearing, so `docs_in == kept + ledger` always holds and a surprising drop can be traced to its
-block.
+Curation runs small blocks in a fixed order: normalize → PII scrub → length → quality → Gopher quality →
+Gopher repetition → C4 (`dapt.data.quality`) → decontaminate → exact dedup → near dedup. Each filter
+answers "keep?" for one document and, when not, gives a `reason` (a stable key to count by) and a
+`detail` a person can check (the measured value and the threshold, the kept duplicate's id, the eval task
+whose text leaked). Dropped documents go to the rejection ledger rather than disappearing, so
+`docs_in == kept + ledger` always holds and a surprising drop can be traced to its block.
 
 PII scrubbing (`dapt.data.pii`) replaces e-mail addresses, phone numbers, IPs, card numbers, IBANs and
 secrets with placeholders and drops nothing; it runs before every block that reads text, so that two
@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dapt.data import mojibake
 from dapt.data.near_dup import (  # noqa: F401  (the DEFAULT_* are CurateConfig's defaults)
     DEFAULT_BANDS,
     DEFAULT_NUM_PERM,
@@ -84,12 +85,15 @@ _HAS_LETTER = re.compile(r"[^\W\d_]")
 _WORD = re.compile(r"[^\W_]+")
 
 
-def normalize_text(text: str) -> str:
+def normalize_text(text: str, *, fix_mojibake: bool = True) -> str:
     """Canonical form for training and for exact dedup: texts differing only in layout noise become equal.
 
+    Mis-decoded text repaired (`cafÃ©` → `café`, `dapt.data.mojibake`, unless `fix_mojibake` is off),
     Unicode NFC (so "é" typed two ways is one token sequence), `\\r\\n` and lone `\\r` → `\\n`, no
     trailing spaces on lines, at most 2 consecutive blank lines, no leading/trailing whitespace.
     """
+    if fix_mojibake:
+        text = mojibake.fix_mojibake(text)
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _TRAILING_SPACE.sub("", text)
@@ -367,6 +371,8 @@ def document_blocks(options: Mapping[str, Any]) -> list[CurationBlock]:
     text alone and keeps no state between documents: each worker process builds its own copies, and the
     `seen` / `dropped` counts a report shows are recomputed from the verdicts.
     """
+    from dapt.data.quality import quality_blocks  # it imports this module's CurationBlock
+
     return [
         LengthFilter(min_chars=options["min_chars"], max_chars=options["max_chars"], min_words=options["min_words"]),
         QualityFilter(
@@ -374,6 +380,7 @@ def document_blocks(options: Mapping[str, Any]) -> list[CurationBlock]:
             min_alpha_words_ratio=options["min_alpha_words_ratio"],
             max_mean_word_chars=options["max_mean_word_chars"],
         ),
+        *quality_blocks(options["gopher_quality"], options["gopher_repetition"], options["c4"]),
     ]
 
 

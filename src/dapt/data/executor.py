@@ -107,6 +107,7 @@ class BatchCurator:
         self.blocks = document_blocks(options)
         self.scrubber = PiiScrubber(kinds=options["pii_kinds"] if options["pii_scrub"] else ())
         self.pii_scrub = bool(options["pii_scrub"])
+        self.fix_mojibake = bool(options["fix_mojibake"])
         self.ngram = options["decontaminate_ngram"]
         self.ngram_index = {gram: i for i, gram in enumerate(eval_ngrams)}
         # The corpus-wide count covers every document, dropped ones included (boilerplate is boilerplate).
@@ -122,7 +123,7 @@ class BatchCurator:
         survivors: list[str | None] = []
         eval_ngrams: dict[int, tuple[int, ...]] = {}
         for i, (doc_id, raw_text) in enumerate(zip(ids, raw_texts, strict=True)):
-            text = normalize_text(raw_text or "")
+            text = normalize_text(raw_text or "", fix_mojibake=self.fix_mojibake)
             if self.pii_scrub:
                 text = self.scrubber(text)
             verdict: Verdict = None
@@ -171,6 +172,10 @@ class BatchCurator:
         )
 
 
+# A corpus of fewer batches than this per worker runs in the calling process: starting a worker (a new
+# interpreter importing pyarrow, NumPy and the blocks: about a second) would cost more than it saves.
+MIN_BATCHES_PER_WORKER = 4
+
 # One BatchCurator per worker process, built by the pool's initializer.
 _worker_curator: BatchCurator | None = None
 
@@ -185,30 +190,29 @@ def _curate_in_worker(batch: pa.RecordBatch, scratch: Path) -> BatchState:
     return _worker_curator(batch, scratch)
 
 
-def document_batches(source: Path | pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]:
-    """The documents of a Parquet file (or table) as record batches of at most `batch_size` rows, read lazily."""
+def document_batches(source: Path | pa.Table, batch_size: int) -> tuple[int, Iterator[pa.RecordBatch]]:
+    """The number of documents of a Parquet file (or table) and its record batches of at most `batch_size`
+    rows, read lazily. The file and its columns are checked now."""
     if isinstance(source, pa.Table):
-        schema, batches = source.schema, source.to_batches(max_chunksize=batch_size)
-        where = "the document table"
+        schema, rows, where = source.schema, source.num_rows, "the document table"
     else:
         source = Path(source)
         if not source.is_file():
             raise DataError(f"document file '{source}' not found (looked in {source.resolve().parent})")
         parquet = pq.ParquetFile(source)
-        schema = parquet.schema_arrow
-        where = f"{source}"
-        batches = None
+        schema, rows, where = parquet.schema_arrow, parquet.metadata.num_rows, f"{source}"
     missing = [name for name in DOCUMENT_SCHEMA.names if name not in schema.names]
     if missing:
         raise DataError(
             f"curate: {where} lacks column(s) {', '.join(missing)}; "
             f"it needs {', '.join(DOCUMENT_SCHEMA.names)} (see dapt.data.documents)"
         )
-    if batches is None:
+    if isinstance(source, pa.Table):
+        batches = source.select(DOCUMENT_SCHEMA.names).cast(DOCUMENT_SCHEMA).to_batches(max_chunksize=batch_size)
+    else:
         batches = parquet.iter_batches(batch_size=batch_size, columns=DOCUMENT_SCHEMA.names)
-    for batch in batches:
-        if batch.num_rows:
-            yield pa.Table.from_batches([batch]).select(DOCUMENT_SCHEMA.names).cast(DOCUMENT_SCHEMA).to_batches()[0]
+    cast = (pa.Table.from_batches([batch]).cast(DOCUMENT_SCHEMA).to_batches()[0] for batch in batches if batch.num_rows)
+    return rows, cast
 
 
 def map_batches(
@@ -217,15 +221,12 @@ def map_batches(
     options: Mapping[str, Any],
     eval_ngrams: Sequence[tuple[str, ...]],
     workers: int,
+    expected_batches: int,
 ) -> Iterator[tuple[Path, BatchState]]:
-    """Curate each batch (in `workers` processes when there is more than one batch), in input order."""
-    first = next(batches, None)
-    if first is None:
-        return
-    second = next(batches, None)
-    if workers <= 1 or second is None:
+    """Curate each batch, in `workers` processes when there are enough batches to share, in input order."""
+    if workers <= 1 or expected_batches < MIN_BATCHES_PER_WORKER * workers:
         curator = BatchCurator(options, eval_ngrams)
-        for index, batch in enumerate(_chain(first, second, batches)):
+        for index, batch in enumerate(batches):
             path = scratch / f"part-{index:06d}.parquet"
             yield path, curator(batch, path)
         return
@@ -237,7 +238,7 @@ def map_batches(
         initargs=(dict(options), list(eval_ngrams)),
     ) as pool:
         pending: deque[tuple[Path, Future]] = deque()
-        for index, batch in enumerate(_chain(first, second, batches)):
+        for index, batch in enumerate(batches):
             path = scratch / f"part-{index:06d}.parquet"
             pending.append((path, pool.submit(_curate_in_worker, batch, path)))
             # Two batches in flight per worker keep every core busy; more would only hold texts in memory.
@@ -247,13 +248,6 @@ def map_batches(
         while pending:
             path, future = pending.popleft()
             yield path, future.result()
-
-
-def _chain(first: pa.RecordBatch, second: pa.RecordBatch | None, rest: Iterator[pa.RecordBatch]):
-    yield first
-    if second is not None:
-        yield second
-        yield from rest
 
 
 @dataclass
@@ -399,9 +393,11 @@ def curate_to_files(
     corpus = CorpusState()
     documents_out = Path(documents_out)
     with tempfile.TemporaryDirectory(prefix=".curate-scratch-", dir=documents_out.parent) as scratch:
-        batches = document_batches(source, options.get("batch_size") or 2048)
+        batch_size = options.get("batch_size") or 2048
+        rows, batches = document_batches(source, batch_size)
         eval_ngrams = decontaminator.eval_ngrams if contaminated else []
-        for path, batch in map_batches(batches, Path(scratch), options, eval_ngrams, workers):
+        expected_batches = -(-rows // batch_size)
+        for path, batch in map_batches(batches, Path(scratch), options, eval_ngrams, workers, expected_batches):
             corpus.add(path, batch)
         reduced = reduce_corpus(corpus, options, decontaminator, contaminated)
         write_outputs(corpus, documents_out, Path(ledger_out), earlier_rejections)
