@@ -397,7 +397,15 @@ class CurateConfig(Section):
         2048,
         gt=0,
         description="Documents per batch handed to a worker. Memory holds about 2 x workers batches of text "
-        "(plus ~600 bytes per document for the dedups); a corpus of one batch runs in this process.",
+        "(plus ~600 bytes per document for the dedups); a corpus of fewer than 4 batches per worker runs in "
+        "this process, since starting a worker costs about a second.",
+    )
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the batches run: 'local' (a process pool on this machine) or 'ray' (Ray Data on the "
+        "cluster `ray.init()` connects to, e.g. through RAY_ADDRESS; needs pip install 'dapt[ray]'). Under "
+        "'ray', exact and near dedup group documents by digest and LSH band key across the cluster, and the "
+        "output folder must be on storage every node sees. Same result either way.",
     )
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from dapt.data.documents import DOCUMENT_SCHEMA
 from dapt.data.executor import curate_to_files
 from dapt.errors import DataError
 
-WORDS = "the model and data of signal to filter with matrix sparse kernel estimate sample integral spline vector basis".split()
+WORDS = "the model and data of signal to filter with matrix sparse kernel estimate sample integral spline basis".split()
 
 
 def prose(seed: int, n_words: int = 80) -> str:

@@ -320,12 +320,15 @@ class NearDedup:
         """For each document, the rejection if it is a near-duplicate of an earlier kept one, else None."""
         return self.judge_signatures(ids, self.finder.signatures(texts))
 
-    def judge_signatures(self, ids: Sequence[str], signatures: np.ndarray) -> list[Rejection | None]:
-        """`judge_all` from the documents' MinHash signatures (`finder.signatures`), in input order."""
+    def judge_signatures(
+        self, ids: Sequence[str], signatures: np.ndarray, candidates: np.ndarray | None = None
+    ) -> list[Rejection | None]:
+        """`judge_all` from the documents' MinHash signatures (`finder.signatures`), in input order;
+        `candidates`: their LSH candidate pairs when found elsewhere (`NearDuplicateFinder.find_in_signatures`)."""
         self.seen += len(ids)
         verdicts: list[Rejection | None] = [None] * len(ids)
         threshold = self.finder.threshold
-        for duplicate in self.finder.find_in_signatures(signatures):
+        for duplicate in self.finder.find_in_signatures(signatures, candidates):
             kept_id = ids[duplicate.kept]
             if duplicate.via == duplicate.kept:
                 detail = f"near-duplicate of {kept_id}: estimated Jaccard {duplicate.jaccard:.2f} >= {threshold}"

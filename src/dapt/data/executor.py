@@ -283,8 +283,8 @@ class CorpusState:
 
 def reduce_corpus(
     corpus: CorpusState, options: Mapping[str, Any], decontaminator: Decontaminator, contaminated: bool
-) -> dict[str, Any]:
-    """Decontaminate, exact- and near-dedup in input order; fill `corpus.verdicts`; return the stats' parts.
+) -> NearDedup:
+    """Decontaminate, exact- and near-dedup in input order; fill `corpus.verdicts`; return the near dedup.
 
     Each step sees only the documents the steps before it kept, as in a serial run of the blocks.
     """
@@ -323,9 +323,7 @@ def reduce_corpus(
         for position, rejection in zip(near_survivors, near_verdicts, strict=True):
             if rejection is not None:
                 corpus.verdicts[corpus.survivors[position]] = (near.name, rejection.reason, rejection.detail)
-    return {
-        "near_dedup": {"candidate_pairs": near.finder.candidate_pairs, "verified_pairs": near.finder.verified_pairs}
-    }
+    return near
 
 
 def _location(meta_text: str | None) -> tuple[str | None, int | None]:
@@ -333,8 +331,17 @@ def _location(meta_text: str | None) -> tuple[str | None, int | None]:
     return meta.get("path"), meta.get("line", meta.get("row"))
 
 
-def write_outputs(corpus: CorpusState, documents_out: Path, ledger_out: Path, earlier_rejections: Path | None) -> None:
-    """Kept documents to `documents_out`, dropped ones (after `earlier_rejections`' rows) to `ledger_out`."""
+def write_outputs(
+    parts: Sequence[tuple[Path, int]],
+    verdicts: Sequence[Verdict],
+    documents_out: Path,
+    ledger_out: Path,
+    earlier_rejections: Path | None,
+) -> None:
+    """Kept documents to `documents_out`, dropped ones (after `earlier_rejections`' rows) to `ledger_out`.
+
+    `parts`: the map step's scratch files (removed once read) and their numbers of documents, in input order.
+    """
     offset = 0
     with (
         pq.ParquetWriter(documents_out, DOCUMENT_SCHEMA) as documents,
@@ -343,14 +350,14 @@ def write_outputs(corpus: CorpusState, documents_out: Path, ledger_out: Path, ea
         if earlier_rejections is not None:
             for batch in pq.ParquetFile(earlier_rejections).iter_batches():
                 ledger.write_batch(batch)
-        for path, rows in corpus.parts:
+        for path, rows in parts:
             part = pq.read_table(path)
-            verdicts = corpus.verdicts[offset : offset + rows]
+            part_verdicts = verdicts[offset : offset + rows]
             offset += rows
-            kept = pa.array([verdict is None for verdict in verdicts])
+            kept = pa.array([verdict is None for verdict in part_verdicts])
             documents.write_table(part.filter(kept))
             dropped = part.filter(pc.invert(kept))
-            dropped_verdicts = [verdict for verdict in verdicts if verdict is not None]
+            dropped_verdicts = [verdict for verdict in part_verdicts if verdict is not None]
             if dropped_verdicts:
                 locations = [_location(meta) for meta in dropped.column("meta").to_pylist()]
                 ledger.write_table(
@@ -382,37 +389,70 @@ def curate_to_files(
     """Curate a document file (or table) into `documents_out` and `ledger_out` (REJECTION_LEDGER_SCHEMA,
     the rows of `earlier_rejections` first); return the stats (see `dapt.data.curate.CurateResult`).
 
-    `options` are CurateConfig's fields, execution ones (`workers`, `batch_size`) included. Scratch files
-    (the cleaned texts of one pass) are written next to `documents_out` and removed at the end.
+    `options` are CurateConfig's fields, execution ones (`workers`, `batch_size`, `backend`) included.
+    Scratch files (the cleaned texts of one pass) are written next to `documents_out` and removed at the end.
     """
     contaminated = bool(contamination)
     # Built before any document is read, so a bad setting fails fast.
     near_dup_finder(options)
     decontaminator = Decontaminator(contamination=dict(contamination or {}), n=options["decontaminate_ngram"])
-    workers = options.get("workers") or available_cores()
-    corpus = CorpusState()
-    documents_out = Path(documents_out)
-    with tempfile.TemporaryDirectory(prefix=".curate-scratch-", dir=documents_out.parent) as scratch:
-        batch_size = options.get("batch_size") or 2048
+    documents_out, ledger_out = Path(documents_out), Path(ledger_out)
+    batch_size = options["batch_size"]
+    with tempfile.TemporaryDirectory(prefix=".curate-scratch-", dir=documents_out.parent) as scratch_name:
+        scratch = Path(scratch_name)
         rows, batches = document_batches(source, batch_size)
+        if options.get("backend", "local") == "ray":
+            from dapt.data.ray_backend import curate_with_ray
+
+            if isinstance(source, pa.Table):  # Ray's workers read a file
+                pq.write_table(source, scratch / "input.parquet", row_group_size=batch_size)
+                source = scratch / "input.parquet"
+            return curate_with_ray(
+                Path(source),
+                documents_out,
+                ledger_out,
+                scratch,
+                options=options,
+                decontaminator=decontaminator,
+                contaminated=contaminated,
+                earlier_rejections=earlier_rejections,
+            )
+        corpus = CorpusState()
         eval_ngrams = decontaminator.eval_ngrams if contaminated else []
+        workers = options["workers"] or available_cores()
         expected_batches = -(-rows // batch_size)
-        for path, batch in map_batches(batches, Path(scratch), options, eval_ngrams, workers, expected_batches):
+        for path, batch in map_batches(batches, scratch, options, eval_ngrams, workers, expected_batches):
             corpus.add(path, batch)
-        reduced = reduce_corpus(corpus, options, decontaminator, contaminated)
-        write_outputs(corpus, documents_out, Path(ledger_out), earlier_rejections)
-    return corpus_stats(corpus, options, decontaminator, contaminated, reduced)
+        near = reduce_corpus(corpus, options, decontaminator, contaminated)
+        write_outputs(corpus.parts, corpus.verdicts, documents_out, ledger_out, earlier_rejections)
+    kept_chars = dict(zip(corpus.survivors, corpus.kept_chars, strict=True))
+    return corpus_stats(
+        corpus.verdicts,
+        options,
+        decontaminator,
+        contaminated,
+        chars_in=corpus.chars_in,
+        chars_kept=sum(chars for index, chars in kept_chars.items() if corpus.verdicts[index] is None),
+        pii_replaced=corpus.pii_replaced,
+        pii_changed=corpus.pii_changed,
+        near=near,
+    )
 
 
 def corpus_stats(
-    corpus: CorpusState,
+    verdicts: Sequence[Verdict],
     options: Mapping[str, Any],
     decontaminator: Decontaminator,
     contaminated: bool,
-    reduced: dict[str, Any],
+    *,
+    chars_in: int,
+    chars_kept: int,
+    pii_replaced: Counter,
+    pii_changed: int,
+    near: NearDedup,
 ) -> dict[str, Any]:
     """The counts a report shows. A block saw what every block before it kept (the first to drop wins)."""
-    dropped_by_block = Counter(verdict[0] for verdict in corpus.verdicts if verdict is not None)
+    dropped_by_block = Counter(verdict[0] for verdict in verdicts if verdict is not None)
     names = [
         *(["pii_scrub"] if options["pii_scrub"] else []),
         *(block.name for block in document_blocks(options)),
@@ -420,24 +460,22 @@ def corpus_stats(
         *(["exact_dedup"] if options["exact_dedup"] else []),
         *(["near_dedup"] if options["near_dedup"] else []),
     ]
-    blocks, remaining = {}, len(corpus.ids)
+    blocks, remaining = {}, len(verdicts)
     for name in names:
         blocks[name] = {"seen": remaining, "dropped": dropped_by_block[name]}
         remaining -= dropped_by_block[name]
-    kept_chars = dict(zip(corpus.survivors, corpus.kept_chars, strict=True))
-    kept = [index for index, verdict in enumerate(corpus.verdicts) if verdict is None]
-    pii_replaced = PiiScrubber(kinds=options["pii_kinds"] if options["pii_scrub"] else ()).replaced
-    pii_replaced.update(corpus.pii_replaced)
+    replaced = PiiScrubber(kinds=options["pii_kinds"] if options["pii_scrub"] else ()).replaced
+    replaced.update(pii_replaced)
     return {
-        "docs_in": len(corpus.ids),
-        "docs_kept": len(kept),
-        "dropped_by_reason": dict(sorted(Counter(v[1] for v in corpus.verdicts if v is not None).items())),
+        "docs_in": len(verdicts),
+        "docs_kept": sum(verdict is None for verdict in verdicts),
+        "dropped_by_reason": dict(sorted(Counter(v[1] for v in verdicts if v is not None).items())),
         "blocks": blocks,
         "decontaminated_by_task": dict(sorted(decontaminator.by_task.items())),
         "decontamination_ignored_common_ngrams": decontaminator.ignored_common_ngrams,
-        "chars_in": corpus.chars_in,
-        "chars_kept": sum(kept_chars[index] for index in kept),
-        "pii_replaced": dict(pii_replaced),
-        "pii_documents_changed": corpus.pii_changed,
-        **reduced,
+        "chars_in": chars_in,
+        "chars_kept": chars_kept,
+        "pii_replaced": dict(replaced),
+        "pii_documents_changed": pii_changed,
+        "near_dedup": {"candidate_pairs": near.finder.candidate_pairs, "verified_pairs": near.finder.verified_pairs},
     }
