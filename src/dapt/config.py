@@ -451,6 +451,27 @@ class CurateConfig(Section):
     toxicity: ToxicityConfig = Field(
         default_factory=ToxicityConfig, description="Toxicity filter, off by default (dapt.data.toxicity)."
     )
+    # How curation runs (dapt.data.executor): none of these changes which documents are kept.
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Processes that run the per-document blocks, batch by batch: 0 = every core this process "
+        "may use, 1 = in this process. Kept documents, ledger and counts are the same for any value.",
+    )
+    batch_size: int = Field(
+        2048,
+        gt=0,
+        description="Documents per batch handed to a worker. Memory holds about 2 x workers batches of text "
+        "(plus ~600 bytes per document for the dedups); a corpus of fewer than 4 batches per worker runs in "
+        "this process, since starting a worker costs about a second.",
+    )
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the batches run: 'local' (a process pool on this machine) or 'ray' (Ray Data on the "
+        "cluster `ray.init()` connects to, e.g. through RAY_ADDRESS; needs pip install 'dapt[ray]'). Under "
+        "'ray', exact and near dedup group documents by digest and LSH band key across the cluster, and the "
+        "output folder must be on storage every node sees. Same result either way.",
+    )
 
     @model_validator(mode="after")
     def _bands_divide_num_perm(self) -> CurateConfig:

@@ -24,16 +24,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dapt.data import mojibake
-from dapt.data.documents import DOCUMENT_SCHEMA
 from dapt.data.near_dup import (  # noqa: F401  (the DEFAULT_* are CurateConfig's defaults)
     DEFAULT_BANDS,
     DEFAULT_NUM_PERM,
@@ -42,7 +45,6 @@ from dapt.data.near_dup import (  # noqa: F401  (the DEFAULT_* are CurateConfig'
     NearDuplicateFinder,
 )
 from dapt.data.pii import PII_KINDS, PiiScrubber  # noqa: F401
-from dapt.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +218,11 @@ class Decontaminator(CurationBlock):
     by_task: Counter = field(init=False, default_factory=Counter)
     ignored_common_ngrams: int = field(init=False, default=0)
 
+    @property
+    def eval_ngrams(self) -> list[tuple[str, ...]]:
+        """The n-grams checked, sorted: a document is contaminated when its own n-grams include one."""
+        return sorted(self._tasks_of)
+
     def ignore_common(self, corpus_texts: Iterable[str], max_doc_frequency: int) -> None:
         """Stop matching eval n-grams that occur in more than `max_doc_frequency` corpus documents: boilerplate."""
         if not self._tasks_of or max_doc_frequency <= 0:
@@ -223,7 +230,13 @@ class Decontaminator(CurationBlock):
         frequency: Counter = Counter()
         for text in corpus_texts:
             frequency.update(word_ngrams(text, self.n) & self._tasks_of.keys())
-        common = [gram for gram, count in frequency.items() if count > max_doc_frequency]
+        self.ignore_frequent(frequency, max_doc_frequency)
+
+    def ignore_frequent(self, frequency: Counter, max_doc_frequency: int) -> None:
+        """`ignore_common` from counts already made: `frequency` maps an eval n-gram to its documents."""
+        if max_doc_frequency <= 0:
+            return
+        common = [gram for gram, count in frequency.items() if count > max_doc_frequency and gram in self._tasks_of]
         for gram in common:
             del self._tasks_of[gram]
         self.ignored_common_ngrams = len(common)
@@ -247,7 +260,12 @@ class Decontaminator(CurationBlock):
     def judge(self, doc_id: str, text: str) -> Rejection | None:
         if not self._tasks_of:
             return None
-        shared = word_ngrams(text, self.n) & self._tasks_of.keys()
+        return self.judge_shared(word_ngrams(text, self.n) & self._tasks_of.keys())
+
+    def judge_shared(self, shared: Iterable[tuple[str, ...]]) -> Rejection | None:
+        """The verdict on a document whose n-grams include `shared` among the eval n-grams (ignored ones
+        are skipped), counted for its tasks."""
+        shared = {gram for gram in shared if gram in self._tasks_of}
         if not shared:
             return None
         example = min(shared)  # deterministic choice of the n-gram to show
@@ -269,8 +287,16 @@ class ExactDedup(CurationBlock):
     def __post_init__(self) -> None:
         self._first_id: dict[bytes, str] = {}
 
+    @staticmethod
+    def digest(text: str) -> bytes:
+        """What two texts share when they are equal: 20 bytes, kept for each document instead of its text."""
+        return hashlib.sha1(text.encode()).digest()
+
     def judge(self, doc_id: str, text: str) -> Rejection | None:
-        digest = hashlib.sha1(text.encode()).digest()
+        return self.judge_digest(doc_id, self.digest(text))
+
+    def judge_digest(self, doc_id: str, digest: bytes) -> Rejection | None:
+        """`judge` on the text's `digest`; documents must come in input order."""
         kept_id = self._first_id.setdefault(digest, doc_id)
         if kept_id != doc_id:
             return Rejection("exact_duplicate", f"same text as {kept_id}")
@@ -293,10 +319,17 @@ class NearDedup:
 
     def judge_all(self, ids: Sequence[str], texts: Sequence[str]) -> list[Rejection | None]:
         """For each document, the rejection if it is a near-duplicate of an earlier kept one, else None."""
+        return self.judge_signatures(ids, self.finder.signatures(texts))
+
+    def judge_signatures(
+        self, ids: Sequence[str], signatures: np.ndarray, candidates: np.ndarray | None = None
+    ) -> list[Rejection | None]:
+        """`judge_all` from the documents' MinHash signatures (`finder.signatures`), in input order;
+        `candidates`: their LSH candidate pairs when found elsewhere (`NearDuplicateFinder.find_in_signatures`)."""
         self.seen += len(ids)
         verdicts: list[Rejection | None] = [None] * len(ids)
         threshold = self.finder.threshold
-        for duplicate in self.finder.find(texts):
+        for duplicate in self.finder.find_in_signatures(signatures, candidates):
             kept_id = ids[duplicate.kept]
             if duplicate.via == duplicate.kept:
                 detail = f"near-duplicate of {kept_id}: estimated Jaccard {duplicate.jaccard:.2f} >= {threshold}"
@@ -325,31 +358,6 @@ class CurateResult:
     kept: pa.Table
     ledger: pa.Table
     stats: dict
-
-
-def _columns(documents: pa.Table) -> dict[str, list]:
-    missing = [name for name in DOCUMENT_SCHEMA.names if name not in documents.column_names]
-    if missing:
-        raise DataError(
-            f"curate: the document table lacks column(s) {', '.join(missing)}; "
-            f"it needs {', '.join(DOCUMENT_SCHEMA.names)} (see dapt.data.documents)"
-        )
-    return {name: documents.column(name).to_pylist() for name in DOCUMENT_SCHEMA.names}
-
-
-def run_blocks(ids: list[str], texts: list[str], blocks: Iterable[CurationBlock]) -> list[tuple[str, Rejection] | None]:
-    """For each document, the (block name, rejection) of the first block that dropped it, or None if kept."""
-    blocks = list(blocks)
-    verdicts: list[tuple[str, Rejection] | None] = []
-    for doc_id, text in zip(ids, texts, strict=True):
-        verdict = None
-        for block in blocks:
-            rejection = block(doc_id, text)
-            if rejection is not None:
-                verdict = (block.name, rejection)
-                break
-        verdicts.append(verdict)
-    return verdicts
 
 
 def curation_options(**options: Any) -> dict[str, Any]:
@@ -396,84 +404,12 @@ def curate_documents(
     sequence with any of them are dropped and counted for that task, except for n-grams found in more than
     `decontaminate_max_doc_frequency` documents of the corpus (boilerplate, not a leak).
     """
+    from dapt.data.executor import curate_to_files  # the executor runs this module's blocks
+
     options = curation_options(**options)
-    pii_scrub = options["pii_scrub"]
-    columns = _columns(documents)
-    ids, raw_texts, sources = columns["id"], columns["text"], columns["source"]
-    texts = [normalize_text(text or "", fix_mojibake=options["fix_mojibake"]) for text in raw_texts]
-    scrubber = PiiScrubber(kinds=options["pii_kinds"] if pii_scrub else ())
-    if pii_scrub:
-        texts = [scrubber(text) for text in texts]
-    # Built before any document is read, so a bad setting fails fast.
-    near_dedup_block = NearDedup(
-        NearDuplicateFinder(
-            shingle=options["near_dedup_shingle"],
-            num_perm=options["near_dedup_num_perm"],
-            bands=options["near_dedup_bands"],
-            threshold=options["near_dedup_threshold"],
-        )
-    )
-    near_dedup = options["near_dedup"]
-
-    blocks = document_blocks(options)
-    decontaminator = Decontaminator(contamination=contamination or {}, n=options["decontaminate_ngram"])
-    decontaminator.ignore_common(texts, options["decontaminate_max_doc_frequency"])
-    if contamination:
-        blocks.append(decontaminator)
-    if options["exact_dedup"]:
-        blocks.append(ExactDedup())
-
-    verdicts = run_blocks(ids, texts, blocks)
-    if any(block.name == "language" for block in blocks):
-        from dapt.data.langid import warn_if_most_dropped
-
-        language_dropped = sum(verdict is not None and verdict[0] == "language" for verdict in verdicts)
-        warn_if_most_dropped(language_dropped, len(verdicts), options["language"]["languages"])
-    if near_dedup:
-        survivors = [i for i, verdict in enumerate(verdicts) if verdict is None]
-        near_verdicts = near_dedup_block.judge_all([ids[i] for i in survivors], [texts[i] for i in survivors])
-        for i, rejection in zip(survivors, near_verdicts, strict=True):
-            if rejection is not None:
-                verdicts[i] = (near_dedup_block.name, rejection)
-
-    kept_rows = [i for i, verdict in enumerate(verdicts) if verdict is None]
-    kept = pa.table(
-        {
-            "id": [ids[i] for i in kept_rows],
-            "text": [texts[i] for i in kept_rows],
-            "source": [sources[i] for i in kept_rows],
-            "meta": [columns["meta"][i] for i in kept_rows],
-        },
-        schema=DOCUMENT_SCHEMA,
-    )
-    rejected = [(i, verdict) for i, verdict in enumerate(verdicts) if verdict is not None]
-    ledger = pa.table(
-        {
-            "id": [ids[i] for i, _ in rejected],
-            "source": [sources[i] for i, _ in rejected],
-            "block": [block for _, (block, _) in rejected],
-            "reason": [rejection.reason for _, (_, rejection) in rejected],
-            "detail": [rejection.detail for _, (_, rejection) in rejected],
-        },
-        schema=LEDGER_SCHEMA,
-    )
-    stats = {
-        "docs_in": len(ids),
-        "docs_kept": kept.num_rows,
-        "dropped_by_reason": dict(sorted(Counter(rejection.reason for _, (_, rejection) in rejected).items())),
-        "blocks": {
-            block.name: {"seen": block.seen, "dropped": block.dropped}
-            for block in [*([scrubber] if pii_scrub else []), *blocks, *([near_dedup_block] if near_dedup else [])]
-        },
-        "decontaminated_by_task": dict(sorted(decontaminator.by_task.items())),
-        "decontamination_ignored_common_ngrams": decontaminator.ignored_common_ngrams,
-        "chars_in": sum(len(text or "") for text in raw_texts),
-        "chars_kept": sum(len(texts[i]) for i in kept_rows),
-        "pii_replaced": dict(scrubber.replaced),
-        "pii_documents_changed": scrubber.changed,
-        "near_dedup": {
-            "candidate_pairs": near_dedup_block.finder.candidate_pairs,
-            "verified_pairs": near_dedup_block.finder.verified_pairs,
-        },
-    }
+    with tempfile.TemporaryDirectory(prefix="dapt-curate-") as folder:
+        documents_out, ledger_out = Path(folder) / "documents.parquet", Path(folder) / "ledger.parquet"
+        stats = curate_to_files(documents, documents_out, ledger_out, options=options, contamination=contamination)
+        kept = pq.read_table(documents_out)
+        ledger = pq.read_table(ledger_out).select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)
     return CurateResult(kept=kept, ledger=ledger, stats=stats)
