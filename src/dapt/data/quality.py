@@ -29,7 +29,7 @@ from dapt.data.curate import CurationBlock, Rejection
 DEFAULT_GOPHER_MIN_WORDS: int | None = None
 DEFAULT_GOPHER_MAX_WORDS: int | None = 100_000  # drops 0
 # Mean word length in [3, 10]: published. 10 drops 75 (module indexes of long dotted names,
-# `__array_namespace_info__.capabilities`); 15 drops 12 (all stdlib tables of identifiers). 3 drops 1.
+# `__array_namespace_info__.capabilities`); 15 drops 12 (all from the stdlib). 3 drops 1.
 DEFAULT_GOPHER_MIN_MEAN_WORD_CHARS: float | None = 3.0
 DEFAULT_GOPHER_MAX_MEAN_WORD_CHARS: float | None = 15.0
 # '#' and '...' per word <= 0.1: published; drops 11 (doctests, where `...` is the continuation prompt). Kept.
@@ -40,9 +40,9 @@ DEFAULT_GOPHER_MAX_ELLIPSIS_LINES_RATIO: float | None = 0.3
 # Share of words with a letter >= 0.8: published; drops 681 (13%) whose examples print arrays of numbers.
 # Off: the quality block's min_alpha_words_ratio (0.3) is the one set for this domain.
 DEFAULT_GOPHER_MIN_ALPHA_WORDS_RATIO: float | None = None
-# At least 2 occurrences of the 8 stop words: published; drops 166 (3.3%), terse but real English
-# (`Survival function of X. Parameters x : array_like ...`). At least 1 drops 36 (doctest-only docstrings)
-# and still catches keyword soup and text in another language.
+# At least 2 of the 8 stop words: published (counted as occurrences, as datatrove does; the paper's wording
+# allows "2 different ones"); drops 166 (3.3%), terse but real English (`Survival function of X.
+# Parameters x : array_like ...`). At least 1 drops 36 (9 SciPy, 27 stdlib) and still catches keyword soup.
 DEFAULT_GOPHER_MIN_STOP_WORDS: int | None = 1
 GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 
@@ -55,8 +55,8 @@ DEFAULT_MAX_DUP_PARAGRAPH_CHAR_FRACTION: float | None = 0.2
 # n-grams: the published thresholds (top 2/3/4-gram 0.20/0.18/0.16; repeated 5..10-grams 0.15 down to 0.10)
 # drop 461 and 433 (9% and 8%): numpydoc repeats a parameter's description in its Returns section, and in a
 # 60-word docstring one phrase said twice ('probability density function') is 20% of the characters. Three
-# times the published values (same slope over n) drop 5 and 30 (templated `_binom_cdf`-style docstrings),
-# and still drop degenerate text ("buy now buy now ...", a paragraph pasted 3 times).
+# times the published values (same slope over n) drop 5 and 30, and still drop degenerate text ("buy now
+# buy now ...", a sentence pasted twice into a short text: tests/data/test_quality.py).
 DEFAULT_MAX_TOP_NGRAM_CHAR_FRACTION: dict[int, float] = {2: 0.60, 3: 0.54, 4: 0.48}
 DEFAULT_MAX_DUP_NGRAM_CHAR_FRACTION: dict[int, float] = {5: 0.45, 6: 0.42, 7: 0.39, 8: 0.36, 9: 0.33, 10: 0.30}
 
