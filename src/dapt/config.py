@@ -347,6 +347,12 @@ class C4Config(Section):
         description="Drop documents where a smaller share of lines ends in . ! ? : or a quote (FineWeb: 0.12, which "
         "drops 6% of the docstrings, whose parameter lines end in none). Default null: off.",
     )
+    min_sentences: int | None = Field(
+        quality.DEFAULT_C4_MIN_SENTENCES,
+        ge=0,
+        description="Drop documents with fewer sentences (C4: 3, which drops 15% of the docstrings; a parameter list "
+        "has none). Default null: off.",
+    )
 
 
 class CurateConfig(Section):
