@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dapt.data import curate
+from dapt.data import curate, langid, quality, toxicity
 from dapt.errors import ConfigError
 
 
@@ -136,6 +136,225 @@ class SourceConfig(Section):
         return self
 
 
+class LanguageConfig(Section):
+    """Language identification (py3langid, model shipped in the package), paragraph by paragraph so that code
+    and a passage in another language do not decide; see `dapt.data.langid` for the measurements."""
+
+    enabled: bool = Field(True, description="Run language identification.")
+    languages: list[str] = Field(
+        default_factory=lambda: list(langid.DEFAULT_LANGUAGES),
+        description="ISO 639-1 codes of the languages to keep (default [en]: the demo and the Gopher stop-word "
+        "rule are English); [] keeps every language. A corpus in German sets [de].",
+    )
+    min_confidence: float = Field(
+        langid.DEFAULT_MIN_CONFIDENCE,
+        ge=0,
+        le=1,
+        description="A paragraph votes for its language only when the identifier's probability is at least this; "
+        "code and numbers fall below and do not vote. A document with no voting paragraph is kept.",
+    )
+    min_language_share: float = Field(
+        langid.DEFAULT_MIN_LANGUAGE_SHARE,
+        gt=0,
+        le=1,
+        description="Drop a document when the kept languages hold less than this share of its voting characters. "
+        "0.2 keeps all of the demo's docstrings and 95% of those with a quarter of their length in another "
+        "language (0.5: 54%), and drops 99.9% of documents in other languages.",
+    )
+    min_paragraph_chars: int = Field(
+        langid.DEFAULT_MIN_PARAGRAPH_CHARS,
+        ge=1,
+        description="Paragraphs shorter than this (titles, a lone parameter line) are not labelled.",
+    )
+
+    @model_validator(mode="after")
+    def _codes(self) -> LanguageConfig:
+        bad = [code for code in self.languages if not (code.isascii() and code.isalpha() and code.islower())]
+        if bad:
+            raise ValueError(f"languages: {bad} are not lowercase language codes such as en, de, zh")
+        return self
+
+
+class ToxicityConfig(Section):
+    """Toxicity filter (alt-profanity-check, the optional extra `dapt-lm[toxicity]`); see `dapt.data.toxicity`."""
+
+    enabled: bool = Field(
+        False,
+        description="Score every paragraph and drop documents with an abusive or obscene one. Off by default: it "
+        "needs `pip install 'dapt-lm[toxicity]'` (scikit-learn and SciPy, ~165 MB, exact version pins).",
+    )
+    max_score: float = Field(
+        toxicity.DEFAULT_MAX_SCORE,
+        ge=0,
+        le=1,
+        description="Drop a document whose most toxic paragraph scores above this (0..1). 0.95 drops none of the "
+        "demo's docstrings (highest: 0.87, a doctest printing 'hell'); insults score 0.99-1.0.",
+    )
+    min_paragraph_chars: int = Field(
+        toxicity.DEFAULT_MIN_PARAGRAPH_CHARS, ge=1, description="Shorter paragraphs are not scored on their own."
+    )
+
+
+class GopherQualityConfig(Section):
+    """Gopher's document quality rules (Rae et al. 2021, MassiveText). A threshold set to null turns its rule
+    off. Defaults: `dapt.data.quality`, where each has the count it drops on the demo's 5.1k docstrings."""
+
+    enabled: bool = Field(True, description="Run these rules.")
+    min_words: int | None = Field(
+        quality.DEFAULT_GOPHER_MIN_WORDS,
+        ge=0,
+        description="Drop documents with fewer words (published: 50, which drops 29% of SciPy/stdlib docstrings; "
+        "default null: off, the length block's min_words applies).",
+    )
+    max_words: int | None = Field(
+        quality.DEFAULT_GOPHER_MAX_WORDS, gt=0, description="Drop documents with more words (published: 100000)."
+    )
+    min_mean_word_chars: float | None = Field(
+        quality.DEFAULT_GOPHER_MIN_MEAN_WORD_CHARS,
+        ge=0,
+        description="Drop documents whose mean word length is lower (published: 3).",
+    )
+    max_mean_word_chars: float | None = Field(
+        quality.DEFAULT_GOPHER_MAX_MEAN_WORD_CHARS,
+        gt=0,
+        description="Drop documents whose mean word length is higher (published: 10, which drops 75 docstrings "
+        "listing long dotted names; default 15 drops 12).",
+    )
+    max_symbol_word_ratio: float | None = Field(
+        quality.DEFAULT_GOPHER_MAX_SYMBOL_WORD_RATIO,
+        ge=0,
+        description="Drop documents with more '#' and '...' per word (published: 0.1).",
+    )
+    max_bullet_lines_ratio: float | None = Field(
+        quality.DEFAULT_GOPHER_MAX_BULLET_LINES_RATIO,
+        ge=0,
+        le=1,
+        description="Drop documents where a larger share of lines starts with a bullet (published: 0.9).",
+    )
+    max_ellipsis_lines_ratio: float | None = Field(
+        quality.DEFAULT_GOPHER_MAX_ELLIPSIS_LINES_RATIO,
+        ge=0,
+        le=1,
+        description="Drop documents where a larger share of lines ends with '...' or '…' (published: 0.3).",
+    )
+    min_alpha_words_ratio: float | None = Field(
+        quality.DEFAULT_GOPHER_MIN_ALPHA_WORDS_RATIO,
+        ge=0,
+        le=1,
+        description="Drop documents where a smaller share of words has a letter (published: 0.8, which drops 13% of "
+        "the docstrings, whose examples print arrays; default null: curate.min_alpha_words_ratio applies).",
+    )
+    min_stop_words: int | None = Field(
+        quality.DEFAULT_GOPHER_MIN_STOP_WORDS,
+        ge=0,
+        description="Drop documents with fewer occurrences of the, be, to, of, and, that, have, with (published: 2, "
+        "which drops 3.3% of the docstrings; default 1 drops 0.7%). English only: null for other languages.",
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> GopherQualityConfig:
+        for low, high in (("min_words", "max_words"), ("min_mean_word_chars", "max_mean_word_chars")):
+            low_value, high_value = getattr(self, low), getattr(self, high)
+            if low_value is not None and high_value is not None and low_value > high_value:
+                raise ValueError(f"{low} {low_value} is above {high} {high_value}: every document would be dropped")
+        return self
+
+
+def _ngram_thresholds(value: dict[int, float], smallest_n: int, what: str) -> dict[int, float]:
+    for n, threshold in value.items():
+        if n < smallest_n:
+            raise ValueError(f"{what}: n-gram length {n} must be at least {smallest_n}")
+        if not 0 < threshold <= 1:
+            raise ValueError(f"{what}[{n}]: {threshold} must be a fraction in (0, 1]")
+    return value
+
+
+class GopherRepetitionConfig(Section):
+    """Gopher's repetition rules (Rae et al. 2021, table A1): drop documents that repeat lines, paragraphs or
+    n-grams. A threshold set to null (an n left out of a map) turns its rule off."""
+
+    enabled: bool = Field(True, description="Run these rules.")
+    max_dup_line_fraction: float | None = Field(
+        quality.DEFAULT_MAX_DUP_LINE_FRACTION,
+        ge=0,
+        le=1,
+        description="Share of lines equal to an earlier line (published 0.3).",
+    )
+    max_dup_paragraph_fraction: float | None = Field(
+        quality.DEFAULT_MAX_DUP_PARAGRAPH_FRACTION,
+        ge=0,
+        le=1,
+        description="Share of paragraphs equal to an earlier paragraph (published 0.3).",
+    )
+    max_dup_line_char_fraction: float | None = Field(
+        quality.DEFAULT_MAX_DUP_LINE_CHAR_FRACTION,
+        ge=0,
+        le=1,
+        description="Share of characters in lines equal to an earlier line (published 0.2).",
+    )
+    max_dup_paragraph_char_fraction: float | None = Field(
+        quality.DEFAULT_MAX_DUP_PARAGRAPH_CHAR_FRACTION,
+        ge=0,
+        le=1,
+        description="Share of characters in paragraphs equal to an earlier paragraph (published 0.2).",
+    )
+    max_top_ngram_char_fraction: dict[int, float] = Field(
+        default_factory=lambda: dict(quality.DEFAULT_MAX_TOP_NGRAM_CHAR_FRACTION),
+        description="n: the most frequent word n-gram's share of characters. Published {2: 0.2, 3: 0.18, 4: 0.16} "
+        "drops 9% of the demo's docstrings (numpydoc repeats phrases); default 3x that drops 0.1%.",
+    )
+    max_dup_ngram_char_fraction: dict[int, float] = Field(
+        default_factory=lambda: dict(quality.DEFAULT_MAX_DUP_NGRAM_CHAR_FRACTION),
+        description="n: share of characters covered by word n-grams seen earlier in the document. Published "
+        "{5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10} drops 8% of the docstrings; default 3x that, 0.6%.",
+    )
+
+    @model_validator(mode="after")
+    def _ngrams(self) -> GopherRepetitionConfig:
+        _ngram_thresholds(self.max_top_ngram_char_fraction, 1, "max_top_ngram_char_fraction")
+        _ngram_thresholds(self.max_dup_ngram_char_fraction, 1, "max_dup_ngram_char_fraction")
+        return self
+
+
+class C4Config(Section):
+    """C4's page rules (Raffel et al. 2020), as document rules: C4 deletes lines, a curation block keeps or drops
+    a document, so its line rules become shares of lines (as FineWeb did)."""
+
+    enabled: bool = Field(True, description="Run these rules.")
+    lorem_ipsum: bool = Field(quality.DEFAULT_C4_LOREM_IPSUM, description="Drop documents containing 'lorem ipsum'.")
+    curly_bracket: bool = Field(
+        quality.DEFAULT_C4_CURLY_BRACKET,
+        description="Drop documents containing '{' (C4's rule against code). Off: it drops 19% of SciPy/stdlib "
+        "docstrings; turn on only for a prose-only corpus.",
+    )
+    max_javascript_lines_ratio: float | None = Field(
+        quality.DEFAULT_C4_MAX_JAVASCRIPT_LINES_RATIO,
+        ge=0,
+        le=1,
+        description="Drop documents where a larger share of lines mentions 'javascript' (a 'please enable "
+        "javascript' page).",
+    )
+    max_policy_lines_ratio: float | None = Field(
+        quality.DEFAULT_C4_MAX_POLICY_LINES_RATIO,
+        ge=0,
+        le=1,
+        description="Drop documents where a larger share of lines is a cookie / privacy-policy / terms-of-use notice.",
+    )
+    min_terminal_punct_lines_ratio: float | None = Field(
+        quality.DEFAULT_C4_MIN_TERMINAL_PUNCT_LINES_RATIO,
+        ge=0,
+        le=1,
+        description="Drop documents where a smaller share of lines ends in . ! ? : or a quote (FineWeb: 0.12, which "
+        "drops 6% of the docstrings, whose parameter lines end in none). Default null: off.",
+    )
+    min_sentences: int | None = Field(
+        quality.DEFAULT_C4_MIN_SENTENCES,
+        ge=0,
+        description="Drop documents with fewer sentences (C4: 3, which drops 15% of the docstrings; a parameter list "
+        "has none). Default null: off.",
+    )
+
+
 class CurateConfig(Section):
     """Cleaning before tokenisation. Every dropped document lands in the rejection ledger with its reason.
 
@@ -143,6 +362,12 @@ class CurateConfig(Section):
     documentation with code examples and drop lists of names, number tables and base64 blobs.
     """
 
+    fix_mojibake: bool = Field(
+        True,
+        description="Repair text decoded with the wrong encoding ('cafÃ©' -> 'café') with ftfy before anything reads "
+        "it; only ftfy's repairs, none of its style changes. ASCII text skips it: 0.3 s on the demo's 6.3 MB of "
+        "docstrings (ftfy on every document: 3.9 s), which it leaves unchanged.",
+    )
     min_chars: int = Field(curate.DEFAULT_MIN_CHARS, ge=0, description="Drop documents shorter than this (characters).")
     max_chars: int = Field(curate.DEFAULT_MAX_CHARS, gt=0, description="Drop documents longer than this (characters).")
     min_words: int = Field(curate.DEFAULT_MIN_WORDS, ge=0, description="Drop documents with fewer words than this.")
@@ -218,6 +443,40 @@ class CurateConfig(Section):
         "near-duplicates. 0.8: a copy with 1 word in 100 inserted, deleted or swapped scores about 0.9, 1 in 50 "
         "about 0.85; on SciPy's docstrings it drops 35 of 2.9k, sibling functions documented from one "
         "template (dctn / idctn, wishart / invwishart).",
+    )
+    language: LanguageConfig = Field(
+        default_factory=LanguageConfig, description="Language identification (dapt.data.langid)."
+    )
+    gopher_quality: GopherQualityConfig = Field(
+        default_factory=GopherQualityConfig, description="Gopher's quality rules (dapt.data.quality)."
+    )
+    gopher_repetition: GopherRepetitionConfig = Field(
+        default_factory=GopherRepetitionConfig, description="Gopher's repetition rules (dapt.data.quality)."
+    )
+    c4: C4Config = Field(default_factory=C4Config, description="C4's page rules (dapt.data.quality).")
+    toxicity: ToxicityConfig = Field(
+        default_factory=ToxicityConfig, description="Toxicity filter, off by default (dapt.data.toxicity)."
+    )
+    # How curation runs (dapt.data.executor): none of these changes which documents are kept.
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Processes that run the per-document blocks, batch by batch: 0 = every core this process "
+        "may use, 1 = in this process. Kept documents, ledger and counts are the same for any value.",
+    )
+    batch_size: int = Field(
+        2048,
+        gt=0,
+        description="Documents per batch handed to a worker. Memory holds about 2 x workers batches of text "
+        "(plus ~600 bytes per document for the dedups); a corpus of fewer than 4 batches per worker runs in "
+        "this process, since starting a worker costs about a second.",
+    )
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the batches run: 'local' (a process pool on this machine) or 'ray' (Ray Data on the "
+        "cluster `ray.init()` connects to, e.g. through RAY_ADDRESS; needs pip install 'dapt[ray]'). Under "
+        "'ray', exact and near dedup group documents by digest and LSH band key across the cluster, and the "
+        "output folder must be on storage every node sees. Same result either way.",
     )
 
     @model_validator(mode="after")

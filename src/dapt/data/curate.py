@@ -1,11 +1,12 @@
 """Clean a document table, keeping an account of every document that was dropped and why.
 
-Curation runs small blocks in a fixed order: normalize → PII scrub → length → quality → decontaminate →
-exact dedup → near dedup. Each filter answers "keep?" for one document and, when not, gives a `reason`
-(a stable key to count by) and a `detail` a person can check (the measured value and the threshold, the
-kept duplicate's id, the eval task whose text leaked). Dropped documents go to the rejection ledger rather
-than disappearing, so `docs_in == kept + ledger` always holds and a surprising drop can be traced to its
-block.
+Curation runs small blocks in a fixed order: normalize (with mojibake repair) → PII scrub → length →
+quality → language ID (`dapt.data.langid`) → Gopher quality → Gopher repetition → C4 (`dapt.data.quality`)
+→ toxicity (`dapt.data.toxicity`, off by default) → decontaminate → exact dedup → near dedup. Each filter
+answers "keep?" for one document and, when not, gives a `reason` (a stable key to count by) and a
+`detail` a person can check (the measured value and the threshold, the kept duplicate's id, the eval task
+whose text leaked). Dropped documents go to the rejection ledger rather than disappearing, so
+`docs_in == kept + ledger` always holds and a surprising drop can be traced to its block.
 
 PII scrubbing (`dapt.data.pii`) replaces e-mail addresses, phone numbers, IPs, card numbers, IBANs and
 secrets with placeholders and drops nothing; it runs before every block that reads text, so that two
@@ -23,23 +24,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import tempfile
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from dapt.data.documents import DOCUMENT_SCHEMA
-from dapt.data.near_dup import (
+from dapt.data import mojibake
+from dapt.data.near_dup import (  # noqa: F401  (the DEFAULT_* are CurateConfig's defaults)
     DEFAULT_BANDS,
     DEFAULT_NUM_PERM,
     DEFAULT_SHINGLE,
     DEFAULT_THRESHOLD,
     NearDuplicateFinder,
 )
-from dapt.data.pii import PII_KINDS, PiiScrubber
-from dapt.errors import DataError
+from dapt.data.pii import PII_KINDS, PiiScrubber  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +86,15 @@ _HAS_LETTER = re.compile(r"[^\W\d_]")
 _WORD = re.compile(r"[^\W_]+")
 
 
-def normalize_text(text: str) -> str:
+def normalize_text(text: str, *, fix_mojibake: bool = True) -> str:
     """Canonical form for training and for exact dedup: texts differing only in layout noise become equal.
 
+    Mis-decoded text repaired (`cafÃ©` → `café`, `dapt.data.mojibake`, unless `fix_mojibake` is off),
     Unicode NFC (so "é" typed two ways is one token sequence), `\\r\\n` and lone `\\r` → `\\n`, no
     trailing spaces on lines, at most 2 consecutive blank lines, no leading/trailing whitespace.
     """
+    if fix_mojibake:
+        text = mojibake.fix_mojibake(text)
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _TRAILING_SPACE.sub("", text)
@@ -210,6 +218,11 @@ class Decontaminator(CurationBlock):
     by_task: Counter = field(init=False, default_factory=Counter)
     ignored_common_ngrams: int = field(init=False, default=0)
 
+    @property
+    def eval_ngrams(self) -> list[tuple[str, ...]]:
+        """The n-grams checked, sorted: a document is contaminated when its own n-grams include one."""
+        return sorted(self._tasks_of)
+
     def ignore_common(self, corpus_texts: Iterable[str], max_doc_frequency: int) -> None:
         """Stop matching eval n-grams that occur in more than `max_doc_frequency` corpus documents: boilerplate."""
         if not self._tasks_of or max_doc_frequency <= 0:
@@ -217,7 +230,13 @@ class Decontaminator(CurationBlock):
         frequency: Counter = Counter()
         for text in corpus_texts:
             frequency.update(word_ngrams(text, self.n) & self._tasks_of.keys())
-        common = [gram for gram, count in frequency.items() if count > max_doc_frequency]
+        self.ignore_frequent(frequency, max_doc_frequency)
+
+    def ignore_frequent(self, frequency: Counter, max_doc_frequency: int) -> None:
+        """`ignore_common` from counts already made: `frequency` maps an eval n-gram to its documents."""
+        if max_doc_frequency <= 0:
+            return
+        common = [gram for gram, count in frequency.items() if count > max_doc_frequency and gram in self._tasks_of]
         for gram in common:
             del self._tasks_of[gram]
         self.ignored_common_ngrams = len(common)
@@ -241,7 +260,12 @@ class Decontaminator(CurationBlock):
     def judge(self, doc_id: str, text: str) -> Rejection | None:
         if not self._tasks_of:
             return None
-        shared = word_ngrams(text, self.n) & self._tasks_of.keys()
+        return self.judge_shared(word_ngrams(text, self.n) & self._tasks_of.keys())
+
+    def judge_shared(self, shared: Iterable[tuple[str, ...]]) -> Rejection | None:
+        """The verdict on a document whose n-grams include `shared` among the eval n-grams (ignored ones
+        are skipped), counted for its tasks."""
+        shared = {gram for gram in shared if gram in self._tasks_of}
         if not shared:
             return None
         example = min(shared)  # deterministic choice of the n-gram to show
@@ -263,8 +287,16 @@ class ExactDedup(CurationBlock):
     def __post_init__(self) -> None:
         self._first_id: dict[bytes, str] = {}
 
+    @staticmethod
+    def digest(text: str) -> bytes:
+        """What two texts share when they are equal: 20 bytes, kept for each document instead of its text."""
+        return hashlib.sha1(text.encode()).digest()
+
     def judge(self, doc_id: str, text: str) -> Rejection | None:
-        digest = hashlib.sha1(text.encode()).digest()
+        return self.judge_digest(doc_id, self.digest(text))
+
+    def judge_digest(self, doc_id: str, digest: bytes) -> Rejection | None:
+        """`judge` on the text's `digest`; documents must come in input order."""
         kept_id = self._first_id.setdefault(digest, doc_id)
         if kept_id != doc_id:
             return Rejection("exact_duplicate", f"same text as {kept_id}")
@@ -287,10 +319,17 @@ class NearDedup:
 
     def judge_all(self, ids: Sequence[str], texts: Sequence[str]) -> list[Rejection | None]:
         """For each document, the rejection if it is a near-duplicate of an earlier kept one, else None."""
+        return self.judge_signatures(ids, self.finder.signatures(texts))
+
+    def judge_signatures(
+        self, ids: Sequence[str], signatures: np.ndarray, candidates: np.ndarray | None = None
+    ) -> list[Rejection | None]:
+        """`judge_all` from the documents' MinHash signatures (`finder.signatures`), in input order;
+        `candidates`: their LSH candidate pairs when found elsewhere (`NearDuplicateFinder.find_in_signatures`)."""
         self.seen += len(ids)
         verdicts: list[Rejection | None] = [None] * len(ids)
         threshold = self.finder.threshold
-        for duplicate in self.finder.find(texts):
+        for duplicate in self.finder.find_in_signatures(signatures, candidates):
             kept_id = ids[duplicate.kept]
             if duplicate.via == duplicate.kept:
                 detail = f"near-duplicate of {kept_id}: estimated Jaccard {duplicate.jaccard:.2f} >= {threshold}"
@@ -321,137 +360,56 @@ class CurateResult:
     stats: dict
 
 
-def _columns(documents: pa.Table) -> dict[str, list]:
-    missing = [name for name in DOCUMENT_SCHEMA.names if name not in documents.column_names]
-    if missing:
-        raise DataError(
-            f"curate: the document table lacks column(s) {', '.join(missing)}; "
-            f"it needs {', '.join(DOCUMENT_SCHEMA.names)} (see dapt.data.documents)"
-        )
-    return {name: documents.column(name).to_pylist() for name in DOCUMENT_SCHEMA.names}
+def curation_options(**options: Any) -> dict[str, Any]:
+    """CurateConfig's fields with `options` applied and checked: the one source of curation defaults."""
+    from dapt.config import CurateConfig  # dapt.config reads this module's DEFAULT_* constants
+
+    return CurateConfig(**options).model_dump()
 
 
-def run_blocks(ids: list[str], texts: list[str], blocks: Iterable[CurationBlock]) -> list[tuple[str, Rejection] | None]:
-    """For each document, the (block name, rejection) of the first block that dropped it, or None if kept."""
-    blocks = list(blocks)
-    verdicts: list[tuple[str, Rejection] | None] = []
-    for doc_id, text in zip(ids, texts, strict=True):
-        verdict = None
-        for block in blocks:
-            rejection = block(doc_id, text)
-            if rejection is not None:
-                verdict = (block.name, rejection)
-                break
-        verdicts.append(verdict)
-    return verdicts
+def document_blocks(options: Mapping[str, Any]) -> list[CurationBlock]:
+    """The per-document filters, in the order they run, built from CurateConfig's fields (`options`).
+
+    They run after normalization and PII scrubbing and before the blocks that need more than one document
+    (decontamination's corpus-wide count, exact and near dedup). A block here judges one document from its
+    text alone and keeps no state between documents: each worker process builds its own copies, and the
+    `seen` / `dropped` counts a report shows are recomputed from the verdicts.
+    """
+    from dapt.data.langid import language_block  # these import this module's CurationBlock
+    from dapt.data.quality import quality_blocks
+    from dapt.data.toxicity import toxicity_block
+
+    return [
+        LengthFilter(min_chars=options["min_chars"], max_chars=options["max_chars"], min_words=options["min_words"]),
+        QualityFilter(
+            max_symbol_ratio=options["max_symbol_ratio"],
+            min_alpha_words_ratio=options["min_alpha_words_ratio"],
+            max_mean_word_chars=options["max_mean_word_chars"],
+        ),
+        # after the quality block, so that a base64 blob or a table (which the identifier labels too) is
+        # reported as what it is, and before Gopher's English stop-word rule, so a German text is "language"
+        *language_block(options["language"]),
+        *quality_blocks(options["gopher_quality"], options["gopher_repetition"], options["c4"]),
+        *toxicity_block(options["toxicity"]),
+    ]
 
 
 def curate_documents(
-    documents: pa.Table,
-    *,
-    min_chars: int = DEFAULT_MIN_CHARS,
-    max_chars: int = DEFAULT_MAX_CHARS,
-    min_words: int = DEFAULT_MIN_WORDS,
-    max_symbol_ratio: float = DEFAULT_MAX_SYMBOL_RATIO,
-    min_alpha_words_ratio: float = DEFAULT_MIN_ALPHA_WORDS_RATIO,
-    max_mean_word_chars: float = DEFAULT_MAX_MEAN_WORD_CHARS,
-    exact_dedup: bool = True,
-    decontaminate_ngram: int = 13,
-    decontaminate_max_doc_frequency: int = DEFAULT_DECONTAMINATE_MAX_DOC_FREQUENCY,
-    contamination: dict[str, list[str]] | None = None,
-    pii_scrub: bool = True,
-    pii_kinds: Sequence[str] = PII_KINDS,
-    near_dedup: bool = True,
-    near_dedup_shingle: int = DEFAULT_SHINGLE,
-    near_dedup_num_perm: int = DEFAULT_NUM_PERM,
-    near_dedup_bands: int = DEFAULT_BANDS,
-    near_dedup_threshold: float = DEFAULT_THRESHOLD,
+    documents: pa.Table, *, contamination: dict[str, list[str]] | None = None, **options: Any
 ) -> CurateResult:
     """Normalize, scrub, filter and deduplicate `documents` (DOCUMENT_SCHEMA); see the module docstring.
 
+    `options` are CurateConfig's fields (`dapt config --explain curate`); those not given take its defaults.
     `contamination` maps a task name to its eval/test texts; documents sharing a `decontaminate_ngram`-word
     sequence with any of them are dropped and counted for that task, except for n-grams found in more than
     `decontaminate_max_doc_frequency` documents of the corpus (boilerplate, not a leak).
-    `pii_kinds` selects among `dapt.data.pii.PII_KINDS`; the `near_dedup_*` settings are
-    `dapt.data.near_dup.NearDuplicateFinder`'s.
     """
-    columns = _columns(documents)
-    ids, raw_texts, sources = columns["id"], columns["text"], columns["source"]
-    texts = [normalize_text(text or "") for text in raw_texts]
-    scrubber = PiiScrubber(kinds=pii_kinds if pii_scrub else ())
-    if pii_scrub:
-        texts = [scrubber(text) for text in texts]
-    # Built before any document is read, so a bad setting fails fast.
-    near_dedup_block = NearDedup(
-        NearDuplicateFinder(
-            shingle=near_dedup_shingle,
-            num_perm=near_dedup_num_perm,
-            bands=near_dedup_bands,
-            threshold=near_dedup_threshold,
-        )
-    )
+    from dapt.data.executor import curate_to_files  # the executor runs this module's blocks
 
-    blocks: list[CurationBlock] = [
-        LengthFilter(min_chars=min_chars, max_chars=max_chars, min_words=min_words),
-        QualityFilter(
-            max_symbol_ratio=max_symbol_ratio,
-            min_alpha_words_ratio=min_alpha_words_ratio,
-            max_mean_word_chars=max_mean_word_chars,
-        ),
-    ]
-    decontaminator = Decontaminator(contamination=contamination or {}, n=decontaminate_ngram)
-    decontaminator.ignore_common(texts, decontaminate_max_doc_frequency)
-    if contamination:
-        blocks.append(decontaminator)
-    if exact_dedup:
-        blocks.append(ExactDedup())
-
-    verdicts = run_blocks(ids, texts, blocks)
-    if near_dedup:
-        survivors = [i for i, verdict in enumerate(verdicts) if verdict is None]
-        near_verdicts = near_dedup_block.judge_all([ids[i] for i in survivors], [texts[i] for i in survivors])
-        for i, rejection in zip(survivors, near_verdicts, strict=True):
-            if rejection is not None:
-                verdicts[i] = (near_dedup_block.name, rejection)
-
-    kept_rows = [i for i, verdict in enumerate(verdicts) if verdict is None]
-    kept = pa.table(
-        {
-            "id": [ids[i] for i in kept_rows],
-            "text": [texts[i] for i in kept_rows],
-            "source": [sources[i] for i in kept_rows],
-            "meta": [columns["meta"][i] for i in kept_rows],
-        },
-        schema=DOCUMENT_SCHEMA,
-    )
-    rejected = [(i, verdict) for i, verdict in enumerate(verdicts) if verdict is not None]
-    ledger = pa.table(
-        {
-            "id": [ids[i] for i, _ in rejected],
-            "source": [sources[i] for i, _ in rejected],
-            "block": [block for _, (block, _) in rejected],
-            "reason": [rejection.reason for _, (_, rejection) in rejected],
-            "detail": [rejection.detail for _, (_, rejection) in rejected],
-        },
-        schema=LEDGER_SCHEMA,
-    )
-    stats = {
-        "docs_in": len(ids),
-        "docs_kept": kept.num_rows,
-        "dropped_by_reason": dict(sorted(Counter(rejection.reason for _, (_, rejection) in rejected).items())),
-        "blocks": {
-            block.name: {"seen": block.seen, "dropped": block.dropped}
-            for block in [*([scrubber] if pii_scrub else []), *blocks, *([near_dedup_block] if near_dedup else [])]
-        },
-        "decontaminated_by_task": dict(sorted(decontaminator.by_task.items())),
-        "decontamination_ignored_common_ngrams": decontaminator.ignored_common_ngrams,
-        "chars_in": sum(len(text or "") for text in raw_texts),
-        "chars_kept": sum(len(texts[i]) for i in kept_rows),
-        "pii_replaced": dict(scrubber.replaced),
-        "pii_documents_changed": scrubber.changed,
-        "near_dedup": {
-            "candidate_pairs": near_dedup_block.finder.candidate_pairs,
-            "verified_pairs": near_dedup_block.finder.verified_pairs,
-        },
-    }
+    options = curation_options(**options)
+    with tempfile.TemporaryDirectory(prefix="dapt-curate-") as folder:
+        documents_out, ledger_out = Path(folder) / "documents.parquet", Path(folder) / "ledger.parquet"
+        stats = curate_to_files(documents, documents_out, ledger_out, options=options, contamination=contamination)
+        kept = pq.read_table(documents_out)
+        ledger = pq.read_table(ledger_out).select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)
     return CurateResult(kept=kept, ledger=ledger, stats=stats)

@@ -171,36 +171,50 @@ def estimated_jaccard(signatures: np.ndarray, left: np.ndarray, right: np.ndarra
     return result
 
 
-def lsh_candidate_pairs(signatures: np.ndarray, bands: int) -> np.ndarray:
-    """Pairs of documents equal in at least one band, int64 of shape (pairs, 2), each (i, j) with i < j,
-    sorted and unique. Documents without shingles (signature all PRIME) are never paired."""
+def band_keys(signatures: np.ndarray, bands: int) -> np.ndarray:
+    """One 64-bit key per band of each signature, uint64 of shape (documents, bands): equal bands, equal keys."""
     n_docs, num_perm = signatures.shape
     if bands < 1 or num_perm % bands:
         raise ValueError(f"num_perm {num_perm} must be a multiple of bands {bands}")
     rows = num_perm // bands
-    has_shingles = signatures[:, 0] != PRIME
-    pair_codes: list[np.ndarray] = []
     multipliers = _mix64(np.arange(1, rows + 1, dtype=np.uint64)) | _U64(1)  # odd: a bijection per row
+    keys = np.empty((n_docs, bands), dtype=np.uint64)
     for band in range(bands):
         band_rows = signatures[:, band * rows : (band + 1) * rows].astype(np.uint64)
-        keys = _mix64((band_rows * multipliers).sum(axis=1, dtype=np.uint64))
-        members = np.flatnonzero(has_shingles)
-        order = members[np.argsort(keys[members], kind="stable")]
-        sorted_keys = keys[order]
+        keys[:, band] = _mix64((band_rows * multipliers).sum(axis=1, dtype=np.uint64))
+    return keys
+
+
+def bucket_pairs(bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs (left, right) of one LSH bucket, `bucket` being its members in ascending input order.
+
+    Every pair in a bucket of up to _ALL_PAIRS_MAX_BUCKET members; in a bigger one each member is paired with
+    the first and with the previous member, which joins the same cluster at linear cost.
+    """
+    size = len(bucket)
+    if size <= _ALL_PAIRS_MAX_BUCKET:
+        left, right = np.triu_indices(size, k=1)
+        return bucket[left], bucket[right]
+    return np.concatenate((np.repeat(bucket[:1], size - 1), bucket[1:-1])), np.concatenate((bucket[1:], bucket[2:]))
+
+
+def lsh_candidate_pairs(signatures: np.ndarray, bands: int) -> np.ndarray:
+    """Pairs of documents equal in at least one band, int64 of shape (pairs, 2), each (i, j) with i < j,
+    sorted and unique. Documents without shingles (signature all PRIME) are never paired."""
+    n_docs = len(signatures)
+    keys = band_keys(signatures, bands)
+    members = np.flatnonzero(signatures[:, 0] != PRIME)
+    pair_codes: list[np.ndarray] = []
+    for band in range(bands):
+        order = members[np.argsort(keys[members, band], kind="stable")]
+        sorted_keys = keys[order, band]
         boundaries = np.flatnonzero(np.diff(sorted_keys)) + 1
         run_starts = np.concatenate(([0], boundaries))
         run_ends = np.concatenate((boundaries, [len(order)]))
         shared = run_ends - run_starts >= 2  # most buckets hold one document
         for run_start, run_end in zip(run_starts[shared].tolist(), run_ends[shared].tolist(), strict=True):
-            size = run_end - run_start
-            bucket = np.sort(order[run_start:run_end])  # ascending input order
-            if size <= _ALL_PAIRS_MAX_BUCKET:
-                left, right = np.triu_indices(size, k=1)
-                pair_codes.append(bucket[left] * n_docs + bucket[right])
-            else:
-                star = bucket[0] * n_docs + bucket[1:]
-                chain = bucket[1:-1] * n_docs + bucket[2:]
-                pair_codes.append(np.concatenate((star, chain)))
+            left, right = bucket_pairs(np.sort(order[run_start:run_end]))
+            pair_codes.append(left * n_docs + right)
     if not pair_codes:
         return np.empty((0, 2), dtype=np.int64)
     codes = np.unique(np.concatenate(pair_codes))
@@ -259,15 +273,22 @@ class NearDuplicateFinder:
 
     def find(self, texts: Sequence[str]) -> list[NearDuplicate]:
         """The near-duplicates among `texts`, by index; the first document of each cluster is not listed."""
-        signatures = self.signatures(texts)
-        candidates = lsh_candidate_pairs(signatures, self.bands)
+        return self.find_in_signatures(self.signatures(texts))
+
+    def find_in_signatures(self, signatures: np.ndarray, candidates: np.ndarray | None = None) -> list[NearDuplicate]:
+        """`find` from the texts' signatures (uint32, (documents, num_perm)), which can be computed apart.
+
+        `candidates`: the LSH's candidate pairs (`lsh_candidate_pairs`) when found elsewhere (the Ray backend
+        groups documents by band key across machines)."""
+        if candidates is None:
+            candidates = lsh_candidate_pairs(signatures, self.bands)
         jaccard = estimated_jaccard(signatures, candidates[:, 0], candidates[:, 1])
         # A float comparison on k/num_perm: allow for rounding so that 0.8 exactly passes threshold 0.8.
         verified = candidates[jaccard >= self.threshold - 1e-9]
         verified_jaccard = jaccard[jaccard >= self.threshold - 1e-9]
         self.candidate_pairs, self.verified_pairs = len(candidates), len(verified)
 
-        parent = list(range(len(texts)))
+        parent = list(range(len(signatures)))
 
         def root(i: int) -> int:
             while parent[i] != i:
@@ -286,7 +307,7 @@ class NearDuplicateFinder:
                 if (estimate, -other) > best_neighbour.get(member, (-1.0, 0)):
                     best_neighbour[member] = (estimate, -other)
 
-        duplicates = [index for index in range(len(texts)) if root(index) != index]
+        duplicates = [index for index in range(len(signatures)) if root(index) != index]
         if not duplicates:
             return []
         kept = np.array([root(index) for index in duplicates])

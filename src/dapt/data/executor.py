@@ -1,0 +1,487 @@
+"""How curation runs: batches of documents on every core, corpus-wide steps as reductions, bounded memory.
+
+What each block does is `dapt.data.curate`'s; this module is about running them over a corpus that does
+not fit in memory as Python strings (a Python list of texts takes about 14x the JSONL's size). Curation is
+a map, a reduce and a write:
+
+- map, per batch of `batch_size` documents, in `workers` processes: normalize, scrub PII, run the
+  per-document blocks (`document_blocks`), and compute what the corpus-wide steps need of each document
+  still kept: the sha1 of its text (exact dedup), the eval n-grams it contains (decontamination) and its
+  MinHash signature (near dedup). The batch's cleaned texts go to a scratch Parquet file; what comes back
+  to the main process is compact state, about 600 bytes a document (id, verdict, digest, 128 x 4-byte
+  signature) whatever the length of its text.
+- reduce, in the main process, in input order: the corpus-wide count of each eval n-gram (those in more
+  than `decontaminate_max_doc_frequency` documents are boilerplate and ignored), then decontamination,
+  exact dedup (the first copy in input order is kept) and near dedup (LSH over the signatures of the
+  documents still kept; each cluster keeps its first document).
+- write: the scratch files are read back in order; kept documents go to the output file and dropped ones
+  to the ledger, batch by batch.
+
+Nothing in a verdict depends on which process judged a document or on how the corpus was cut into
+batches, so any `workers` and `batch_size` give the same kept documents in the same order, the same
+ledger and the same counts as one process (tests/data/test_curate_executor.py checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import tempfile
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dapt.data.curate import (
+    Decontaminator,
+    ExactDedup,
+    NearDedup,
+    Rejection,
+    document_blocks,
+    normalize_text,
+    word_ngrams,
+)
+from dapt.data.documents import DOCUMENT_SCHEMA
+from dapt.data.ingest import REJECTION_LEDGER_SCHEMA
+from dapt.data.near_dup import NearDuplicateFinder
+from dapt.data.pii import PiiScrubber
+from dapt.errors import DataError
+
+# (block name, reason, detail) of the block that dropped a document; None while it is kept.
+Verdict = tuple[str, str, str] | None
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which containers and `taskset` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def near_dup_finder(options: Mapping[str, Any]) -> NearDuplicateFinder:
+    return NearDuplicateFinder(
+        shingle=options["near_dedup_shingle"],
+        num_perm=options["near_dedup_num_perm"],
+        bands=options["near_dedup_bands"],
+        threshold=options["near_dedup_threshold"],
+    )
+
+
+@dataclass
+class BatchState:
+    """What the map step keeps of one batch of documents: no text, a few hundred bytes a document.
+
+    `verdicts[i]`: the per-document verdict of document i. `digests`, `signatures` (uint32, (survivors,
+    num_perm)) and `kept_chars` are for the survivors (verdict None), in order. `eval_ngrams`: document index
+    → indices into the sorted eval n-grams it contains, for the documents with any.
+    """
+
+    ids: list[str]
+    verdicts: list[Verdict]
+    digests: list[bytes]
+    signatures: np.ndarray
+    kept_chars: list[int]
+    eval_ngrams: dict[int, tuple[int, ...]]
+    chars_in: int
+    pii_replaced: Counter
+    pii_changed: int
+
+
+class BatchCurator:
+    """The map step: curates one batch of documents and writes its cleaned texts to a scratch file.
+
+    Built from plain settings (CurateConfig's fields and the eval n-grams), so that each worker process
+    builds its own blocks, whatever they hold (compiled patterns, models).
+    """
+
+    def __init__(self, options: Mapping[str, Any], eval_ngrams: Sequence[tuple[str, ...]]) -> None:
+        self.blocks = document_blocks(options)
+        self.scrubber = PiiScrubber(kinds=options["pii_kinds"] if options["pii_scrub"] else ())
+        self.pii_scrub = bool(options["pii_scrub"])
+        self.fix_mojibake = bool(options["fix_mojibake"])
+        self.ngram = options["decontaminate_ngram"]
+        self.ngram_index = {gram: i for i, gram in enumerate(eval_ngrams)}
+        # The corpus-wide count covers every document, dropped ones included (boilerplate is boilerplate).
+        self.count_every_document = options["decontaminate_max_doc_frequency"] > 0
+        self.finder = near_dup_finder(options) if options["near_dedup"] else None
+        self.num_perm = options["near_dedup_num_perm"]
+
+    def __call__(self, batch: pa.RecordBatch, scratch: Path) -> BatchState:
+        ids = batch.column("id").to_pylist()
+        raw_texts = batch.column("text").to_pylist()
+        replaced_before, changed_before = Counter(self.scrubber.replaced), self.scrubber.changed
+        verdicts: list[Verdict] = []
+        survivors: list[str | None] = []
+        eval_ngrams: dict[int, tuple[int, ...]] = {}
+        for i, (doc_id, raw_text) in enumerate(zip(ids, raw_texts, strict=True)):
+            text = normalize_text(raw_text or "", fix_mojibake=self.fix_mojibake)
+            if self.pii_scrub:
+                text = self.scrubber(text)
+            verdict: Verdict = None
+            for block in self.blocks:
+                rejection = block(doc_id, text)
+                if rejection is not None:
+                    verdict = (block.name, rejection.reason, rejection.detail)
+                    break
+            verdicts.append(verdict)
+            survivors.append(text if verdict is None else None)
+            if self.ngram_index and (verdict is None or self.count_every_document):
+                shared = word_ngrams(text, self.ngram) & self.ngram_index.keys()
+                if shared:
+                    eval_ngrams[i] = tuple(sorted(self.ngram_index[gram] for gram in shared))
+        kept_texts = [text for text in survivors if text is not None]
+        if self.finder is not None:
+            signatures = self.finder.signatures(kept_texts)
+        else:
+            signatures = np.empty((len(kept_texts), self.num_perm), dtype=np.uint32)
+        texts_column = pa.array(survivors, pa.string())
+        pq.write_table(
+            pa.table(
+                {
+                    "id": batch.column("id"),
+                    "text": texts_column,
+                    "source": batch.column("source"),
+                    "meta": batch.column("meta"),
+                },
+                schema=DOCUMENT_SCHEMA,
+            ),
+            scratch,
+            compression="lz4",
+        )
+        replaced = Counter(self.scrubber.replaced)
+        replaced.subtract(replaced_before)
+        return BatchState(
+            ids=ids,
+            verdicts=verdicts,
+            digests=[ExactDedup.digest(text) for text in kept_texts],
+            signatures=signatures,
+            kept_chars=[len(text) for text in kept_texts],
+            eval_ngrams=eval_ngrams,
+            chars_in=sum(len(text or "") for text in raw_texts),
+            pii_replaced=replaced,
+            pii_changed=self.scrubber.changed - changed_before,
+        )
+
+
+# A corpus of fewer batches than this per worker runs in the calling process: starting a worker (a new
+# interpreter importing pyarrow, NumPy and the blocks: about a second) would cost more than it saves.
+MIN_BATCHES_PER_WORKER = 4
+
+# One BatchCurator per worker process, built by the pool's initializer.
+_worker_curator: BatchCurator | None = None
+
+
+def _start_worker(options: Mapping[str, Any], eval_ngrams: Sequence[tuple[str, ...]]) -> None:
+    global _worker_curator
+    _worker_curator = BatchCurator(options, eval_ngrams)
+
+
+def _curate_in_worker(batch: pa.RecordBatch, scratch: Path) -> BatchState:
+    assert _worker_curator is not None, "the pool's initializer builds the curator"
+    return _worker_curator(batch, scratch)
+
+
+def document_batches(source: Path | pa.Table, batch_size: int) -> tuple[int, Iterator[pa.RecordBatch]]:
+    """The number of documents of a Parquet file (or table) and its record batches of at most `batch_size`
+    rows, read lazily. The file and its columns are checked now."""
+    if isinstance(source, pa.Table):
+        schema, rows, where = source.schema, source.num_rows, "the document table"
+    else:
+        source = Path(source)
+        if not source.is_file():
+            raise DataError(f"document file '{source}' not found (looked in {source.resolve().parent})")
+        parquet = pq.ParquetFile(source)
+        schema, rows, where = parquet.schema_arrow, parquet.metadata.num_rows, f"{source}"
+    missing = [name for name in DOCUMENT_SCHEMA.names if name not in schema.names]
+    if missing:
+        raise DataError(
+            f"curate: {where} lacks column(s) {', '.join(missing)}; "
+            f"it needs {', '.join(DOCUMENT_SCHEMA.names)} (see dapt.data.documents)"
+        )
+    if isinstance(source, pa.Table):
+        batches = source.select(DOCUMENT_SCHEMA.names).cast(DOCUMENT_SCHEMA).to_batches(max_chunksize=batch_size)
+    else:
+        batches = parquet.iter_batches(batch_size=batch_size, columns=DOCUMENT_SCHEMA.names)
+    cast = (pa.Table.from_batches([batch]).cast(DOCUMENT_SCHEMA).to_batches()[0] for batch in batches if batch.num_rows)
+    return rows, cast
+
+
+def map_batches(
+    batches: Iterator[pa.RecordBatch],
+    scratch: Path,
+    options: Mapping[str, Any],
+    eval_ngrams: Sequence[tuple[str, ...]],
+    workers: int,
+    expected_batches: int,
+) -> Iterator[tuple[Path, BatchState]]:
+    """Curate each batch, in `workers` processes when there are enough batches to share, in input order."""
+    if workers <= 1 or expected_batches < MIN_BATCHES_PER_WORKER * workers:
+        curator = BatchCurator(options, eval_ngrams)
+        for index, batch in enumerate(batches):
+            path = scratch / f"part-{index:06d}.parquet"
+            yield path, curator(batch, path)
+        return
+    # spawn, not fork: the parent may hold threads (Arrow's pools, torch's), which fork does not copy safely.
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(dict(options), list(eval_ngrams)),
+    ) as pool:
+        pending: deque[tuple[Path, Future]] = deque()
+        for index, batch in enumerate(batches):
+            path = scratch / f"part-{index:06d}.parquet"
+            pending.append((path, pool.submit(_curate_in_worker, batch, path)))
+            # Two batches in flight per worker keep every core busy; more would only hold texts in memory.
+            while len(pending) >= 2 * workers:
+                path, future = pending.popleft()
+                yield path, future.result()
+        while pending:
+            path, future = pending.popleft()
+            yield path, future.result()
+
+
+@dataclass
+class CorpusState:
+    """The reduce step's input: the map step's compact state for every document, in input order."""
+
+    parts: list[tuple[Path, int]] = field(default_factory=list)  # scratch file, its number of documents
+    ids: list[str] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    survivors: list[int] = field(default_factory=list)  # indices of the documents kept by the map step
+    digests: list[bytes] = field(default_factory=list)
+    signatures: list[np.ndarray] = field(default_factory=list)
+    kept_chars: list[int] = field(default_factory=list)
+    eval_ngrams: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    chars_in: int = 0
+    pii_replaced: Counter = field(default_factory=Counter)
+    pii_changed: int = 0
+
+    def add(self, path: Path, batch: BatchState) -> None:
+        offset = len(self.ids)
+        self.parts.append((path, len(batch.ids)))
+        self.ids.extend(batch.ids)
+        self.verdicts.extend(batch.verdicts)
+        self.survivors.extend(offset + i for i, verdict in enumerate(batch.verdicts) if verdict is None)
+        self.digests.extend(batch.digests)
+        self.signatures.append(batch.signatures)
+        self.kept_chars.extend(batch.kept_chars)
+        self.eval_ngrams.update({offset + i: grams for i, grams in batch.eval_ngrams.items()})
+        self.chars_in += batch.chars_in
+        self.pii_replaced.update(batch.pii_replaced)
+        self.pii_changed += batch.pii_changed
+
+
+def reduce_corpus(
+    corpus: CorpusState, options: Mapping[str, Any], decontaminator: Decontaminator, contaminated: bool
+) -> NearDedup:
+    """Decontaminate, exact- and near-dedup in input order; fill `corpus.verdicts`; return the near dedup.
+
+    Each step sees only the documents the steps before it kept, as in a serial run of the blocks.
+    """
+    eval_ngrams = decontaminator.eval_ngrams
+    if contaminated and options["decontaminate_max_doc_frequency"] > 0:
+        frequency: Counter = Counter()
+        for grams in corpus.eval_ngrams.values():
+            frequency.update(grams)
+        decontaminator.ignore_frequent(
+            Counter({eval_ngrams[gram]: count for gram, count in frequency.items()}),
+            options["decontaminate_max_doc_frequency"],
+        )
+    exact = ExactDedup()
+    near_survivors: list[int] = []  # positions in corpus.survivors of the documents left for near dedup
+    for position, index in enumerate(corpus.survivors):
+        rejection: Rejection | None = None
+        block = ""
+        if contaminated and index in corpus.eval_ngrams:
+            block, rejection = (
+                "decontaminate",
+                decontaminator.judge_shared(eval_ngrams[gram] for gram in corpus.eval_ngrams[index]),
+            )
+        if rejection is None and options["exact_dedup"]:
+            block, rejection = exact.name, exact.judge_digest(corpus.ids[index], corpus.digests[position])
+        if rejection is None:
+            near_survivors.append(position)
+        else:
+            corpus.verdicts[index] = (block, rejection.reason, rejection.detail)
+
+    near = NearDedup(near_dup_finder(options))
+    if options["near_dedup"]:
+        num_perm = options["near_dedup_num_perm"]
+        signatures = np.concatenate([np.empty((0, num_perm), np.uint32), *corpus.signatures])
+        near_ids = [corpus.ids[corpus.survivors[position]] for position in near_survivors]
+        near_verdicts = near.judge_signatures(near_ids, signatures[near_survivors])
+        for position, rejection in zip(near_survivors, near_verdicts, strict=True):
+            if rejection is not None:
+                corpus.verdicts[corpus.survivors[position]] = (near.name, rejection.reason, rejection.detail)
+    return near
+
+
+def _location(meta_text: str | None) -> tuple[str | None, int | None]:
+    meta = json.loads(meta_text) if meta_text else {}
+    return meta.get("path"), meta.get("line", meta.get("row"))
+
+
+def write_outputs(
+    parts: Sequence[tuple[Path, int]],
+    verdicts: Sequence[Verdict],
+    documents_out: Path,
+    ledger_out: Path,
+    earlier_rejections: Path | None,
+) -> None:
+    """Kept documents to `documents_out`, dropped ones (after `earlier_rejections`' rows) to `ledger_out`.
+
+    `parts`: the map step's scratch files (removed once read) and their numbers of documents, in input order.
+    """
+    offset = 0
+    with (
+        pq.ParquetWriter(documents_out, DOCUMENT_SCHEMA) as documents,
+        pq.ParquetWriter(ledger_out, REJECTION_LEDGER_SCHEMA, compression="zstd") as ledger,
+    ):
+        if earlier_rejections is not None:
+            for batch in pq.ParquetFile(earlier_rejections).iter_batches():
+                ledger.write_batch(batch)
+        for path, rows in parts:
+            part = pq.read_table(path)
+            part_verdicts = verdicts[offset : offset + rows]
+            offset += rows
+            kept = pa.array([verdict is None for verdict in part_verdicts])
+            documents.write_table(part.filter(kept))
+            dropped = part.filter(pc.invert(kept))
+            dropped_verdicts = [verdict for verdict in part_verdicts if verdict is not None]
+            if dropped_verdicts:
+                locations = [_location(meta) for meta in dropped.column("meta").to_pylist()]
+                ledger.write_table(
+                    pa.table(
+                        {
+                            "id": dropped.column("id"),
+                            "source": dropped.column("source"),
+                            "block": [block for block, _, _ in dropped_verdicts],
+                            "reason": [reason for _, reason, _ in dropped_verdicts],
+                            "detail": [detail for _, _, detail in dropped_verdicts],
+                            "path": [path for path, _ in locations],
+                            "line": pa.array([line for _, line in locations], pa.int64()),
+                        },
+                        schema=REJECTION_LEDGER_SCHEMA,
+                    )
+                )
+            path.unlink()
+
+
+def curate_to_files(
+    source: Path | pa.Table,
+    documents_out: Path,
+    ledger_out: Path,
+    *,
+    options: Mapping[str, Any],
+    contamination: Mapping[str, list[str]] | None = None,
+    earlier_rejections: Path | None = None,
+) -> dict[str, Any]:
+    """Curate a document file (or table) into `documents_out` and `ledger_out` (REJECTION_LEDGER_SCHEMA,
+    the rows of `earlier_rejections` first); return the stats (see `dapt.data.curate.CurateResult`).
+
+    `options` are CurateConfig's fields, execution ones (`workers`, `batch_size`, `backend`) included.
+    Scratch files (the cleaned texts of one pass) are written next to `documents_out` and removed at the end.
+    """
+    contaminated = bool(contamination)
+    # Built before any document is read, so a bad setting fails fast.
+    near_dup_finder(options)
+    decontaminator = Decontaminator(contamination=dict(contamination or {}), n=options["decontaminate_ngram"])
+    documents_out, ledger_out = Path(documents_out), Path(ledger_out)
+    batch_size = options["batch_size"]
+    with tempfile.TemporaryDirectory(prefix=".curate-scratch-", dir=documents_out.parent) as scratch_name:
+        scratch = Path(scratch_name)
+        rows, batches = document_batches(source, batch_size)
+        if options.get("backend", "local") == "ray":
+            from dapt.data.ray_backend import curate_with_ray
+
+            if isinstance(source, pa.Table):  # Ray's workers read a file
+                pq.write_table(source, scratch / "input.parquet", row_group_size=batch_size)
+                source = scratch / "input.parquet"
+            return curate_with_ray(
+                Path(source),
+                documents_out,
+                ledger_out,
+                scratch,
+                options=options,
+                decontaminator=decontaminator,
+                contaminated=contaminated,
+                earlier_rejections=earlier_rejections,
+            )
+        corpus = CorpusState()
+        eval_ngrams = decontaminator.eval_ngrams if contaminated else []
+        workers = options["workers"] or available_cores()
+        expected_batches = -(-rows // batch_size)
+        for path, batch in map_batches(batches, scratch, options, eval_ngrams, workers, expected_batches):
+            corpus.add(path, batch)
+        near = reduce_corpus(corpus, options, decontaminator, contaminated)
+        write_outputs(corpus.parts, corpus.verdicts, documents_out, ledger_out, earlier_rejections)
+    kept_chars = dict(zip(corpus.survivors, corpus.kept_chars, strict=True))
+    return corpus_stats(
+        corpus.verdicts,
+        options,
+        decontaminator,
+        contaminated,
+        chars_in=corpus.chars_in,
+        chars_kept=sum(chars for index, chars in kept_chars.items() if corpus.verdicts[index] is None),
+        pii_replaced=corpus.pii_replaced,
+        pii_changed=corpus.pii_changed,
+        near=near,
+    )
+
+
+def corpus_stats(
+    verdicts: Sequence[Verdict],
+    options: Mapping[str, Any],
+    decontaminator: Decontaminator,
+    contaminated: bool,
+    *,
+    chars_in: int,
+    chars_kept: int,
+    pii_replaced: Counter,
+    pii_changed: int,
+    near: NearDedup,
+) -> dict[str, Any]:
+    """The counts a report shows. A block saw what every block before it kept (the first to drop wins)."""
+    dropped_by_block = Counter(verdict[0] for verdict in verdicts if verdict is not None)
+    names = [
+        *(["pii_scrub"] if options["pii_scrub"] else []),
+        *(block.name for block in document_blocks(options)),
+        *(["decontaminate"] if contaminated else []),
+        *(["exact_dedup"] if options["exact_dedup"] else []),
+        *(["near_dedup"] if options["near_dedup"] else []),
+    ]
+    blocks, remaining = {}, len(verdicts)
+    for name in names:
+        blocks[name] = {"seen": remaining, "dropped": dropped_by_block[name]}
+        remaining -= dropped_by_block[name]
+    if "language" in blocks:  # most of a corpus dropped as another language: the setting is likely wrong
+        from dapt.data.langid import warn_if_most_dropped
+
+        warn_if_most_dropped(
+            blocks["language"]["dropped"], blocks["language"]["seen"], options["language"]["languages"]
+        )
+    replaced = PiiScrubber(kinds=options["pii_kinds"] if options["pii_scrub"] else ()).replaced
+    replaced.update(pii_replaced)
+    return {
+        "docs_in": len(verdicts),
+        "docs_kept": sum(verdict is None for verdict in verdicts),
+        "dropped_by_reason": dict(sorted(Counter(v[1] for v in verdicts if v is not None).items())),
+        "blocks": blocks,
+        "decontaminated_by_task": dict(sorted(decontaminator.by_task.items())),
+        "decontamination_ignored_common_ngrams": decontaminator.ignored_common_ngrams,
+        "chars_in": chars_in,
+        "chars_kept": chars_kept,
+        "pii_replaced": dict(replaced),
+        "pii_documents_changed": pii_changed,
+        "near_dedup": {"candidate_pairs": near.finder.candidate_pairs, "verified_pairs": near.finder.verified_pairs},
+    }
