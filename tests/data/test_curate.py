@@ -158,16 +158,14 @@ def test_every_input_document_is_kept_or_in_the_ledger(texts: list[str]) -> None
         assert not {prose(seed, n_words=150), near_copy(seed)} <= set(kept_texts)
 
 
-def test_ten_thousand_documents_in_a_few_seconds() -> None:
-    import time
-
-    texts = [prose(seed, n_words=150) for seed in range(2000)] * 5  # ~10k docs, 8k duplicates
-    started = time.perf_counter()
+def test_ten_thousand_documents_with_eight_thousand_copies() -> None:
+    texts = [prose(seed, n_words=150) for seed in range(2000)] * 5  # ~10k docs, 8k exact copies
     result = curate_documents(table(texts), contamination={"qa": [prose(99999, n_words=200)]})
-    # Every block on, ~0.9 ms per document here (language ID and the Gopher rules are most of it): about 10 s
-    # on a loaded 2-core machine. The bound catches a step that grows with the square of the corpus.
-    assert time.perf_counter() - started < 40
-    assert result.stats["docs_kept"] <= 2000
+    # Every first copy kept, every later one named as an exact duplicate; none reaches the near-dup pass (whose
+    # candidate pairs would otherwise grow with the square of a cluster's size).
+    assert result.stats["docs_kept"] == 2000
+    assert result.stats["dropped_by_reason"] == {"exact_duplicate": 8000}
+    assert result.stats["near_dedup"]["candidate_pairs"] == 0
 
 
 def test_boilerplate_shared_by_many_documents_is_not_a_leak() -> None:
