@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--raw", action="store_true", help="send the prompt as it is, without the chat template")
 
     lineage = commands.add_parser(
-        "lineage", help="the tree original base → DAPT base(s) → task variants, with tokens and task metrics"
+        "lineage",
+        help="the tree original base → DAPT base(s) → task variants, with tokens, task metrics and harness scores",
     )
     lineage.add_argument("run_dir", type=Path, nargs="?", default=Path("runs/demo"), help="the run folder")
     lineage.add_argument("--json", action="store_true", help="print the tree as JSON, for tools")

@@ -3,7 +3,9 @@
 Original base → (with vocabulary extension: the extended base →) adapted (DAPT) base(s), with the corpus
 and tokens they saw → task variants, with their task metrics. A model's parent is the artifact it names
 as its `base` input; a variant's metrics come from the evaluation artifacts that name it as their `model`
-input. Nothing but manifests is read, so this is instant even for multi-GB checkpoints.
+input. Results of `dapt evaluate --harness` on a model artifact (`harness-<name>/`, kind "harness") hang under
+that model as a leaf with their headline scores. Nothing but manifests is read, so this is instant even for
+multi-GB checkpoints.
 """
 
 from __future__ import annotations
@@ -31,6 +33,30 @@ def read_run(run_dir: Path) -> list[Artifact]:
     ids = {artifact.id for artifact in artifacts}
     # bases in another run folder that `dapt adapt` branched this folder's tasks from
     return [a for a in external_models(run_dir) if a.id not in ids] + artifacts
+
+
+def harness_scores(artifact: Artifact) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} of a harness artifact: the tasks asked for (a group's subtasks left out, unless
+    none of the asked names is in the results), the metrics without their stderr and the ",none" filter."""
+    results = artifact.metrics
+    asked = [task for task in artifact.manifest.get("config", {}).get("tasks", []) if task in results]
+    scores = {}
+    for task in asked or list(results):
+        scores[task] = {
+            metric.removesuffix(",none"): value
+            for metric, value in results[task].items()
+            if "_stderr" not in metric and isinstance(value, int | float)
+        }
+    return scores
+
+
+def _describe_harness(scores: dict[str, dict[str, float]]) -> str:
+    shown = [
+        f"{task} " + ", ".join(f"{metric} {value:.4f}" for metric, value in list(metrics.items())[:2])
+        for task, metrics in list(scores.items())[:4]
+    ]
+    more = f"; +{len(scores) - 4} more tasks" if len(scores) > 4 else ""
+    return "lm-eval harness — " + ("; ".join(shown) or "no scores") + more
 
 
 def _describe(artifact: Artifact, evaluations: dict[str, Artifact], by_id: dict[str, Artifact]) -> str:
@@ -79,7 +105,8 @@ def _describe(artifact: Artifact, evaluations: dict[str, Artifact], by_id: dict[
 
 
 def lineage(run_dir: Path) -> list[dict[str, Any]]:
-    """The lineage forest of a run: nested {name, kind, id, description, children}, roots = original bases."""
+    """The lineage forest of a run: nested {name, kind, id, description, children}, roots = original bases;
+    harness results are leaves of kind "harness" under the model they scored, with `scores` {task: {metric: value}}."""
     artifacts = read_run(run_dir)
     by_id = {a.id: a for a in artifacts}
     evaluations = {
@@ -87,6 +114,7 @@ def lineage(run_dir: Path) -> list[dict[str, Any]]:
         for a in artifacts
         if a.kind == "evaluate_task" and "model" in a.manifest["inputs"]
     }
+    harness_runs = [a for a in artifacts if a.kind == "harness" and "model" in a.manifest["inputs"]]
     nodes = {
         a.id: {
             "name": a.manifest["name"],
@@ -98,6 +126,21 @@ def lineage(run_dir: Path) -> list[dict[str, Any]]:
         for a in artifacts
         if a.kind in MODEL_KINDS
     }
+    for run in harness_runs:
+        model = nodes.get(run.manifest["inputs"]["model"]["id"])
+        if model is None:
+            continue  # the model it scored is not in this run folder, or was rebuilt since (a new id)
+        scores = harness_scores(run)
+        model["children"].append(
+            {
+                "name": run.manifest["name"],
+                "kind": run.kind,
+                "id": run.id,
+                "description": _describe_harness(scores),
+                "scores": scores,
+                "children": [],
+            }
+        )
     roots = []
     for artifact in artifacts:
         if artifact.kind not in MODEL_KINDS:
@@ -107,9 +150,10 @@ def lineage(run_dir: Path) -> list[dict[str, Any]]:
             nodes[parent]["children"].append(nodes[artifact.id])
         else:
             roots.append(nodes[artifact.id])
-    # bases before variants under each node: the extended or DAPT base first, then the variants
+    # under each node: the harness scores of the node itself, then the extended or DAPT base, then the variants
+    order = {"harness": 0, "extend_vocab": 1, "pretrain": 1}
     for node in nodes.values():
-        node["children"].sort(key=lambda child: (child["kind"] not in ("extend_vocab", "pretrain"), child["name"]))
+        node["children"].sort(key=lambda child: (order.get(child["kind"], 2), child["name"]))
     return roots
 
 

@@ -57,6 +57,39 @@ def _task_manager(task_names: list[str], include_path: Path | None) -> Any:
     return manager
 
 
+def write_harness_artifact(
+    artifact: Any, results: dict[str, Any], *, include_path: Path | None, started: datetime, seconds: float
+) -> Path:
+    """Write `harness-<name>/` next to the model artifact: results.json, then the manifest (inputs: the model,
+    metrics: {task: {metric,filter: value}}); return the path of results.json."""
+    name = f"harness-{artifact.manifest['name']}"
+    target = artifact.path.parent / name
+    target.mkdir(exist_ok=True)
+    (target / "manifest.json").unlink(missing_ok=True)  # unfinished until the new manifest is written
+    atomic_write_text(target / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    config = {
+        "tasks": results["tasks"],
+        "num_fewshot": results["num_fewshot"],
+        "limit": results["limit"],
+        "include_path": str(include_path),
+    }
+    write_manifest(
+        target,
+        kind="harness",
+        name=name,
+        id=artifact_id("harness", config, {"model": artifact.id}),
+        config=config,
+        inputs={"model": artifact},
+        metrics=results["results"],
+        timings={
+            "started": started.isoformat(timespec="seconds"),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 2),
+        },
+    )
+    return target / "results.json"
+
+
 def run_harness(
     tasks: str,
     model: Path,
@@ -130,27 +163,7 @@ def run_harness(
         atomic_write_text(out, text)
         where = out
     elif artifact is not None:
-        name = f"harness-{artifact.manifest['name']}"
-        target = artifact.path.parent / name
-        target.mkdir(exist_ok=True)
-        (target / "manifest.json").unlink(missing_ok=True)  # unfinished until the new manifest is written
-        atomic_write_text(target / "results.json", text)
-        config = {"tasks": task_names, "num_fewshot": num_fewshot, "limit": limit, "include_path": str(include_path)}
-        write_manifest(
-            target,
-            kind="harness",
-            name=name,
-            id=artifact_id("harness", config, {"model": artifact.id}),
-            config=config,
-            inputs={"model": artifact},
-            metrics=results["results"],
-            timings={
-                "started": started.isoformat(timespec="seconds"),
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "seconds": round(seconds, 2),
-            },
-        )
-        where = target / "results.json"
+        where = write_harness_artifact(artifact, results, include_path=include_path, started=started, seconds=seconds)
     else:
         where = folder / "lm_eval_results.json"
         atomic_write_text(where, text)
