@@ -21,7 +21,7 @@ def test_two_processes_match_one(tmp_path):
     single = tmp_path / "single.jsonl"
     subprocess.run([sys.executable, str(SCRIPT), str(single)], check=True, env=env, timeout=300)
     double = tmp_path / "double.jsonl"
-    subprocess.run(
+    launched = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -32,10 +32,13 @@ def test_two_processes_match_one(tmp_path):
             str(SCRIPT),
             str(double),
         ],
-        check=True,
         env=env,
         timeout=300,
+        capture_output=True,
+        text=True,
     )
+    assert launched.returncode == 0, f"torchrun failed:\n{launched.stdout[-4000:]}\n{launched.stderr[-4000:]}"
+    assert "Traceback" not in launched.stderr and "terminate called" not in launched.stderr
     one, two = losses(single), losses(double)
     assert len(one) == len(two) == 8
     assert one[-1] < one[0], "the tiny model learns"

@@ -406,6 +406,8 @@ def train_loop(
     result.seconds = time.perf_counter() - clock
     if log_handle:
         log_handle.close()
-    if settings.report_to:
-        accelerator.end_training()
+    # accelerator.end_training() would also destroy the process group, which later stages of a pipeline
+    # launched over several processes still need; finish the trackers only.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return result
