@@ -28,6 +28,7 @@ from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
 from dapt.model.lora import add_lora, load_adapter_weights, merged_model
 from dapt.pipeline import StageContext
 from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, load_full_weights
+from dapt.train.distributed import is_main_process
 from dapt.train.loop import LoopSettings, train_loop
 from dapt.train.objectives import causal_lm_loss, lm_batch, mean_lm_loss, perplexity
 from dapt.train.throughput import throughput_report
@@ -88,6 +89,30 @@ def source_shards(
                 f"sequence of pretrain.seq_len = {seq_len}; add text to it or remove it from sources and mix"
             )
     return opened
+
+
+def export_dapt_base(
+    context: StageContext,
+    config: PretrainConfig,
+    best_step: int,
+    base_folder: Path,
+    checkpointer: Checkpointer,
+    model: torch.nn.Module,
+    tokenizer: Any,
+) -> None:
+    """Write `model/` (and, for LoRA, `adapter/`): the best checkpoint, or the original base if nothing beat it."""
+    for partial_export in ("model", "adapter"):  # left by an attempt killed while exporting
+        shutil.rmtree(context.out / partial_export, ignore_errors=True)
+    if best_step == 0:
+        context.log("no step improved the domain validation loss: the DAPT base is the original base")
+        link_or_copy_folder(base_folder, context.out / "model")
+    elif config.method == "lora":
+        best_folder = checkpointer.step_folder(best_step)
+        link_or_copy_folder(best_folder, context.out / "adapter")  # the adapters alone, for peft users
+        load_adapter_weights(model, best_folder)
+        save_model_folder(merged_model(model), tokenizer, context.out / "model")
+    else:
+        link_or_copy_folder(checkpointer.step_folder(best_step), context.out / "model")
 
 
 def run(context: StageContext) -> dict[str, Any]:
@@ -198,19 +223,9 @@ def run(context: StageContext) -> dict[str, Any]:
     best_step = result.best_step or 0
     speed = throughput_report(model, config.seq_len, result.units_per_second, config.peak_tflops)
 
-    # -- the DAPT base: the best checkpoint (or the original, if nothing beat it) -------------------------
-    for partial_export in ("model", "adapter"):  # left by an attempt killed while exporting
-        shutil.rmtree(context.out / partial_export, ignore_errors=True)
-    if best_step == 0:
-        context.log("no step improved the domain validation loss: the DAPT base is the original base")
-        link_or_copy_folder(base_folder, context.out / "model")
-    elif config.method == "lora":
-        best_folder = checkpointer.step_folder(best_step)
-        link_or_copy_folder(best_folder, context.out / "adapter")  # the adapters alone, for peft users
-        load_adapter_weights(model, best_folder)
-        save_model_folder(merged_model(model), tokenizer, context.out / "model")
-    else:
-        link_or_copy_folder(checkpointer.step_folder(best_step), context.out / "model")
+    # -- the DAPT base: the best checkpoint (or the original, if nothing beat it), by the main process -----
+    if is_main_process():
+        export_dapt_base(context, config, best_step, base_folder, checkpointer, model, tokenizer)
     initial, best = result.evaluations[0], next(e for e in result.evaluations if e["step"] == best_step)
     context.log(f"best step {best_step}: " + ", ".join(f"{k} {initial[k]:.4f} → {best[k]:.4f}" for k in held_out))
     return {

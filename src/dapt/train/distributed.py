@@ -1,19 +1,26 @@
-"""Several processes (`torchrun` / `accelerate launch`): joining the process group, and leaving it cleanly.
+"""Several processes (`torchrun` / `accelerate launch`): joining the process group, working alone, leaving.
 
 The process group comes from accelerate (gloo on CPUs, NCCL on GPUs), so the training loop's `Accelerator`
-finds it already set up. A process must leave the group before the interpreter exits: gloo's worker threads
-can still hold the last collective's tensors, and if the interpreter is torn down first, releasing them from
-that thread aborts the process (SIGABRT, exit code -6 under torchrun), now and then, more often under load.
-`leave()` waits for every process, then destroys the group while Python is still fully alive.
+finds it already set up. A pipeline runs its distributed stage (pretrain) on every process and the others on
+the main process only, `alone()`: there accelerate sees a single process, so a stage that trains (a task
+variant) does not wait for processes that are not there.
+
+A process must leave the group before the interpreter exits: gloo's worker threads can still hold the last
+collective's tensors, and if the interpreter is torn down first, releasing them from that thread aborts the
+process (SIGABRT, exit code -6 under torchrun), now and then, more often under load. `leave()` waits for
+every process, then destroys the group while Python is still fully alive.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
 from accelerate import PartialState
+from accelerate.state import AcceleratorState
 
 # A non-training stage (curation of a large corpus, say) runs on the main process while the others wait in a
 # barrier; the default 30-minute collective timeout would end such a wait too early.
@@ -31,15 +38,38 @@ def join() -> PartialState:
 
 
 def is_main_process() -> bool:
-    """True in the process that writes artifacts: rank 0, or the only process."""
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return int(os.environ.get("RANK", "0")) == 0
-    return torch.distributed.get_rank() == 0
+    """True in the process that writes artifacts and prints progress: rank 0, or the only process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Within: this process looks launched alone to accelerate (and to the loop); the process group stays up.
+
+    accelerate keeps one state per process, made from the launcher's variables; both are set aside and put back.
+    """
+    saved_variables = {name: os.environ.pop(name) for name in LAUNCH_VARIABLES if name in os.environ}
+    saved_partial, saved_accelerator = dict(PartialState._shared_state), dict(AcceleratorState._shared_state)
+    PartialState._shared_state.clear()
+    AcceleratorState._shared_state.clear()
+    try:
+        yield
+    finally:
+        os.environ.update(saved_variables)
+        for shared, saved in (
+            (PartialState._shared_state, saved_partial),
+            (AcceleratorState._shared_state, saved_accelerator),
+        ):
+            shared.clear()
+            shared.update(saved)
 
 
 def wait_for_everyone() -> None:
-    """A barrier over all processes; nothing when there is only one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    """A barrier over all processes; nothing when there is only one, or `alone()`."""
+    if launched_world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
 
 

@@ -282,7 +282,8 @@ def train_loop(
             # drop what the interrupted run logged after this checkpoint: those steps are redone
             kept = [line for line in metrics_file.read_text().splitlines() if _logged_step(line) <= result.steps]
             atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
-        tqdm.write(f"  resuming from {resume_from.name} (step {result.steps} of {settings.max_steps})")
+        if accelerator.is_main_process:
+            tqdm.write(f"  resuming from {resume_from.name} (step {result.steps} of {settings.max_steps})")
     log_handle = metrics_file.open("a", encoding="utf-8") if metrics_file and main_process else None
 
     def log(record: dict[str, Any]) -> None:
