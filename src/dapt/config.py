@@ -288,7 +288,7 @@ class PretrainConfig(Section):
         lt=1,
         description="Share of training sequences drawn from the replay sources, pooled (0: domain only); the "
         "domain sources, pooled, get the rest. Both pools draw in proportion to their sources' tokens. "
-        "Ignored when `mix` is given.",
+        "Not with `mix`, which sets every source's share.",
     )
     mix: dict[str, float] | None = Field(
         None,
