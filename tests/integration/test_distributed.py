@@ -82,10 +82,10 @@ def test_whole_pipeline_over_two_processes(tmp_path):
 
     launched = dapt("run", str(TINY), "--out", str(double), *CHECKPOINTS, processes=2)
     assert launched.stdout.count("Report:") == 1, "the main process alone writes and prints the report"
-    assert launched.stderr.count("[6/11] pretrain: done") == 1, "progress is printed once"
     assert (double / "report.json").exists()
     manifests = sorted(p.parent.name for p in double.glob("*/manifest.json"))
-    assert len(manifests) == 11 and "adapt-xml-subpackage-dapt" in manifests
+    assert "pretrain" in manifests and "evaluate-xml-subpackage-dapt" in manifests
+    assert launched.stderr.count(": done in") == len(manifests), "each stage ran and printed its progress once"
     # the DAPT base of two processes, each on half of every micro-batch, is the single-process one
     assert weights_difference(single / "pretrain" / "model", double / "pretrain" / "model") < 1e-4
     one = json.loads((single / "pretrain" / "manifest.json").read_text())["metrics"]
@@ -94,7 +94,7 @@ def test_whole_pipeline_over_two_processes(tmp_path):
     assert two["best"]["domain_val_loss"] == pytest.approx(one["best"]["domain_val_loss"], abs=1e-5)
 
     again = dapt("run", str(TINY), "--out", str(double), *CHECKPOINTS, processes=2)
-    assert again.stderr.count("cached, skipped") == 11
+    assert again.stderr.count("cached, skipped") == len(manifests)
 
     # SIGKILL every process mid-pretraining; launched again, both processes resume from the last checkpoint
     shutil.rmtree(double / "pretrain")
