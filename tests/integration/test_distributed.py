@@ -119,3 +119,19 @@ def test_whole_pipeline_over_two_processes(tmp_path):
     resumed = dapt("pretrain", str(TINY), "--out", str(double), *CHECKPOINTS, processes=2)
     assert (resumed.stdout + resumed.stderr).count("resuming from step-") == 1
     assert weights_difference(single / "pretrain" / "model", double / "pretrain" / "model") < 1e-4
+
+
+def test_an_error_on_the_main_process_stops_every_process_with_that_error(tmp_path):
+    too_much_held_out = ["--set", "tokenize.eval_tokens=100000000"]  # the tokenize stage (main process) fails
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    failed = subprocess.run(
+        [*LAUNCH, "run", str(TINY), "--out", str(tmp_path / "run"), *too_much_held_out],
+        env=env,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode != 0
+    assert "error: the domain corpus has" in failed.stderr and "lower tokenize.eval_tokens" in failed.stderr
+    assert "[rank1]" not in failed.stderr, "the waiting process stops without a traceback of its own"
+    assert not (tmp_path / "run" / "tokenize" / "manifest.json").exists()

@@ -22,6 +22,8 @@ import torch
 from accelerate import PartialState
 from accelerate.state import AcceleratorState
 
+from dapt.errors import DaptError
+
 # A non-training stage (curation of a large corpus, say) runs on the main process while the others wait in a
 # barrier; the default 30-minute collective timeout would end such a wait too early.
 WAIT_TIMEOUT = timedelta(hours=24)
@@ -67,10 +69,26 @@ def alone() -> Iterator[None]:
             shared.update(saved)
 
 
+class OtherProcessStopped(DaptError):
+    """A process failed while this one waited for it; its own error says why."""
+
+    exit_code = 1
+
+
 def wait_for_everyone() -> None:
-    """A barrier over all processes; nothing when there is only one, or `alone()`."""
+    """A barrier over all processes; nothing when there is only one, or `alone()`.
+
+    When another process fails meanwhile (a bad config found by the main process, say), this one stops with a
+    one-line pointer to that error instead of a second, misleading traceback.
+    """
     if launched_world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        try:
+            torch.distributed.barrier()
+        except RuntimeError as error:
+            raise OtherProcessStopped(
+                f"process {os.environ.get('RANK', '?')}: another process stopped while this one waited for it "
+                "(its error is printed above)"
+            ) from error
 
 
 def leave() -> None:
