@@ -282,17 +282,22 @@ def _run(pipeline_path: Path, out: Path | None, overrides: list[str], until: str
     from dapt.config import load_config
     from dapt.pipeline import run_pipeline, say
     from dapt.report.build import build_report
+    from dapt.train.distributed import is_main_process, leave
 
     config = load_config(pipeline_path, overrides)
     run_dir = (out or Path("runs") / config.name).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    # Launched over several processes (torchrun / accelerate launch), only the main one writes to the run folder.
+    main = is_main_process()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     artifacts = run_pipeline(config, run_dir, until=until)
     if until is not None:
         say(f"dapt: {until} finished; artifacts in {run_dir}")
-        return 0
-    report = build_report(config, run_dir, artifacts)
-    print_headline(report, run_dir)
+    elif main:
+        report = build_report(config, run_dir, artifacts)
+        print_headline(report, run_dir)
+    leave()  # the other processes wait for the report, then every one leaves the process group
     return 0
 
 

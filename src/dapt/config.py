@@ -8,11 +8,12 @@ say how to fix it. Relative paths in the YAML are resolved against the YAML file
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dapt.data import curate, langid, quality, toxicity
 from dapt.errors import ConfigError
@@ -593,7 +594,16 @@ class PretrainConfig(Section):
         0.2,
         ge=0,
         lt=1,
-        description="Share of training sequences drawn from the replay source (0: domain only).",
+        description="Share of training sequences drawn from the replay sources, pooled (0: domain only); the "
+        "domain sources, pooled, get the rest. Both pools draw in proportion to their sources' tokens. "
+        "Not with `mix`, which sets every source's share.",
+    )
+    mix: dict[str, float] | None = Field(
+        None,
+        description="Per-source weights of the training mixture by source name, e.g. {contracts: 3, filings: 1, "
+        "wiki: 0.5}: each training sequence comes from a source with probability weight / sum of the weights "
+        "(relative weights: they need not add up to 1). List every domain and replay source with a weight > 0; "
+        "general_eval sources are never trained on. Replaces replay_fraction. None: replay_fraction decides.",
     )
     method: Literal["full", "lora"] = Field("full", description="Train every weight, or LoRA adapters.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -638,6 +648,20 @@ class PretrainConfig(Section):
     )
     keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept besides the best one.")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+
+    @field_validator("mix")
+    @classmethod
+    def _positive_weights(cls, mix: dict[str, float] | None) -> dict[str, float] | None:
+        if mix is not None:
+            if not mix:
+                raise ValueError("empty; give each domain and replay source a weight, or remove mix")
+            bad = {name: weight for name, weight in mix.items() if not math.isfinite(weight) or weight <= 0}
+            if bad:
+                raise ValueError(
+                    f"weights must be positive numbers; got {bad}. A source you do not want to train on "
+                    "should leave `sources` (or become role: general_eval)"
+                )
+        return mix
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -810,6 +834,23 @@ class PipelineConfig(Section):
             duplicated = sorted({n for n in names if names.count(n) > 1})
             if duplicated:
                 raise ValueError(f"{what} names must be unique; repeated: {', '.join(duplicated)}")
+        if self.pretrain.mix is not None:
+            if "replay_fraction" in self.pretrain.model_fields_set:
+                raise ValueError("give either pretrain.replay_fraction or pretrain.mix, not both: mix sets every share")
+            trained = [s.name for s in self.sources if s.role in ("domain", "replay")]
+            unknown = sorted(set(self.pretrain.mix) - set(trained))
+            if unknown:
+                evaluated = [n for n in unknown if n in {s.name for s in self.sources}]
+                hint = f" ({', '.join(evaluated)}: role general_eval, never trained on)" if evaluated else ""
+                raise ValueError(
+                    f"pretrain.mix names {', '.join(unknown)}{hint}, not a domain or replay source; "
+                    f"the training sources are: {', '.join(trained)}"
+                )
+            missing = [name for name in trained if name not in self.pretrain.mix]
+            if missing:
+                raise ValueError(
+                    f"pretrain.mix has no weight for {', '.join(missing)}; list every domain and replay source"
+                )
         return self
 
 
@@ -832,6 +873,8 @@ def _explain(error: ValidationError, origin: str) -> ConfigError:
             lines.append(f"{where}: unknown key (check the spelling; `dapt config --explain` lists the keys)")
         elif item["type"] == "missing":
             lines.append(f"{where}: required key is missing")
+        elif where == "(top level)":  # a check across sections: its message names the fields itself
+            lines.append(item["msg"].removeprefix("Value error, "))
         else:
             message = item["msg"].removeprefix("Value error, ")
             lines.append(f"{where}: {message} (got {item.get('input')!r})")

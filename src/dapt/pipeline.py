@@ -8,6 +8,7 @@ same content; otherwise its folder is cleared and it runs again.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -25,8 +26,10 @@ ATTEMPT_NAME = ".attempt"  # the id of the stage attempt that owns an unfinished
 
 
 def say(message: str) -> None:
-    """Progress for people: stderr, flushed, so it interleaves correctly with progress bars."""
-    print(message, file=sys.stderr, flush=True)
+    """Progress for people: stderr, flushed, so it interleaves correctly with progress bars; once per run, from
+    the main process, when launched over several."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -57,6 +60,7 @@ class StageSpec:
     inputs: dict[str, str] = field(default_factory=dict)  # role -> name of the stage that makes it
     summary: str = ""
     resumable: bool = False  # an interrupted attempt's folder is handed back to the stage, not cleared
+    distributed: bool = False  # launched over several processes, it runs on all (the others on the main one only)
 
 
 def plan(config: PipelineConfig) -> list[StageSpec]:
@@ -129,6 +133,7 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
             {"tokens": pretrain_tokens, "base": pretrain_base},
             summary="continued pretraining → the DAPT base",
             resumable=True,
+            distributed=True,
         ),
         StageSpec(
             "evaluate-lm",
@@ -266,22 +271,68 @@ def run_stages(
     """Run planned stages in order; a stage whose artifact is finished and current is skipped.
 
     `given`: finished artifacts from elsewhere (e.g. the bases `dapt adapt` branches from) that stages may name
-    as inputs; like any input, their files are hashed again before a stage builds on them."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    as inputs; like any input, their files are hashed again before a stage builds on them.
+
+    Launched over several processes (torchrun / accelerate launch), a distributed stage runs on every process,
+    each training on its share of the global batch; any other stage runs on the main process alone while the
+    others wait. Only the main process writes folders and manifests; the others read them after a barrier.
+    """
+    from dapt.train import distributed
+
+    several = distributed.launched_world_size() > 1
+    if several:
+        distributed.join()
+    main = distributed.is_main_process()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, Artifact] = dict(given or {})
     say(f"dapt: run {config.name!r} in {run_dir} ({len(stages)} stages)")
     for number, spec in enumerate(stages, start=1):
-        inputs = {role: artifacts[source] for role, source in spec.inputs.items()}
-        stage_id = artifact_id(spec.kind, spec.config, {role: a.id for role, a in inputs.items()})
-        folder = run_dir / spec.name
-        existing = read_artifact(folder)
-        reason = _stale_reason(existing, stage_id, inputs)
         header = f"[{number}/{len(stages)}] {spec.name}"
-        if reason is None:
-            assert existing is not None
-            say(f"{header}: cached, skipped (finished {existing.manifest['timings']['finished']}, id {stage_id})")
-            artifacts[spec.name] = existing
-            continue
+        if several and not spec.distributed:
+            if main:
+                with distributed.alone():
+                    artifacts[spec.name] = _run_stage(spec, header, artifacts, config, run_dir)
+            distributed.wait_for_everyone()
+            if not main:
+                artifacts[spec.name] = _finished(run_dir / spec.name)
+        else:
+            artifacts[spec.name] = _run_stage(spec, header, artifacts, config, run_dir, several=several)
+    return artifacts
+
+
+def _finished(folder: Path) -> Artifact:
+    """The artifact the main process has just finished (read by the other processes)."""
+    artifact = read_artifact(folder)
+    if artifact is None:
+        raise DataError(f"{folder}: the main process reported this stage finished, but it has no manifest")
+    return artifact
+
+
+def _run_stage(
+    spec: StageSpec,
+    header: str,
+    artifacts: dict[str, Artifact],
+    config: PipelineConfig,
+    run_dir: Path,
+    *,
+    several: bool = False,
+) -> Artifact:
+    """Run one stage unless its finished artifact is current. With `several`, every process calls this."""
+    from dapt.train.distributed import is_main_process, wait_for_everyone
+
+    main = is_main_process()
+    inputs = {role: artifacts[source] for role, source in spec.inputs.items()}
+    stage_id = artifact_id(spec.kind, spec.config, {role: a.id for role, a in inputs.items()})
+    folder = run_dir / spec.name
+    existing = read_artifact(folder)
+    reason = _stale_reason(existing, stage_id, inputs)
+    wait_for_everyone()  # every process has decided from the same files before the main one changes them
+    if reason is None:
+        assert existing is not None
+        say(f"{header}: cached, skipped (finished {existing.manifest['timings']['finished']}, id {stage_id})")
+        return existing
+    if main:
         verify_models_unchanged(inputs)
         attempt = folder / ATTEMPT_NAME
         if spec.resumable and existing is None and attempt.is_file() and attempt.read_text().strip() == stage_id:
@@ -292,27 +343,33 @@ def run_stages(
                 shutil.rmtree(folder)  # an unfinished or stale artifact: start it over
             folder.mkdir(parents=True)
             attempt.write_text(stage_id + "\n")  # lets an interrupted attempt of the same stage resume
-        started = datetime.now(timezone.utc)
-        clock = time.perf_counter()
-        context = StageContext(spec.name, folder, spec.config, inputs, config)
-        metrics = spec.run(context)
-        seconds = time.perf_counter() - clock
-        artifacts[spec.name] = write_manifest(
-            folder,
-            kind=spec.kind,
-            name=spec.name,
-            id=stage_id,
-            config=spec.config,
-            inputs=inputs,
-            metrics=metrics,
-            timings={
-                "started": started.isoformat(timespec="seconds"),
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "seconds": round(seconds, 2),
-            },
-        )
-        say(f"{header}: done in {seconds:.1f}s")
-    return artifacts
+    wait_for_everyone()
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    context = StageContext(spec.name, folder, spec.config, inputs, config)
+    metrics = spec.run(context)
+    seconds = time.perf_counter() - clock
+    if not main:
+        wait_for_everyone()  # until the main process has written the manifest
+        return _finished(folder)
+    artifact = write_manifest(
+        folder,
+        kind=spec.kind,
+        name=spec.name,
+        id=stage_id,
+        config=spec.config,
+        inputs=inputs,
+        metrics=metrics,
+        timings={
+            "started": started.isoformat(timespec="seconds"),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 2),
+        },
+    )
+    say(f"{header}: done in {seconds:.1f}s")
+    if several:
+        wait_for_everyone()
+    return artifact
 
 
 MODEL_KINDS = ("base", "extend_vocab", "pretrain", "tapt", "adapt")  # artifacts whose files later stages build on

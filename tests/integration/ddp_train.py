@@ -7,6 +7,7 @@ import torch
 
 from dapt.config import BaseConfig, PresetConfig
 from dapt.model.load import load_original_base
+from dapt.train.distributed import leave
 from dapt.train.loop import LoopSettings, train_loop
 from dapt.train.objectives import causal_lm_loss, lm_batch
 
@@ -24,6 +25,7 @@ def main(metrics_file: Path) -> None:
 
     settings = LoopSettings(max_steps=8, lr=3e-3, warmup_steps=2)
     train_loop(model, next_batch, causal_lm_loss, settings, metrics_file=metrics_file, description="ddp")
+    leave()  # without it, a rank can abort at interpreter exit (SIGABRT), now and then
 
 
 if __name__ == "__main__":

@@ -1,12 +1,17 @@
-"""Two processes (gloo, CPU) follow the same loss curve as one process with the same global batch."""
+"""Two processes (gloo, CPU) follow the same loss curve as one process with the same global batch, and the whole
+pipeline launched over two processes builds the DAPT base a single process builds."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).parent / "ddp_train.py"
@@ -21,7 +26,7 @@ def test_two_processes_match_one(tmp_path):
     single = tmp_path / "single.jsonl"
     subprocess.run([sys.executable, str(SCRIPT), str(single)], check=True, env=env, timeout=300)
     double = tmp_path / "double.jsonl"
-    subprocess.run(
+    launched = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -32,13 +37,101 @@ def test_two_processes_match_one(tmp_path):
             str(SCRIPT),
             str(double),
         ],
-        check=True,
         env=env,
         timeout=300,
+        capture_output=True,
+        text=True,
     )
+    assert launched.returncode == 0, f"torchrun failed:\n{launched.stdout[-4000:]}\n{launched.stderr[-4000:]}"
+    assert "Traceback" not in launched.stderr and "terminate called" not in launched.stderr
     one, two = losses(single), losses(double)
     assert len(one) == len(two) == 8
     assert one[-1] < one[0], "the tiny model learns"
     assert two == pytest.approx(one, rel=1e-4, abs=1e-5)
     units = [json.loads(line)["units"] for line in double.read_text().splitlines() if "units" in line]
     assert units[-1] == 8 * 8 * 32, "tokens are counted over both processes"
+
+
+TINY = Path(__file__).parent / "tiny.yaml"
+# 30 steps, a checkpoint every 2 and no early stop: room to kill the two-process run midway.
+CHECKPOINTS = [
+    *("--set", "pretrain.max_steps=30", "--set", "pretrain.checkpoint_every=2"),
+    *("--set", "pretrain.eval_every=10", "--set", "pretrain.early_stopping.patience=100"),
+]
+LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dapt.cli"]
+
+
+def dapt(*args: str, processes: int = 1) -> subprocess.CompletedProcess:
+    """The dapt command, alone or under torchrun; fails the test with both outputs if it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [*LAUNCH, *args] if processes == 2 else [sys.executable, "-m", "dapt.cli", *args]
+    done = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def weights_difference(one: Path, other: Path) -> float:
+    expected, got = load_file(one / "model.safetensors"), load_file(other / "model.safetensors")
+    assert expected.keys() == got.keys()
+    return max((expected[name] - got[name]).abs().max().item() for name in expected)
+
+
+def test_whole_pipeline_over_two_processes(tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    dapt("pretrain", str(TINY), "--out", str(single), *CHECKPOINTS)
+
+    launched = dapt("run", str(TINY), "--out", str(double), *CHECKPOINTS, processes=2)
+    assert launched.stdout.count("Report:") == 1, "the main process alone writes and prints the report"
+    assert (double / "report.json").exists()
+    manifests = sorted(p.parent.name for p in double.glob("*/manifest.json"))
+    assert "pretrain" in manifests and "evaluate-xml-subpackage-dapt" in manifests
+    assert launched.stderr.count(": done in") == len(manifests), "each stage ran and printed its progress once"
+    # the DAPT base of two processes, each on half of every micro-batch, is the single-process one
+    assert weights_difference(single / "pretrain" / "model", double / "pretrain" / "model") < 1e-4
+    one = json.loads((single / "pretrain" / "manifest.json").read_text())["metrics"]
+    two = json.loads((double / "pretrain" / "manifest.json").read_text())["metrics"]
+    assert two["tokens_trained"] == one["tokens_trained"]
+    assert two["best"]["domain_val_loss"] == pytest.approx(one["best"]["domain_val_loss"], abs=1e-5)
+
+    again = dapt("run", str(TINY), "--out", str(double), *CHECKPOINTS, processes=2)
+    assert again.stderr.count("cached, skipped") == len(manifests)
+
+    # SIGKILL every process mid-pretraining; launched again, both processes resume from the last checkpoint
+    shutil.rmtree(double / "pretrain")
+    process = subprocess.Popen(
+        [*LAUNCH, "pretrain", str(TINY), "--out", str(double), *CHECKPOINTS],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics, deadline = double / "pretrain" / "metrics.jsonl", time.time() + 200
+    while (
+        process.poll() is None
+        and time.time() < deadline
+        and not any('"step": 5,' in line for line in (metrics.read_text().splitlines() if metrics.exists() else []))
+    ):
+        time.sleep(0.005)
+    launcher = psutil.Process(process.pid)
+    for member in [*launcher.children(recursive=True), launcher]:
+        member.kill()
+    process.wait()
+    assert not (double / "pretrain" / "manifest.json").exists(), "killed before the end (make pretraining longer)"
+    resumed = dapt("pretrain", str(TINY), "--out", str(double), *CHECKPOINTS, processes=2)
+    assert (resumed.stdout + resumed.stderr).count("resuming from step-") == 1
+    assert weights_difference(single / "pretrain" / "model", double / "pretrain" / "model") < 1e-4
+
+
+def test_an_error_on_the_main_process_stops_every_process_with_that_error(tmp_path):
+    too_much_held_out = ["--set", "tokenize.eval_tokens=100000000"]  # the tokenize stage (main process) fails
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    failed = subprocess.run(
+        [*LAUNCH, "run", str(TINY), "--out", str(tmp_path / "run"), *too_much_held_out],
+        env=env,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode != 0
+    assert "error: the domain corpus has" in failed.stderr and "lower tokenize.eval_tokens" in failed.stderr
+    assert "[rank1]" not in failed.stderr, "the waiting process stops without a traceback of its own"
+    assert not (tmp_path / "run" / "tokenize" / "manifest.json").exists()

@@ -26,9 +26,17 @@ SETTINGS = [
     "pretrain.early_stopping.patience=100",
 ]
 
+# Three training sources with their own weights (pretrain.mix): a second replay source next to tiny.yaml's.
+THREE_SOURCES = [
+    "--set",
+    "sources.3={name: email-docstrings, role: replay, kind: python_docstrings, package: email, min_chars: 100}",
+    "--set",
+    "pretrain.mix={xml-docstrings: 2, json-docstrings: 1, email-docstrings: 1}",
+]
 
-def pretrain(out: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "dapt.cli", "pretrain", str(TINY), "--out", str(out), *SETTINGS]
+
+def pretrain(out: Path, extra: list[str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "dapt.cli", "pretrain", str(TINY), "--out", str(out), *SETTINGS, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in every process: same float sums
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
@@ -41,15 +49,16 @@ def logged_step(out: Path) -> int:
     return max((record["step"] for record in lines), default=-1)
 
 
-def test_sigkilled_runs_resume_to_the_weights_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [[], THREE_SOURCES], ids=["domain+replay", "three-source-mix"])
+def test_sigkilled_runs_resume_to_the_weights_of_an_uninterrupted_run(tmp_path, extra):
     reference = tmp_path / "reference"
-    assert pretrain(reference).wait(timeout=300) == 0
+    assert pretrain(reference, extra).wait(timeout=300) == 0
 
     interrupted = tmp_path / "interrupted"
     rng = random.Random(7)
     kills = 0
     for target in sorted(rng.sample(range(3, 28), 3)):
-        process = pretrain(interrupted)
+        process = pretrain(interrupted, extra)
         deadline = time.time() + 120
         while process.poll() is None and logged_step(interrupted) < target and time.time() < deadline:
             time.sleep(0.005)
@@ -59,7 +68,7 @@ def test_sigkilled_runs_resume_to_the_weights_of_an_uninterrupted_run(tmp_path):
             kills += 1
     assert kills >= 2, "the run finished before it could be killed; make it longer"
     assert not (interrupted / "pretrain" / "manifest.json").exists()
-    assert pretrain(interrupted).wait(timeout=300) == 0
+    assert pretrain(interrupted, extra).wait(timeout=300) == 0
 
     finished = json.loads((interrupted / "pretrain" / "manifest.json").read_text())
     assert finished["metrics"]["resumed"] is not None and finished["metrics"]["steps"] == 30
@@ -71,3 +80,7 @@ def test_sigkilled_runs_resume_to_the_weights_of_an_uninterrupted_run(tmp_path):
             assert (expected[name] - got[name]).abs().max().item() <= 1e-6, name
     records = [json.loads(line) for line in (interrupted / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 31)), "every step logged once, in order"
+    drawn = finished["metrics"]["windows_drawn"]
+    assert drawn == json.loads((reference / "pretrain" / "manifest.json").read_text())["metrics"]["windows_drawn"]
+    if extra:
+        assert set(drawn) == {"xml-docstrings", "json-docstrings", "email-docstrings"}

@@ -104,3 +104,40 @@ def test_the_extension_stages_are_planned_only_when_it_is_on():
     stages = {stage.name: stage for stage in plan(config_from_dict({**MINIMAL, "vocab": {"add": 100}}))}
     assert stages["pretrain"].inputs == {"tokens": "tokenize-extended", "base": "extend-vocab"}
     assert stages["evaluate-lm"].inputs["original"] == "base"
+
+
+THREE_SOURCES = {
+    **MINIMAL,
+    "sources": [
+        {"name": "d", "role": "domain", "kind": "pydoc_topics"},
+        {"name": "r1", "role": "replay", "kind": "pydoc_topics"},
+        {"name": "r2", "role": "replay", "kind": "pydoc_topics"},
+        {"name": "g", "role": "general_eval", "kind": "pydoc_topics"},
+    ],
+}
+
+
+def test_mix_weights_every_training_source():
+    config = config_from_dict({**THREE_SOURCES, "pretrain": {"mix": {"d": 2, "r1": 1, "r2": 0.5}}})
+    assert config.pretrain.mix == {"d": 2.0, "r1": 1.0, "r2": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("mix", "message"),
+    [
+        ({"d": 1, "r1": 1, "r2": 1, "wiki": 1}, r"pretrain\.mix names wiki, not a domain or replay source"),
+        ({"d": 1, "r1": 1, "r2": 1, "g": 1}, r"g: role general_eval, never trained on"),
+        ({"d": 1, "r1": 1}, r"pretrain\.mix has no weight for r2"),
+        ({"d": 1, "r1": 0, "r2": 1}, r"pretrain\.mix: weights must be positive numbers; got \{'r1': 0\.0\}"),
+        ({"d": 1, "r1": -2, "r2": 1}, r"must be positive"),
+        ({}, r"pretrain\.mix: empty"),
+    ],
+)
+def test_bad_mix_is_named(mix, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({**THREE_SOURCES, "pretrain": {"mix": mix}})
+
+
+def test_mix_and_replay_fraction_are_exclusive():
+    with pytest.raises(ConfigError, match="either pretrain.replay_fraction or pretrain.mix"):
+        config_from_dict({**THREE_SOURCES, "pretrain": {"replay_fraction": 0.3, "mix": {"d": 1, "r1": 1, "r2": 1}}})

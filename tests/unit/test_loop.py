@@ -115,3 +115,15 @@ def test_an_unknown_or_missing_tracker_is_a_clear_error():
     model, batch, loss_fn = regression()
     with pytest.raises(TrainingError, match="unknown tracker 'tensorbored'"):
         train_loop(model, batch, loss_fn, LoopSettings(max_steps=1, lr=0.1, report_to=("tensorbored",)))
+
+
+@pytest.mark.parametrize(
+    ("variable", "name"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")]
+)
+def test_a_sharded_launch_is_refused_before_training(monkeypatch, variable, name):
+    model, batch, loss_fn = regression()
+    before = [p.detach().clone() for p in model.parameters()]
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(TrainingError, match=f"launched with {name}.*DDP"):
+        train_loop(model, batch, loss_fn, LoopSettings(max_steps=2, lr=0.1))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

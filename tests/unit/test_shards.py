@@ -1,8 +1,10 @@
 """Packed token shards: documents stay intact and delimited; windows and mixing are deterministic."""
 
 import json
+from collections import Counter
 
 import numpy as np
+import pytest
 
 from dapt.data.shards import TokenShard, WindowMixer, eval_windows, write_shard
 
@@ -59,3 +61,39 @@ def test_mixer_resumes_exactly_from_its_state(tmp_path):
     resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))  # through JSON, as in a checkpoint
     got += [(name, window.tolist()) for name, window in (next(resumed) for _ in range(63))]
     assert got == expected
+
+
+def test_a_shard_records_its_sources_and_opens_each_alone(tmp_path):
+    documents = [[1, 1, 0], [2, 0], [3, 3, 3, 0], [4, 0]]
+    stats = write_shard(tmp_path / "s", documents, vocab_size=300, document_sources=["a", "a", "b", "c"])
+    assert stats["sources"] == {
+        "a": {"documents": 2, "tokens": 5, "first_document": 0},
+        "b": {"documents": 1, "tokens": 4, "first_document": 2},
+        "c": {"documents": 1, "tokens": 2, "first_document": 3},
+    }
+    b = TokenShard(tmp_path / "s", source="b")
+    assert b.tokens.tolist() == [3, 3, 3, 0] and b.doc_offsets.tolist() == [0, 4]
+    assert TokenShard(tmp_path / "s", source="a").window(0, 3).tolist() == [1, 1, 0, 2]  # never into b
+    with pytest.raises(ValueError, match="not consecutive"):
+        write_shard(tmp_path / "t", documents, vocab_size=300, document_sources=["a", "b", "a", "c"])
+    with pytest.raises(ValueError, match="no documents of source 'z'"):
+        TokenShard(tmp_path / "s", source="z")
+
+
+def test_three_source_mixture_realises_the_weights_in_tokens(tmp_path):
+    for name, length in (("a", 9001), ("b", 3001), ("c", 501)):  # sizes unlike the weights
+        write_shard(tmp_path / name, [[ord(name)] * length], vocab_size=300)
+    shards = {name: TokenShard(tmp_path / name) for name in "abc"}
+    weights = {"a": 1.0, "b": 2.0, "c": 5.0}  # relative: 12.5%, 25%, 62.5%
+    stream = WindowMixer(shards, weights, 10, seed=0)
+    tokens = Counter()
+    for _ in range(8000):
+        name, window = next(stream)
+        tokens[name] += len(window) - 1  # the inputs of the window: the tokens it trains on
+    total = sum(tokens.values())
+    for name, weight in weights.items():
+        assert tokens[name] / total == pytest.approx(weight / 8, abs=0.015), name
+    assert stream.drawn == {name: tokens[name] // 10 for name in "abc"}
+    again = WindowMixer(shards, weights, 10, seed=0)
+    replay = WindowMixer(shards, weights, 10, seed=0)
+    assert [next(again)[0] for _ in range(300)] == [next(replay)[0] for _ in range(300)]

@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +23,26 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
 
 
-def write_shard(folder: Path, documents: Sequence[Sequence[int]], *, vocab_size: int) -> dict[str, int]:
-    """Write token lists (one per document, end-of-text already appended) as one packed shard."""
+def write_shard(
+    folder: Path,
+    documents: Sequence[Sequence[int]],
+    *,
+    vocab_size: int,
+    document_sources: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Write token lists (one per document, end-of-text already appended) as one packed shard.
+
+    With `document_sources` (one name per document, each source's documents consecutive), shard.json
+    also records each source's run of documents, so a reader can open one source alone
+    (`TokenShard(folder, source=name)`) and a mixture can weight the sources of one shard separately.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    source_runs: dict[str, list[int]] = {}  # name -> [first document, end document)
+    for position, name in enumerate(document_sources or ()):
+        run = source_runs.setdefault(name, [position, position])
+        if run[1] != position:
+            raise ValueError(f"write_shard: the documents of source {name!r} are not consecutive")
+        run[1] = position + 1
     lengths = np.fromiter((len(d) for d in documents), dtype=np.int64, count=len(documents))
     offsets = np.zeros(len(documents) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -33,20 +51,41 @@ def write_shard(folder: Path, documents: Sequence[Sequence[int]], *, vocab_size:
         tokens[start : start + len(document)] = document
     np.save(folder / "tokens.npy", tokens)
     np.save(folder / "doc_offsets.npy", offsets)
-    stats = {"tokens": int(offsets[-1]), "documents": len(documents)}
+    stats: dict[str, Any] = {"tokens": int(offsets[-1]), "documents": len(documents)}
+    if source_runs:
+        stats["sources"] = {
+            name: {"documents": end - first, "tokens": int(offsets[end] - offsets[first]), "first_document": first}
+            for name, (first, end) in source_runs.items()
+        }
     (folder / "shard.json").write_text(json.dumps({**stats, "dtype": tokens.dtype.name}) + "\n")
     return stats
 
 
+def shard_sources(folder: Path) -> dict[str, dict[str, int]]:
+    """The sources recorded in a shard (name -> documents, tokens, first_document); {} if none were."""
+    return json.loads((folder / "shard.json").read_text()).get("sources", {})
+
+
 @dataclass
 class TokenShard:
-    """A shard opened for reading (memory-mapped)."""
+    """A shard opened for reading (memory-mapped); with `source`, only that source's documents in it."""
 
     folder: Path
+    source: str | None = None
 
     def __post_init__(self) -> None:
         self.tokens = np.load(self.folder / "tokens.npy", mmap_mode="r")
         self.doc_offsets = np.load(self.folder / "doc_offsets.npy")
+        if self.source is not None:
+            recorded = shard_sources(self.folder)
+            if self.source not in recorded:
+                raise ValueError(f"{self.folder} has no documents of source {self.source!r}; it has {sorted(recorded)}")
+            first = recorded[self.source]["first_document"]
+            end = first + recorded[self.source]["documents"]
+            start_token = int(self.doc_offsets[first])
+            # a view of the memory map (no copy): windows never cross into another source's documents
+            self.tokens = self.tokens[start_token : int(self.doc_offsets[end])]
+            self.doc_offsets = self.doc_offsets[first : end + 1] - start_token
 
     @property
     def num_tokens(self) -> int:

@@ -2,7 +2,8 @@
 
 Recipe:
 1. load the original base (the `base` artifact) and the token shards;
-2. stream packed windows: domain with weight 1 - replay_fraction, replay with replay_fraction;
+2. stream packed windows: domain with weight 1 - replay_fraction, replay with replay_fraction, or each
+   source with its own weight (pretrain.mix);
 3. measure domain and general validation loss before training (the original base's numbers) and
    every `eval_every` steps; save a checkpoint at each evaluation (and every `checkpoint_every` steps),
    keep the last K and the best; a run killed midway resumes from its newest checkpoint exactly;
@@ -21,11 +22,13 @@ from typing import Any
 import torch
 
 from dapt.config import PretrainConfig
-from dapt.data.shards import TokenShard, WindowMixer, eval_windows
+from dapt.data.shards import TokenShard, WindowMixer, eval_windows, shard_sources
+from dapt.errors import DataError
 from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
 from dapt.model.lora import add_lora, load_adapter_weights, merged_model
 from dapt.pipeline import StageContext
 from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, load_full_weights
+from dapt.train.distributed import is_main_process
 from dapt.train.loop import LoopSettings, train_loop
 from dapt.train.objectives import causal_lm_loss, lm_batch, mean_lm_loss, perplexity
 from dapt.train.throughput import throughput_report
@@ -60,6 +63,58 @@ class PackedBatches:
         self.mixer.load_state_dict(state)
 
 
+def source_shards(
+    shard_root: Path, context: StageContext, mix: dict[str, float], seq_len: int
+) -> dict[str, TokenShard]:
+    """Each source named in `pretrain.mix`, opened alone inside its role's training shard."""
+    role_of = {s.name: s.role for s in context.pipeline.sources}
+    opened = {}
+    for name in mix:
+        folder = shard_root / f"{role_of[name]}_train"
+        recorded = shard_sources(folder) if (folder / "shard.json").exists() else {}
+        if not recorded and folder.exists():
+            raise DataError(
+                f"pretrain.mix: the tokenized corpus {shard_root.parent} does not record its sources (made by an "
+                "older dapt); delete that folder so the tokenize stage runs again"
+            )
+        if name not in recorded:
+            raise DataError(
+                f"pretrain.mix: source {name!r} has no training documents (all dropped by curation or held out for "
+                "validation); add text to it or remove it from sources and mix"
+            )
+        opened[name] = TokenShard(folder, source=name)
+        if opened[name].num_windows(seq_len) == 0:
+            raise DataError(
+                f"pretrain.mix: source {name!r} has {opened[name].num_tokens} training tokens, less than one "
+                f"sequence of pretrain.seq_len = {seq_len}; add text to it or remove it from sources and mix"
+            )
+    return opened
+
+
+def export_dapt_base(
+    context: StageContext,
+    config: PretrainConfig,
+    best_step: int,
+    base_folder: Path,
+    checkpointer: Checkpointer,
+    model: torch.nn.Module,
+    tokenizer: Any,
+) -> None:
+    """Write `model/` (and, for LoRA, `adapter/`): the best checkpoint, or the original base if nothing beat it."""
+    for partial_export in ("model", "adapter"):  # left by an attempt killed while exporting
+        shutil.rmtree(context.out / partial_export, ignore_errors=True)
+    if best_step == 0:
+        context.log("no step improved the domain validation loss: the DAPT base is the base it started from")
+        link_or_copy_folder(base_folder, context.out / "model")
+    elif config.method == "lora":
+        best_folder = checkpointer.step_folder(best_step)
+        link_or_copy_folder(best_folder, context.out / "adapter")  # the adapters alone, for peft users
+        load_adapter_weights(model, best_folder)
+        save_model_folder(merged_model(model), tokenizer, context.out / "model")
+    else:
+        link_or_copy_folder(checkpointer.step_folder(best_step), context.out / "model")
+
+
 def run(context: StageContext) -> dict[str, Any]:
     config = PretrainConfig.model_validate(context.config["pretrain"])
     seed = context.config["seed"]
@@ -79,12 +134,19 @@ def run(context: StageContext) -> dict[str, Any]:
     shard_root = context.inputs["tokens"].path / "shards"
     shards = {p.name: TokenShard(p) for p in shard_root.iterdir() if p.is_dir()}
 
-    # -- data: domain + replay mixture, fixed held-out windows ------------------------------------------
-    weights = {"domain_train": 1.0 - config.replay_fraction, "replay_train": config.replay_fraction}
-    if "replay_train" not in shards and config.replay_fraction > 0:
-        context.log("no replay text: training on domain text only (replay_fraction ignored)")
-        weights = {"domain_train": 1.0}
-    mixer = WindowMixer({k: shards[k] for k in weights if k in shards}, weights, config.seq_len, seed)
+    # -- data: the training mixture, fixed held-out windows ----------------------------------------------
+    if config.mix is None:  # two pools: domain sources and replay sources, each in proportion to its tokens
+        weights = {"domain_train": 1.0 - config.replay_fraction, "replay_train": config.replay_fraction}
+        if "replay_train" not in shards and config.replay_fraction > 0:
+            context.log("no replay text: training on domain text only (replay_fraction ignored)")
+            weights = {"domain_train": 1.0}
+        training = {k: shards[k] for k in weights if k in shards}
+    else:
+        training = source_shards(shard_root, context, config.mix, config.seq_len)
+        weights = config.mix
+        total = sum(weights.values())
+        context.log("mix: " + ", ".join(f"{name} {weight / total:.1%}" for name, weight in weights.items()))
+    mixer = WindowMixer(training, weights, config.seq_len, seed)
     batches = PackedBatches(mixer, config.micro_batch_size, eos_id)
 
     budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
@@ -146,7 +208,7 @@ def run(context: StageContext) -> dict[str, Any]:
     context.log(
         f"{config.method}: {trainable / 1e6:.2f}M of {parameter_count(model) / 1e6:.1f}M parameters trained; "
         f"{config.max_steps} steps at most of {config.micro_batch_size * config.grad_accum_steps} × "
-        f"{config.seq_len} tokens; replay {config.replay_fraction:.0%}"
+        f"{config.seq_len} tokens" + (f"; replay {config.replay_fraction:.0%}" if config.mix is None else "")
     )
     result = train_loop(
         model,
@@ -161,19 +223,9 @@ def run(context: StageContext) -> dict[str, Any]:
     best_step = result.best_step or 0
     speed = throughput_report(model, config.seq_len, result.units_per_second, config.peak_tflops)
 
-    # -- the DAPT base: the best checkpoint (or the original, if nothing beat it) -------------------------
-    for partial_export in ("model", "adapter"):  # left by an attempt killed while exporting
-        shutil.rmtree(context.out / partial_export, ignore_errors=True)
-    if best_step == 0:
-        context.log("no step improved the domain validation loss: the DAPT base is the base it started from")
-        link_or_copy_folder(base_folder, context.out / "model")
-    elif config.method == "lora":
-        best_folder = checkpointer.step_folder(best_step)
-        link_or_copy_folder(best_folder, context.out / "adapter")  # the adapters alone, for peft users
-        load_adapter_weights(model, best_folder)
-        save_model_folder(merged_model(model), tokenizer, context.out / "model")
-    else:
-        link_or_copy_folder(checkpointer.step_folder(best_step), context.out / "model")
+    # -- the DAPT base: the best checkpoint (or the original, if nothing beat it), by the main process -----
+    if is_main_process():
+        export_dapt_base(context, config, best_step, base_folder, checkpointer, model, tokenizer)
     initial, best = result.evaluations[0], next(e for e in result.evaluations if e["step"] == best_step)
     context.log(f"best step {best_step}: " + ", ".join(f"{k} {initial[k]:.4f} → {best[k]:.4f}" for k in held_out))
     return {

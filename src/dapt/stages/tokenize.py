@@ -9,6 +9,9 @@ Splits are by document (never a document cut between train and validation):
 With vocabulary extension the corpus is tokenized twice: `tokenize` with the original base's tokenizer
 decides the splits, and `tokenize-extended` (its `splits` input) puts the very same documents in each split,
 so both bases are measured on the same held-out text and the extension never sees it.
+
+The training shards keep each source's documents together and record where (shard.json `sources`), so
+pretraining can open each source alone and weight it (pretrain.mix).
 """
 
 from __future__ import annotations
@@ -118,6 +121,12 @@ def run(context: StageContext) -> dict[str, Any]:
     if "splits" in context.inputs:  # an extended tokenizer: the original tokenization's documents, split for split
         splits = same_splits(context.inputs["splits"].path / "splits.parquet", ids)
 
+    # Training documents grouped by source (in the config's order, each source's shuffled order kept), so the
+    # shard records each source's run of documents and pretraining can weight sources one by one (pretrain.mix).
+    source_rank = {s.name: i for i, s in enumerate(context.pipeline.sources)}
+    for split in ("domain_train", "replay_train"):
+        splits[split] = sorted(splits[split], key=lambda r: (source_rank.get(sources[r], len(source_rank)), sources[r]))
+
     train_tokens = sum(lengths[r] for r in splits["domain_train"])
     if train_tokens == 0:
         raise DataError(
@@ -131,7 +140,12 @@ def run(context: StageContext) -> dict[str, Any]:
     for split, rows in splits.items():
         if not rows:
             continue
-        stats[split] = write_shard(context.out / "shards" / split, [tokens[r] for r in rows], vocab_size=len(tokenizer))
+        stats[split] = write_shard(
+            context.out / "shards" / split,
+            [tokens[r] for r in rows],
+            vocab_size=len(tokenizer),
+            document_sources=[sources[r] for r in rows] if split.endswith("_train") else None,
+        )
         split_rows += [(ids[r], sources[r], split, lengths[r]) for r in rows]
         context.log(f"{split}: {stats[split]['documents']} documents, {stats[split]['tokens']} tokens")
     id_col, source_col, split_col, length_col = zip(*split_rows, strict=True)

@@ -116,6 +116,21 @@ def check_trackers(report_to: tuple[str, ...]) -> None:
             raise TrainingError(f"report_to: {tracker} is not installed; pip install {TRACKER_PACKAGES[tracker]}")
 
 
+SHARDED_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def refuse_sharded_launch() -> None:
+    """FSDP and DeepSpeed shard weights and optimizer state over the processes; the checkpoints and the exported
+    base are written from the main process's full copy, so such a launch would save a fraction of the model."""
+    for variable, name in SHARDED_LAUNCHES.items():
+        if os.environ.get(variable, "false").lower() == "true":
+            raise TrainingError(
+                f"launched with {name} ({variable}=true): dapt's training loop supports data parallelism (DDP) only "
+                "for now; launch with `torchrun --nproc_per_node N -m dapt.cli ...` or `accelerate launch "
+                "--config_file src/dapt/launch/ddp-gpu.yaml -m dapt.cli ...`"
+            )
+
+
 def _flat_settings(settings: LoopSettings) -> dict[str, Any]:
     """The loop's settings as tracker hyperparameters (scalars and strings only)."""
     return {k: v for k, v in vars(settings).items() if isinstance(v, int | float | str | bool)}
@@ -228,6 +243,7 @@ def train_loop(
     folder already holds a resumable checkpoint, training continues from it exactly: same weights,
     optimizer moments, schedule, RNG and data position as if it had never stopped.
     """
+    refuse_sharded_launch()
     # Several processes without CUDA (torchrun / accelerate launch on CPUs): accelerate only sets up its gloo
     # process group when told to use the CPU; alone, it picks the best device itself.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -282,7 +298,8 @@ def train_loop(
             # drop what the interrupted run logged after this checkpoint: those steps are redone
             kept = [line for line in metrics_file.read_text().splitlines() if _logged_step(line) <= result.steps]
             atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
-        tqdm.write(f"  resuming from {resume_from.name} (step {result.steps} of {settings.max_steps})")
+        if accelerator.is_main_process:
+            tqdm.write(f"  resuming from {resume_from.name} (step {result.steps} of {settings.max_steps})")
     log_handle = metrics_file.open("a", encoding="utf-8") if metrics_file and main_process else None
 
     def log(record: dict[str, Any]) -> None:
@@ -406,6 +423,8 @@ def train_loop(
     result.seconds = time.perf_counter() - clock
     if log_handle:
         log_handle.close()
-    if settings.report_to:
-        accelerator.end_training()
+    # accelerator.end_training() would also destroy the process group, which later stages of a pipeline
+    # launched over several processes still need; finish the trackers only.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return result
