@@ -318,8 +318,10 @@ def reduce_corpus(
     if options["near_dedup"]:
         num_perm = options["near_dedup_num_perm"]
         signatures = np.concatenate([np.empty((0, num_perm), np.uint32), *corpus.signatures])
+        corpus.signatures.clear()  # one copy of the signatures at a time: they are the biggest state kept
+        signatures = signatures[near_survivors]
         near_ids = [corpus.ids[corpus.survivors[position]] for position in near_survivors]
-        near_verdicts = near.judge_signatures(near_ids, signatures[near_survivors])
+        near_verdicts = near.judge_signatures(near_ids, signatures)
         for position, rejection in zip(near_survivors, near_verdicts, strict=True):
             if rejection is not None:
                 corpus.verdicts[corpus.survivors[position]] = (near.name, rejection.reason, rejection.detail)
