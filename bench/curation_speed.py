@@ -8,9 +8,10 @@ thresholds nothing fails: dapt does a little more work than datatrove here); dat
 Both use every core (dapt: `workers`; datatrove: as many tasks and workers), read their own input format
 (Parquet for dapt, JSONL shards for datatrove) and write the kept documents.
 
-Documents: SciPy's and the standard library's docstrings, plus near-copies of a share of them (a few words
-changed) so that the MinHash stages have clusters to find. Runs alternate between the two tools and each
-reports the median of its runs; timings are wall-clock and noisy on a shared machine.
+Documents: the docstrings of SciPy, the standard library, NumPy, torch and transformers (20k by default),
+plus near-copies of a share of them (a few words changed) so that the MinHash stages have clusters to find.
+Runs alternate between the two tools and each reports the median of its runs; timings are wall-clock and
+noisy on a shared machine.
 
 datatrove is not a dapt dependency: `pip install datatrove==0.10.1` in the environment running the bench.
 Its Gopher filters need a word tokenizer (spaCy for English by default, not installed here); they get a
@@ -47,18 +48,29 @@ from dapt.data.pydocs import STDLIB, docstring_documents
 RESULTS = Path(__file__).resolve().parent / "results" / "curation_speed.json"
 
 
+# Packages whose docstrings make the corpus: the demo's two, then dapt's own dependencies (torch and
+# transformers are large), so that fixed costs (starting workers, datatrove's stages) weigh as little as
+# they would on a real corpus.
+PACKAGES = ("scipy", STDLIB, "numpy", "torch", "transformers")
+
+
 def corpus(max_docs: int, seed: int = 0) -> list[dict]:
-    """Docstrings of SciPy and the stdlib (>= 200 chars), 15% of them followed by a near-copy."""
+    """Docstrings (>= 200 chars) of PACKAGES, 15% of them followed by a near-copy (1 word in 100 changed)."""
     rng = random.Random(seed)
     docs = []
-    for package, source in (("scipy", "scipy"), (STDLIB, "stdlib")):
-        for doc in docstring_documents(package, source=source, min_chars=200):
-            docs.append({"id": doc["id"], "text": doc["text"], "source": source})
+    for package in PACKAGES:
+        try:
+            found = list(docstring_documents(package, source=package, min_chars=200))
+        except Exception as error:  # a package not installed: use the others
+            print(f"skipping {package}: {error}")
+            continue
+        for doc in found:
+            docs.append({"id": doc["id"], "text": doc["text"], "source": package})
             if rng.random() < 0.15:
                 words = doc["text"].split(" ")
                 for _ in range(max(1, len(words) // 100)):
                     words[rng.randrange(len(words))] = rng.choice(words)
-                docs.append({"id": doc["id"] + "#copy", "text": " ".join(words), "source": source})
+                docs.append({"id": doc["id"] + "#copy", "text": " ".join(words), "source": package})
             if len(docs) >= max_docs:
                 return docs
     return docs
@@ -145,7 +157,7 @@ def run_datatrove(shards: Path, work: Path, workers: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--docs", type=int, default=8000, help="documents in the corpus (default 8000)")
+    parser.add_argument("--docs", type=int, default=20000, help="documents in the corpus (default 20000)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each tool, alternating (default 3)")
     args = parser.parse_args()
     workers = available_cores()
