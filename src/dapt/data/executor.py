@@ -20,6 +20,9 @@ a map, a reduce and a write:
 Nothing in a verdict depends on which process judged a document or on how the corpus was cut into
 batches, so any `workers` and `batch_size` give the same kept documents in the same order, the same
 ledger and the same counts as one process (tests/data/test_curate_executor.py checks it).
+
+Workers are spawned (fresh interpreters, not forks of a process that may hold threads), so a script that
+curates with several workers needs the usual `if __name__ == "__main__":` guard around its work.
 """
 
 from __future__ import annotations
