@@ -23,7 +23,7 @@ import json
 import platform
 import random
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path

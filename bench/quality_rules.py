@@ -70,6 +70,7 @@ C4_OFF = {
     "max_javascript_lines_ratio": None,
     "max_policy_lines_ratio": None,
     "min_terminal_punct_lines_ratio": None,
+    "min_sentences": None,
 }
 C4_PUBLISHED = {  # C4's line rules as FineWeb's / a notice-page share
     "lorem_ipsum": True,
@@ -77,6 +78,7 @@ C4_PUBLISHED = {  # C4's line rules as FineWeb's / a notice-page share
     "max_javascript_lines_ratio": 0.5,
     "max_policy_lines_ratio": 0.5,
     "min_terminal_punct_lines_ratio": 0.12,
+    "min_sentences": 3,
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dapt.data import curate, quality
+from dapt.data import curate, langid, quality, toxicity
 from dapt.errors import ConfigError
 
 
@@ -134,6 +134,65 @@ class SourceConfig(Section):
         if self.kind == "python_docstrings" and not self.package:
             raise ValueError("kind 'python_docstrings' needs `package:` (e.g. scipy, or stdlib)")
         return self
+
+
+class LanguageConfig(Section):
+    """Language identification (py3langid, model shipped in the package), paragraph by paragraph so that code
+    and a passage in another language do not decide; see `dapt.data.langid` for the measurements."""
+
+    enabled: bool = Field(True, description="Run language identification.")
+    languages: list[str] = Field(
+        default_factory=lambda: list(langid.DEFAULT_LANGUAGES),
+        description="ISO 639-1 codes of the languages to keep (default [en]: the demo and the Gopher stop-word "
+        "rule are English); [] keeps every language. A corpus in German sets [de].",
+    )
+    min_confidence: float = Field(
+        langid.DEFAULT_MIN_CONFIDENCE,
+        ge=0,
+        le=1,
+        description="A paragraph votes for its language only when the identifier's probability is at least this; "
+        "code and numbers fall below and do not vote. A document with no voting paragraph is kept.",
+    )
+    min_language_share: float = Field(
+        langid.DEFAULT_MIN_LANGUAGE_SHARE,
+        gt=0,
+        le=1,
+        description="Drop a document when the kept languages hold less than this share of its voting characters. "
+        "0.2 keeps all of the demo's docstrings and 95% of those with a quarter of their length in another "
+        "language (0.5: 54%), and drops 99.9% of documents in other languages.",
+    )
+    min_paragraph_chars: int = Field(
+        langid.DEFAULT_MIN_PARAGRAPH_CHARS,
+        ge=1,
+        description="Paragraphs shorter than this (titles, a lone parameter line) are not labelled.",
+    )
+
+    @model_validator(mode="after")
+    def _codes(self) -> LanguageConfig:
+        bad = [code for code in self.languages if not (code.isascii() and code.isalpha() and code.islower())]
+        if bad:
+            raise ValueError(f"languages: {bad} are not lowercase language codes such as en, de, zh")
+        return self
+
+
+class ToxicityConfig(Section):
+    """Toxicity filter (alt-profanity-check, the optional extra `dapt-lm[toxicity]`); see `dapt.data.toxicity`."""
+
+    enabled: bool = Field(
+        False,
+        description="Score every paragraph and drop documents with an abusive or obscene one. Off by default: it "
+        "needs `pip install 'dapt-lm[toxicity]'` (scikit-learn and SciPy, ~165 MB, exact version pins).",
+    )
+    max_score: float = Field(
+        toxicity.DEFAULT_MAX_SCORE,
+        ge=0,
+        le=1,
+        description="Drop a document whose most toxic paragraph scores above this (0..1). 0.95 drops none of the "
+        "demo's docstrings (highest: 0.87, a doctest printing 'hell'); insults score 0.99-1.0.",
+    )
+    min_paragraph_chars: int = Field(
+        toxicity.DEFAULT_MIN_PARAGRAPH_CHARS, ge=1, description="Shorter paragraphs are not scored on their own."
+    )
 
 
 class GopherQualityConfig(Section):
@@ -288,6 +347,12 @@ class C4Config(Section):
         description="Drop documents where a smaller share of lines ends in . ! ? : or a quote (FineWeb: 0.12, which "
         "drops 6% of the docstrings, whose parameter lines end in none). Default null: off.",
     )
+    min_sentences: int | None = Field(
+        quality.DEFAULT_C4_MIN_SENTENCES,
+        ge=0,
+        description="Drop documents with fewer sentences (C4: 3, which drops 15% of the docstrings; a parameter list "
+        "has none). Default null: off.",
+    )
 
 
 class CurateConfig(Section):
@@ -379,6 +444,9 @@ class CurateConfig(Section):
         "about 0.85; on SciPy's docstrings it drops 35 of 2.9k, sibling functions documented from one "
         "template (dctn / idctn, wishart / invwishart).",
     )
+    language: LanguageConfig = Field(
+        default_factory=LanguageConfig, description="Language identification (dapt.data.langid)."
+    )
     gopher_quality: GopherQualityConfig = Field(
         default_factory=GopherQualityConfig, description="Gopher's quality rules (dapt.data.quality)."
     )
@@ -386,6 +454,9 @@ class CurateConfig(Section):
         default_factory=GopherRepetitionConfig, description="Gopher's repetition rules (dapt.data.quality)."
     )
     c4: C4Config = Field(default_factory=C4Config, description="C4's page rules (dapt.data.quality).")
+    toxicity: ToxicityConfig = Field(
+        default_factory=ToxicityConfig, description="Toxicity filter, off by default (dapt.data.toxicity)."
+    )
     # How curation runs (dapt.data.executor): none of these changes which documents are kept.
     workers: int = Field(
         0,
@@ -403,7 +474,7 @@ class CurateConfig(Section):
     backend: Literal["local", "ray"] = Field(
         "local",
         description="Where the batches run: 'local' (a process pool on this machine) or 'ray' (Ray Data on the "
-        "cluster `ray.init()` connects to, e.g. through RAY_ADDRESS; needs pip install 'dapt[ray]'). Under "
+        "cluster `ray.init()` connects to, e.g. through RAY_ADDRESS; needs pip install 'dapt-lm[ray]'). Under "
         "'ray', exact and near dedup group documents by digest and LSH band key across the cluster, and the "
         "output folder must be on storage every node sees. Same result either way.",
     )

@@ -101,6 +101,20 @@ def test_a_pipeline_curate_section_works_as_the_config(corpus: Path) -> None:
     assert read_artifact(corpus / "out").metrics["dropped_by_reason"].get("too_short") is None
 
 
+def test_the_config_sets_the_language_and_gopher_blocks(corpus: Path, capsys) -> None:
+    (corpus / "curate.yaml").write_text(
+        "language: {languages: [de]}\ngopher_repetition: {enabled: false}\n", encoding="utf-8"
+    )
+    assert main(["curate", "data", "--out", "out", "--config", "curate.yaml"]) == 0
+    metrics = read_artifact(corpus / "out").metrics
+    assert metrics["dropped_by_reason"]["language"] == 10  # every English document (the duplicate too)
+    assert metrics["blocks"]["language"] == {"seen": 10, "dropped": 10}
+    assert "gopher_repetition" not in metrics["blocks"]
+    (corpus / "curate.yaml").write_text("gopher_quality: {min_words: 80, max_words: 50}\n", encoding="utf-8")
+    assert main(["curate", "data", "--out", "out2", "--config", "curate.yaml"]) == 2
+    assert "min_words 80 is above max_words 50" in capsys.readouterr().err
+
+
 def test_strict_stops_at_the_first_bad_record_naming_file_and_line(corpus: Path, capsys) -> None:
     assert main(["curate", "data", "--out", "out"]) == 0
     assert main(["curate", "data", "--out", "out", "--strict"]) == 2

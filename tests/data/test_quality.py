@@ -64,6 +64,7 @@ def only(block_class, **rule):
             "max_javascript_lines_ratio": None,
             "max_policy_lines_ratio": None,
             "min_terminal_punct_lines_ratio": None,
+            "min_sentences": None,
         },
     }[block_class]
     return block_class(**{**off, **rule})
@@ -189,6 +190,10 @@ def test_c4_rules() -> None:
     punct = only(C4Filter, min_terminal_punct_lines_ratio=0.5)
     assert reason(punct, "A sentence.\nno end") is None
     assert reason(punct, "A sentence.\nno end\nnor here") == "terminal_punctuation"
+    sentences = only(C4Filter, min_sentences=3)
+    assert reason(sentences, "One. Two! Three? (Four.)") is None
+    assert reason(sentences, "One. Two! e.g.three, np.array(x)") == "too_few_sentences"  # no space: not an end
+    assert sentences("d", "No sentence at all").detail == "0 sentence(s) < min_sentences 3"
 
 
 def test_mixed_scripts_and_unicode_words() -> None:

@@ -62,6 +62,9 @@ def test_no_task_test_text_reaches_pretraining(run_dir):
     assert not [t for t in test_texts if t[:200] in kept]
     curate = read_artifact(run_dir / "curate").metrics
     assert curate["decontaminated_by_task"]["xml-subpackage"] > 0  # the docstrings overlap: some were removed
+    # the curation blocks of the config ran (toxicity is off by default)
+    assert {"language", "gopher_quality", "gopher_repetition", "c4"} <= curate["blocks"].keys()
+    assert "toxicity" not in curate["blocks"]
     ledger = pq.read_table(run_dir / "curate" / "rejection_ledger.parquet")
     assert ledger.num_rows + curate["docs_kept"] == read_artifact(run_dir / "ingest").metrics["documents"]
 

@@ -1,7 +1,8 @@
 """Clean a document table, keeping an account of every document that was dropped and why.
 
-Curation runs small blocks in a fixed order: normalize → PII scrub → length → quality → Gopher quality →
-Gopher repetition → C4 (`dapt.data.quality`) → decontaminate → exact dedup → near dedup. Each filter
+Curation runs small blocks in a fixed order: normalize (with mojibake repair) → PII scrub → length →
+quality → language ID (`dapt.data.langid`) → Gopher quality → Gopher repetition → C4 (`dapt.data.quality`)
+→ toxicity (`dapt.data.toxicity`, off by default) → decontaminate → exact dedup → near dedup. Each filter
 answers "keep?" for one document and, when not, gives a `reason` (a stable key to count by) and a
 `detail` a person can check (the measured value and the threshold, the kept duplicate's id, the eval task
 whose text leaked). Dropped documents go to the rejection ledger rather than disappearing, so
@@ -374,7 +375,9 @@ def document_blocks(options: Mapping[str, Any]) -> list[CurationBlock]:
     text alone and keeps no state between documents: each worker process builds its own copies, and the
     `seen` / `dropped` counts a report shows are recomputed from the verdicts.
     """
-    from dapt.data.quality import quality_blocks  # it imports this module's CurationBlock
+    from dapt.data.langid import language_block  # these import this module's CurationBlock
+    from dapt.data.quality import quality_blocks
+    from dapt.data.toxicity import toxicity_block
 
     return [
         LengthFilter(min_chars=options["min_chars"], max_chars=options["max_chars"], min_words=options["min_words"]),
@@ -383,7 +386,11 @@ def document_blocks(options: Mapping[str, Any]) -> list[CurationBlock]:
             min_alpha_words_ratio=options["min_alpha_words_ratio"],
             max_mean_word_chars=options["max_mean_word_chars"],
         ),
+        # after the quality block, so that a base64 blob or a table (which the identifier labels too) is
+        # reported as what it is, and before Gopher's English stop-word rule, so a German text is "language"
+        *language_block(options["language"]),
         *quality_blocks(options["gopher_quality"], options["gopher_repetition"], options["c4"]),
+        *toxicity_block(options["toxicity"]),
     ]
 
 

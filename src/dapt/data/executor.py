@@ -469,6 +469,12 @@ def corpus_stats(
     for name in names:
         blocks[name] = {"seen": remaining, "dropped": dropped_by_block[name]}
         remaining -= dropped_by_block[name]
+    if "language" in blocks:  # most of a corpus dropped as another language: the setting is likely wrong
+        from dapt.data.langid import warn_if_most_dropped
+
+        warn_if_most_dropped(
+            blocks["language"]["dropped"], blocks["language"]["seen"], options["language"]["languages"]
+        )
     replaced = PiiScrubber(kinds=options["pii_kinds"] if options["pii_scrub"] else ()).replaced
     replaced.update(pii_replaced)
     return {
