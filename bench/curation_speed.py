@@ -2,8 +2,9 @@
 
 The pipeline: Gopher quality rules, Gopher repetition rules, then MinHash near-duplicate removal (5-word
 shingles, 16 bands x 8 rows, as dapt's defaults). dapt runs `dapt.data.executor.curate_to_files` with its
-other blocks switched off or made permissive (normalisation and the length/quality blocks still run, with
-thresholds nothing fails: dapt does a little more work than datatrove here); datatrove 0.10.1 runs its
+other blocks (C4, language ID, PII, exact dedup) switched off or made permissive (normalisation and the
+length/quality blocks still run, with thresholds nothing fails: dapt does a little more work than datatrove
+here); datatrove 0.10.1 runs its
 `GopherQualityFilter`, `GopherRepetitionFilter` and its four MinHash stages with `LocalPipelineExecutor`.
 Both use every core (dapt: `workers`; datatrove: as many tasks and workers), read their own input format
 (Parquet for dapt, JSONL shards for datatrove) and write the kept documents.
@@ -88,6 +89,7 @@ def run_dapt(source: Path, out: Path, workers: int, batch_size: int) -> dict:
         exact_dedup=False,
         fix_mojibake=False,
         c4={"enabled": False},
+        language={"enabled": False},  # datatrove's pipeline here has no language ID
         workers=workers,
         batch_size=batch_size,
     )
