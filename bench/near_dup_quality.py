@@ -17,6 +17,8 @@ candidate verification by estimated Jaccard and the same keep-the-first clusteri
 its documentation shows: `MinHash.bulk` over each document's shingles encoded as bytes, `MinHashLSH`
 (which picks its own bands × rows for the threshold: 9 × 13 at 0.8), `insert` then `query`. dapt is timed
 end to end from texts (`NearDuplicateFinder.find`); datasketch from texts as well (shingling included).
+rensa (a Rust MinHash, when installed) computes the signatures from the same shingles as datasketch and
+hands them to dapt's LSH, verification and clustering: that row compares MinHash engines alone.
 Runs alternate (dapt, datasketch, dapt, ...) and the median time counts.
 
     python bench/near_dup_quality.py                  # ≈ 1-2 minutes on 2 cores
@@ -40,7 +42,7 @@ import numpy as np
 import scipy.sparse
 
 from dapt.data.curate import normalize_text
-from dapt.data.near_dup import DEFAULT_BANDS, DEFAULT_NUM_PERM, DEFAULT_SHINGLE, NearDuplicateFinder
+from dapt.data.near_dup import DEFAULT_BANDS, DEFAULT_NUM_PERM, DEFAULT_SHINGLE, PRIME, NearDuplicateFinder
 from dapt.data.pydocs import docstring_documents
 
 RESULTS = Path(__file__).parent / "results" / "near_dup_quality.json"
@@ -172,6 +174,25 @@ def run_dapt(texts: list[str], args: argparse.Namespace) -> tuple[set[int], floa
     return dropped, time.perf_counter() - started
 
 
+def run_rensa(texts: list[str], args: argparse.Namespace) -> tuple[set[int], float]:
+    """rensa's MinHash (Rust, `RMinHash`) over the same shingles as datasketch's, then dapt's LSH, verification
+    and clustering: what changes from dapt is the engine that computes the signatures."""
+    from rensa import RMinHash
+
+    started = time.perf_counter()
+    signatures = np.full((len(texts), args.num_perm), PRIME, dtype=np.uint32)  # PRIME: no shingles
+    for i, doc in enumerate(shingle_sets(texts, args.shingle)):
+        if doc:
+            minhash = RMinHash(args.num_perm, args.seed)
+            minhash.update(list(doc))
+            signatures[i] = minhash.digest()
+    finder = NearDuplicateFinder(
+        shingle=args.shingle, num_perm=args.num_perm, bands=args.bands, threshold=args.threshold
+    )
+    dropped = {duplicate.index for duplicate in finder.find_in_signatures(signatures)}
+    return dropped, time.perf_counter() - started
+
+
 def run_datasketch(
     texts: list[str], args: argparse.Namespace, params: tuple[int, int] | None = None
 ) -> tuple[set[int], float, tuple[int, int]]:
@@ -245,7 +266,14 @@ def main() -> None:
     # datasketch twice: with the bands × rows it picks for the threshold (what a user gets), and with
     # dapt's, which separates the engines' speed and accuracy from the choice of the LSH curve.
     same_bands = f"datasketch_{args.bands}x{args.num_perm // args.bands}"
-    times: dict[str, list[float]] = {"dapt": [], "datasketch": [], same_bands: []}
+    try:
+        import rensa
+
+        rensa_version = getattr(rensa, "__version__", "?")
+    except ImportError:
+        rensa_version = None
+        print("rensa is not installed (pip install rensa): not measured")
+    times: dict[str, list[float]] = {"dapt": [], "datasketch": [], same_bands: [], "rensa_dapt_lsh": []}
     dropped: dict[str, set[int]] = {}
     datasketch_bands_rows = None
     for round_number in range(args.rounds):
@@ -256,6 +284,9 @@ def main() -> None:
             times["datasketch"].append(seconds)
             dropped[same_bands], seconds, _ = run_datasketch(texts, args, (args.bands, args.num_perm // args.bands))
             times[same_bands].append(seconds)
+        if rensa_version is not None:
+            dropped["rensa_dapt_lsh"], seconds = run_rensa(texts, args)
+            times["rensa_dapt_lsh"].append(seconds)
         print(f"round {round_number + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v))
 
     engines = [name for name in times if times[name]]
@@ -317,6 +348,7 @@ def main() -> None:
             "dapt_bands_rows": [args.bands, args.num_perm // args.bands],
             "datasketch_bands_rows": list(datasketch_bands_rows) if datasketch_bands_rows else None,
             "datasketch_version": datasketch_version,
+            "rensa_version": rensa_version,
             "seed": args.seed,
             "rounds": args.rounds,
         },
@@ -355,8 +387,12 @@ def headline(results: dict, ratio: float | None) -> str:
             f"near_dup_quality: dapt F1 {dapt['f1']:.2f} at {dapt['docs_per_second']} docs/s, datasketch not installed"
         )
     sketch = results["datasketch"]
+    rensa = results.get("rensa_dapt_lsh")
+    rensa_part = (
+        f"rensa signatures + dapt LSH F1 {rensa['f1']:.2f} at {rensa['docs_per_second']} docs/s, " if rensa else ""
+    )
     return (
-        f"near_dup_quality: dapt F1 {dapt['f1']:.2f} at {dapt['docs_per_second']} docs/s, "
+        f"near_dup_quality: dapt F1 {dapt['f1']:.2f} at {dapt['docs_per_second']} docs/s, {rensa_part}"
         f"datasketch F1 {sketch['f1']:.2f} at {sketch['docs_per_second']} docs/s, speed ratio {ratio:.1f}"
     )
 

@@ -475,7 +475,7 @@ class CurateConfig(Section):
     backend: Literal["local", "ray"] = Field(
         "local",
         description="Where the batches run: 'local' (a process pool on this machine) or 'ray' (Ray Data on the "
-        "cluster `ray.init()` connects to, e.g. through RAY_ADDRESS; needs pip install 'dapt[ray]'). Under "
+        "cluster `ray.init()` connects to, e.g. through RAY_ADDRESS; needs pip install 'dapt-lm[ray]'). Under "
         "'ray', exact and near dedup group documents by digest and LSH band key across the cluster, and the "
         "output folder must be on storage every node sees. Same result either way.",
     )

@@ -20,6 +20,9 @@ a map, a reduce and a write:
 Nothing in a verdict depends on which process judged a document or on how the corpus was cut into
 batches, so any `workers` and `batch_size` give the same kept documents in the same order, the same
 ledger and the same counts as one process (tests/data/test_curate_executor.py checks it).
+
+Workers are spawned (fresh interpreters, not forks of a process that may hold threads), so a script that
+curates with several workers needs the usual `if __name__ == "__main__":` guard around its work.
 """
 
 from __future__ import annotations
@@ -318,8 +321,10 @@ def reduce_corpus(
     if options["near_dedup"]:
         num_perm = options["near_dedup_num_perm"]
         signatures = np.concatenate([np.empty((0, num_perm), np.uint32), *corpus.signatures])
+        corpus.signatures.clear()  # one copy of the signatures at a time: they are the biggest state kept
+        signatures = signatures[near_survivors]
         near_ids = [corpus.ids[corpus.survivors[position]] for position in near_survivors]
-        near_verdicts = near.judge_signatures(near_ids, signatures[near_survivors])
+        near_verdicts = near.judge_signatures(near_ids, signatures)
         for position, rejection in zip(near_survivors, near_verdicts, strict=True):
             if rejection is not None:
                 corpus.verdicts[corpus.survivors[position]] = (near.name, rejection.reason, rejection.detail)

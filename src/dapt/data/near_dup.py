@@ -51,8 +51,10 @@ _U64 = np.uint64
 _ROLL = 0x9E3779B97F4A7C15  # odd multiplier of the rolling shingle hash (2**64 / golden ratio)
 # Chunks of about this many shingles: 8 bytes × 32k = 256 KiB per temporary array, inside the L2 cache.
 _CHUNK_SHINGLES = 1 << 15
-# Documents shingled at once: 8192 docstrings are about 10 MB of text and 2M shingles.
-_BATCH_DOCUMENTS = 8192
+# Documents shingled at once. Their words are Python strings while they are hashed (~60 bytes a word):
+# 2048 documents of 3 kB took 119 MB of temporaries, 512 of them 31 MB (tracemalloc), which keeps a curate
+# worker's memory near its batch's text.
+_BATCH_DOCUMENTS = 512
 # Buckets bigger than this pair each member with the bucket's first and previous member instead of with
 # every other member, which bounds the work on a corpus of many templated documents.
 _ALL_PAIRS_MAX_BUCKET = 64
@@ -261,7 +263,7 @@ class NearDuplicateFinder:
     def signatures(self, texts: Sequence[str]) -> np.ndarray:
         """MinHash signatures of `texts`, uint32 of shape (len(texts), num_perm).
 
-        Texts are shingled in batches, so memory holds one batch's words and shingles (tens of MB) besides
+        Texts are shingled in batches, so memory holds one batch's words and shingles (~30 MB) besides
         the signatures (4 bytes × num_perm per document); each batch hashes its own distinct words again,
         which costs about 5% more time than one pass.
         """

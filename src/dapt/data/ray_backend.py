@@ -60,7 +60,7 @@ def _import_ray():
     except ImportError as error:
         raise ConfigError(
             "curate.backend: 'ray' needs Ray Data, which is not installed; install the extra with "
-            "pip install 'dapt[ray]' (or set curate.backend: local)"
+            "pip install 'dapt-lm[ray]' (or set curate.backend: local)"
         ) from error
     return ray
 
