@@ -356,6 +356,9 @@ class C4Config(Section):
     )
 
 
+CURATE_EXECUTION_FIELDS = ("workers", "batch_size", "backend")  # CurateConfig: how it runs, not what it keeps
+
+
 class CurateConfig(Section):
     """Cleaning before tokenisation. Every dropped document lands in the rejection ledger with its reason.
 
@@ -458,7 +461,8 @@ class CurateConfig(Section):
     toxicity: ToxicityConfig = Field(
         default_factory=ToxicityConfig, description="Toxicity filter, off by default (dapt.data.toxicity)."
     )
-    # How curation runs (dapt.data.executor): none of these changes which documents are kept.
+    # How curation runs (dapt.data.executor): none of these changes which documents are kept, so none is part of
+    # the curate stage's cache key (CURATE_EXECUTION_FIELDS).
     workers: int = Field(
         0,
         ge=0,

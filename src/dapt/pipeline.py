@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dapt.artifacts import Artifact, artifact_id, content_hash, read_artifact, write_manifest
-from dapt.config import PipelineConfig
+from dapt.config import CURATE_EXECUTION_FIELDS, PipelineConfig
 from dapt.errors import ConfigError, DataError
 
 ATTEMPT_NAME = ".attempt"  # the id of the stage attempt that owns an unfinished folder
@@ -78,7 +78,8 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
             "curate",
             "curate",
             curate.run,
-            {"curate": dump["curate"]},
+            # how curation runs (workers, backend) changes nothing it keeps: not part of the cache key
+            {"curate": {k: v for k, v in dump["curate"].items() if k not in CURATE_EXECUTION_FIELDS}},
             {"corpus": "ingest", **task_inputs},
             summary="clean, dedup, decontaminate",
         ),

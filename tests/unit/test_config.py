@@ -141,3 +141,14 @@ def test_bad_mix_is_named(mix, message):
 def test_mix_and_replay_fraction_are_exclusive():
     with pytest.raises(ConfigError, match="either pretrain.replay_fraction or pretrain.mix"):
         config_from_dict({**THREE_SOURCES, "pretrain": {"replay_fraction": 0.3, "mix": {"d": 1, "r1": 1, "r2": 1}}})
+
+
+def test_how_curation_runs_is_not_part_of_the_curate_cache_key():
+    from dapt.pipeline import plan
+
+    def curate_config(overrides):
+        stages = plan(config_from_dict({**MINIMAL, "curate": overrides}))
+        return next(stage.config for stage in stages if stage.name == "curate")
+
+    assert curate_config({}) == curate_config({"workers": 1, "batch_size": 64, "backend": "ray"})
+    assert curate_config({}) != curate_config({"min_words": 3})

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dapt.config import CURATE_EXECUTION_FIELDS
 from dapt.data.curate import curation_options
 from dapt.data.executor import curate_to_files
 from dapt.pipeline import StageContext
@@ -61,7 +62,10 @@ def run(context: StageContext) -> dict[str, Any]:
     return curate_corpus(
         context.inputs["corpus"].path / DOCUMENTS_NAME,
         context.out,
-        options=dict(context.config["curate"]),
+        options={
+            **context.config["curate"],
+            **{field: getattr(context.pipeline.curate, field) for field in CURATE_EXECUTION_FIELDS},
+        },
         contamination=contamination,
         log=context.log,
     )
