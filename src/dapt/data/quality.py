@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import compress, islice, repeat
 from typing import Any
 
 from dapt.data.curate import CurationBlock, Rejection
@@ -79,6 +79,8 @@ DEFAULT_C4_MIN_TERMINAL_PUNCT_LINES_RATIO: float | None = None
 DEFAULT_C4_MIN_SENTENCES: int | None = None
 
 _WORD = re.compile(r"[^\W_]+")
+# A stop word as a whole _WORD token of the lowercased text (not preceded or followed by a word character).
+_STOP_WORD = re.compile(rf"(?<![^\W_])(?:{'|'.join(sorted(GOPHER_STOP_WORDS))})(?![^\W_])")
 _HAS_LETTER = re.compile(r"[^\W\d_]")
 _ALNUM = re.compile(r"[^\W_]")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
@@ -87,6 +89,11 @@ _ELLIPSES = ("...", "…")
 _TERMINAL_PUNCT = (".", "!", "?", '"', "'", "”", "’", ":")  # ':' ends the line before a list or example
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+
+
+def _stripped_lines(text: str) -> list[str]:
+    """The lines of `text` that are not blank, stripped."""
+    return list(filter(None, map(str.strip, text.split("\n"))))
 
 
 def _share(part: int, whole: int) -> float:
@@ -145,16 +152,16 @@ class GopherQualityFilter(CurationBlock):
                     f"{symbols} '#'/'...' for {n_words} words: {ratio:.3f} > max_symbol_word_ratio "
                     f"{self.max_symbol_word_ratio}",
                 )
-        lines = [line.strip() for line in text.split("\n") if line.strip()]
+        lines = _stripped_lines(text)
         if self.max_bullet_lines_ratio is not None:
-            ratio = _share(sum(line.startswith(_BULLETS) for line in lines), len(lines))
+            ratio = _share(sum(map(str.startswith, lines, repeat(_BULLETS))), len(lines))
             if ratio > self.max_bullet_lines_ratio:
                 yield Rejection(
                     "gopher_bullet_lines",
                     f"bullet lines {ratio:.3f} of {len(lines)} > max_bullet_lines_ratio {self.max_bullet_lines_ratio}",
                 )
         if self.max_ellipsis_lines_ratio is not None:
-            ratio = _share(sum(line.endswith(_ELLIPSES) for line in lines), len(lines))
+            ratio = _share(sum(map(str.endswith, lines, repeat(_ELLIPSES))), len(lines))
             if ratio > self.max_ellipsis_lines_ratio:
                 yield Rejection(
                     "gopher_ellipsis_lines",
@@ -169,7 +176,8 @@ class GopherQualityFilter(CurationBlock):
                     f"words with a letter {ratio:.3f} < min_alpha_words_ratio {self.min_alpha_words_ratio}",
                 )
         if self.min_stop_words is not None:
-            found = sum(map(GOPHER_STOP_WORDS.__contains__, _WORD.findall(text.lower())))
+            # Counted up to the minimum only: most documents have a 'the' in their first line.
+            found = sum(1 for _ in islice(_STOP_WORD.finditer(text.lower()), self.min_stop_words))
             if found < self.min_stop_words:
                 yield Rejection(
                     "gopher_stop_words",
@@ -367,7 +375,7 @@ class C4Filter(CurationBlock):
             sentences = len(_SENTENCE_END.findall(text))
             if sentences < self.min_sentences:
                 yield Rejection("too_few_sentences", f"{sentences} sentence(s) < min_sentences {self.min_sentences}")
-        lines = [line.strip() for line in lowered.split("\n") if line.strip()]
+        lines = _stripped_lines(lowered)
         if not lines:
             return
         for reason, max_ratio, matches, setting in (
@@ -390,7 +398,7 @@ class C4Filter(CurationBlock):
             if ratio > max_ratio:
                 yield Rejection(reason, f"{ratio:.3f} of {len(lines)} lines > {setting} {max_ratio}")
         if self.min_terminal_punct_lines_ratio is not None:
-            ratio = sum(line.endswith(_TERMINAL_PUNCT) for line in lines) / len(lines)
+            ratio = sum(map(str.endswith, lines, repeat(_TERMINAL_PUNCT))) / len(lines)
             if ratio < self.min_terminal_punct_lines_ratio:
                 yield Rejection(
                     "terminal_punctuation",
