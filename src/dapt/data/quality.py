@@ -17,9 +17,9 @@ from __future__ import annotations
 import operator
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import compress, islice, repeat
+from itertools import compress, count, islice, repeat
 from typing import Any
 
 from dapt.data.curate import CurationBlock, Rejection
@@ -316,10 +316,10 @@ class _NGrams:
         self._positions: dict[int, list[int]] = {1: self._first_positions(words)}
 
     @staticmethod
-    def _first_positions(keys: list) -> list[int]:
-        # A dict filled from the end keeps each key's earliest position.
-        first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
-        return list(map(first.__getitem__, keys))
+    def _first_positions(keys: Iterable) -> list[int]:
+        # setdefault gives a key's earliest position, storing this one when the key is new.
+        first: dict = {}
+        return list(map(first.setdefault, keys, count()))
 
     def first_positions(self, n: int) -> list[int]:
         """For each n-gram (by its start), where the same n-gram first occurs: equal n-grams, equal numbers,
@@ -327,7 +327,7 @@ class _NGrams:
         known = max(k for k in self._positions if k <= n)
         for k in range(known + 1, n + 1):
             self._positions[k] = self._first_positions(
-                list(zip(self._positions[k - 1], self._positions[1][k - 1 :], strict=False))
+                zip(self._positions[k - 1], self._positions[1][k - 1 :], strict=False)
             )
         return self._positions[n]
 
