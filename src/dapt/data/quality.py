@@ -79,6 +79,9 @@ DEFAULT_C4_MIN_TERMINAL_PUNCT_LINES_RATIO: float | None = None
 DEFAULT_C4_MIN_SENTENCES: int | None = None
 
 _WORD = re.compile(r"[^\W_]+")
+# Each ASCII byte lowercased if it is a _WORD character, else a space: split() on an ASCII text's bytes put
+# through it gives its lowercased _WORD runs, 2x faster than the pattern (most documents are ASCII).
+_ASCII_WORD_CHARS = bytes(ord(chr(code).lower()) if _WORD.match(chr(code)) else ord(" ") for code in range(256))
 # A stop word as a whole _WORD token of the lowercased text (not preceded or followed by a word character).
 _STOP_WORD = re.compile(rf"(?<![^\W_])(?:{'|'.join(sorted(GOPHER_STOP_WORDS))})(?![^\W_])")
 _HAS_LETTER = re.compile(r"[^\W\d_]")
@@ -89,6 +92,13 @@ _ELLIPSES = ("...", "…")
 _TERMINAL_PUNCT = (".", "!", "?", '"', "'", "”", "’", ":")  # ':' ends the line before a list or example
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+
+
+def _lowercase_words(text: str) -> list[str]:
+    """The runs of letters and digits of `text`, lowercased."""
+    if text.isascii():
+        return text.encode("ascii").translate(_ASCII_WORD_CHARS).decode("ascii").split()
+    return _WORD.findall(text.lower())
 
 
 def _stripped_lines(text: str) -> list[str]:
@@ -264,7 +274,7 @@ class GopherRepetitionFilter(CurationBlock):
                 )
         if not self.max_top_ngram_char_fraction and not self.max_dup_ngram_char_fraction:
             return
-        words = _WORD.findall(text.lower())
+        words = _lowercase_words(text)
         if not words:
             return
         grams = _NGrams(words)
