@@ -388,23 +388,16 @@ class C4Filter(CurationBlock):
         lines = _stripped_lines(lowered)
         if not lines:
             return
-        for reason, max_ratio, matches, setting in (
-            (
-                "javascript_lines",
-                self.max_javascript_lines_ratio,
-                lambda line: "javascript" in line,
-                "max_javascript_lines_ratio",
-            ),
-            (
-                "policy_lines",
-                self.max_policy_lines_ratio,
-                lambda line: any(notice in line for notice in _POLICY),
-                "max_policy_lines_ratio",
-            ),
+        for reason, max_ratio, phrases, setting in (
+            ("javascript_lines", self.max_javascript_lines_ratio, ("javascript",), "max_javascript_lines_ratio"),
+            ("policy_lines", self.max_policy_lines_ratio, _POLICY, "max_policy_lines_ratio"),
         ):
             if max_ratio is None:
                 continue
-            ratio = sum(map(matches, lines)) / len(lines)
+            matching = 0
+            if any(phrase in lowered for phrase in phrases):  # no line has one when the text has none
+                matching = sum(any(phrase in line for phrase in phrases) for line in lines)
+            ratio = matching / len(lines)
             if ratio > max_ratio:
                 yield Rejection(reason, f"{ratio:.3f} of {len(lines)} lines > {setting} {max_ratio}")
         if self.min_terminal_punct_lines_ratio is not None:
