@@ -85,6 +85,13 @@ _SYMBOL = re.compile(r"""[^\w\s.,;:!?'"()\-]|_""")
 # 9x faster than finding them with the pattern (most documents are ASCII).
 _NOT_SYMBOL_ASCII = bytes(code for code in range(128) if not _SYMBOL.match(chr(code)))
 _HAS_LETTER = re.compile(r"[^\W\d_]")
+# An ASCII text's bytes without the characters that are neither letters nor whitespace (as str.split sees
+# it), whitespace made spaces: split() then gives one token per word with a letter, 3x faster than a search
+# per word.
+_ASCII_NEITHER_LETTER_NOR_SPACE = bytes(
+    code for code in range(128) if not (_HAS_LETTER.match(chr(code)) or chr(code).isspace())
+)
+_ASCII_SPACES_AS_SPACE = bytes(ord(" ") if chr(code).isspace() else code for code in range(256))
 _WORD = re.compile(r"[^\W_]+")
 
 
@@ -185,8 +192,7 @@ class QualityFilter(CurationBlock):
         words = text.split()
         if not words:
             return Rejection("low_alpha_words", "no words")
-        # map/bool instead of a generator: this line sees every word of the corpus, and stays in C.
-        alpha_ratio = sum(map(bool, map(_HAS_LETTER.search, words))) / len(words)
+        alpha_ratio = _count_words_with_a_letter(text, words) / len(words)
         if alpha_ratio < self.min_alpha_words_ratio:
             return Rejection(
                 "low_alpha_words",
@@ -199,6 +205,14 @@ class QualityFilter(CurationBlock):
                 f"mean word length {mean_word_chars:.1f} > max_mean_word_chars {self.max_mean_word_chars}",
             )
         return None
+
+
+def _count_words_with_a_letter(text: str, words: list[str]) -> int:
+    """How many of `words` (the whitespace-separated tokens of `text`) hold a letter."""
+    if text.isascii():
+        return len(text.encode("ascii").translate(_ASCII_SPACES_AS_SPACE, _ASCII_NEITHER_LETTER_NOR_SPACE).split())
+    # map/bool instead of a generator: this line sees every word of the corpus, and stays in C.
+    return sum(map(bool, map(_HAS_LETTER.search, words)))
 
 
 def _count_symbols(text: str) -> int:
