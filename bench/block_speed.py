@@ -10,6 +10,8 @@ output is recorded as a digest of each text.
     python bench/block_speed.py --save before.json        # on the code before a change
     python bench/block_speed.py --compare before.json     # after: exits 1 naming a document that differs
 
+Writes bench/results/block_speed.json (µs per document per block).
+
 Timings alternate between the blocks for `--rounds` rounds and report each block's median; they are
 wall-clock and noisy on a shared machine.
 """
@@ -19,10 +21,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 
 from dapt.data.curate import LengthFilter, QualityFilter, normalize_text
@@ -34,6 +38,8 @@ from dapt.data.quality import C4Filter, GopherQualityFilter, GopherRepetitionFil
 
 sys.path.insert(0, str(Path(__file__).parent))
 from quality_rules import C4_PUBLISHED, GOPHER_PUBLISHED, REPETITION_PUBLISHED  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "block_speed.json"
 
 
 def raw_texts() -> list[str]:
@@ -101,8 +107,25 @@ def main() -> None:
             for text in inputs:
                 work(text)
             runs[name].append((time.perf_counter() - started) / len(inputs) * 1e6)
+    medians = {name: round(statistics.median(times), 1) for name, times in runs.items()}
     for name, times in runs.items():
-        print(f"{name:20s} {statistics.median(times):8.1f} µs/doc  (runs {', '.join(f'{t:.1f}' for t in times)})")
+        print(f"{name:20s} {medians[name]:8.1f} µs/doc  (runs {', '.join(f'{t:.1f}' for t in times)})")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "date": date.today().isoformat(),
+                "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+                "documents": len(texts),
+                "microseconds_per_document": medians,
+                "note": f"median of {args.rounds} alternating rounds on a shared 2-core machine under load: noisy",
+                "headline": f"block_speed: µs per document on {len(texts)} SciPy+stdlib docstrings: "
+                + ", ".join(f"{name} {value:.0f}" for name, value in medians.items()),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
     if args.save:
         args.save.write_text(json.dumps(verdicts))

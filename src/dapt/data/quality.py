@@ -316,8 +316,9 @@ class _NGrams:
     """The n-grams of a list of words, each named by the position of its first occurrence.
 
     The n-grams are never built as tuples of n words: an n-gram is the pair (its first n-1 words' name, its
-    last word's name), so each n costs one dict of pairs of ints, built and read in C, whatever n is. (Tuples
-    of words, one Python loop over them for the repeats, took 3x longer on the demo corpus.)
+    last word's name), so each n costs one dict of pairs of ints, built and read in C, whatever n is, and the
+    repeats are found without a Python loop over the n-grams (bench/block_speed.py: with the early stop in
+    `failures`, the block went from 225 to 118 µs per demo document, shared machine).
     """
 
     def __init__(self, words: list[str]) -> None:
