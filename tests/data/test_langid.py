@@ -67,6 +67,15 @@ def test_code_heavy_and_mixed_documents_are_kept() -> None:
     assert verdict(mostly_german, min_language_share=0.5)[0] == "language"
 
 
+def test_an_english_opening_does_not_decide_before_the_rest_is_read() -> None:
+    # The block stops labelling once the rest cannot outvote what it has read; here it can, so it reads on.
+    german_tail = "\n\n".join([GERMAN, GERMAN_MORE, GERMAN.replace("Sommer", "Winter"), GERMAN_MORE.upper().lower()])
+    reason, detail = verdict(ENGLISH + "\n\n" + german_tail, min_language_share=0.3)
+    assert reason == "language"
+    assert detail.startswith("en hold 0.19 of the 965 characters") and "(found de 0.81, en 0.19)" in detail
+    assert verdict(ENGLISH + "\n\n" + ENGLISH_MORE + "\n\n" + german_tail, min_language_share=0.3) is None
+
+
 def test_configured_languages_decide() -> None:
     assert verdict(GERMAN, languages=["de"]) is None
     assert verdict(ENGLISH, languages=["de"])[0] == "language"

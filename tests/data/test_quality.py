@@ -177,6 +177,34 @@ def test_duplicate_ngram_char_fraction() -> None:
     assert reason(block, prose(4, 20) + " " + sentence + ". " + sentence.upper() + "!") == "dup_ngram_char_fraction"
 
 
+def test_longer_ngram_rules_still_run_when_a_shorter_one_passes() -> None:
+    sentence = "the quick brown fox jumps over the lazy dog again"
+    pasted_twice = prose(4, 20) + " " + sentence + " " + prose(5, 10) + " " + sentence
+    # the 5-gram rule passes at 0.99, the 10-gram one (a lower threshold) must still be checked
+    rejection = only(GopherRepetitionFilter, max_dup_ngram_char_fraction={5: 0.99, 10: 0.05})("doc", pasted_twice)
+    assert rejection is not None and "repeated 10-grams cover" in rejection.detail
+    assert only(GopherRepetitionFilter, max_dup_ngram_char_fraction={5: 0.99, 10: 0.99})("doc", pasted_twice) is None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_repeated_ngram_share_is_the_characters_of_the_covered_words(seed: int) -> None:
+    rng = random.Random(seed)
+    words = [rng.choice(["ab", "c", "def", "ghij"]) for _ in range(rng.randrange(8, 60))]
+    total = sum(map(len, words))
+    block = only(GopherRepetitionFilter, max_dup_ngram_char_fraction={n: 0.0 for n in range(2, 8)})
+    reported = {r.detail.split("-grams")[0].split()[-1]: r.detail for r in block.failures(" ".join(words))}
+    for n in range(2, 8):
+        covered = set()
+        for i in range(1, len(words) - n + 1):
+            if any(words[i : i + n] == words[j : j + n] for j in range(i)):
+                covered.update(range(i, i + n))
+        if not covered:
+            assert str(n) not in reported
+            continue
+        share = sum(len(words[i]) for i in covered) / total
+        assert f"repeated {n}-grams cover {share:.3f} of the characters" in reported[str(n)]
+
+
 def test_c4_rules() -> None:
     assert reason(only(C4Filter, lorem_ipsum=True), prose(1) + " Lorem ipsum dolor sit amet.") == "lorem_ipsum"
     code = "Use it as follows:\n    if x {\n        y()\n    }"

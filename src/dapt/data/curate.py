@@ -77,12 +77,21 @@ DEFAULT_MAX_MEAN_WORD_CHARS = 20.0
 # split; a test example's own text occurs in one or two documents. GPT-3 likewise ignored frequent 13-grams.
 DEFAULT_DECONTAMINATE_MAX_DOC_FREQUENCY = 10
 
-_TRAILING_SPACE = re.compile(r"[ \t]+$", re.MULTILINE)
 _EXTRA_BLANK_LINES = re.compile(r"\n{4,}")  # 4 newlines = 3 blank lines
 # Characters that are neither alphanumeric, whitespace nor common prose punctuation: `_`, brackets,
 # operators, `>>>`, backticks, `|`, `*`, `/`, `=`, `+`, `#` …
 _SYMBOL = re.compile(r"""[^\w\s.,;:!?'"()\-]|_""")
+# The ASCII characters that are not _SYMBOLs: deleting them from an ASCII text's bytes leaves its symbols,
+# 9x faster than finding them with the pattern (most documents are ASCII).
+_NOT_SYMBOL_ASCII = bytes(code for code in range(128) if not _SYMBOL.match(chr(code)))
 _HAS_LETTER = re.compile(r"[^\W\d_]")
+# An ASCII text's bytes without the characters that are neither letters nor whitespace (as str.split sees
+# it), whitespace made spaces: split() then gives one token per word with a letter, 3x faster than a search
+# per word.
+_ASCII_NEITHER_LETTER_NOR_SPACE = bytes(
+    code for code in range(128) if not (_HAS_LETTER.match(chr(code)) or chr(code).isspace())
+)
+_ASCII_SPACES_AS_SPACE = bytes(ord(" ") if chr(code).isspace() else code for code in range(256))
 _WORD = re.compile(r"[^\W_]+")
 
 
@@ -97,8 +106,10 @@ def normalize_text(text: str, *, fix_mojibake: bool = True) -> str:
         text = mojibake.fix_mojibake(text)
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _TRAILING_SPACE.sub("", text)
-    text = _EXTRA_BLANK_LINES.sub("\n\n\n", text)
+    # str methods rather than the two patterns when they have nothing to do (3x faster, same text)
+    text = "\n".join([line.rstrip(" \t") for line in text.split("\n")])
+    if "\n\n\n\n" in text:
+        text = _EXTRA_BLANK_LINES.sub("\n\n\n", text)
     return text.strip()
 
 
@@ -173,7 +184,7 @@ class QualityFilter(CurationBlock):
     def judge(self, doc_id: str, text: str) -> Rejection | None:
         if not text:
             return Rejection("low_alpha_words", "empty text")
-        symbol_ratio = len(_SYMBOL.findall(text)) / len(text)
+        symbol_ratio = _count_symbols(text) / len(text)
         if symbol_ratio > self.max_symbol_ratio:
             return Rejection(
                 "symbol_ratio", f"symbol ratio {symbol_ratio:.3f} > max_symbol_ratio {self.max_symbol_ratio}"
@@ -181,8 +192,7 @@ class QualityFilter(CurationBlock):
         words = text.split()
         if not words:
             return Rejection("low_alpha_words", "no words")
-        # map/bool instead of a generator: this line sees every word of the corpus, and stays in C.
-        alpha_ratio = sum(map(bool, map(_HAS_LETTER.search, words))) / len(words)
+        alpha_ratio = _count_words_with_a_letter(text, words) / len(words)
         if alpha_ratio < self.min_alpha_words_ratio:
             return Rejection(
                 "low_alpha_words",
@@ -195,6 +205,20 @@ class QualityFilter(CurationBlock):
                 f"mean word length {mean_word_chars:.1f} > max_mean_word_chars {self.max_mean_word_chars}",
             )
         return None
+
+
+def _count_words_with_a_letter(text: str, words: list[str]) -> int:
+    """How many of `words` (the whitespace-separated tokens of `text`) hold a letter."""
+    if text.isascii():
+        return len(text.encode("ascii").translate(_ASCII_SPACES_AS_SPACE, _ASCII_NEITHER_LETTER_NOR_SPACE).split())
+    # map/bool instead of a generator: this line sees every word of the corpus, and stays in C.
+    return sum(map(bool, map(_HAS_LETTER.search, words)))
+
+
+def _count_symbols(text: str) -> int:
+    if text.isascii():
+        return len(text.encode("ascii").translate(None, _NOT_SYMBOL_ASCII))
+    return len(_SYMBOL.findall(text))
 
 
 def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:

@@ -125,7 +125,9 @@ class LanguageFilter(CurationBlock):
             return None  # every language kept
         if self._detect is None:
             self._detect = py3langid_detector(self.languages)
-        labels = paragraph_labels(self._detect, text, self.min_paragraph_chars)
+        labels = self._labels_unless_kept(text)
+        if labels is None:
+            return None
         share, votes = language_share(labels, self.languages, self.min_confidence)
         if share is None or share >= self.min_language_share:
             return None  # None: no paragraph in a clear language (code, tables), not this block's call
@@ -136,6 +138,23 @@ class LanguageFilter(CurationBlock):
             f"{'/'.join(self.languages)} hold {share:.2f} of the {total} characters in clearly labelled paragraphs "
             f"< min_language_share {self.min_language_share} (found {found})",
         )
+
+    def _labels_unless_kept(self, text: str) -> list[tuple[str, float, int]] | None:
+        """`paragraph_labels` of `text`, or None as soon as the document is kept whatever its remaining
+        paragraphs say: its kept languages already hold `min_language_share` of the characters even if every
+        paragraph not yet labelled voted against them. The identifier is most of curation's time, and the
+        first paragraphs of a docstring are its prose: most documents are decided on their first few."""
+        paragraphs = [p for p in map(str.strip, _PARAGRAPH_BREAK.split(text)) if len(p) >= self.min_paragraph_chars]
+        unlabelled = sum(map(len, paragraphs))
+        labels = []
+        for paragraph in paragraphs:
+            labels.append((*self._detect(paragraph), len(paragraph)))
+            unlabelled -= len(paragraph)
+            _, votes = language_share(labels, self.languages, self.min_confidence)
+            kept = sum(votes[language] for language in self.languages)
+            if kept and kept / (sum(votes.values()) + unlabelled) >= self.min_language_share:
+                return None
+        return labels
 
 
 def language_block(options: Mapping[str, Any] | None = None) -> list[CurationBlock]:

@@ -28,10 +28,13 @@ _FIXES_ONLY = ftfy.TextFixerConfig(
 )
 # What ftfy would still change in ASCII text: C0 control characters and DEL (terminal escapes start with ESC).
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The other ASCII characters: an ASCII text without control characters is empty once they are deleted from
+# its bytes (a C loop over the bytes, 10x faster than searching it with _ASCII_CONTROL).
+_ASCII_NOT_CONTROL = bytes(code for code in range(128) if not _ASCII_CONTROL.match(chr(code)))
 
 
 def fix_mojibake(text: str) -> str:
     """`text` with mis-decoded sequences repaired and control characters / terminal escapes removed."""
-    if text.isascii() and not _ASCII_CONTROL.search(text):
+    if text.isascii() and not text.encode("ascii").translate(None, _ASCII_NOT_CONTROL):
         return text
     return ftfy.fix_text(text, _FIXES_ONLY)
