@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from itertools import compress, count, islice, repeat
 from typing import Any
 
-from dapt.data.curate import CurationBlock, Rejection
+from dapt.data.curate import CurationBlock, Rejection, whitespace_tokens
 
 # --- Gopher quality rules (Rae et al. 2021, appendix A.1.1). "drops N" = documents of the 5,106 demo
 # docstrings (2,908 SciPy + 2,198 stdlib) that the rule alone drops.
@@ -87,6 +87,8 @@ _STOP_WORD = re.compile(rf"(?<![^\W_])(?:{'|'.join(sorted(GOPHER_STOP_WORDS))})(
 _HAS_LETTER = re.compile(r"[^\W\d_]")
 _ALNUM = re.compile(r"[^\W_]")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# The ASCII characters that are neither _ALNUM nor whitespace.
+_ASCII_PUNCTUATION = "".join(chr(code) for code in range(128) if not (_ALNUM.match(chr(code)) or chr(code).isspace()))
 _BULLETS = ("•", "●", "○", "▪", "▫", "■", "□", "‣", "⁃", "◦", "-", "*", "–", "—")
 _ELLIPSES = ("...", "…")
 _TERMINAL_PUNCT = (".", "!", "?", '"', "'", "”", "’", ":")  # ':' ends the line before a list or example
@@ -131,10 +133,15 @@ class GopherQualityFilter(CurationBlock):
 
     def failures(self, text: str) -> Iterator[Rejection]:
         """Every rule `text` fails, in a fixed order (`judge` reports the first)."""
-        tokens = text.split()
+        tokens = whitespace_tokens(text)
         # Tokens of punctuation alone (`>>>`, `...`, an rst underline `=====`) are not words: as in the
         # common implementations (datatrove), they count neither as words nor in the mean word length.
-        words = list(filter(_ALNUM.search, tokens))
+        if text.isascii():
+            # An ASCII token stripped of its punctuation is empty when it has no letter or digit: 2x faster
+            # than a search per token (bench/block_speed.py), the same words.
+            words = list(compress(tokens, map(str.strip, tokens, repeat(_ASCII_PUNCTUATION))))
+        else:
+            words = list(filter(_ALNUM.search, tokens))
         n_words = len(words)
         if self.min_words is not None and n_words < self.min_words:
             yield Rejection("gopher_too_few_words", f"{n_words} words < min_words {self.min_words}")
