@@ -126,9 +126,11 @@ def test_estimated_jaccard_is_unbiased_with_binomial_error_on_known_pairs(n_word
     estimate = estimated_jaccard(signatures, np.arange(60), np.arange(60, 120))
     errors = estimate - np.array(exact)
     standard_error = np.sqrt(np.array(exact) * (1 - np.array(exact)) / finder.num_perm)
-    # Unbiased: the mean error is within 3 standard errors of the mean; noise no bigger than sampling's.
+    # Unbiased: the mean error is within 3 standard errors of the mean; the noise about that of num_perm
+    # independent permutations (measured over 20 seeds: 1.1x at 200 words, 1.3x at 30, where most bins
+    # borrow from the few filled ones; borrowing from the next filled bin alone measured 1.8x, and biased).
     assert abs(errors.mean()) < 3 * standard_error.mean() / np.sqrt(60)
-    assert np.sqrt((errors**2).mean()) < 1.3 * np.sqrt((standard_error**2).mean())
+    assert np.sqrt((errors**2).mean()) < 1.6 * np.sqrt((standard_error**2).mean())
     assert np.all(np.abs(errors) < 5 * standard_error + 1e-9)
 
 

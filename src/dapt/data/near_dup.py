@@ -39,7 +39,6 @@ on one core (a loaded 2-core machine); `bench/near_dup_quality.py` compares qual
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,6 +64,10 @@ _BATCH_DOCUMENTS = 512
 # Buckets bigger than this pair each member with the bucket's first and previous member instead of with
 # every other member, which bounds the work on a corpus of many templated documents.
 _ALL_PAIRS_MAX_BUCKET = 64
+# The word hash's table: one random 64-bit value per (position in the word mod 64, byte); fixed, so a run
+# is reproducible and does not depend on Python's per-process string hash seed.
+_TABULATION = np.random.default_rng(0x5EED).integers(0, 2**64, size=(64, 256), dtype=np.uint64, endpoint=False)
+_TABULATION.flags.writeable = False
 
 
 def _mix64(values: np.ndarray) -> np.ndarray:
@@ -77,6 +80,39 @@ def _mix64(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def _word_hashes(joined: bytes, piece_bytes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of the words of `joined` (UTF-8 pieces of `piece_bytes` bytes, joined by single spaces, whose
+    words are separated by spaces), uint64 of shape (words,), and each piece's number of words.
+
+    Simple tabulation hashing (a random 64-bit value per (position in the word, byte), XORed): 3-independent,
+    vectorised over all bytes at once, and 6x faster than hashing each distinct word with blake2b from Python.
+    A word's bytes past the 64th reuse the table's rows.
+    """
+    data = np.frombuffer(joined, dtype=np.uint8)
+    in_word = np.concatenate(([False], data != 32, [False]))
+    edges = np.flatnonzero(in_word[1:] != in_word[:-1])
+    starts, ends = edges[0::2], edges[1::2]  # each word's byte range [start, end)
+    piece_starts = np.zeros(len(piece_bytes), dtype=np.int64)
+    np.cumsum(piece_bytes[:-1] + 1, out=piece_starts[1:])
+    word_counts = np.bincount(np.searchsorted(piece_starts, starts, "right") - 1, minlength=len(piece_bytes))
+    if not len(starts):
+        return np.empty(0, dtype=np.uint64), word_counts.astype(np.int64)
+    lengths = ends - starts
+    char_starts = np.zeros(len(starts), dtype=np.int64)  # each word's first byte among the words' bytes
+    np.cumsum(lengths[:-1], out=char_starts[1:])
+    chars = data[in_word[1:-1]].astype(np.int64)
+    word_start = np.zeros(len(chars), dtype=np.int64)  # each byte's word's first byte, by a running maximum
+    word_start[char_starts] = char_starts
+    np.maximum.accumulate(word_start, out=word_start)
+    in_word_position = np.arange(len(chars), dtype=np.int64)
+    in_word_position -= word_start
+    in_word_position &= _TABULATION.shape[0] - 1
+    in_word_position *= 256
+    in_word_position += chars
+    values = _TABULATION.ravel()[in_word_position]
+    return np.bitwise_xor.reduceat(values, char_starts), word_counts.astype(np.int64)
+
+
 def shingle_hashes(texts: Sequence[str], shingle: int = DEFAULT_SHINGLE) -> tuple[np.ndarray, np.ndarray]:
     """The hashed `shingle`-word shingles of every text, concatenated, and where each text's run starts.
 
@@ -86,19 +122,17 @@ def shingle_hashes(texts: Sequence[str], shingle: int = DEFAULT_SHINGLE) -> tupl
     """
     if shingle < 1:
         raise ValueError(f"shingle must be at least 1 word, got {shingle}")
-    all_words: list[str] = []
-    word_counts = np.zeros(len(texts), dtype=np.int64)
+    pieces, piece_bytes = [], np.empty(len(texts), dtype=np.int64)
     for t, text in enumerate(texts):
         text = text.lower()
-        # The same words either way; translate + split is 2.3x faster than the regex, for ASCII text only.
-        words = text.translate(_ASCII_SEPARATORS).split() if text.isascii() else _WORD.findall(text)
-        word_counts[t] = len(words)
-        all_words.extend(words)
-    # Hash each distinct word once; dict.fromkeys and map(__getitem__) keep the per-word work in C.
-    distinct = {word: i for i, word in enumerate(dict.fromkeys(all_words))}
-    word_ids = np.fromiter(map(distinct.__getitem__, all_words), dtype=np.int64, count=len(all_words))
-    digests = b"".join(hashlib.blake2b(word.encode(), digest_size=8).digest() for word in distinct)
-    words = np.frombuffer(digests, dtype="<u8").astype(np.uint64)[word_ids]  # (total words,)
+        if text.isascii():  # the same words as the regex's, 2.3x faster: every other character becomes a space
+            piece = text.translate(_ASCII_SEPARATORS)
+            piece_bytes[t] = len(piece)
+        else:
+            piece = " ".join(_WORD.findall(text))
+            piece_bytes[t] = len(piece.encode())
+        pieces.append(piece)
+    words, word_counts = _word_hashes(" ".join(pieces).encode(), piece_bytes)
 
     # Rolling polynomial hash of every window of `shingle` words over the concatenated words; windows that
     # cross a document boundary are computed and then never read.
