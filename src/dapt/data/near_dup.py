@@ -39,6 +39,7 @@ on one core (a loaded 2-core machine); `bench/near_dup_quality.py` compares qual
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -166,10 +167,14 @@ _EMPTY = np.uint32(0xFFFF_FFFF)  # a bin no shingle fell into (values are below 
 _DENSIFY_ROUNDS = 32
 
 
-def _probe_bins(num_perm: int, round_number: int, seed: int) -> np.ndarray:
-    """The bin each bin borrows from in densification round `round_number`: int64 of shape (num_perm,)."""
-    mixed = _mix64(np.arange(num_perm, dtype=np.uint64) + _U64(((round_number << 32) + seed * 0x9E37) % 2**64))
-    return ((mixed >> _U64(32)) * _U64(num_perm) >> _U64(32)).astype(np.int64)
+@functools.lru_cache(maxsize=8)
+def _probe_table(num_perm: int, seed: int) -> np.ndarray:
+    """The bin each bin borrows from in each densification round: int64 of shape (_DENSIFY_ROUNDS, num_perm)."""
+    rounds = np.arange(1, _DENSIFY_ROUNDS + 1, dtype=np.uint64)[:, None] << _U64(32)
+    mixed = _mix64(np.arange(num_perm, dtype=np.uint64) + rounds + _U64(seed * 0x9E37 % 2**32))
+    table = ((mixed >> _U64(32)) * _U64(num_perm) >> _U64(32)).astype(np.int64)
+    table.flags.writeable = False
+    return table
 
 
 def minhash_signatures(
@@ -196,11 +201,15 @@ def minhash_signatures(
     signatures = raw.copy()
     has_shingles = np.repeat(counts > 0, num_perm)
     empty = np.flatnonzero((raw == _EMPTY) & has_shingles)  # flat positions still to fill
-    for round_number in range(1, _DENSIFY_ROUNDS + 1):
+    probes = _probe_table(num_perm, seed)
+    power_of_two = num_perm & (num_perm - 1) == 0  # a bin by a bit mask, 3x faster than modulo
+    for round_number in range(_DENSIFY_ROUNDS):
         if not len(empty):
             break
-        row_starts = empty - empty % num_perm
-        borrowed = raw[row_starts + _probe_bins(num_perm, round_number, seed)[empty % num_perm]]
+        empty_bins = empty & (num_perm - 1) if power_of_two else empty % num_perm
+        source = empty - empty_bins
+        source += probes[round_number][empty_bins]
+        borrowed = raw[source]
         filled = borrowed != _EMPTY
         signatures[empty[filled]] = borrowed[filled]
         empty = empty[~filled]
