@@ -447,7 +447,7 @@ class CurateConfig(Section):
         le=1,
         description="Estimated Jaccard similarity of shingle sets at or above which two documents are "
         "near-duplicates. 0.8: a copy with 1 word in 100 inserted, deleted or swapped scores about 0.9, 1 in 50 "
-        "about 0.85; on SciPy's docstrings it drops 35 of 2.9k, sibling functions documented from one "
+        "about 0.85; on SciPy's docstrings it drops 32 of 2.9k, sibling functions documented from one "
         "template (dctn / idctn, wishart / invwishart).",
     )
     language: LanguageConfig = Field(
