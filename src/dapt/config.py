@@ -645,6 +645,13 @@ class PretrainConfig(Section):
         description="Tokens per optimizer step over all processes; sets grad_accum_steps = this / (micro_batch_size "
         "× seq_len); the micro-batch is split over the processes. None: use grad_accum_steps.",
     )
+    sharding: Literal["none", "fsdp"] = Field(
+        "none",
+        description="Over several processes (torchrun --nproc_per_node N): none replicates the model on each "
+        "(DDP); fsdp shards weights, gradients and optimizer moments over them (torch FSDP2, one shard group per "
+        "decoder layer): about 1/N of the memory per process, the same loss curve and checkpoints. With one "
+        "process fsdp trains unsharded. Not with method lora or precision fp16.",
+    )
     peak_tflops: float | None = Field(
         None, gt=0, description="The device's peak TFLOP/s for MFU; None: looked up for known GPUs, else no MFU."
     )
@@ -668,6 +675,17 @@ class PretrainConfig(Section):
                     "should leave `sources` (or become role: general_eval)"
                 )
         return mix
+
+    @model_validator(mode="after")
+    def _shardable(self) -> PretrainConfig:
+        if self.sharding == "fsdp" and self.method == "lora":
+            raise ValueError(
+                "sharding 'fsdp' with method 'lora' is not supported (LoRA trains few weights: DDP is enough); "
+                "use sharding: none, or method: full"
+            )
+        if self.sharding == "fsdp" and self.precision == "fp16":
+            raise ValueError("sharding 'fsdp' with precision 'fp16' is not supported; use precision: bf16 (or auto)")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,9 +1,15 @@
-"""Train a tiny model with dapt's loop, logging to METRICS_FILE: run alone, or under torchrun."""
+"""Train a tiny model with dapt's loop, logging to METRICS_FILE: run alone, or under torchrun.
 
+`ddp_train.py METRICS_FILE [none|fsdp]`: with fsdp, each process also writes METRICS_FILE.rankN.json with the
+share of a decoder layer's weight elements it holds after training.
+"""
+
+import json
 import sys
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from dapt.config import BaseConfig, PresetConfig
 from dapt.model.load import load_original_base
@@ -12,7 +18,7 @@ from dapt.train.loop import LoopSettings, train_loop
 from dapt.train.objectives import causal_lm_loss, lm_batch
 
 
-def main(metrics_file: Path) -> None:
+def main(metrics_file: Path, sharding: str) -> None:
     torch.manual_seed(0)
     model, tokenizer, _ = load_original_base(BaseConfig(preset=PresetConfig(num_layers=2)))
     windows = (torch.arange(64 * 33) * 7 % 50 + 1).view(64, 33)  # a learnable pattern
@@ -23,10 +29,16 @@ def main(metrics_file: Path) -> None:
         step["i"] += 1
         return lm_batch(windows[start : start + 8], tokenizer.eos_token_id)
 
-    settings = LoopSettings(max_steps=8, lr=3e-3, warmup_steps=2)
-    train_loop(model, next_batch, causal_lm_loss, settings, metrics_file=metrics_file, description="ddp")
+    settings = LoopSettings(max_steps=8, lr=3e-3, warmup_steps=2, sharding=sharding)
+    result = train_loop(model, next_batch, causal_lm_loss, settings, metrics_file=metrics_file, description="ddp")
+    if sharding == "fsdp":
+        weight = model.model.layers[0].mlp.up_proj.weight
+        held = weight.to_local().numel() if isinstance(weight, DTensor) else weight.numel()
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        shard_file = metrics_file.with_name(f"{metrics_file.name}.rank{rank}.json")
+        shard_file.write_text(json.dumps({"held": held, "of": weight.numel(), "sharding": result.sharding}))
     leave()  # without it, a rank can abort at interpreter exit (SIGABRT), now and then
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "none")

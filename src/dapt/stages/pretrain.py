@@ -30,6 +30,7 @@ from dapt.pipeline import StageContext
 from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, load_full_weights
 from dapt.train.distributed import is_main_process
 from dapt.train.loop import LoopSettings, train_loop
+from dapt.train.sharding import without_tied_copies
 from dapt.train.objectives import causal_lm_loss, lm_batch, mean_lm_loss, perplexity
 from dapt.train.throughput import throughput_report
 
@@ -156,13 +157,19 @@ def run(context: StageContext) -> dict[str, Any]:
         if split in shards
     }
 
+    # Every process evaluates every window (the same numbers everywhere); under FSDP it must: each layer's
+    # forward gathers its weights from all processes.
     def evaluate() -> dict[str, float]:
         return {name: mean_lm_loss(model, windows, eos_id=eos_id) for name, windows in held_out.items()}
 
     # -- checkpoints: after every evaluation and every `checkpoint_every` steps; resumable -----------------
     # Full training saves the model; LoRA saves only the adapters (and embeddings, if they train).
-    def save_model(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
+    # Sharded (FSDP), the loop hands over the full weights it gathered on the main process.
+    def save_model(folder: Path, weights: dict[str, torch.Tensor] | None) -> None:
+        if weights is None:
+            model.save_pretrained(folder, safe_serialization=True)
+        else:  # save_pretrained empties the dict it is given; the tied LM head is written once, as unsharded
+            model.save_pretrained(folder, safe_serialization=True, state_dict=without_tied_copies(model, weights))
         tokenizer.save_pretrained(folder)
 
     def load_weights(folder: Path) -> None:
@@ -203,6 +210,7 @@ def run(context: StageContext) -> dict[str, Any]:
         schedule=config.schedule,
         decay_fraction=config.decay_fraction,
         embedding_lr_ratio=config.embedding_lr_ratio,
+        sharding=config.sharding,
     )
     trainable = parameter_count(model, trainable_only=True)
     context.log(
@@ -239,6 +247,8 @@ def run(context: StageContext) -> dict[str, Any]:
         "stop_reason": result.stop_reason,
         "windows_drawn": mixer.drawn,
         "resumed": result.resumed_from,
+        "processes": result.processes,
+        "sharding": result.sharding,  # fsdp only when it sharded: over more than one process
         "initial": {**initial, **{k.replace("_loss", "_ppl"): perplexity(initial[k]) for k in held_out}},
         "best": {**best, **{k.replace("_loss", "_ppl"): perplexity(best[k]) for k in held_out}},
         "evaluations": result.evaluations,

@@ -9,6 +9,10 @@ renamed, so a folder named `step-*` is always complete; a process killed mid-wri
 
 Older checkpoints lose their training state (it is 2× the model's size in AdamW moments) and only the
 last `keep_last` and the best one are kept.
+
+The files are the same for one process, DDP and FSDP: with sharded weights (`dapt.train.sharding`) every
+process takes part in gathering the full weights and optimizer state, the main process writes them with this
+class, and on resume every process reads them and keeps its shard.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model
+from safetensors.torch import load_file, load_model
+
+from dapt.train.sharding import is_sharded, load_full_model_state
 
 TRAINING_STATE = "training_state.pt"
 LOOP_STATE = "loop_state.json"
@@ -31,12 +37,13 @@ LOOP_STATE = "loop_state.json"
 class Checkpointer:
     """Saves and restores checkpoints in `folder`.
 
-    save_model(path) writes the model (and tokenizer) as an HF folder, load_weights(path) reads the weights
-    back into the live model; the caller knows how (full weights, or LoRA adapters).
+    save_model(path, weights) writes the model (and tokenizer) as an HF folder: `weights` is the full state dict
+    gathered from a sharded model, or None to save the live model as it is. load_weights(path) reads the
+    weights back into the live model; the caller knows how (full weights, or LoRA adapters).
     """
 
     folder: Path
-    save_model: Callable[[Path], None]
+    save_model: Callable[[Path, dict[str, torch.Tensor] | None], None]
     load_weights: Callable[[Path], None]
     every: int | None = None  # also checkpoint every N steps (evaluations always checkpoint)
     keep_last: int = 1
@@ -60,11 +67,14 @@ class Checkpointer:
     def save(
         self,
         step: int,
-        optimizer: torch.optim.Optimizer,
+        optimizer_state: dict[str, Any],
         scheduler: Any,
         loop_state: dict[str, Any],
         best_step: int | None,
+        weights: dict[str, torch.Tensor] | None = None,
     ) -> Path:
+        """Write checkpoint `step`: `optimizer_state` is a full `optimizer.state_dict()` (gathered when sharded),
+        `weights` the full model state gathered from a sharded model (None: the live model saves itself)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for stale in self.folder.glob(".*.partial"):
             shutil.rmtree(stale)
@@ -72,10 +82,10 @@ class Checkpointer:
         if final.exists():  # re-saving the same step (e.g. the end of training right after a checkpoint)
             shutil.rmtree(final)
         partial = self.folder / f".step-{step:06d}.partial"
-        self.save_model(partial)
+        self.save_model(partial, weights)
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
             },
@@ -96,18 +106,27 @@ class Checkpointer:
             if step != best_step:
                 shutil.rmtree(self.step_folder(step))
 
-    def restore(self, path: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-        """Load weights, optimizer, scheduler and RNG from `path`; return the loop state saved with them."""
+    def restore(
+        self, path: Path, load_optimizer_state: Callable[[dict[str, Any]], None], scheduler: Any
+    ) -> dict[str, Any]:
+        """Load weights, optimizer (through `load_optimizer_state`, given the full `optimizer.state_dict()`
+        saved), scheduler and RNG from `path`; return the loop state saved with them."""
         self.load_weights(path)
         state = torch.load(path / TRAINING_STATE, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         return json.loads((path / LOOP_STATE).read_text())
 
 
 def load_full_weights(model: torch.nn.Module, folder: Path) -> None:
-    """Load `model.safetensors` of an HF folder into a live model of the same architecture."""
+    """Load `model.safetensors` of an HF folder into a live model of the same architecture.
+
+    A sharded model (FSDP) keeps this process's shard of them; every process must call it then.
+    """
+    if is_sharded(model):
+        load_full_model_state(model, load_file(folder / "model.safetensors"))
+        return
     missing, unexpected = load_model(model, folder / "model.safetensors", strict=False)
     tied = {name for name in missing if name.endswith("lm_head.weight")}  # tied to the input embeddings
     if set(missing) - tied or unexpected:

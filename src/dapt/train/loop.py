@@ -4,6 +4,11 @@ A stage differs only in the batches it feeds and the loss it takes; the loop own
 gradient accumulation, clipping, the learning-rate schedule, periodic evaluation, early stopping on a
 monitored metric, the NaN guard, throughput logging and a metrics JSONL file. Devices and precision
 come from `accelerate`, so the same code runs on a CPU or a GPU.
+
+Over several processes (`torchrun` / `accelerate launch`) the model is replicated (DDP, through accelerate) or,
+with `sharding="fsdp"`, sharded with torch's FSDP2 (`dapt.train.sharding`): each process holds 1/N of the
+weights, gradients and optimizer moments. Either way every process sees its share of the same global batch,
+so the loss curve is the one a single process follows, and checkpoints hold the full model.
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ from tqdm.auto import tqdm
 from dapt.artifacts import atomic_write_text
 from dapt.errors import TrainingError
 from dapt.train.checkpoint import Checkpointer
+from dapt.train.sharding import (
+    as_plain,
+    full_model_state,
+    full_optimizer_state,
+    load_full_optimizer_state,
+    shard_model,
+)
 from dapt.train.schedule import Schedule, lr_schedule
 
 # loss_fn(model, batch) -> (mean loss over the batch's counted units, number of units: tokens or examples)
@@ -55,6 +67,7 @@ class LoopSettings:
     micro_batch_size: int | None = None  # rows per micro-batch over all processes, needed with global_batch_tokens
     report_to: tuple[str, ...] = ()  # experiment trackers through accelerate: tensorboard, wandb, mlflow
     tracking_dir: Path | None = None  # where local trackers (tensorboard, mlflow) write
+    sharding: str = "none"  # none: DDP over several processes | fsdp: weights, grads, moments sharded (FSDP2)
 
 
 @dataclass
@@ -70,6 +83,8 @@ class TrainResult:
     final_train_loss: float | None = None
     eval_seconds: float = 0.0
     resumed_from: int | None = None  # the step this run resumed from, if it did
+    processes: int = 1
+    sharding: str = "none"  # what the loop did: fsdp only over more than one process
 
     @property
     def units_per_second(self) -> float:
@@ -116,19 +131,25 @@ def check_trackers(report_to: tuple[str, ...]) -> None:
             raise TrainingError(f"report_to: {tracker} is not installed; pip install {TRACKER_PACKAGES[tracker]}")
 
 
-SHARDED_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+DDP_LAUNCH = (
+    "launch with `torchrun --nproc_per_node N -m dapt.cli ...` or `accelerate launch --config_file "
+    "src/dapt/launch/ddp-gpu.yaml -m dapt.cli ...`"
+)
 
 
 def refuse_sharded_launch() -> None:
-    """FSDP and DeepSpeed shard weights and optimizer state over the processes; the checkpoints and the exported
-    base are written from the main process's full copy, so such a launch would save a fraction of the model."""
-    for variable, name in SHARDED_LAUNCHES.items():
-        if os.environ.get(variable, "false").lower() == "true":
-            raise TrainingError(
-                f"launched with {name} ({variable}=true): dapt's training loop supports data parallelism (DDP) only "
-                "for now; launch with `torchrun --nproc_per_node N -m dapt.cli ...` or `accelerate launch "
-                "--config_file src/dapt/launch/ddp-gpu.yaml -m dapt.cli ...`"
-            )
+    """accelerate's own FSDP and DeepSpeed would wrap the model behind dapt's back: checkpoints and the exported
+    base would hold a fraction of it. dapt shards with its own FSDP (`sharding="fsdp"`) instead."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise TrainingError(
+            "launched with accelerate's FSDP (ACCELERATE_USE_FSDP=true): dapt shards the model itself; set "
+            f"`pretrain.sharding: fsdp` (or `--set pretrain.sharding=fsdp`) and {DDP_LAUNCH}"
+        )
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise TrainingError(
+            "launched with DeepSpeed (ACCELERATE_USE_DEEPSPEED=true): not supported by dapt's training loop; for "
+            f"sharded weights and optimizer state set `pretrain.sharding: fsdp` and {DDP_LAUNCH}"
+        )
 
 
 def _flat_settings(settings: LoopSettings) -> dict[str, Any]:
@@ -244,9 +265,14 @@ def train_loop(
     optimizer moments, schedule, RNG and data position as if it had never stopped.
     """
     refuse_sharded_launch()
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
     # Several processes without CUDA (torchrun / accelerate launch on CPUs): accelerate only sets up its gloo
     # process group when told to use the CPU; alone, it picks the best device itself.
-    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    multi_cpu = not torch.cuda.is_available() and launched > 1
+    sharded = settings.sharding == "fsdp" and launched > 1
+    precision = mixed_precision(settings.precision)
+    if sharded and precision == "fp16":
+        raise TrainingError("sharding fsdp: fp16 is not supported (its loss scaler is accelerate's); use bf16")
     # accelerate keeps one global state per process and refuses a second Accelerator with another precision;
     # the stages of one pipeline may differ (e.g. bf16 pretraining, fp32 classifiers), so start each loop
     # from a fresh state. The process group (PartialState) is kept.
@@ -254,13 +280,20 @@ def train_loop(
     check_trackers(settings.report_to)
     accelerator = Accelerator(
         cpu=multi_cpu,
-        mixed_precision=mixed_precision(settings.precision),
+        # sharded, FSDP itself computes in bf16 (MixedPrecisionPolicy), from fp32 master weights
+        mixed_precision="no" if sharded else precision,
         log_with=list(settings.report_to) or None,
         project_dir=settings.tracking_dir,
     )
     if settings.report_to:
         accelerator.init_trackers(description.replace(" ", "_"), config=_flat_settings(settings))
     settings = resolve_accumulation(settings)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main_process = accelerator.is_main_process
+    if sharded:  # before the optimizer: it must hold the shards (DTensors), not the full parameters
+        shard_model(model, accelerator.device, world, bf16=precision == "bf16")
+    elif settings.sharding == "fsdp" and main_process:
+        tqdm.write(f"  {description}: sharding fsdp with one process: training unsharded")
     optimizer = torch.optim.AdamW(
         parameter_groups(model, settings.weight_decay, settings.lr, settings.embedding_lr_ratio),
         lr=settings.lr,
@@ -276,18 +309,26 @@ def train_loop(
         settings.decay_fraction,
     )
     # The scheduler is not handed to accelerate: it would step it once per process. Every process steps it
-    # once per optimizer step, as in a single-process run.
-    model, optimizer = accelerator.prepare(model, optimizer)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    main_process = accelerator.is_main_process
+    # once per optimizer step, as in a single-process run. A sharded model is not handed over either:
+    # accelerate would wrap it in DDP.
+    if not sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    result = TrainResult(steps=0, units=0, seconds=0.0)
+    result = TrainResult(
+        steps=0, units=0, seconds=0.0, processes=world, sharding="fsdp" if sharded else "none"
+    )
+
+    def load_optimizer_state(state: dict[str, Any]) -> None:
+        if sharded:
+            load_full_optimizer_state(model, optimizer, state)
+        else:
+            optimizer.load_state_dict(state)
     counters = {"bad_evaluations": 0, "last_evaluated": -1}
 
     resume_from = checkpointer.latest_resumable() if checkpointer else None
     if resume_from is not None:
         assert checkpointer is not None
-        loop_state = checkpointer.restore(resume_from, optimizer, scheduler)
+        loop_state = checkpointer.restore(resume_from, load_optimizer_state, scheduler)
         for name in RESUMED_FIELDS:
             setattr(result, name, loop_state["result"].get(name, getattr(result, name)))
         counters.update(loop_state["counters"])
@@ -318,9 +359,12 @@ def train_loop(
             "counters": counters,
             "data": next_batch.state_dict() if hasattr(next_batch, "state_dict") else None,
         }
+        # sharded: every process sends its shards to the main process (collectives: all must take part)
+        weights = full_model_state(model) if sharded else None
+        optimizer_state = full_optimizer_state(model, optimizer) if sharded else optimizer.state_dict()
         accelerator.wait_for_everyone()
         if main_process:
-            checkpointer.save(step, optimizer, scheduler, loop_state, result.best_step)
+            checkpointer.save(step, optimizer_state, scheduler, loop_state, result.best_step, weights)
         accelerator.wait_for_everyone()
 
     def run_evaluation(step: int) -> bool:
@@ -386,11 +430,13 @@ def train_loop(
             # the loss of the whole global batch (a mean over processes), as a single process would see it
             step_loss += accelerator.reduce(loss.detach(), "mean").item() / settings.grad_accum_steps
             step_units += units * world
+        grad_norm = None
         if settings.grad_clip is not None:
-            norm = accelerator.clip_grad_norm_(trainable, settings.grad_clip)
-            if not math.isfinite(float(norm)):
+            # sharded gradients (DTensors) give a DTensor norm over all shards: the global norm, gathered
+            grad_norm = float(as_plain(accelerator.clip_grad_norm_(trainable, settings.grad_clip)))
+            if not math.isfinite(grad_norm):
                 raise TrainingError(
-                    f"{description}: the gradient norm became {float(norm)} at step {step + 1}; training stopped. "
+                    f"{description}: the gradient norm became {grad_norm} at step {step + 1}; training stopped. "
                     "Lower the learning rate; the last good checkpoint is kept."
                 )
         optimizer.step()
@@ -405,6 +451,7 @@ def train_loop(
                 "step": step,
                 "loss": step_loss,
                 "lr": max(scheduler.get_last_lr()),
+                **({"grad_norm": grad_norm} if grad_norm is not None else {}),
                 "units": result.units,
                 "seconds": round(result.seconds, 3),
             }

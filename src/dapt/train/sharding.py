@@ -1,0 +1,132 @@
+"""FSDP: weights, gradients and optimizer moments sharded over the processes, with torch's own FSDP2.
+
+`shard_model` wraps each decoder layer (`fully_shard`), then the root module (embeddings, final norm, LM head):
+a layer's weights are gathered just before its forward / backward and freed right after, so a process holds
+about 1/N of the model at rest. Parameters become DTensors; an optimizer built afterwards keeps 1/N of the
+moments.
+
+A checkpoint stays the format a single process writes: every process takes part in gathering the full model
+and optimizer state (`full_model_state`, `full_optimizer_state`, collectives), the main process writes it;
+on resume every process reads the full state and keeps its shard (`load_full_model_state`,
+`load_full_optimizer_state`). The optimizer state is kept indexed by parameter position, as
+`optimizer.state_dict()` writes it, so a checkpoint of a sharded run resumes unsharded and vice versa.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor
+
+from dapt.errors import TrainingError
+
+# Gathered onto the CPU of the main process only: a full copy on every GPU would defeat sharding.
+GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# Every process holds the full state it read from the checkpoint and keeps its own shard of it.
+SCATTER = StateDictOptions(full_state_dict=True, strict=False)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True when the model's parameters are FSDP shards (DTensors)."""
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated blocks: the modules whose class transformers lists in `_no_split_modules`."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [module for module in model.modules() if type(module).__name__ in names]
+    if not layers:
+        raise TrainingError(
+            f"pretrain.sharding fsdp: cannot find the decoder layers of {type(model).__name__} (its "
+            f"_no_split_modules is {sorted(names) or 'empty'}); use pretrain.sharding: none"
+        )
+    return layers
+
+
+def shard_model(model: torch.nn.Module, device: torch.device, world: int, bf16: bool) -> None:
+    """Shard `model` in place over `world` processes on `device`'s kind (cpu: gloo, cuda: NCCL).
+
+    With `bf16`, layers compute in bf16 from fp32 master weights and gradients are reduced in fp32.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    options: dict[str, Any] = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
+    model.to(device)
+    for layer in decoder_layers(model):
+        fully_shard(layer, **options)
+    fully_shard(model, **options)
+
+
+def local_fraction(parameter: torch.nn.Parameter) -> float:
+    """The share of a parameter's elements that this process holds (1.0 when not sharded)."""
+    if isinstance(parameter, DTensor):
+        return parameter.to_local().numel() / parameter.numel()
+    return 1.0
+
+
+def as_plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor (e.g. a gradient norm over shards) as the plain tensor it stands for; others unchanged."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full weights on the main process's CPU (empty elsewhere). Every process must call it."""
+    return get_model_state_dict(model, options=GATHER)
+
+
+def without_tied_copies(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` less the second name of each tied parameter (lm_head.weight when it is the input embeddings), as
+    `save_pretrained` of the live model writes it: gathered, the two names hold two copies it cannot tell apart."""
+    every_name = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    first_names = {name for name, _ in model.named_parameters()}
+    return {name: tensor for name, tensor in state.items() if name not in every_name - first_names}
+
+
+def _parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The names of the optimizer's parameters, in the order `optimizer.state_dict()` numbers them."""
+    name_of = {parameter: name for name, parameter in model.named_parameters()}
+    return [name_of[parameter] for group in optimizer.param_groups for parameter in group["params"]]
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The full optimizer state, as `optimizer.state_dict()` of an unsharded run writes it, on the main
+    process (empty elsewhere). Every process must call it."""
+    by_name = get_optimizer_state_dict(model, optimizer, options=GATHER)
+    if not by_name:
+        return {}
+    index_of = {name: index for index, name in enumerate(_parameter_names(model, optimizer))}
+    return {
+        "state": {index_of[name]: moments for name, moments in by_name["state"].items()},
+        "param_groups": [{**group, "params": [index_of[name] for name in group["params"]]} for group in by_name["param_groups"]],
+    }
+
+
+def load_full_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Set every process's shard from the full weights (every process passes the same, full `state`)."""
+    result = set_model_state_dict(model, state, options=SCATTER)
+    tied = {name for name in result.missing_keys if name.endswith("lm_head.weight")}  # tied to the embeddings
+    if set(result.missing_keys) - tied or result.unexpected_keys:
+        raise TrainingError(
+            f"checkpoint does not match the model (missing {result.missing_keys}, extra {result.unexpected_keys})"
+        )
+
+
+def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Set every process's shard of the optimizer moments from a full `optimizer.state_dict()`-style state."""
+    names = _parameter_names(model, optimizer)
+    by_name = {
+        "state": {names[index]: moments for index, moments in state["state"].items()},
+        "param_groups": [{**group, "params": [names[index] for index in group["params"]]} for group in state["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
