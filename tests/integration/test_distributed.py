@@ -1,5 +1,6 @@
-"""Two processes (gloo, CPU) follow the same loss curve as one process with the same global batch, and the whole
-pipeline launched over two processes builds the DAPT base a single process builds."""
+"""Two processes (gloo, CPU) follow the same loss curve as one process with the same global batch, replicated (DDP)
+or sharded (FSDP), and the whole pipeline launched over two processes builds the DAPT base a single process builds,
+also when killed midway and resumed."""
 
 import json
 import os
@@ -17,14 +18,22 @@ pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).parent / "ddp_train.py"
 
 
-def losses(metrics_file: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in metrics_file.read_text().splitlines() if "loss" in line]
+def records(metrics_file: Path, key: str) -> list[float]:
+    return [json.loads(line)[key] for line in metrics_file.read_text().splitlines() if f'"{key}"' in line]
 
 
-def test_two_processes_match_one(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    single = tmp_path / "single.jsonl"
-    subprocess.run([sys.executable, str(SCRIPT), str(single)], check=True, env=env, timeout=300)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+
+
+@pytest.fixture(scope="module")
+def single_process_metrics(tmp_path_factory) -> Path:
+    single = tmp_path_factory.mktemp("single") / "single.jsonl"
+    subprocess.run([sys.executable, str(SCRIPT), str(single)], check=True, env=ENV, timeout=300)
+    return single
+
+
+@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
     double = tmp_path / "double.jsonl"
     launched = subprocess.run(
         [
@@ -36,20 +45,28 @@ def test_two_processes_match_one(tmp_path):
             "2",
             str(SCRIPT),
             str(double),
+            sharding,
         ],
-        env=env,
+        env=ENV,
         timeout=300,
         capture_output=True,
         text=True,
     )
     assert launched.returncode == 0, f"torchrun failed:\n{launched.stdout[-4000:]}\n{launched.stderr[-4000:]}"
     assert "Traceback" not in launched.stderr and "terminate called" not in launched.stderr
-    one, two = losses(single), losses(double)
+    one, two = records(single_process_metrics, "loss"), records(double, "loss")
     assert len(one) == len(two) == 8
     assert one[-1] < one[0], "the tiny model learns"
     assert two == pytest.approx(one, rel=1e-4, abs=1e-5)
-    units = [json.loads(line)["units"] for line in double.read_text().splitlines() if "units" in line]
-    assert units[-1] == 8 * 8 * 32, "tokens are counted over both processes"
+    # the norm clipped is the global one (over both halves of the batch, and over both shards with fsdp)
+    norms = records(double, "grad_norm")
+    assert max(norms) > 1.0, "clipping (at 1.0) was active"
+    assert norms == pytest.approx(records(single_process_metrics, "grad_norm"), rel=1e-4)
+    assert records(double, "units")[-1] == 8 * 8 * 32, "tokens are counted over both processes"
+    if sharding == "fsdp":
+        shards = [json.loads((tmp_path / f"double.jsonl.rank{rank}.json").read_text()) for rank in (0, 1)]
+        assert [shard["held"] for shard in shards] == [shards[0]["of"] // 2] * 2, "each process holds half a layer"
+        assert shards[0]["sharding"] == "fsdp"
 
 
 TINY = Path(__file__).parent / "tiny.yaml"
@@ -76,9 +93,38 @@ def weights_difference(one: Path, other: Path) -> float:
     return max((expected[name] - got[name]).abs().max().item() for name in expected)
 
 
-def test_whole_pipeline_over_two_processes(tmp_path):
-    single, double = tmp_path / "single", tmp_path / "double"
+@pytest.fixture(scope="module")
+def single_pretrain(tmp_path_factory) -> Path:
+    """The tiny pipeline's pretraining in one process: the DAPT base that two processes must also build."""
+    single = tmp_path_factory.mktemp("single")
     dapt("pretrain", str(TINY), "--out", str(single), *CHECKPOINTS)
+    return single
+
+
+def kill_midway(out: Path, *args: str) -> None:
+    """Launch pretraining over two processes and SIGKILL every process once step 5 is logged."""
+    process = subprocess.Popen(
+        [*LAUNCH, "pretrain", str(TINY), "--out", str(out), *CHECKPOINTS, *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics, deadline = out / "pretrain" / "metrics.jsonl", time.time() + 200
+    while (
+        process.poll() is None
+        and time.time() < deadline
+        and not any('"step": 5,' in line for line in (metrics.read_text().splitlines() if metrics.exists() else []))
+    ):
+        time.sleep(0.005)
+    launcher = psutil.Process(process.pid)
+    for member in [*launcher.children(recursive=True), launcher]:
+        member.kill()
+    process.wait()
+    assert not (out / "pretrain" / "manifest.json").exists(), "killed before the end (make pretraining longer)"
+
+
+def test_whole_pipeline_over_two_processes(tmp_path, single_pretrain):
+    single, double = single_pretrain, tmp_path / "double"
 
     launched = dapt("run", str(TINY), "--out", str(double), *CHECKPOINTS, processes=2)
     assert launched.stdout.count("Report:") == 1, "the main process alone writes and prints the report"
@@ -98,27 +144,33 @@ def test_whole_pipeline_over_two_processes(tmp_path):
 
     # SIGKILL every process mid-pretraining; launched again, both processes resume from the last checkpoint
     shutil.rmtree(double / "pretrain")
-    process = subprocess.Popen(
-        [*LAUNCH, "pretrain", str(TINY), "--out", str(double), *CHECKPOINTS],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    metrics, deadline = double / "pretrain" / "metrics.jsonl", time.time() + 200
-    while (
-        process.poll() is None
-        and time.time() < deadline
-        and not any('"step": 5,' in line for line in (metrics.read_text().splitlines() if metrics.exists() else []))
-    ):
-        time.sleep(0.005)
-    launcher = psutil.Process(process.pid)
-    for member in [*launcher.children(recursive=True), launcher]:
-        member.kill()
-    process.wait()
-    assert not (double / "pretrain" / "manifest.json").exists(), "killed before the end (make pretraining longer)"
+    kill_midway(double)
     resumed = dapt("pretrain", str(TINY), "--out", str(double), *CHECKPOINTS, processes=2)
     assert (resumed.stdout + resumed.stderr).count("resuming from step-") == 1
     assert weights_difference(single / "pretrain" / "model", double / "pretrain" / "model") < 1e-4
+
+
+FSDP = ["--set", "pretrain.sharding=fsdp"]
+
+
+def test_whole_pipeline_sharded_over_two_processes(tmp_path, single_pretrain):
+    single, sharded = single_pretrain, tmp_path / "fsdp"
+    dapt("run", str(TINY), "--out", str(sharded), *CHECKPOINTS, *FSDP, processes=2)
+    assert (sharded / "report.json").exists()
+    # each process held half of the weights; the DAPT base they export is the plain one a single process writes
+    assert weights_difference(single / "pretrain" / "model", sharded / "pretrain" / "model") < 1e-4
+    one = json.loads((single / "pretrain" / "manifest.json").read_text())["metrics"]
+    two = json.loads((sharded / "pretrain" / "manifest.json").read_text())["metrics"]
+    assert (one["processes"], one["sharding"]) == (1, "none")
+    assert (two["processes"], two["sharding"]) == (2, "fsdp")
+    assert two["best"]["domain_val_loss"] == pytest.approx(one["best"]["domain_val_loss"], abs=1e-5)
+
+    # killed midway, the sharded run resumes from its full checkpoint and ends with the same weights
+    shutil.rmtree(sharded / "pretrain")
+    kill_midway(sharded, *FSDP)
+    resumed = dapt("pretrain", str(TINY), "--out", str(sharded), *CHECKPOINTS, *FSDP, processes=2)
+    assert (resumed.stdout + resumed.stderr).count("resuming from step-") == 1
+    assert weights_difference(single / "pretrain" / "model", sharded / "pretrain" / "model") < 1e-4
 
 
 def test_an_error_on_the_main_process_stops_every_process_with_that_error(tmp_path):

@@ -40,6 +40,16 @@ def test_pipeline_needs_domain_text():
         config_from_dict({**MINIMAL, "sources": [{"name": "g", "role": "replay", "kind": "pydoc_topics"}]})
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [({"method": "lora"}, "with method 'lora' is not supported.*use sharding: none, or method: full"),
+     ({"precision": "fp16"}, "with precision 'fp16' is not supported; use precision: bf16")],
+)
+def test_fsdp_refuses_what_it_cannot_shard(setting, message):
+    with pytest.raises(ConfigError, match=rf"pretrain: sharding 'fsdp' {message}"):
+        config_from_dict({**MINIMAL, "pretrain": {"sharding": "fsdp", **setting}})
+
+
 def test_overrides_set_nested_values_and_list_items():
     raw = {**MINIMAL, "tasks": [{"name": "a", "data": {"kind": "files", "train": "x"}}]}
     out = apply_overrides(raw, ["pretrain.max_steps=7", "tasks.0.epochs=2", "seed=3"])

@@ -8,6 +8,7 @@ import torch
 from dapt.errors import TrainingError
 from dapt.train.loop import LoopSettings, train_loop
 from dapt.train.schedule import warmup_cosine_factor
+from dapt.train.sharding import decoder_layers
 
 
 def regression():
@@ -118,12 +119,31 @@ def test_an_unknown_or_missing_tracker_is_a_clear_error():
 
 
 @pytest.mark.parametrize(
-    ("variable", "name"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")]
+    ("variable", "message"),
+    [
+        ("ACCELERATE_USE_FSDP", r"launched with accelerate's FSDP .*set `pretrain\.sharding: fsdp`.*torchrun"),
+        ("ACCELERATE_USE_DEEPSPEED", r"launched with DeepSpeed .*not supported.*`pretrain\.sharding: fsdp`"),
+    ],
 )
-def test_a_sharded_launch_is_refused_before_training(monkeypatch, variable, name):
+def test_a_sharded_launch_is_refused_before_training(monkeypatch, variable, message):
     model, batch, loss_fn = regression()
     before = [p.detach().clone() for p in model.parameters()]
     monkeypatch.setenv(variable, "true")
-    with pytest.raises(TrainingError, match=f"launched with {name}.*DDP"):
+    with pytest.raises(TrainingError, match=message):
         train_loop(model, batch, loss_fn, LoopSettings(max_steps=2, lr=0.1))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_fsdp_in_one_process_trains_unsharded_and_says_so(capsys):
+    model, batch, loss_fn = regression()
+    sharded = train_loop(model, batch, loss_fn, LoopSettings(max_steps=5, lr=0.1, sharding="fsdp"))
+    assert "sharding fsdp with one process: training unsharded" in capsys.readouterr().out
+    plain_model, batch, loss_fn = regression()
+    plain = train_loop(plain_model, batch, loss_fn, LoopSettings(max_steps=5, lr=0.1))
+    assert (sharded.sharding, sharded.processes) == ("none", 1)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), plain_model.parameters(), strict=True))
+
+
+def test_fsdp_needs_decoder_layers_it_can_find():
+    with pytest.raises(TrainingError, match=r"decoder layers of Linear.*use pretrain\.sharding: none"):
+        decoder_layers(torch.nn.Linear(4, 1))
