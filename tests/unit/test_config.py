@@ -42,8 +42,10 @@ def test_pipeline_needs_domain_text():
 
 @pytest.mark.parametrize(
     ("setting", "message"),
-    [({"method": "lora"}, "with method 'lora' is not supported.*use sharding: none, or method: full"),
-     ({"precision": "fp16"}, "with precision 'fp16' is not supported; use precision: bf16")],
+    [
+        ({"method": "lora"}, "with method 'lora' is not supported.*use sharding: none, or method: full"),
+        ({"precision": "fp16"}, "with precision 'fp16' is not supported; use precision: bf16"),
+    ],
 )
 def test_fsdp_refuses_what_it_cannot_shard(setting, message):
     with pytest.raises(ConfigError, match=rf"pretrain: sharding 'fsdp' {message}"):

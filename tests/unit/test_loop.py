@@ -139,7 +139,7 @@ def test_fsdp_in_one_process_trains_unsharded_and_says_so(capsys):
     sharded = train_loop(model, batch, loss_fn, LoopSettings(max_steps=5, lr=0.1, sharding="fsdp"))
     assert "sharding fsdp with one process: training unsharded" in capsys.readouterr().out
     plain_model, batch, loss_fn = regression()
-    plain = train_loop(plain_model, batch, loss_fn, LoopSettings(max_steps=5, lr=0.1))
+    train_loop(plain_model, batch, loss_fn, LoopSettings(max_steps=5, lr=0.1))
     assert (sharded.sharding, sharded.processes) == ("none", 1)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), plain_model.parameters(), strict=True))
 

@@ -30,8 +30,8 @@ from dapt.pipeline import StageContext
 from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, load_full_weights
 from dapt.train.distributed import is_main_process
 from dapt.train.loop import LoopSettings, train_loop
-from dapt.train.sharding import without_tied_copies
 from dapt.train.objectives import causal_lm_loss, lm_batch, mean_lm_loss, perplexity
+from dapt.train.sharding import without_tied_copies
 from dapt.train.throughput import throughput_report
 
 

@@ -3,7 +3,9 @@
 The process group comes from accelerate (gloo on CPUs, NCCL on GPUs), so the training loop's `Accelerator`
 finds it already set up. A pipeline runs its distributed stage (pretrain) on every process and the others on
 the main process only, `alone()`: there accelerate sees a single process, so a stage that trains (a task
-variant) does not wait for processes that are not there.
+variant) does not wait for processes that are not there. The pretrain stage replicates the model on each process
+(DDP) or, with `pretrain.sharding: fsdp`, shards it over them (`dapt.train.sharding`); either way the main
+process writes full checkpoints.
 
 A process must leave the group before the interpreter exits: gloo's worker threads can still hold the last
 collective's tensors, and if the interpreter is torn down first, releasing them from that thread aborts the

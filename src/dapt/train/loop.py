@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from dapt.artifacts import atomic_write_text
 from dapt.errors import TrainingError
 from dapt.train.checkpoint import Checkpointer
+from dapt.train.schedule import Schedule, lr_schedule
 from dapt.train.sharding import (
     as_plain,
     full_model_state,
@@ -38,7 +39,6 @@ from dapt.train.sharding import (
     load_full_optimizer_state,
     shard_model,
 )
-from dapt.train.schedule import Schedule, lr_schedule
 
 # loss_fn(model, batch) -> (mean loss over the batch's counted units, number of units: tokens or examples)
 LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, int]]
@@ -314,15 +314,14 @@ def train_loop(
     if not sharded:
         model, optimizer = accelerator.prepare(model, optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    result = TrainResult(
-        steps=0, units=0, seconds=0.0, processes=world, sharding="fsdp" if sharded else "none"
-    )
+    result = TrainResult(steps=0, units=0, seconds=0.0, processes=world, sharding="fsdp" if sharded else "none")
 
     def load_optimizer_state(state: dict[str, Any]) -> None:
         if sharded:
             load_full_optimizer_state(model, optimizer, state)
         else:
             optimizer.load_state_dict(state)
+
     counters = {"bad_evaluations": 0, "last_evaluated": -1}
 
     resume_from = checkpointer.latest_resumable() if checkpointer else None

@@ -14,6 +14,7 @@ on resume every process reads the full state and keeps its shard (`load_full_mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,7 +31,8 @@ from dapt.errors import TrainingError
 
 # Gathered onto the CPU of the main process only: a full copy on every GPU would defeat sharding.
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
-# Every process holds the full state it read from the checkpoint and keeps its own shard of it.
+# Every process holds the full state it read from the checkpoint and keeps its own shard of it; not strict, as
+# a saved model lacks the tied LM head (`load_full_model_state` checks what is missing itself).
 SCATTER = StateDictOptions(full_state_dict=True, strict=False)
 
 
@@ -68,13 +70,6 @@ def shard_model(model: torch.nn.Module, device: torch.device, world: int, bf16: 
     fully_shard(model, **options)
 
 
-def local_fraction(parameter: torch.nn.Parameter) -> float:
-    """The share of a parameter's elements that this process holds (1.0 when not sharded)."""
-    if isinstance(parameter, DTensor):
-        return parameter.to_local().numel() / parameter.numel()
-    return 1.0
-
-
 def as_plain(tensor: torch.Tensor) -> torch.Tensor:
     """A DTensor (e.g. a gradient norm over shards) as the plain tensor it stands for; others unchanged."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
@@ -99,6 +94,12 @@ def _parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
     return [name_of[parameter] for group in optimizer.param_groups for parameter in group["params"]]
 
 
+def _renamed(state: dict[str, Any], rename: Callable[[Any], Any]) -> dict[str, Any]:
+    """An optimizer state dict with its parameter keys mapped through `rename` (positions <-> names)."""
+    groups = [{**group, "params": [rename(key) for key in group["params"]]} for group in state["param_groups"]]
+    return {"state": {rename(key): moments for key, moments in state["state"].items()}, "param_groups": groups}
+
+
 def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The full optimizer state, as `optimizer.state_dict()` of an unsharded run writes it, on the main
     process (empty elsewhere). Every process must call it."""
@@ -106,10 +107,7 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     if not by_name:
         return {}
     index_of = {name: index for index, name in enumerate(_parameter_names(model, optimizer))}
-    return {
-        "state": {index_of[name]: moments for name, moments in by_name["state"].items()},
-        "param_groups": [{**group, "params": [index_of[name] for name in group["params"]]} for group in by_name["param_groups"]],
-    }
+    return _renamed(by_name, index_of.__getitem__)
 
 
 def load_full_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -124,9 +122,5 @@ def load_full_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]
 
 def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Set every process's shard of the optimizer moments from a full `optimizer.state_dict()`-style state."""
-    names = _parameter_names(model, optimizer)
-    by_name = {
-        "state": {names[index]: moments for index, moments in state["state"].items()},
-        "param_groups": [{**group, "params": [names[index] for index in group["params"]]} for group in state["param_groups"]],
-    }
+    by_name = _renamed(state, _parameter_names(model, optimizer).__getitem__)
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
