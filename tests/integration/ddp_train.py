@@ -1,7 +1,8 @@
 """Train a tiny model with dapt's loop, logging to METRICS_FILE: run alone, or under torchrun.
 
-`ddp_train.py METRICS_FILE [none|fsdp]`: with fsdp, each process also writes METRICS_FILE.rankN.json with the
-share of a decoder layer's weight elements it holds after training.
+`ddp_train.py METRICS_FILE [none|fsdp] [nan-gradient]`: with fsdp, each process also writes
+METRICS_FILE.rankN.json with the share of a decoder layer's weight elements it holds after training; with
+nan-gradient, the gradients of step 3 are NaN while its loss stays finite.
 """
 
 import json
@@ -18,7 +19,20 @@ from dapt.train.loop import LoopSettings, train_loop
 from dapt.train.objectives import causal_lm_loss, lm_batch
 
 
-def main(metrics_file: Path, sharding: str) -> None:
+def nan_gradient_at_step_3(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """The causal LM loss, plus at the third step a term that is 0 but whose gradient is NaN (sqrt'(0) · |x|'(0))."""
+    loss, units = causal_lm_loss(model, batch)
+    nan_gradient_at_step_3.calls += 1
+    if nan_gradient_at_step_3.calls == 3:
+        logits = model(input_ids=batch["input_ids"], use_cache=False).logits
+        loss = loss + torch.sqrt((logits - logits.detach()).abs().sum())
+    return loss, units
+
+
+nan_gradient_at_step_3.calls = 0
+
+
+def main(metrics_file: Path, sharding: str, nan_gradient: bool) -> None:
     torch.manual_seed(0)
     model, tokenizer, _ = load_original_base(BaseConfig(preset=PresetConfig(num_layers=2)))
     windows = (torch.arange(64 * 33) * 7 % 50 + 1).view(64, 33)  # a learnable pattern
@@ -30,7 +44,8 @@ def main(metrics_file: Path, sharding: str) -> None:
         return lm_batch(windows[start : start + 8], tokenizer.eos_token_id)
 
     settings = LoopSettings(max_steps=8, lr=3e-3, warmup_steps=2, sharding=sharding)
-    result = train_loop(model, next_batch, causal_lm_loss, settings, metrics_file=metrics_file, description="ddp")
+    loss_fn = nan_gradient_at_step_3 if nan_gradient else causal_lm_loss
+    result = train_loop(model, next_batch, loss_fn, settings, metrics_file=metrics_file, description="ddp")
     if sharding == "fsdp":
         weight = model.model.layers[0].mlp.up_proj.weight
         held = weight.to_local().numel() if isinstance(weight, DTensor) else weight.numel()
@@ -41,4 +56,4 @@ def main(metrics_file: Path, sharding: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "none")
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "none", "nan-gradient" in sys.argv[3:])

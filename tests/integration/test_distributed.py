@@ -23,6 +23,8 @@ def records(metrics_file: Path, key: str) -> list[float]:
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+# --standalone: rendezvous on a free local port chosen by torchrun itself: no port race
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +38,7 @@ def single_process_metrics(tmp_path_factory) -> Path:
 def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
     double = tmp_path / "double.jsonl"
     launched = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",  # rendezvous on a free local port chosen by torchrun itself: no port race
-            "--nproc_per_node",
-            "2",
-            str(SCRIPT),
-            str(double),
-            sharding,
-        ],
+        [*TORCHRUN, str(SCRIPT), str(double), sharding],
         env=ENV,
         timeout=300,
         capture_output=True,
@@ -69,13 +61,23 @@ def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
         assert shards[0]["sharding"] == "fsdp"
 
 
+def test_a_nan_gradient_stops_every_sharded_process(tmp_path):
+    metrics = tmp_path / "nan.jsonl"
+    command = [*TORCHRUN, str(SCRIPT), str(metrics), "fsdp", "nan-gradient"]
+    failed = subprocess.run(command, env=ENV, timeout=120, capture_output=True, text=True)
+    assert failed.returncode != 0
+    # the norm over all shards is NaN on every process: each stops with the message, none waits for the other
+    assert failed.stderr.count("the gradient norm became nan at step 3; training stopped") == 2
+    assert len(records(metrics, "loss")) == 2, "steps 1 and 2 were logged, 3 was not"
+
+
 TINY = Path(__file__).parent / "tiny.yaml"
 # 30 steps, a checkpoint every 2 and no early stop: room to kill the two-process run midway.
 CHECKPOINTS = [
     *("--set", "pretrain.max_steps=30", "--set", "pretrain.checkpoint_every=2"),
     *("--set", "pretrain.eval_every=10", "--set", "pretrain.early_stopping.patience=100"),
 ]
-LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dapt.cli"]
+LAUNCH = [*TORCHRUN, "-m", "dapt.cli"]
 
 
 def dapt(*args: str, processes: int = 1) -> subprocess.CompletedProcess:
