@@ -652,6 +652,12 @@ class PretrainConfig(Section):
         "decoder layer): about 1/N of the memory per process, the same loss curve and checkpoints. With one "
         "process fsdp trains unsharded. Not with method lora or precision fp16.",
     )
+    compile: bool = Field(
+        False,
+        description="Train through torch.compile (the model's forward and backward fused into generated kernels; "
+        "the first steps wait for the compile, tens of seconds). Evaluation runs uncompiled. On 2 CPU cores it "
+        "was within noise of eager (bench/train_throughput.py); needs a C++ compiler on CPUs.",
+    )
     peak_tflops: float | None = Field(
         None, gt=0, description="The device's peak TFLOP/s for MFU; None: looked up for known GPUs, else no MFU."
     )

@@ -211,6 +211,7 @@ def run(context: StageContext) -> dict[str, Any]:
         decay_fraction=config.decay_fraction,
         embedding_lr_ratio=config.embedding_lr_ratio,
         sharding=config.sharding,
+        compile=config.compile,
     )
     trainable = parameter_count(model, trainable_only=True)
     context.log(

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -68,6 +69,7 @@ class LoopSettings:
     report_to: tuple[str, ...] = ()  # experiment trackers through accelerate: tensorboard, wandb, mlflow
     tracking_dir: Path | None = None  # where local trackers (tensorboard, mlflow) write
     sharding: str = "none"  # none: DDP over several processes | fsdp: weights, grads, moments sharded (FSDP2)
+    compile: bool = False  # train through torch.compile (evaluation stays eager)
 
 
 @dataclass
@@ -150,6 +152,21 @@ def refuse_sharded_launch() -> None:
             "launched with DeepSpeed (ACCELERATE_USE_DEEPSPEED=true): not supported by dapt's training loop; for "
             f"sharded weights and optimizer state set `pretrain.sharding: fsdp` and {DDP_LAUNCH}"
         )
+
+
+CXX_COMPILERS = ("g++", "clang++", "c++")
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """`torch.compile(model)`; on a CPU, first check for the C++ compiler inductor needs, and say how to get one."""
+    if not torch.cuda.is_available() and not any(
+        shutil.which(name) for name in (os.environ.get("CXX", ""), *CXX_COMPILERS) if name
+    ):
+        raise TrainingError(
+            "compile: torch.compile on a CPU needs a C++ compiler and none was found (g++, clang++ or $CXX); "
+            "install one (e.g. apt install g++) or set compile: false"
+        )
+    return torch.compile(model)
 
 
 def _flat_settings(settings: LoopSettings) -> dict[str, Any]:
@@ -314,6 +331,8 @@ def train_loop(
     if not sharded:
         model, optimizer = accelerator.prepare(model, optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # the compiled module shares the model's parameters: checkpoints, evaluation and export see the same weights
+    forward_model = compiled(model) if settings.compile else model
     result = TrainResult(steps=0, units=0, seconds=0.0, processes=world, sharding="fsdp" if sharded else "none")
 
     def load_optimizer_state(state: dict[str, Any]) -> None:
@@ -419,7 +438,7 @@ def train_loop(
         step_loss, step_units = 0.0, 0
         for _ in range(settings.grad_accum_steps):
             batch = _to_device(_rows_of_rank(next_batch(), rank, world), accelerator.device)
-            loss, units = loss_fn(model, batch)
+            loss, units = loss_fn(forward_model, batch)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"{description}: the loss became {loss.item()} at step {step + 1}; training stopped. "
