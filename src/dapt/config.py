@@ -625,8 +625,9 @@ class PretrainConfig(Section):
     decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of the steps spent decaying.")
     document_mask: bool = Field(
         True,
-        description="Packed documents do not attend to each other and restart at position 0 (transformers "
-        "honours this for sdpa, eager and flash_attention_2 by resetting position ids).",
+        description="Packed documents do not attend to each other and restart at position 0: position ids reset "
+        "per document, honoured by sdpa (on CPUs dapt computes it document by document), eager and "
+        "flash_attention_2 (variable-length kernels).",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

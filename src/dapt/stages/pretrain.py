@@ -257,5 +257,5 @@ def run(context: StageContext) -> dict[str, Any]:
         "parameters": parameter_count(model),
         "trainable_parameters": trainable,
         **speed,
-        "original_base": context.inputs["base"].id,
+        "started_from": context.inputs["base"].id,  # the base artifact, or the extended base with `vocab:`
     }

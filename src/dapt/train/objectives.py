@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dapt.data.shards import document_position_ids
+from dapt.model.packed_attention import packed_attention
 
 
 def lm_batch(windows: torch.Tensor, eos_id: int | None) -> dict[str, torch.Tensor]:
@@ -24,7 +25,9 @@ def lm_batch(windows: torch.Tensor, eos_id: int | None) -> dict[str, torch.Tenso
 
 def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over a batch made by `lm_batch`."""
-    logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False).logits
+    input_ids, position_ids = batch["input_ids"], batch.get("position_ids")
+    with packed_attention(model, input_ids, position_ids):
+        logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
     targets = batch["targets"]
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
     return loss, targets.numel()
@@ -39,7 +42,9 @@ def mean_lm_loss(
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
         batch = lm_batch(torch.stack(windows[start : start + batch_size]).to(device), eos_id)
-        logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False).logits
+        input_ids, position_ids = batch["input_ids"], batch.get("position_ids")
+        with packed_attention(model, input_ids, position_ids):
+            logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
         targets = batch["targets"]
         total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
         count += targets.numel()
@@ -78,7 +83,8 @@ def text_nats(
     for start in range(0, windows, batch_size):
         batch = inputs[start : start + batch_size].to(device)
         position_ids = document_position_ids(batch, eos_id) if document_mask else None
-        logits = model(input_ids=batch, position_ids=position_ids, use_cache=False).logits
+        with packed_attention(model, batch, position_ids):
+            logits = model(input_ids=batch, position_ids=position_ids, use_cache=False).logits
         batch_targets = targets[start : start + batch_size].to(device).flatten()
         total += F.cross_entropy(logits.flatten(0, 1).float(), batch_targets, ignore_index=-100, reduction="sum").item()
     return total, int(is_text.sum())
