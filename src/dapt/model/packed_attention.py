@@ -34,6 +34,9 @@ def _document_spans(position_ids: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip(starts, [*starts[1:], len(position_ids)], strict=True))
 
 
+# Under torch.compile this runs eagerly (a graph break around it): its document spans are data, and tracing
+# them would recompile the graph for every new pattern of document boundaries.
+@torch.compiler.disable
 def packed_sdpa_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
