@@ -1,24 +1,33 @@
 """Training throughput: dapt's continued-pretraining loop vs the Hugging Face Trainer.
 
-Same model (a from-scratch Llama-style model), same packed token windows of real text (the standard
-library's docstrings, byte-level tokens), same sequence length, batch, optimizer (AdamW) and precision
-(fp32), same machine, same run; the runs alternate (dapt, Trainer, dapt, Trainer, ...) so that drift in
-the machine's speed hits both. Tokens/s counts input tokens (batch × seq_len) per second of optimizer
+Same model (a from-scratch Llama-style model), same text (the demo's corpus: SciPy's docstrings and the
+standard library's, at least 200 characters each, as the demo ingests them; byte-level tokens, so the tiny
+model's cost is its body, not a 50k-row LM head), same sequence length, rows per step, optimizer (AdamW) and
+precision (fp32), same machine, same run; the contenders alternate round by round so that drift in the
+machine's speed hits all of them. Tokens/s counts real tokens (padding excluded) per second of optimizer
 steps, the first steps (warm-up of allocator and kernels) excluded.
 
-dapt is measured twice: with packed documents masked from each other (its default, which costs a
-block-diagonal attention mask) and without (the same work as the Trainer does).
+Contenders:
+- dapt: packed windows with packed documents kept apart (dapt's default; on CPUs attention runs document by
+  document, dapt/model/packed_attention.py, instead of transformers' block-diagonal mask);
+- dapt_no_mask: packed windows, one causal sequence each (the same work as trainer_packed);
+- dapt_compiled: dapt with `pretrain.compile` (torch.compile; the compile itself falls in the warm-up steps);
+- trainer_packed: the Trainer on the same packed windows (what `run_clm.py`'s group_texts does);
+- trainer_padded: the Trainer on the documents, truncated to seq_len and padded per batch by its
+  language-modelling collator (DataCollatorForLanguageModeling, mlm=False), the recipe of most tutorials;
+- trainer_grouped: the same with `train_sampling_strategy="group_by_length"`, the Trainer's own answer to padding.
 
-Tried for dapt on this CPU (2 cores, shared with other jobs: numbers within ±5% are noise), none kept:
-fused AdamW instead of foreach (optimizer + clipping is ~1-2% of a step: 3 ms vs 6 ms of ~245 ms);
-torch.compile of the model (5-55 s to compile, then within noise: 8684 vs 8528 tok/s); per-step
-overhead (.item() syncs nothing on a CPU; one metrics line and one progress-bar update per step) is
-far below the noise of a ~250 ms step, so there is nothing to win there. A Trainer fed
-unpacked documents with its language-modelling collator pads only ~3% of each batch here (most
-docstrings exceed 256 tokens and are truncated), so padding is not a throughput difference either.
+So the ratio against trainer_packed is the loop's own speed (the step is the model's compute: parity is
+expected), and the ratios against the padded Trainers are what packing is worth on this corpus at that
+sequence length. The padding share grows with the sequence length: docstrings are short (median ~800 bytes).
 
-    python bench/train_throughput.py            # ≈ 2-4 minutes on 2 cores
-    python bench/train_throughput.py --steps 60 --rounds 3 --hidden 384
+Tried for dapt on this CPU (2 cores: numbers within ±5% are noise), none kept: fused AdamW instead of foreach
+(optimizer + clipping is ~1-2% of a step);
+glibc malloc tuning (no page faults after it, 2-3% faster, within noise); per-step overhead (.item() syncs
+nothing on a CPU; one metrics line and one progress-bar update per step) is far below the noise of a step.
+
+    python bench/train_throughput.py            # ≈ 5-8 minutes on 2 cores
+    python bench/train_throughput.py --seq-lens 512 --steps 30 --rounds 3
 """
 
 from __future__ import annotations
@@ -26,13 +35,22 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    DataCollatorForLanguageModeling,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.utils import logging as hf_logging
 
 from dapt.data.pydocs import docstring_documents
@@ -42,17 +60,25 @@ from dapt.train.objectives import causal_lm_loss, lm_batch
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 WARMUP_STEPS = 3
+CONTENDERS = ("dapt", "dapt_no_mask", "dapt_compiled", "trainer_packed", "trainer_padded", "trainer_grouped")
 
 
-def packed_windows(seq_len: int, count: int) -> torch.Tensor:
-    """(count, seq_len + 1) windows of byte tokens of the stdlib's docstrings, documents separated by eos."""
+def corpus_documents(seed: int = 0) -> list[list[int]]:
+    """The demo corpus's documents as byte tokens, each ending in end-of-text, in a seeded random order."""
     tokenizer = byte_level_tokenizer()
-    tokens: list[int] = []
-    for document in docstring_documents("stdlib", source="stdlib", min_chars=200):
-        tokens += tokenizer(document["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        if len(tokens) > count * seq_len + 1:
-            break
-    flat = torch.tensor(tokens[: count * seq_len + 1])
+    texts = [
+        d["text"]
+        for package in ("scipy", "stdlib")
+        for d in docstring_documents(package, source=package, min_chars=200)
+    ]
+    random.Random(seed).shuffle(texts)
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
+
+
+def packed_windows(documents: list[list[int]], seq_len: int) -> torch.Tensor:
+    """The documents joined into one stream and cut into (count, seq_len + 1) windows, as dapt's shards are."""
+    flat = torch.tensor([token for document in documents for token in document])
+    count = (len(flat) - 1) // seq_len
     return torch.stack([flat[i * seq_len : i * seq_len + seq_len + 1] for i in range(count)])
 
 
@@ -65,10 +91,38 @@ def make_model(hidden: int, layers: int, seed: int = 0) -> LlamaForCausalLM:
         num_hidden_layers=layers,
         num_attention_heads=hidden // 64,
         num_key_value_heads=max(1, hidden // 128),
-        max_position_embeddings=2048,
+        max_position_embeddings=4096,
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config)
+
+
+def tokens_per_second(step_seconds: list[float], step_tokens: list[int]) -> float:
+    """Real tokens over seconds of the steps after the warm-up ones."""
+    return sum(step_tokens[WARMUP_STEPS:]) / sum(step_seconds[WARMUP_STEPS:])
+
+
+def run_dapt(
+    windows: torch.Tensor, args: argparse.Namespace, batch: int, document_mask: bool, compile_model: bool = False
+) -> float:
+    model = make_model(args.hidden, args.layers)
+    eos = byte_level_tokenizer().eos_token_id
+    position = {"i": 0}
+    times: list[float] = []
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        start = position["i"] * batch % (len(windows) - batch)
+        position["i"] += 1
+        times.append(time.perf_counter())
+        return lm_batch(windows[start : start + batch], eos if document_mask else None)
+
+    settings = LoopSettings(
+        max_steps=args.steps, lr=3e-4, warmup_steps=0, grad_clip=1.0, weight_decay=0.0, compile=compile_model
+    )
+    train_loop(model, next_batch, causal_lm_loss, settings, description="dapt")
+    times.append(time.perf_counter())
+    seconds = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
+    return tokens_per_second(seconds, [batch * windows.shape[1] - batch] * len(seconds))
 
 
 class StepTimes(TrainerCallback):
@@ -85,31 +139,19 @@ class StepTimes(TrainerCallback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def run_dapt(windows: torch.Tensor, args: argparse.Namespace, document_mask: bool) -> float:
+def run_trainer(rows: list[dict], collate: Callable, args: argparse.Namespace, batch: int, grouped: bool) -> float:
+    """The Trainer on `rows`; real tokens per step are counted as its collator builds each batch."""
     model = make_model(args.hidden, args.layers)
-    eos = byte_level_tokenizer().eos_token_id
-    position = {"i": 0}
-    times: list[float] = []
+    real_tokens: list[int] = []
 
-    def next_batch() -> dict[str, torch.Tensor]:
-        start = position["i"] * args.batch % len(windows)
-        position["i"] += 1
-        times.append(time.perf_counter())
-        return lm_batch(windows[start : start + args.batch], eos if document_mask else None)
+    def counting_collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+        collated = collate(examples)
+        real_tokens.append(int(collated["attention_mask"].sum()))
+        return collated
 
-    settings = LoopSettings(max_steps=args.steps, lr=3e-4, warmup_steps=0, grad_clip=1.0, weight_decay=0.0)
-    train_loop(model, next_batch, causal_lm_loss, settings, description="dapt")
-    times.append(time.perf_counter())
-    step_times = [b - a for a, b in zip(times[:-1], times[1:], strict=True)][WARMUP_STEPS:]
-    return args.batch * args.seq_len / statistics.median(step_times)
-
-
-def run_trainer(windows: torch.Tensor, args: argparse.Namespace, out: Path) -> float:
-    model = make_model(args.hidden, args.layers)
-    rows = [{"input_ids": w[:-1], "labels": w[:-1]} for w in windows]  # Trainer's models shift labels themselves
     training_args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=args.batch,
+        output_dir="/tmp/dapt-bench-trainer",
+        per_device_train_batch_size=batch,
         max_steps=args.steps,
         learning_rate=3e-4,
         lr_scheduler_type="constant",
@@ -122,59 +164,97 @@ def run_trainer(windows: torch.Tensor, args: argparse.Namespace, out: Path) -> f
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if grouped else "random",
+        seed=0,
     )
     timer = StepTimes()
-    Trainer(model=model, args=training_args, train_dataset=rows, callbacks=[timer]).train()
-    return args.batch * args.seq_len / statistics.median(timer.times[WARMUP_STEPS:])
+    Trainer(
+        model=model, args=training_args, train_dataset=rows, data_collator=counting_collate, callbacks=[timer]
+    ).train()
+    # the data loader may fetch a batch ahead of the step that uses it: step i trained on batch i
+    return tokens_per_second(timer.times, real_tokens[: len(timer.times)])
+
+
+def measure(seq_len: int, documents: list[list[int]], args: argparse.Namespace) -> dict:
+    batch = args.batch_tokens // seq_len
+    windows = packed_windows(documents, seq_len)
+    tokenizer = byte_level_tokenizer()
+    lm_collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    packed_rows = [
+        {"input_ids": w[:-1], "labels": w[:-1], "attention_mask": torch.ones(seq_len, dtype=torch.long)}
+        for w in windows
+    ]
+    document_rows = [{"input_ids": d[:seq_len]} for d in documents]
+
+    def packed_collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+        return {key: torch.stack([e[key] for e in examples]) for key in examples[0]}
+
+    runs: dict[str, Callable[[], float]] = {
+        "dapt": lambda: run_dapt(windows, args, batch, document_mask=True),
+        "dapt_no_mask": lambda: run_dapt(windows, args, batch, document_mask=False),
+        "dapt_compiled": lambda: run_dapt(windows, args, batch, document_mask=True, compile_model=True),
+        "trainer_packed": lambda: run_trainer(packed_rows, packed_collate, args, batch, grouped=False),
+        "trainer_padded": lambda: run_trainer(document_rows, lm_collator, args, batch, grouped=False),
+        "trainer_grouped": lambda: run_trainer(document_rows, lm_collator, args, batch, grouped=True),
+    }
+    results: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    for round_number in range(args.rounds):
+        for name in CONTENDERS:
+            results[name].append(runs[name]())
+        print(f"seq {seq_len}, round {round_number + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in results.items()))
+    median = {name: statistics.median(values) for name, values in results.items()}
+    truncated = sum(max(0, len(d) - seq_len) for d in documents) / sum(len(d) for d in documents)
+    return {
+        "seq_len": seq_len,
+        "rows_per_step": batch,
+        "tokens_per_second": {name: round(value, 1) for name, value in median.items()},
+        "runs": results,
+        "ratio_dapt_vs": {name: round(median["dapt"] / median[name], 3) for name in CONTENDERS if name != "dapt"},
+        "trainer_padded_loses_to_truncation": round(truncated, 3),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each contender")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-lens", default="256,1024", help="comma-separated sequence lengths")
+    parser.add_argument("--batch-tokens", type=int, default=4096, help="rows per step = this / seq_len")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
-    windows = packed_windows(args.seq_len, args.batch * args.steps)
+    documents = corpus_documents()
     parameters = sum(p.numel() for p in make_model(args.hidden, args.layers).parameters())
-    results: dict[str, list[float]] = {"dapt": [], "dapt_document_mask": [], "hf_trainer": []}
-    for round_number in range(args.rounds):
-        results["dapt"].append(run_dapt(windows, args, document_mask=False))
-        results["hf_trainer"].append(run_trainer(windows, args, Path("/tmp/dapt-bench-trainer")))
-        results["dapt_document_mask"].append(run_dapt(windows, args, document_mask=True))
-        print(f"round {round_number + 1}: " + ", ".join(f"{k} {v[-1]:.0f} tok/s" for k, v in results.items()))
-    median = {name: statistics.median(values) for name, values in results.items()}
-    ratio = median["dapt"] / median["hf_trainer"]
+    settings = [measure(int(seq_len), documents, args) for seq_len in args.seq_lens.split(",")]
     record = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
         + ("GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"),
         "torch": torch.__version__,
         "model_parameters": parameters,
+        "documents": len(documents),
         "settings": vars(args),
-        "tokens_per_second": {name: round(value, 1) for name, value in median.items()},
-        "runs": results,
-        "ratio_dapt_vs_trainer": round(ratio, 3),
-        "ratio_dapt_document_mask_vs_trainer": round(median["dapt_document_mask"] / median["hf_trainer"], 3),
+        "by_seq_len": settings,
     }
     record["headline"] = (
-        f"dapt {median['dapt']:.0f} tok/s vs HF Trainer {median['hf_trainer']:.0f} tok/s: **{ratio:.2f}×** "
-        f"(with document masking {median['dapt_document_mask']:.0f} tok/s); {parameters / 1e6:.1f}M-param Llama, "
-        f"seq {args.seq_len}, batch {args.batch}, fp32"
+        "; ".join(
+            f"seq {s['seq_len']}: dapt {s['tokens_per_second']['dapt']:.0f} tok/s = "
+            f"**{s['ratio_dapt_vs']['trainer_padded']:.2f}×** the Trainer on padded documents, "
+            f"{s['ratio_dapt_vs']['trainer_grouped']:.2f}× with group_by_length, "
+            f"{s['ratio_dapt_vs']['trainer_packed']:.2f}× the Trainer on the same packed windows"
+            for s in settings
+        )
+        + f" ({parameters / 1e6:.1f}M-param Llama, {args.batch_tokens} tokens per step, fp32)"
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\n| contender | tokens/s ({parameters / 1e6:.1f}M params, seq {args.seq_len}, batch {args.batch}) |")
-    print("|---|---|")
-    for name, value in median.items():
-        print(f"| {name} | {value:.0f} |")
-    print(
-        f"train_throughput: dapt {median['dapt']:.0f} tok/s, HF Trainer {median['hf_trainer']:.0f} tok/s, "
-        f"ratio {ratio:.2f} (dapt with document masking {median['dapt_document_mask']:.0f} tok/s)"
-    )
+    for s in settings:
+        print(f"\n| contender (seq {s['seq_len']}, {s['rows_per_step']} rows/step) | real tokens/s | dapt ÷ it |")
+        print("|---|---|---|")
+        for name, value in s["tokens_per_second"].items():
+            print(f"| {name} | {value:.0f} | {s['ratio_dapt_vs'].get(name, 1.0):.2f} |")
+    print("\ntrain_throughput: " + record["headline"])
 
 
 if __name__ == "__main__":

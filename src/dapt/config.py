@@ -657,7 +657,7 @@ class PretrainConfig(Section):
         False,
         description="Train through torch.compile (the model's forward and backward fused into generated kernels; "
         "the first steps wait for the compile, tens of seconds). Evaluation runs uncompiled. On 2 CPU cores it "
-        "was within noise of eager (bench/train_throughput.py); needs a C++ compiler on CPUs.",
+        "gained 2-6% over eager (bench/train_throughput.py); needs a C++ compiler on CPUs.",
     )
     peak_tflops: float | None = Field(
         None, gt=0, description="The device's peak TFLOP/s for MFU; None: looked up for known GPUs, else no MFU."
