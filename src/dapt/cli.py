@@ -283,7 +283,9 @@ def _run(pipeline_path: Path, out: Path | None, overrides: list[str], until: str
     from dapt.pipeline import run_pipeline, say
     from dapt.report.build import build_report
     from dapt.train.distributed import is_main_process, leave
+    from dapt.train.loop import refuse_sharded_launch
 
+    refuse_sharded_launch()  # now, not after ingest, curation and tokenization have run
     config = load_config(pipeline_path, overrides)
     run_dir = (out or Path("runs") / config.name).resolve()
     # Launched over several processes (torchrun / accelerate launch), only the main one writes to the run folder.

@@ -1,8 +1,9 @@
 """Train a tiny model with dapt's loop, logging to METRICS_FILE: run alone, or under torchrun.
 
-`ddp_train.py METRICS_FILE [none|fsdp] [nan-gradient]`: with fsdp, each process also writes
+`ddp_train.py METRICS_FILE [none|fsdp] [nan-gradient|nan-loss-rank-1]`: with fsdp, each process also writes
 METRICS_FILE.rankN.json with the share of a decoder layer's weight elements it holds after training; with
-nan-gradient, the gradients of step 3 are NaN while its loss stays finite.
+nan-gradient, the gradients of step 3 are NaN while its loss stays finite; with nan-loss-rank-1, the loss of
+step 3 is NaN on the second process only.
 """
 
 import json
@@ -32,7 +33,19 @@ def nan_gradient_at_step_3(model: torch.nn.Module, batch: dict[str, torch.Tensor
 nan_gradient_at_step_3.calls = 0
 
 
-def main(metrics_file: Path, sharding: str, nan_gradient: bool) -> None:
+def nan_loss_on_rank_1_at_step_3(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """The causal LM loss, NaN at the third step on the second process only (a bad row in its share)."""
+    loss, units = causal_lm_loss(model, batch)
+    nan_loss_on_rank_1_at_step_3.calls += 1
+    if nan_loss_on_rank_1_at_step_3.calls == 3 and torch.distributed.get_rank() == 1:
+        loss = loss * float("nan")
+    return loss, units
+
+
+nan_loss_on_rank_1_at_step_3.calls = 0
+
+
+def main(metrics_file: Path, sharding: str, fault: str | None) -> None:
     torch.manual_seed(0)
     model, tokenizer, _ = load_original_base(BaseConfig(preset=PresetConfig(num_layers=2)))
     windows = (torch.arange(64 * 33) * 7 % 50 + 1).view(64, 33)  # a learnable pattern
@@ -44,7 +57,9 @@ def main(metrics_file: Path, sharding: str, nan_gradient: bool) -> None:
         return lm_batch(windows[start : start + 8], tokenizer.eos_token_id)
 
     settings = LoopSettings(max_steps=8, lr=3e-3, warmup_steps=2, sharding=sharding)
-    loss_fn = nan_gradient_at_step_3 if nan_gradient else causal_lm_loss
+    loss_fn = {"nan-gradient": nan_gradient_at_step_3, "nan-loss-rank-1": nan_loss_on_rank_1_at_step_3}.get(
+        fault, causal_lm_loss
+    )
     result = train_loop(model, next_batch, loss_fn, settings, metrics_file=metrics_file, description="ddp")
     if sharding == "fsdp":
         weight = model.model.layers[0].mlp.up_proj.weight
@@ -56,4 +71,4 @@ def main(metrics_file: Path, sharding: str, nan_gradient: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "none", "nan-gradient" in sys.argv[3:])
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "none", sys.argv[3] if len(sys.argv) > 3 else None)

@@ -71,6 +71,17 @@ def test_a_nan_gradient_stops_every_sharded_process(tmp_path):
     assert len(records(metrics, "loss")) == 2, "steps 1 and 2 were logged, 3 was not"
 
 
+@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+def test_a_nan_loss_on_one_process_stops_them_all(tmp_path, sharding):
+    metrics = tmp_path / "nan.jsonl"
+    command = [*TORCHRUN, str(SCRIPT), str(metrics), sharding, "nan-loss-rank-1"]
+    failed = subprocess.run(command, env=ENV, timeout=120, capture_output=True, text=True)
+    assert failed.returncode != 0
+    # the global loss is NaN on both: both stop with the message, neither waits for the other (timeout=120)
+    assert failed.stderr.count("the loss became nan at step 3; training stopped") == 2
+    assert len(records(metrics, "loss")) == 2, "steps 1 and 2 were logged, 3 was not"
+
+
 TINY = Path(__file__).parent / "tiny.yaml"
 # 30 steps, a checkpoint every 2 and no early stop: room to kill the two-process run midway.
 CHECKPOINTS = [

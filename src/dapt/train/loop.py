@@ -439,14 +439,18 @@ def train_loop(
         for _ in range(settings.grad_accum_steps):
             batch = _to_device(_rows_of_rank(next_batch(), rank, world), accelerator.device)
             loss, units = loss_fn(forward_model, batch)
-            if not torch.isfinite(loss):
+            # backward before the check: every process takes part in its gradient collectives, so none is left
+            # waiting in one when another's loss is NaN; nothing is applied before the optimizer step
+            accelerator.backward(loss / settings.grad_accum_steps)
+            # the loss of the whole global batch (a mean over processes), as a single process would see it:
+            # NaN/inf on every process if it is on any
+            global_loss = accelerator.reduce(loss.detach(), "mean").item()
+            if not math.isfinite(global_loss):
                 raise TrainingError(
-                    f"{description}: the loss became {loss.item()} at step {step + 1}; training stopped. "
+                    f"{description}: the loss became {global_loss} at step {step + 1}; training stopped. "
                     "Lower the learning rate or check the data; the last good checkpoint is kept."
                 )
-            accelerator.backward(loss / settings.grad_accum_steps)
-            # the loss of the whole global batch (a mean over processes), as a single process would see it
-            step_loss += accelerator.reduce(loss.detach(), "mean").item() / settings.grad_accum_steps
+            step_loss += global_loss / settings.grad_accum_steps
             step_units += units * world
         grad_norm = None
         if settings.grad_clip is not None:
