@@ -357,6 +357,9 @@ class C4Config(Section):
 
 
 CURATE_EXECUTION_FIELDS = ("workers", "batch_size", "backend")  # CurateConfig: how it runs, not what it keeps
+# PretrainConfig: how training runs, not what it trains (the same weights within float noise; checkpoints are
+# interchangeable), so neither is part of the pretrain stage's cache key, like the number of processes.
+PRETRAIN_EXECUTION_FIELDS = ("sharding", "compile")
 
 
 class CurateConfig(Section):
@@ -651,13 +654,15 @@ class PretrainConfig(Section):
         description="Over several processes (torchrun --nproc_per_node N): none replicates the model on each "
         "(DDP); fsdp shards weights, gradients and optimizer moments over them (torch FSDP2, one shard group per "
         "decoder layer): about 1/N of the memory per process, the same loss curve and checkpoints. With one "
-        "process fsdp trains unsharded. Not with method lora or precision fp16.",
+        "process fsdp trains unsharded. Not with method lora or precision fp16. How it runs, not what it trains: "
+        "not part of the stage's cache key.",
     )
     compile: bool = Field(
         False,
         description="Train through torch.compile (the model's forward and backward fused into generated kernels; "
         "the first steps wait for the compile, tens of seconds). Evaluation runs uncompiled. On 2 CPU cores it "
-        "gained 2-6% over eager (bench/train_throughput.py); needs a C++ compiler on CPUs.",
+        "gained 2-6% over eager (bench/train_throughput.py); needs a C++ compiler on CPUs. Not part of the "
+        "stage's cache key.",
     )
     peak_tflops: float | None = Field(
         None, gt=0, description="The device's peak TFLOP/s for MFU; None: looked up for known GPUs, else no MFU."

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dapt.artifacts import Artifact, artifact_id, content_hash, read_artifact, write_manifest
-from dapt.config import CURATE_EXECUTION_FIELDS, PipelineConfig
+from dapt.config import CURATE_EXECUTION_FIELDS, PRETRAIN_EXECUTION_FIELDS, PipelineConfig
 from dapt.errors import ConfigError, DataError
 
 ATTEMPT_NAME = ".attempt"  # the id of the stage attempt that owns an unfinished folder
@@ -130,7 +130,10 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
             "pretrain",
             "pretrain",
             pretrain.run,
-            {"pretrain": dump["pretrain"], "seed": config.seed},
+            {
+                "pretrain": {k: v for k, v in dump["pretrain"].items() if k not in PRETRAIN_EXECUTION_FIELDS},
+                "seed": config.seed,
+            },
             {"tokens": pretrain_tokens, "base": pretrain_base},
             summary="continued pretraining → the DAPT base",
             resumable=True,

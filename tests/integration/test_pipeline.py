@@ -112,6 +112,13 @@ def test_rerun_skips_every_stage_and_a_deleted_artifact_is_rebuilt_alone(run_dir
     assert err.count("cached, skipped") == len(STAGES) - 1
 
 
+def test_how_pretraining_runs_is_not_part_of_its_cache_key(run_dir, capsys):
+    capsys.readouterr()
+    how = ["--set", "pretrain.sharding=fsdp", "--set", "pretrain.compile=true"]
+    assert main(["run", str(TINY), "--out", str(run_dir), *how]) == 0
+    assert capsys.readouterr().err.count("cached, skipped") == len(STAGES)
+
+
 def test_one_stage_runs_alone_with_its_inputs_from_cache(run_dir, capsys):
     capsys.readouterr()
     assert main(["tokenize", str(TINY), "--out", str(run_dir)]) == 0

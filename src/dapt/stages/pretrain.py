@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from dapt.config import PretrainConfig
+from dapt.config import PRETRAIN_EXECUTION_FIELDS, PretrainConfig
 from dapt.data.shards import TokenShard, WindowMixer, eval_windows, shard_sources
 from dapt.errors import DataError
 from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
@@ -117,7 +117,8 @@ def export_dapt_base(
 
 
 def run(context: StageContext) -> dict[str, Any]:
-    config = PretrainConfig.model_validate(context.config["pretrain"])
+    execution = {field: getattr(context.pipeline.pretrain, field) for field in PRETRAIN_EXECUTION_FIELDS}
+    config = PretrainConfig.model_validate({**context.config["pretrain"], **execution})
     seed = context.config["seed"]
     torch.manual_seed(seed)
     base_folder = context.inputs["base"].path / "model"
