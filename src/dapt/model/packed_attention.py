@@ -53,10 +53,7 @@ def packed_sdpa_forward(
         raise RuntimeError(f"{NAME} is for training and scoring packed windows, not decoding with a cache")
     position_ids = kwargs.get("position_ids")
     options = {"dropout_p": dropout, "scale": scaling, "is_causal": True, "enable_gqa": key.shape[1] != query.shape[1]}
-    if position_ids is None:
-        return F.scaled_dot_product_attention(query, key, value, **options).transpose(1, 2).contiguous(), None
-    position_ids = position_ids.expand(query.shape[0], -1)
-    spans = [_document_spans(row_positions) for row_positions in position_ids]
+    spans = [] if position_ids is None else [_document_spans(p) for p in position_ids.expand(query.shape[0], -1)]
     if all(len(row_spans) == 1 for row_spans in spans):  # no window holds two documents: one call, as plain sdpa
         return F.scaled_dot_product_attention(query, key, value, **options).transpose(1, 2).contiguous(), None
     rows: list[torch.Tensor | None] = [None] * len(spans)

@@ -125,9 +125,9 @@ def load_full_weights(model: torch.nn.Module, folder: Path) -> None:
     A sharded model (FSDP) keeps this process's shard of them; every process must call it then.
     """
     if is_sharded(model):
-        load_full_model_state(model, load_file(folder / "model.safetensors"))
-        return
-    missing, unexpected = load_model(model, folder / "model.safetensors", strict=False)
+        missing, unexpected = load_full_model_state(model, load_file(folder / "model.safetensors"))
+    else:
+        missing, unexpected = load_model(model, folder / "model.safetensors", strict=False)
     tied = {name for name in missing if name.endswith("lm_head.weight")}  # tied to the input embeddings
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"{folder}: checkpoint does not match the model (missing {missing}, extra {unexpected})")

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from dapt.artifacts import atomic_write_text
 from dapt.errors import TrainingError
 from dapt.train.checkpoint import Checkpointer
+from dapt.train.distributed import launched_world_size
 from dapt.train.schedule import Schedule, lr_schedule
 from dapt.train.sharding import (
     as_plain,
@@ -282,7 +283,7 @@ def train_loop(
     optimizer moments, schedule, RNG and data position as if it had never stopped.
     """
     refuse_sharded_launch()
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = launched_world_size()
     # Several processes without CUDA (torchrun / accelerate launch on CPUs): accelerate only sets up its gloo
     # process group when told to use the CPU; alone, it picks the best device itself.
     multi_cpu = not torch.cuda.is_available() and launched > 1

@@ -23,11 +23,15 @@ def lm_batch(windows: torch.Tensor, eos_id: int | None) -> dict[str, torch.Tenso
     return batch
 
 
+def _lm_logits(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
+    """The model's logits for packed windows; documents kept apart when `position_ids` restart per document."""
+    with packed_attention(model, input_ids, position_ids):
+        return model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+
+
 def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over a batch made by `lm_batch`."""
-    input_ids, position_ids = batch["input_ids"], batch.get("position_ids")
-    with packed_attention(model, input_ids, position_ids):
-        logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+    logits = _lm_logits(model, batch["input_ids"], batch.get("position_ids"))
     targets = batch["targets"]
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
     return loss, targets.numel()
@@ -42,9 +46,7 @@ def mean_lm_loss(
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
         batch = lm_batch(torch.stack(windows[start : start + batch_size]).to(device), eos_id)
-        input_ids, position_ids = batch["input_ids"], batch.get("position_ids")
-        with packed_attention(model, input_ids, position_ids):
-            logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        logits = _lm_logits(model, batch["input_ids"], batch.get("position_ids"))
         targets = batch["targets"]
         total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
         count += targets.numel()
@@ -83,8 +85,7 @@ def text_nats(
     for start in range(0, windows, batch_size):
         batch = inputs[start : start + batch_size].to(device)
         position_ids = document_position_ids(batch, eos_id) if document_mask else None
-        with packed_attention(model, batch, position_ids):
-            logits = model(input_ids=batch, position_ids=position_ids, use_cache=False).logits
+        logits = _lm_logits(model, batch, position_ids)
         batch_targets = targets[start : start + batch_size].to(device).flatten()
         total += F.cross_entropy(logits.flatten(0, 1).float(), batch_targets, ignore_index=-100, reduction="sum").item()
     return total, int(is_text.sum())

@@ -32,7 +32,7 @@ from dapt.errors import TrainingError
 # Gathered onto the CPU of the main process only: a full copy on every GPU would defeat sharding.
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # Every process holds the full state it read from the checkpoint and keeps its own shard of it; not strict, as
-# a saved model lacks the tied LM head (`load_full_model_state` checks what is missing itself).
+# a saved model lacks the tied LM head (`checkpoint.load_full_weights` checks what is missing).
 SCATTER = StateDictOptions(full_state_dict=True, strict=False)
 
 
@@ -110,14 +110,11 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     return _renamed(by_name, index_of.__getitem__)
 
 
-def load_full_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Set every process's shard from the full weights (every process passes the same, full `state`)."""
+def load_full_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Set every process's shard from the full weights (every process passes the same, full `state`); return
+    the missing and unexpected keys, as `safetensors.torch.load_model` does (the caller checks them)."""
     result = set_model_state_dict(model, state, options=SCATTER)
-    tied = {name for name in result.missing_keys if name.endswith("lm_head.weight")}  # tied to the embeddings
-    if set(result.missing_keys) - tied or result.unexpected_keys:
-        raise TrainingError(
-            f"checkpoint does not match the model (missing {result.missing_keys}, extra {result.unexpected_keys})"
-        )
+    return list(result.missing_keys), list(result.unexpected_keys)
 
 
 def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
