@@ -446,10 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     except DaptError as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{error.label}: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("interrupted; finished stages are kept, the unfinished one will start over", file=sys.stderr)
+        print("interrupted; finished stages are kept; pretraining resumes from its last checkpoint, another unfinished stage starts over", file=sys.stderr)
         return 130
     return 0
 

@@ -8,6 +8,7 @@ class DaptError(Exception):
     """
 
     exit_code = 2
+    label = "error"  # how the CLI introduces the message
 
 
 class ConfigError(DaptError):

@@ -5,6 +5,7 @@ also when killed midway and resumed."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -134,6 +135,41 @@ def kill_midway(out: Path, *args: str) -> None:
         member.kill()
     process.wait()
     assert not (out / "pretrain" / "manifest.json").exists(), "killed before the end (make pretraining longer)"
+
+
+def logged_steps(out: Path) -> list[int]:
+    metrics = out / "pretrain" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    return [json.loads(line)["step"] for line in lines if line.endswith("}") and '"loss"' in line]
+
+
+def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resuming_loses_nothing(tmp_path, single_pretrain):
+    out = tmp_path / "preempted"
+    process = subprocess.Popen(
+        [*LAUNCH, "pretrain", str(TINY), "--out", str(out), *CHECKPOINTS],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 200
+    while process.poll() is None and time.time() < deadline and 5 not in logged_steps(out):
+        time.sleep(0.005)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    rank_1 = next(worker for worker in workers if worker.environ().get("RANK") == "1")
+    rank_1.send_signal(signal.SIGTERM)  # as a scheduler or a preempted machine would, to one process only
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    stopped_at = logged_steps(out)[-1]
+    assert 5 <= stopped_at < 30, "stopped midway"
+    assert stderr.count(f"stopped: pretrain: stopped by SIGTERM after step {stopped_at} of 30") == 2, stderr[-3000:]
+    assert (out / "pretrain" / "checkpoints" / f"step-{stopped_at:06d}" / "training_state.pt").is_file()
+    assert not (out / "pretrain" / "manifest.json").exists()
+
+    resumed = dapt("pretrain", str(TINY), "--out", str(out), *CHECKPOINTS, processes=2)
+    assert f"resuming from step-{stopped_at:06d}" in resumed.stdout + resumed.stderr
+    assert logged_steps(out) == list(range(1, 31)), "no step lost or done twice"
+    assert weights_difference(single_pretrain / "pretrain" / "model", out / "pretrain" / "model") < 1e-4
 
 
 def test_whole_pipeline_over_two_processes(tmp_path, single_pretrain):

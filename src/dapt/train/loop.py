@@ -1,9 +1,9 @@
 """The one training loop. Every stage that trains (continued pretraining, task variants) uses it.
 
-A stage differs only in the batches it feeds and the loss it takes; the loop owns the rest:
-gradient accumulation, clipping, the learning-rate schedule, periodic evaluation, early stopping on a
-monitored metric, the NaN guard, throughput logging and a metrics JSONL file. Devices and precision
-come from `accelerate`, so the same code runs on a CPU or a GPU.
+A stage differs only in the batches it feeds and the loss it takes; the loop owns the rest: gradient
+accumulation, clipping, the learning-rate schedule, periodic evaluation, early stopping on a monitored metric,
+the NaN guard, throughput logging, a metrics JSONL file and, with checkpoints, a clean stop on SIGTERM or Ctrl-C
+(`dapt.train.preemption`). Devices and precision come from `accelerate`, so the same code runs on a CPU or a GPU.
 
 Over several processes (`torchrun` / `accelerate launch`) the model is replicated (DDP, through accelerate) or,
 with `sharding="fsdp"`, sharded with torch's FSDP2 (`dapt.train.sharding`): each process holds 1/N of the
@@ -18,8 +18,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +35,7 @@ from dapt.artifacts import atomic_write_text
 from dapt.errors import TrainingError
 from dapt.train.checkpoint import Checkpointer
 from dapt.train.distributed import launched_world_size
+from dapt.train.preemption import StopRequests, TrainingStopped
 from dapt.train.schedule import Schedule, lr_schedule
 from dapt.train.sharding import (
     as_plain,
@@ -343,6 +346,7 @@ def train_loop(
             optimizer.load_state_dict(state)
 
     counters = {"bad_evaluations": 0, "last_evaluated": -1}
+    saved = {"step": -1}  # the newest checkpoint this run wrote
 
     resume_from = checkpointer.latest_resumable() if checkpointer else None
     if resume_from is not None:
@@ -370,6 +374,14 @@ def train_loop(
             values = record.get("eval", {k: v for k, v in record.items() if k != "step" and isinstance(v, float | int)})
             accelerator.log({k: v for k, v in values.items() if isinstance(v, float | int)}, step=record["step"])
 
+    def finish() -> None:
+        if log_handle:
+            log_handle.close()
+        # accelerator.end_training() would also destroy the process group, which later stages of a pipeline
+        # launched over several processes still need; finish the trackers only.
+        for tracker in accelerator.trackers:
+            tracker.finish()
+
     def save_checkpoint(step: int) -> None:
         if checkpointer is None:
             return
@@ -385,6 +397,7 @@ def train_loop(
         if main_process:
             checkpointer.save(step, optimizer_state, scheduler, loop_state, result.best_step, weights)
         accelerator.wait_for_everyone()
+        saved["step"] = step
 
     def run_evaluation(step: int) -> bool:
         """Evaluate, track the best, and say whether training should stop early."""
@@ -422,79 +435,91 @@ def train_loop(
             return True
         return False
 
-    model.train()
-    step = result.steps
-    stop = run_evaluation(0) if resume_from is None else result.stopped_early
-    clock = time.perf_counter() - result.seconds
-    progress = tqdm(
-        total=settings.max_steps,
-        initial=step,
-        desc=description,
-        unit="step",
-        dynamic_ncols=True,
-        leave=True,
-        disable=not main_process,
-    )
-    while not stop and step < settings.max_steps:
-        step_loss, step_units = 0.0, 0
-        for _ in range(settings.grad_accum_steps):
-            batch = _to_device(_rows_of_rank(next_batch(), rank, world), accelerator.device)
-            loss, units = loss_fn(forward_model, batch)
-            # backward before the check: every process takes part in its gradient collectives, so none is left
-            # waiting in one when another's loss is NaN; nothing is applied before the optimizer step
-            accelerator.backward(loss / settings.grad_accum_steps)
-            # the loss of the whole global batch (a mean over processes), as a single process would see it:
-            # NaN/inf on every process if it is on any
-            global_loss = accelerator.reduce(loss.detach(), "mean").item()
-            if not math.isfinite(global_loss):
-                raise TrainingError(
-                    f"{description}: the loss became {global_loss} at step {step + 1}; training stopped. "
-                    "Lower the learning rate or check the data; the last good checkpoint is kept."
-                )
-            step_loss += global_loss / settings.grad_accum_steps
-            step_units += units * world
-        grad_norm = None
-        if settings.grad_clip is not None:
-            # sharded gradients (DTensors) give a DTensor norm over all shards: the global norm, gathered
-            grad_norm = float(as_plain(accelerator.clip_grad_norm_(trainable, settings.grad_clip)))
-            if not math.isfinite(grad_norm):
-                raise TrainingError(
-                    f"{description}: the gradient norm became {grad_norm} at step {step + 1}; training stopped. "
-                    "Lower the learning rate; the last good checkpoint is kept."
-                )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        result.steps, result.units = step, result.units + step_units
-        result.final_train_loss = step_loss
-        result.seconds = time.perf_counter() - clock
-        log(
-            {
-                "step": step,
-                "loss": step_loss,
-                "lr": max(scheduler.get_last_lr()),
-                **({"grad_norm": grad_norm} if grad_norm is not None else {}),
-                "units": result.units,
-                "seconds": round(result.seconds, 3),
-            }
+    # With checkpoints, SIGTERM or a first Ctrl-C stops training after the step under way, with a checkpoint of
+    # it (`dapt.train.preemption`); the same command then resumes from that step.
+    with StopRequests(description) if checkpointer else nullcontext() as requests:
+        model.train()
+        step = result.steps
+        stop = run_evaluation(0) if resume_from is None else result.stopped_early
+        clock = time.perf_counter() - result.seconds
+        progress = tqdm(
+            total=settings.max_steps,
+            initial=step,
+            desc=description,
+            unit="step",
+            dynamic_ncols=True,
+            leave=True,
+            disable=not main_process,
         )
-        progress.update(1)
-        progress.set_postfix(loss=f"{step_loss:.4f}", **{f"{settings.unit}/s": f"{result.units_per_second:.0f}"})
-        evaluated = bool(settings.eval_every and step % settings.eval_every == 0)
-        if evaluated:
-            stop = run_evaluation(step)
-        if evaluated or (checkpointer and checkpointer.every and step % checkpointer.every == 0):
+        while not stop and step < settings.max_steps:
+            step_loss, step_units = 0.0, 0
+            for _ in range(settings.grad_accum_steps):
+                batch = _to_device(_rows_of_rank(next_batch(), rank, world), accelerator.device)
+                loss, units = loss_fn(forward_model, batch)
+                # backward before the check: every process takes part in its gradient collectives, so none is left
+                # waiting in one when another's loss is NaN; nothing is applied before the optimizer step
+                accelerator.backward(loss / settings.grad_accum_steps)
+                # the loss of the whole global batch (a mean over processes), as a single process would see it:
+                # NaN/inf on every process if it is on any
+                global_loss = accelerator.reduce(loss.detach(), "mean").item()
+                if not math.isfinite(global_loss):
+                    raise TrainingError(
+                        f"{description}: the loss became {global_loss} at step {step + 1}; training stopped. "
+                        "Lower the learning rate or check the data; the last good checkpoint is kept."
+                    )
+                step_loss += global_loss / settings.grad_accum_steps
+                step_units += units * world
+            grad_norm = None
+            if settings.grad_clip is not None:
+                # sharded gradients (DTensors) give a DTensor norm over all shards: the global norm, gathered
+                grad_norm = float(as_plain(accelerator.clip_grad_norm_(trainable, settings.grad_clip)))
+                if not math.isfinite(grad_norm):
+                    raise TrainingError(
+                        f"{description}: the gradient norm became {grad_norm} at step {step + 1}; training stopped. "
+                        "Lower the learning rate; the last good checkpoint is kept."
+                    )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            result.steps, result.units = step, result.units + step_units
+            result.final_train_loss = step_loss
+            result.seconds = time.perf_counter() - clock
+            log(
+                {
+                    "step": step,
+                    "loss": step_loss,
+                    "lr": max(scheduler.get_last_lr()),
+                    **({"grad_norm": grad_norm} if grad_norm is not None else {}),
+                    "units": result.units,
+                    "seconds": round(result.seconds, 3),
+                }
+            )
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}", **{f"{settings.unit}/s": f"{result.units_per_second:.0f}"})
+            evaluated = bool(settings.eval_every and step % settings.eval_every == 0)
+            if evaluated:
+                stop = run_evaluation(step)
+            if evaluated or (checkpointer and checkpointer.every and step % checkpointer.every == 0):
+                save_checkpoint(step)
+            signum = requests.agreed(world, accelerator.device) if requests else None
+            if signum:
+                requests.acted_on = True
+                if saved["step"] != step:
+                    save_checkpoint(step)
+                progress.close()
+                finish()
+                assert checkpointer is not None
+                raise TrainingStopped(
+                    f"{description}: stopped by {signal.Signals(signum).name} after step {step} of "
+                    f"{settings.max_steps}; checkpoint {checkpointer.step_folder(step)} written: run the same "
+                    "command again to resume from it",
+                    signum,
+                )
+        progress.close()
+        if counters["last_evaluated"] != step:
+            run_evaluation(step)
             save_checkpoint(step)
-    progress.close()
-    if counters["last_evaluated"] != step:
-        run_evaluation(step)
-        save_checkpoint(step)
     result.seconds = time.perf_counter() - clock
-    if log_handle:
-        log_handle.close()
-    # accelerator.end_training() would also destroy the process group, which later stages of a pipeline
-    # launched over several processes still need; finish the trackers only.
-    for tracker in accelerator.trackers:
-        tracker.finish()
+    finish()
     return result

@@ -1,0 +1,116 @@
+"""SIGTERM or Ctrl-C while a run trains: the step under way finishes, a checkpoint of it is written, and the
+same run resumed from it ends on the weights of a run never stopped."""
+
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dapt.train.checkpoint import Checkpointer
+from dapt.train.loop import LoopSettings, train_loop
+from dapt.train.preemption import TrainingStopped
+
+SETTINGS = LoopSettings(max_steps=12, lr=0.05, warmup_steps=2, eval_every=5)
+
+
+class Stream:
+    """Batches 0, 1, 2, ... of a fixed regression problem; signals this process when batch `signal_at` is drawn."""
+
+    def __init__(self, signal_at: int | None = None, signum: int = signal.SIGTERM):
+        self.position, self.signal_at, self.signum = 0, signal_at, signum
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(40, 8, 4, generator=generator)
+        self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+
+    def __call__(self):
+        if self.position == self.signal_at:
+            os.kill(os.getpid(), self.signum)
+        batch = self.x[self.position % 40], self.y[self.position % 40]
+        self.position += 1
+        return batch
+
+    def state_dict(self):
+        return {"position": self.position}
+
+    def load_state_dict(self, state):
+        self.position = state["position"]
+
+
+def loss_fn(model, batch):
+    return torch.nn.functional.mse_loss(model(batch[0]), batch[1]), len(batch[0])
+
+
+def train(folder, stream):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+
+    def save_model(path, weights):
+        path.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / "model.safetensors")
+
+    def load_weights(path):
+        model.load_state_dict(load_file(path / "model.safetensors"))
+
+    checkpointer = Checkpointer(folder, save_model, load_weights)
+    evaluate = lambda: {"val": loss_fn(model, (stream.x[0], stream.y[0]))[0].item()}  # noqa: E731
+    result = train_loop(model, stream, loss_fn, SETTINGS, evaluate=evaluate, checkpointer=checkpointer)
+    return model, result
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "ctrl-c"])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resuming_loses_nothing(tmp_path, signum):
+    reference, _ = train(tmp_path / "reference", Stream())
+
+    with pytest.raises(TrainingStopped, match="after step 8 of 12") as stopped:
+        train(tmp_path / "run", Stream(signal_at=7, signum=signum))  # while drawing step 8's batch
+    assert stopped.value.exit_code == 128 + signum
+    assert "run the same command again" in str(stopped.value)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler in place before is back"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    resumed, result = train(tmp_path / "run", Stream())
+    assert result.resumed_from == 8 and result.steps == 12
+    assert torch.equal(resumed.weight, reference.weight) and torch.equal(resumed.bias, reference.bias)
+
+
+def test_a_signal_at_an_evaluation_step_keeps_that_checkpoint(tmp_path):
+    with pytest.raises(TrainingStopped, match="after step 5 of 12"):
+        train(tmp_path / "run", Stream(signal_at=4))
+    assert (tmp_path / "run" / "step-000005" / "training_state.pt").is_file()
+
+
+def test_a_signal_during_the_last_evaluation_is_passed_on_once_training_is_done(tmp_path):
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        stream = Stream()
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        checkpointer = Checkpointer(tmp_path, lambda path, weights: path.mkdir(parents=True), lambda path: None)
+        evaluations = []
+
+        def evaluate():
+            evaluations.append(1)
+            if len(evaluations) == 4:  # 0, 5, 10, and the last one at 12
+                os.kill(os.getpid(), signal.SIGTERM)
+            return {"val": 1.0}
+
+        result = train_loop(model, stream, loss_fn, SETTINGS, evaluate=evaluate, checkpointer=checkpointer)
+        assert result.steps == 12, "training was not cut short"
+        assert received == [signal.SIGTERM], "the signal reached the handler it was meant for"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_without_checkpoints_a_signal_is_not_held_back(tmp_path):
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(stream.position))
+    try:
+        stream = Stream(signal_at=3)
+        torch.manual_seed(0)
+        train_loop(torch.nn.Linear(4, 1), stream, loss_fn, SETTINGS)
+        assert received == [3], "handled at once, by the handler in place"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
