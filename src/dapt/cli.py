@@ -449,7 +449,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{error.label}: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("interrupted; finished stages are kept; pretraining resumes from its last checkpoint, another unfinished stage starts over", file=sys.stderr)
+        print(
+            "interrupted; finished stages are kept; pretraining resumes from its last checkpoint, another "
+            "unfinished stage starts over",
+            file=sys.stderr,
+        )
         return 130
     return 0
 
