@@ -3,11 +3,14 @@
 The plan is a list of `StageSpec`s in dependency order. Each writes one artifact folder in the run
 folder, named after the stage (`ingest`, `pretrain`, `adapt-<task>-dapt`, ...). A stage is skipped
 (cache hit) when its folder holds a finished artifact with the same id, made from inputs with the
-same content; otherwise its folder is cleared and it runs again.
+same content; otherwise its folder is cleared and it runs again. An interrupted pretraining run resumes when
+run again with the same config and inputs; with others, it is not cleared when it has checkpoints: the run
+stops and says what differs (deleting the folder is the user's call).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -22,7 +25,7 @@ from dapt.artifacts import Artifact, artifact_id, content_hash, read_artifact, w
 from dapt.config import CURATE_EXECUTION_FIELDS, PRETRAIN_EXECUTION_FIELDS, PipelineConfig
 from dapt.errors import ConfigError, DataError
 
-ATTEMPT_NAME = ".attempt"  # the id of the stage attempt that owns an unfinished folder
+ATTEMPT_NAME = ".attempt"  # the stage attempt that owns an unfinished folder: its id, config and inputs' ids
 
 
 def say(message: str) -> None:
@@ -338,15 +341,18 @@ def _run_stage(
         return existing
     if main:
         verify_models_unchanged(inputs)
-        attempt = folder / ATTEMPT_NAME
-        if spec.resumable and existing is None and attempt.is_file() and attempt.read_text().strip() == stage_id:
+        attempt = {"id": stage_id, "config": spec.config, "inputs": {role: a.id for role, a in inputs.items()}}
+        interrupted = _interrupted_attempt(folder) if spec.resumable and existing is None else None
+        if interrupted is not None and interrupted["id"] == stage_id:
             say(f"{header}: resuming an interrupted run — {spec.summary}")
         else:
+            if interrupted is not None:
+                _refuse_to_discard_checkpoints(folder, interrupted, attempt)
             say(f"{header}: running — {spec.summary} ({reason})")
             if folder.exists():
                 shutil.rmtree(folder)  # an unfinished or stale artifact: start it over
             folder.mkdir(parents=True)
-            attempt.write_text(stage_id + "\n")  # lets an interrupted attempt of the same stage resume
+            (folder / ATTEMPT_NAME).write_text(json.dumps(attempt) + "\n")  # lets this attempt resume
     wait_for_everyone()
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
@@ -374,6 +380,52 @@ def _run_stage(
     if several:
         wait_for_everyone()
     return artifact
+
+
+def _interrupted_attempt(folder: Path) -> dict[str, Any] | None:
+    """The attempt that owns an unfinished folder (id, config, inputs' ids), or None when there is none."""
+    path = folder / ATTEMPT_NAME
+    if not path.is_file():
+        return None
+    text = path.read_text().strip()
+    try:
+        return dict(json.loads(text))
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return {"id": text}  # written by an older dapt: the id alone
+
+
+def _differences(before: Any, after: Any, key: str = "") -> list[str]:
+    """'key: old → new' for every leaf that differs between two nested configs."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [
+            line
+            for name in sorted(set(before) | set(after), key=str)
+            for line in _differences(before.get(name), after.get(name), f"{key}.{name}" if key else str(name))
+        ]
+    return [] if before == after else [f"{key}: {json.dumps(before)} → {json.dumps(after)}"]
+
+
+def _refuse_to_discard_checkpoints(folder: Path, interrupted: dict[str, Any], attempt: dict[str, Any]) -> None:
+    """An interrupted training run of another configuration (or other inputs) would be deleted to start the new
+    one: refuse when it has checkpoints, which may be days of work; say what differs and the two ways on."""
+    steps = sorted(path.name for path in (folder / "checkpoints").glob("step-*") if path.is_dir())
+    if not steps:
+        return  # nothing trained yet: nothing to lose
+    if "config" in interrupted:
+        changed = _differences(interrupted["config"], attempt["config"])
+        changed += [
+            f"input {role} is another artifact (an upstream stage's config or data changed)"
+            for role in sorted(set(interrupted["inputs"]) | set(attempt["inputs"]))
+            if interrupted["inputs"].get(role) != attempt["inputs"].get(role)
+        ]
+    else:
+        changed = ["(not recorded by the dapt version that started it)"]
+    shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
+    raise DataError(
+        f"{folder}: an interrupted run with checkpoints (newest {steps[-1]}) was started with another "
+        f"configuration or other inputs — what differs: {shown}. To resume it, run again with the configuration "
+        f"it was started with; to start over with this one, delete {folder} (or move it away to keep it)."
+    )
 
 
 MODEL_KINDS = ("base", "extend_vocab", "pretrain", "tapt", "adapt")  # artifacts whose files later stages build on

@@ -84,3 +84,25 @@ def test_sigkilled_runs_resume_to_the_weights_of_an_uninterrupted_run(tmp_path, 
     assert drawn == json.loads((reference / "pretrain" / "manifest.json").read_text())["metrics"]["windows_drawn"]
     if extra:
         assert set(drawn) == {"xml-docstrings", "json-docstrings", "email-docstrings"}
+
+
+def test_an_interrupted_run_is_not_discarded_for_a_changed_config(tmp_path):
+    out = tmp_path / "run"
+    process = pretrain(out, [])
+    while process.poll() is None and logged_step(out) < 3:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)  # stops after the step under way, with a checkpoint of it
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    checkpoints = sorted((out / "pretrain" / "checkpoints").glob("step-*"))
+    assert checkpoints
+
+    command = [sys.executable, "-m", "dapt.cli", "pretrain", str(TINY), "--out", str(out), *SETTINGS]
+    changed = subprocess.run([*command, "--set", "pretrain.lr=0.0123"], capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2
+    assert "an interrupted run with checkpoints" in changed.stderr and "pretrain.lr: " in changed.stderr
+    assert "→ 0.0123" in changed.stderr and f"delete {out / 'pretrain'}" in changed.stderr
+    assert sorted((out / "pretrain" / "checkpoints").glob("step-*")) == checkpoints, "nothing was deleted"
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming an interrupted run" in resumed.stderr
