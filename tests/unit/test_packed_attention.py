@@ -1,7 +1,14 @@
 """Document-by-document attention for packed windows: the same logits and gradients as transformers' masked sdpa."""
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import (
+    FalconConfig,
+    FalconForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+)
 
 from dapt.data.shards import document_position_ids
 from dapt.model.packed_attention import NAME, applies, packed_attention
@@ -94,3 +101,10 @@ def test_only_where_it_is_exact():
     wrapped = torch.nn.Module()
     wrapped.module = tiny_llama()  # as DDP holds the model
     assert applies(wrapped, rows, positions)
+    torch.manual_seed(0)
+    falcon = FalconForCausalLM(
+        FalconConfig(
+            vocab_size=40, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, attn_implementation="sdpa"
+        )
+    )
+    assert not applies(falcon, rows, positions)  # its attention branches on "sdpa" itself, not AttentionInterface

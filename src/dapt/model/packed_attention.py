@@ -7,7 +7,8 @@ of the window goes through SDPA's causal kernel instead: the same attention, no 
 proportion to the sum of the squared document lengths rather than T². On 2 CPU cores the document mask cost
 ~14% of a training step at 1024 tokens with the mask, and ~nothing this way (bench/train_throughput.py).
 
-Used only where it is exact: a model on the CPU whose attention is `sdpa`, packed input (position ids, no
+Used only where it is exact: a model on the CPU whose attention is `sdpa`, called through transformers'
+AttentionInterface, packed input (position ids, no
 padding mask), no sliding window, no logit soft-capping and no gradient checkpointing (its recomputed
 forward would run outside `packed_attention`). On GPUs, packing is best served by
 `flash_attention_2`, whose variable-length kernels transformers drives from the same position ids.
@@ -98,6 +99,9 @@ def applies(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch
         # checkpointed blocks re-run their forward during backward, outside `packed_attention`
         and not any(getattr(module, "gradient_checkpointing", False) for module in inner.modules())
         and getattr(config, "_attn_implementation", None) == "sdpa"
+        # the model calls its attention through transformers' AttentionInterface (Falcon, say, branches on the
+        # name "sdpa" itself and would take this one for eager attention)
+        and getattr(inner, "_supports_attention_backend", False)
         and getattr(config, "sliding_window", None) is None
         and getattr(config, "attn_logit_softcapping", None) is None
         and not getattr(config, "is_encoder_decoder", False)

@@ -30,7 +30,7 @@ from dapt.pipeline import StageContext
 from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, load_full_weights
 from dapt.train.distributed import is_main_process
 from dapt.train.loop import LoopSettings, train_loop
-from dapt.train.objectives import causal_lm_loss, lm_batch, mean_lm_loss, perplexity
+from dapt.train.objectives import causal_lm_loss, check_documents_kept_apart, lm_batch, mean_lm_loss, perplexity
 from dapt.train.sharding import without_tied_copies
 from dapt.train.throughput import throughput_report
 
@@ -160,7 +160,14 @@ def run(context: StageContext) -> dict[str, Any]:
 
     # Every process evaluates every window (the same numbers everywhere); under FSDP it must: each layer's
     # forward gathers its weights from all processes.
+    # The first evaluation first checks that the model keeps packed documents apart, as `document_mask` asks
+    # (some attention implementations ignore the restarted positions): before any step is trained.
+    leak: list[float] = []
+
     def evaluate() -> dict[str, float]:
+        if eos_id is not None and not leak:
+            vocab_size = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
+            leak.append(check_documents_kept_apart(model, eos_id, vocab_size))
         return {name: mean_lm_loss(model, windows, eos_id=eos_id) for name, windows in held_out.items()}
 
     # -- checkpoints: after every evaluation and every `checkpoint_every` steps; resumable -----------------
@@ -258,5 +265,7 @@ def run(context: StageContext) -> dict[str, Any]:
         "parameters": parameter_count(model),
         "trainable_parameters": trainable,
         **speed,
+        # how far packed documents moved each other's logits in the check (0.0: kept apart); None: not masked
+        "document_leak": leak[0] if leak else None,
         "started_from": context.inputs["base"].id,  # the base artifact, or the extended base with `vocab:`
     }
