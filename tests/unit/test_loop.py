@@ -1,5 +1,6 @@
 """The training loop: early stopping, the NaN guard, the schedule."""
 
+import json
 import math
 
 import pytest
@@ -202,3 +203,23 @@ def test_dapt_run_refuses_a_deepspeed_launch_before_any_stage(monkeypatch, tmp_p
     assert main(["run", str(tiny), "--out", str(tmp_path / "run")]) == 2
     assert "launched with DeepSpeed" in capsys.readouterr().err
     assert not (tmp_path / "run").exists(), "no stage ran"
+
+
+def test_every_step_logs_its_throughput_and_mfu_against_the_devices_peak(tmp_path):
+    model, batch, loss_fn = regression()
+    # 1e12 FLOPs per unit and a peak of 1000 TFLOP/s: MFU is units/s ÷ 1000
+    settings = LoopSettings(max_steps=3, lr=0.1, flops_per_unit=1e12, peak_tflops=1000.0)
+    train_loop(model, batch, loss_fn, settings, metrics_file=tmp_path / "m.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert all(line["units_per_second"] > 0 for line in lines)
+    assert [line["mfu"] for line in lines] == pytest.approx([line["units_per_second"] / 1000 for line in lines], 1e-2)
+    train_loop(model, batch, loss_fn, LoopSettings(max_steps=1, lr=0.1), metrics_file=tmp_path / "none.jsonl")
+    assert "mfu" not in (tmp_path / "none.jsonl").read_text(), "no peak known (a CPU): no MFU"
+
+
+def test_mfu_is_a_share_of_every_process_device():
+    from dapt.train.throughput import model_flops_utilization
+
+    assert model_flops_utilization(6e9, 50_000, 1000.0) == pytest.approx(0.3)
+    assert model_flops_utilization(6e9, 50_000, 1000.0, processes=2) == pytest.approx(0.15)
+    assert model_flops_utilization(6e9, 50_000, None) is None

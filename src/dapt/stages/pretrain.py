@@ -32,7 +32,7 @@ from dapt.train.distributed import is_main_process
 from dapt.train.loop import LoopSettings, train_loop
 from dapt.train.objectives import causal_lm_loss, check_documents_kept_apart, lm_batch, mean_lm_loss, perplexity
 from dapt.train.sharding import without_tied_copies
-from dapt.train.throughput import throughput_report
+from dapt.train.throughput import device_peak_tflops, flops_per_token, throughput_report
 
 
 def link_or_copy_folder(source: Path, target: Path) -> None:
@@ -220,6 +220,8 @@ def run(context: StageContext) -> dict[str, Any]:
         embedding_lr_ratio=config.embedding_lr_ratio,
         sharding=config.sharding,
         compile=config.compile,
+        flops_per_unit=flops_per_token(model, config.seq_len),
+        peak_tflops=device_peak_tflops(config.peak_tflops),
     )
     trainable = parameter_count(model, trainable_only=True)
     context.log(
@@ -238,7 +240,7 @@ def run(context: StageContext) -> dict[str, Any]:
         description="pretrain",
     )
     best_step = result.best_step or 0
-    speed = throughput_report(model, config.seq_len, result.units_per_second, config.peak_tflops)
+    speed = throughput_report(model, config.seq_len, result.units_per_second, config.peak_tflops, result.processes)
 
     # -- the DAPT base: the best checkpoint (or the original, if nothing beat it), by the main process -----
     if is_main_process():

@@ -44,6 +44,7 @@ from dapt.train.sharding import (
     load_full_optimizer_state,
     shard_model,
 )
+from dapt.train.throughput import model_flops_utilization
 
 # loss_fn(model, batch) -> (mean loss over the batch's counted units, number of units: tokens or examples)
 LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, int]]
@@ -74,6 +75,8 @@ class LoopSettings:
     tracking_dir: Path | None = None  # where local trackers (tensorboard, mlflow) write
     sharding: str = "none"  # none: DDP over several processes | fsdp: weights, grads, moments sharded (FSDP2)
     compile: bool = False  # train through torch.compile (evaluation stays eager)
+    flops_per_unit: float | None = None  # model FLOPs per trained unit (token), for MFU in the log
+    peak_tflops: float | None = None  # one device's peak TFLOP/s; with flops_per_unit, each step logs its MFU
 
 
 @dataclass
@@ -485,6 +488,8 @@ def train_loop(
             result.steps, result.units = step, result.units + step_units
             result.final_train_loss = step_loss
             result.seconds = time.perf_counter() - clock
+            speed = result.units_per_second
+            mfu = model_flops_utilization(settings.flops_per_unit or 0.0, speed, settings.peak_tflops, world)
             log(
                 {
                     "step": step,
@@ -493,10 +498,13 @@ def train_loop(
                     **({"grad_norm": grad_norm} if grad_norm is not None else {}),
                     "units": result.units,
                     "seconds": round(result.seconds, 3),
+                    "units_per_second": round(speed, 1),  # so far, over all processes
+                    **({"mfu": round(mfu, 4)} if mfu is not None else {}),
                 }
             )
             progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}", **{f"{settings.unit}/s": f"{result.units_per_second:.0f}"})
+            shown = {f"{settings.unit}/s": f"{speed:.0f}", **({"mfu": f"{mfu:.1%}"} if mfu is not None else {})}
+            progress.set_postfix(loss=f"{step_loss:.4f}", **shown)
             evaluated = bool(settings.eval_every and step % settings.eval_every == 0)
             if evaluated:
                 stop = run_evaluation(step)

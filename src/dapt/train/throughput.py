@@ -72,16 +72,29 @@ def peak_memory() -> dict[str, Any]:
     return {"bytes": int(rss if sys.platform == "darwin" else rss * 1024), "kind": "process peak RSS"}
 
 
+def model_flops_utilization(
+    flops_per_unit: float, units_per_second: float, peak_tflops: float | None, processes: int = 1
+) -> float | None:
+    """MFU: the model FLOP/s achieved over all processes, as a share of their devices' peak (None: peak unknown)."""
+    if not peak_tflops:
+        return None
+    return flops_per_unit * units_per_second / 1e12 / (peak_tflops * processes)
+
+
 def throughput_report(
-    model: torch.nn.Module, seq_len: int, tokens_per_second: float, peak_tflops: float | None
+    model: torch.nn.Module, seq_len: int, tokens_per_second: float, peak_tflops: float | None, processes: int = 1
 ) -> dict[str, Any]:
+    """FLOPs per token, achieved TFLOP/s (over all `processes`, and per device), the peak of one device and MFU;
+    `tokens_per_second` is over all processes."""
     per_token = flops_per_token(model, seq_len)
     achieved = per_token * tokens_per_second / 1e12
     peak = device_peak_tflops(peak_tflops)
+    utilization = model_flops_utilization(per_token, tokens_per_second, peak, processes)
     return {
         "flops_per_token": per_token,
         "achieved_tflops": round(achieved, 4),
+        "achieved_tflops_per_device": round(achieved / processes, 4),
         "peak_tflops": peak,
-        "mfu": round(achieved / peak, 4) if peak else None,
+        "mfu": round(utilization, 4) if utilization is not None else None,
         "peak_memory": peak_memory(),
     }
