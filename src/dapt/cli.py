@@ -447,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"{error.label}: {error}", file=sys.stderr)
+        if error.on_every_process:  # all processes stopped at the same point: they leave the group together
+            from dapt.train.distributed import leave
+
+            leave()
         return error.exit_code
     except KeyboardInterrupt:
         print(

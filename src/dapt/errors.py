@@ -9,6 +9,7 @@ class DaptError(Exception):
 
     exit_code = 2
     label = "error"  # how the CLI introduces the message
+    on_every_process = False  # raised by every process of a launch at the same point (they can leave together)
 
 
 class ConfigError(DaptError):

@@ -163,6 +163,8 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resuming_loses_
     stopped_at = logged_steps(out)[-1]
     assert 5 <= stopped_at < 30, "stopped midway"
     assert stderr.count(f"stopped: pretrain: stopped by SIGTERM after step {stopped_at} of 30") == 2, stderr[-3000:]
+    assert "Traceback" not in stderr.split("stopped: pretrain")[0] and "terminate called" not in stderr
+    assert "exitcode  : 143" in stderr, "the process torchrun saw end first exited as a SIGTERM would end it"
     assert (out / "pretrain" / "checkpoints" / f"step-{stopped_at:06d}" / "training_state.pt").is_file()
     assert not (out / "pretrain" / "manifest.json").exists()
 

@@ -30,6 +30,7 @@ class TrainingStopped(TrainingError):
     reports a process ended by it (130 for Ctrl-C, 143 for SIGTERM)."""
 
     label = "stopped"
+    on_every_process = True  # the processes agree on the stop (`StopRequests.agreed`)
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
