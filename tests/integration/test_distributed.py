@@ -238,3 +238,24 @@ def test_an_error_on_the_main_process_stops_every_process_with_that_error(tmp_pa
     assert "error: the domain corpus has" in failed.stderr and "lower tokenize.eval_tokens" in failed.stderr
     assert "[rank1]" not in failed.stderr, "the waiting process stops without a traceback of its own"
     assert not (tmp_path / "run" / "tokenize" / "manifest.json").exists()
+
+
+PROBE = Path(__file__).parent / "timeout_probe.py"
+SHORT_TIMEOUT = {**ENV, "DAPT_COLLECTIVE_TIMEOUT": "2"}
+
+
+def test_waiting_for_the_main_process_outlasts_the_collective_timeout():
+    waited = subprocess.run(
+        [*TORCHRUN, str(PROBE), "slow-main"], env=SHORT_TIMEOUT, timeout=120, capture_output=True, text=True
+    )
+    assert waited.returncode == 0, waited.stderr[-3000:]
+    assert waited.stdout.count("waited") == 2
+
+
+def test_a_hung_process_stops_the_others_at_the_collective_timeout():
+    # the second process sleeps 120 s in step 2; the first gives up on its gradient all-reduce after 2 s
+    hung = subprocess.run(
+        [*TORCHRUN, str(PROBE), "hung-rank-1"], env=SHORT_TIMEOUT, timeout=90, capture_output=True, text=True
+    )
+    assert hung.returncode != 0
+    assert "timed out" in hung.stderr.lower() or "timeout" in hung.stderr.lower(), hung.stderr[-3000:]

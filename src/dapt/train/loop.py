@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from dapt.artifacts import atomic_write_text
 from dapt.errors import TrainingError
 from dapt.train.checkpoint import Checkpointer
-from dapt.train.distributed import launched_world_size
+from dapt.train.distributed import join, launched_world_size, wait_for_everyone
 from dapt.train.preemption import StopRequests, TrainingStopped
 from dapt.train.schedule import Schedule, lr_schedule
 from dapt.train.sharding import (
@@ -293,6 +293,8 @@ def train_loop(
     # Several processes without CUDA (torchrun / accelerate launch on CPUs): accelerate only sets up its gloo
     # process group when told to use the CPU; alone, it picks the best device itself.
     multi_cpu = not torch.cuda.is_available() and launched > 1
+    if launched > 1:
+        join()  # the process group with dapt's collective timeout (nothing new if the pipeline joined it already)
     sharded = settings.sharding == "fsdp" and launched > 1
     precision = mixed_precision(settings.precision)
     if sharded and precision == "fp16":
@@ -396,10 +398,10 @@ def train_loop(
         # sharded: every process sends its shards to the main process (collectives: all must take part)
         weights = full_model_state(model) if sharded else None
         optimizer_state = full_optimizer_state(model, optimizer) if sharded else optimizer.state_dict()
-        accelerator.wait_for_everyone()
+        wait_for_everyone()
         if main_process:
             checkpointer.save(step, optimizer_state, scheduler, loop_state, result.best_step, weights)
-        accelerator.wait_for_everyone()
+        wait_for_everyone()  # a long wait for a large model: on the waiting group, not a collective's timeout
         saved["step"] = step
 
     def run_evaluation(step: int) -> bool:
