@@ -636,7 +636,7 @@ class PretrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="auto: bf16 mixed precision on a GPU that supports it, else fp32 (on CPUs bf16 is 2-3x slower). "
-        "fp16 uses dynamic loss scaling.",
+        "fp16 uses dynamic loss scaling and needs a GPU.",
     )
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list,

@@ -223,3 +223,10 @@ def test_mfu_is_a_share_of_every_process_device():
     assert model_flops_utilization(6e9, 50_000, 1000.0) == pytest.approx(0.3)
     assert model_flops_utilization(6e9, 50_000, 1000.0, processes=2) == pytest.approx(0.15)
     assert model_flops_utilization(6e9, 50_000, None) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="trains on the GPU where there is one")
+def test_fp16_on_a_cpu_is_an_error_not_a_silent_fp32_run():
+    model, batch, loss_fn = regression()
+    with pytest.raises(TrainingError, match="precision fp16 needs a GPU"):
+        train_loop(model, batch, loss_fn, LoopSettings(max_steps=1, lr=0.1, precision="fp16"))

@@ -311,6 +311,11 @@ def train_loop(
         log_with=list(settings.report_to) or None,
         project_dir=settings.tracking_dir,
     )
+    if precision == "fp16" and accelerator.device.type == "cpu":
+        raise TrainingError(
+            f"{description}: precision fp16 needs a GPU; on a CPU accelerate would train in fp32 without saying so. "
+            "Use precision: fp32 (or bf16, 2-3x slower on CPUs)"
+        )
     if settings.report_to:
         accelerator.init_trackers(description.replace(" ", "_"), config=_flat_settings(settings))
     settings = resolve_accumulation(settings)
