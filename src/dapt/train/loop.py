@@ -354,8 +354,9 @@ def train_loop(
         result.resumed_from = result.steps
         if hasattr(next_batch, "load_state_dict"):
             next_batch.load_state_dict(loop_state["data"])
-        if metrics_file is not None and metrics_file.exists():
-            # drop what the interrupted run logged after this checkpoint: those steps are redone
+        if main_process and metrics_file is not None and metrics_file.exists():
+            # drop what the interrupted run logged after this checkpoint: those steps are redone. The main process
+            # alone: it is the one that logs, and another's rewrite could replace the file it has just opened
             kept = [line for line in metrics_file.read_text().splitlines() if _logged_step(line) <= result.steps]
             atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
         if accelerator.is_main_process:
