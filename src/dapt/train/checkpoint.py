@@ -13,11 +13,15 @@ last `keep_last` and the best one are kept.
 The files are the same for one process, DDP and FSDP: with sharded weights (`dapt.train.sharding`) every
 process takes part in gathering the full weights and optimizer state, the main process writes them with this
 class, and on resume every process reads them and keeps its shard.
+
+A checkpoint that does not fit the model (another base, architecture or LoRA setting) or a damaged file is a
+`CheckpointError` naming the folder and what to do, found before any weight is loaded.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model
 
-from dapt.train.sharding import is_sharded, load_full_model_state
+from dapt.errors import CheckpointError
+from dapt.train.sharding import is_sharded, load_full_model_state, tied_copies
 
+WEIGHTS = "model.safetensors"
 TRAINING_STATE = "training_state.pt"
 LOOP_STATE = "loop_state.json"
 
@@ -112,22 +119,49 @@ class Checkpointer:
         """Load weights, optimizer (through `load_optimizer_state`, given the full `optimizer.state_dict()`
         saved), scheduler and RNG from `path`; return the loop state saved with them."""
         self.load_weights(path)
-        state = torch.load(path / TRAINING_STATE, weights_only=True)
+        try:
+            state = torch.load(path / TRAINING_STATE, weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            raise CheckpointError.unreadable(path / TRAINING_STATE, error) from error
         load_optimizer_state(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         return json.loads((path / LOOP_STATE).read_text())
 
 
+def saved_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of each tensor of a safetensors file, from its header alone (no tensor is read).
+
+    A missing, truncated or damaged file is a CheckpointError: safetensors checks the header against the size.
+    """
+    try:
+        with safe_open(path, "pt") as weights:
+            return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError.unreadable(path, error) from error
+
+
 def load_full_weights(model: torch.nn.Module, folder: Path) -> None:
     """Load `model.safetensors` of an HF folder into a live model of the same architecture.
 
-    A sharded model (FSDP) keeps this process's shard of them; every process must call it then.
+    The names and shapes are checked first, from the file's header, against the model's own: a checkpoint of
+    another model is a CheckpointError. A sharded model (FSDP) keeps this process's shard of them; every
+    process must call it then.
     """
+    path = folder / WEIGHTS
+    saved = saved_shapes(path)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}  # global shapes
+    tied = tied_copies(model)  # saved once, under the first name
+    missing = [name for name in expected if name not in saved and name not in tied]
+    unexpected = [name for name in saved if name not in expected]
+    reshaped = [
+        f"{name} {'×'.join(map(str, saved[name]))} saved vs {'×'.join(map(str, expected[name]))} here"
+        for name in saved
+        if name in expected and saved[name] != expected[name]
+    ]
+    if missing or unexpected or reshaped:
+        raise CheckpointError.mismatch(folder, missing, unexpected, reshaped)
     if is_sharded(model):
-        missing, unexpected = load_full_model_state(model, load_file(folder / "model.safetensors"))
+        load_full_model_state(model, load_file(path))
     else:
-        missing, unexpected = load_model(model, folder / "model.safetensors", strict=False)
-    tied = {name for name in missing if name.endswith("lm_head.weight")}  # tied to the input embeddings
-    if set(missing) - tied or unexpected:
-        raise RuntimeError(f"{folder}: checkpoint does not match the model (missing {missing}, extra {unexpected})")
+        load_model(model, path, strict=False)  # strict=False: the tied LM head is saved once

@@ -32,7 +32,7 @@ from dapt.errors import TrainingError
 # Gathered onto the CPU of the main process only: a full copy on every GPU would defeat sharding.
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # Every process holds the full state it read from the checkpoint and keeps its own shard of it; not strict, as
-# a saved model lacks the tied LM head (`checkpoint.load_full_weights` checks what is missing).
+# a saved model lacks the tied LM head (`checkpoint.load_full_weights` checks the names first).
 SCATTER = StateDictOptions(full_state_dict=True, strict=False)
 
 
@@ -80,12 +80,17 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=GATHER)
 
 
-def without_tied_copies(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` less the second name of each tied parameter (lm_head.weight when it is the input embeddings), as
-    `save_pretrained` of the live model writes it: gathered, the two names hold two copies it cannot tell apart."""
+def tied_copies(model: torch.nn.Module) -> set[str]:
+    """The second name of each tied parameter (lm_head.weight when it is the input embeddings)."""
     every_name = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    first_names = {name for name, _ in model.named_parameters()}
-    return {name: tensor for name, tensor in state.items() if name not in every_name - first_names}
+    return every_name - {name for name, _ in model.named_parameters()}
+
+
+def without_tied_copies(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` less the `tied_copies`, as `save_pretrained` of the live model writes it: gathered, the two names
+    hold two copies it cannot tell apart."""
+    copies = tied_copies(model)
+    return {name: tensor for name, tensor in state.items() if name not in copies}
 
 
 def _parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
