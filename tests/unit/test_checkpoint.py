@@ -84,8 +84,9 @@ def test_a_truncated_training_state_is_named(tmp_path):
     folder = checkpointer.save(4, optimizer.state_dict(), scheduler, {"step": 4}, best_step=None)
     state = folder / "training_state.pt"
     state.write_bytes(state.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="training_state.pt: cannot load this checkpoint file"):
-        checkpointer.restore(folder, optimizer.load_state_dict, scheduler)
+    for reads_optimizer_state in (True, False):  # the main process reads it whole, the others memory-map it
+        with pytest.raises(CheckpointError, match="training_state.pt: cannot load this checkpoint file"):
+            checkpointer.restore(folder, optimizer.load_state_dict, scheduler, reads_optimizer_state)
 
 
 def lora(r: int = 4, **preset):

@@ -12,7 +12,7 @@ last `keep_last` and the best one are kept.
 
 The files are the same for one process, DDP and FSDP: with sharded weights (`dapt.train.sharding`) every
 process takes part in gathering the full weights and optimizer state, the main process writes them with this
-class, and on resume every process reads them and keeps its shard.
+class; on resume the main process alone reads them and sends every other process its shard.
 
 A checkpoint that does not fit the model (another base, architecture or LoRA setting) or a damaged file is a
 `CheckpointError` naming the folder and what to do, found before any weight is loaded.
@@ -114,16 +114,28 @@ class Checkpointer:
                 shutil.rmtree(self.step_folder(step))
 
     def restore(
-        self, path: Path, load_optimizer_state: Callable[[dict[str, Any]], None], scheduler: Any
+        self,
+        path: Path,
+        load_optimizer_state: Callable[[dict[str, Any]], None],
+        scheduler: Any,
+        reads_optimizer_state: bool = True,
     ) -> dict[str, Any]:
         """Load weights, optimizer (through `load_optimizer_state`, given the full `optimizer.state_dict()`
-        saved), scheduler and RNG from `path`; return the loop state saved with them."""
+        saved), scheduler and RNG from `path`; return the loop state saved with them.
+
+        Without `reads_optimizer_state` (under FSDP, a process other than the main one, which receives its shards
+        of the moments from it), `load_optimizer_state` is given {}: `training_state.pt` is memory-mapped, and
+        only the scheduler and RNG state this process needs too (a few bytes) are read from it, never the moments
+        (2× the model). The main process (and an unsharded one) reads the file whole: its optimizer keeps those
+        tensors, and they must not stay mapped to a file that pruning deletes. A damaged file fails to load in
+        every process alike (the zip directory at its end is read either way), so none is left waiting.
+        """
         self.load_weights(path)
         try:
-            state = torch.load(path / TRAINING_STATE, weights_only=True)
+            state = torch.load(path / TRAINING_STATE, weights_only=True, mmap=not reads_optimizer_state)
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
             raise CheckpointError.unreadable(path / TRAINING_STATE, error) from error
-        load_optimizer_state(state["optimizer"])
+        load_optimizer_state(state["optimizer"] if reads_optimizer_state else {})
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         return json.loads((path / LOOP_STATE).read_text())
@@ -145,8 +157,8 @@ def load_full_weights(model: torch.nn.Module, folder: Path) -> None:
     """Load `model.safetensors` of an HF folder into a live model of the same architecture.
 
     The names and shapes are checked first, from the file's header, against the model's own: a checkpoint of
-    another model is a CheckpointError. A sharded model (FSDP) keeps this process's shard of them; every
-    process must call it then.
+    another model is a CheckpointError. Sharded (FSDP), every process must call it: each checks the header
+    (so all stop, or none), then the main process alone reads the weights and sends the others their shards.
     """
     path = folder / WEIGHTS
     saved = saved_shapes(path)
@@ -162,6 +174,6 @@ def load_full_weights(model: torch.nn.Module, folder: Path) -> None:
     if missing or unexpected or reshaped:
         raise CheckpointError.mismatch(folder, missing, unexpected, reshaped)
     if is_sharded(model):
-        load_full_model_state(model, load_file(path))
+        load_full_model_state(model, load_file(path) if torch.distributed.get_rank() == 0 else {})
     else:
         load_model(model, path, strict=False)  # strict=False: the tied LM head is saved once

@@ -337,7 +337,7 @@ def train_loop(
     result = TrainResult(steps=0, units=0, seconds=0.0, processes=world, sharding="fsdp" if sharded else "none")
 
     def load_optimizer_state(state: dict[str, Any]) -> None:
-        if sharded:
+        if sharded:  # `state` is {} but on the main process, which sends each process its shards
             load_full_optimizer_state(model, optimizer, state)
         else:
             optimizer.load_state_dict(state)
@@ -347,7 +347,9 @@ def train_loop(
     resume_from = checkpointer.latest_resumable() if checkpointer else None
     if resume_from is not None:
         assert checkpointer is not None
-        loop_state = checkpointer.restore(resume_from, load_optimizer_state, scheduler)
+        loop_state = checkpointer.restore(
+            resume_from, load_optimizer_state, scheduler, reads_optimizer_state=main_process or not sharded
+        )
         for name in RESUMED_FIELDS:
             setattr(result, name, loop_state["result"].get(name, getattr(result, name)))
         counters.update(loop_state["counters"])
