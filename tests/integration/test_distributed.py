@@ -62,11 +62,40 @@ def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
         assert shards[0]["sharding"] == "fsdp"
 
 
-def test_a_nan_gradient_stops_every_sharded_process(tmp_path):
-    metrics = tmp_path / "nan.jsonl"
-    command = [*TORCHRUN, str(SCRIPT), str(metrics), "fsdp", "nan-gradient"]
+def launch_failing(metrics: Path, sharding: str, fault: str) -> subprocess.CompletedProcess:
+    """ddp_train.py over two processes with a `fault` that must stop it, within 120 s: no process waits forever."""
+    command = [*TORCHRUN, str(SCRIPT), str(metrics), sharding, fault]
     failed = subprocess.run(command, env=ENV, timeout=120, capture_output=True, text=True)
     assert failed.returncode != 0
+    return failed
+
+
+def test_a_sharded_run_resumes_exactly_with_only_the_main_process_reading_the_checkpoint(
+    tmp_path, single_process_metrics
+):
+    metrics = tmp_path / "resumed.jsonl"
+    command = [*TORCHRUN, str(SCRIPT), str(metrics), "fsdp", "crash-and-resume"]
+    launched = subprocess.run(command, env=ENV, timeout=300, capture_output=True, text=True)
+    assert launched.returncode == 0, f"torchrun failed:\n{launched.stdout[-4000:]}\n{launched.stderr[-4000:]}"
+    # crashed in step 5, resumed from step 4: the loss curve of a run that never stopped
+    assert records(metrics, "loss") == pytest.approx(records(single_process_metrics, "loss"), rel=1e-4, abs=1e-5)
+    main, other = [json.loads((tmp_path / f"resumed.jsonl.rank{rank}.json").read_text())["reads"] for rank in (0, 1)]
+    assert main == {"model.safetensors": 1, "training_state.pt": 1}
+    # the other process got its shards from the main one: of training_state.pt it needs the scheduler and RNG
+    # state only, memory-mapped (the optimizer moments in it are never touched)
+    assert other == {"training_state.pt memory-mapped": 1}
+
+
+def test_a_sharded_resume_from_a_checkpoint_of_another_model_stops_every_process(tmp_path):
+    metrics = tmp_path / "deeper.jsonl"
+    failed = launch_failing(metrics, "fsdp", "crash-and-resume-deeper")
+    # each process checks the names in the file's header itself: both stop, neither waits for the other
+    assert failed.stderr.count("the checkpoint does not match the model: 9 missing (model.layers.2.") == 2
+
+
+def test_a_nan_gradient_stops_every_sharded_process(tmp_path):
+    metrics = tmp_path / "nan.jsonl"
+    failed = launch_failing(metrics, "fsdp", "nan-gradient")
     # the norm over all shards is NaN on every process: each stops with the message, none waits for the other
     assert failed.stderr.count("the gradient norm became nan at step 3; training stopped") == 2
     assert len(records(metrics, "loss")) == 2, "steps 1 and 2 were logged, 3 was not"
@@ -75,9 +104,7 @@ def test_a_nan_gradient_stops_every_sharded_process(tmp_path):
 @pytest.mark.parametrize("sharding", ["none", "fsdp"])
 def test_a_nan_loss_on_one_process_stops_them_all(tmp_path, sharding):
     metrics = tmp_path / "nan.jsonl"
-    command = [*TORCHRUN, str(SCRIPT), str(metrics), sharding, "nan-loss-rank-1"]
-    failed = subprocess.run(command, env=ENV, timeout=120, capture_output=True, text=True)
-    assert failed.returncode != 0
+    failed = launch_failing(metrics, sharding, "nan-loss-rank-1")
     # the global loss is NaN on both: both stop with the message, neither waits for the other (timeout=120)
     assert failed.stderr.count("the loss became nan at step 3; training stopped") == 2
     assert len(records(metrics, "loss")) == 2, "steps 1 and 2 were logged, 3 was not"

@@ -214,6 +214,20 @@ def test_a_from_scratch_base_can_train_its_tokenizer_on_the_curated_corpus(run_d
     assert report["base"]["domain_ppl_after"] < report["base"]["domain_ppl_before"]
 
 
+def test_resuming_from_a_damaged_checkpoint_is_a_user_error_naming_the_file(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "pretrain" / "manifest.json").unlink()  # as if killed before the end
+    newest = max((run / "pretrain" / "checkpoints").glob("step-*/training_state.pt")).parent
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])  # a copy cut short
+    capsys.readouterr()
+    assert main(["pretrain", str(TINY), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: cannot load this checkpoint file" in err and "Traceback" not in err
+    assert f"Delete {run / 'pretrain' / 'checkpoints'} to start this stage over" in err
+
+
 def test_a_finished_base_that_was_modified_is_refused_on_reuse(tmp_path, capsys):
     assert main(["run", str(TINY), "--out", str(tmp_path)]) == 0
     config = tmp_path / "base" / "model" / "config.json"

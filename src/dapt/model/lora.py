@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 from dapt.config import LoraConfig
+from dapt.errors import CheckpointError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -46,10 +49,27 @@ def add_lora(model: PreTrainedModel, config: LoraConfig, task_type: str = "CAUSA
 
 
 def load_adapter_weights(model: PeftModel, folder: Path) -> None:
-    """Load adapter (and modules_to_save) weights saved by `model.save_pretrained(folder)` into `model`."""
-    result = set_peft_model_state_dict(model, load_file(folder / ADAPTER_WEIGHTS))
-    if result.unexpected_keys:
-        raise RuntimeError(f"{folder}: adapter does not match the model (extra {result.unexpected_keys[:5]})")
+    """Load adapter (and modules_to_save) weights saved by `model.save_pretrained(folder)` into `model`.
+
+    Adapters of another base, architecture or LoRA setting (rank, target modules) are a CheckpointError that
+    names a few of the weights that differ; so is a missing or damaged file.
+    """
+    path = folder / ADAPTER_WEIGHTS
+    try:
+        weights = load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError.unreadable(path, error) from error
+    try:
+        result = set_peft_model_state_dict(model, weights)
+    except RuntimeError as error:  # "size mismatch for NAME: copying a param with shape ...": another rank, say
+        reshaped = re.findall(r"size mismatch for (\S+):", str(error))
+        if not reshaped:
+            raise
+        raise CheckpointError.mismatch(folder, [], [], reshaped) from error
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    missing = [name for name in result.missing_keys if name in trainable]  # the base's own weights are not saved
+    if missing or result.unexpected_keys:
+        raise CheckpointError.mismatch(folder, missing, result.unexpected_keys)
 
 
 @torch.no_grad()

@@ -12,12 +12,16 @@ last `keep_last` and the best one are kept.
 
 The files are the same for one process, DDP and FSDP: with sharded weights (`dapt.train.sharding`) every
 process takes part in gathering the full weights and optimizer state, the main process writes them with this
-class, and on resume every process reads them and keeps its shard.
+class; on resume the main process alone reads them and sends every other process its shard.
+
+A checkpoint that does not fit the model (another base, architecture or LoRA setting) or a damaged file is a
+`CheckpointError` naming the folder and what to do, found before any weight is loaded.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model
 
-from dapt.train.sharding import is_sharded, load_full_model_state
+from dapt.errors import CheckpointError
+from dapt.train.sharding import is_sharded, load_full_model_state, tied_copies
 
+WEIGHTS = "model.safetensors"
 TRAINING_STATE = "training_state.pt"
 LOOP_STATE = "loop_state.json"
 
@@ -107,27 +114,66 @@ class Checkpointer:
                 shutil.rmtree(self.step_folder(step))
 
     def restore(
-        self, path: Path, load_optimizer_state: Callable[[dict[str, Any]], None], scheduler: Any
+        self,
+        path: Path,
+        load_optimizer_state: Callable[[dict[str, Any]], None],
+        scheduler: Any,
+        reads_optimizer_state: bool = True,
     ) -> dict[str, Any]:
         """Load weights, optimizer (through `load_optimizer_state`, given the full `optimizer.state_dict()`
-        saved), scheduler and RNG from `path`; return the loop state saved with them."""
+        saved), scheduler and RNG from `path`; return the loop state saved with them.
+
+        Without `reads_optimizer_state` (under FSDP, a process other than the main one, which receives its shards
+        of the moments from it), `load_optimizer_state` is given {}: `training_state.pt` is memory-mapped, and
+        only the scheduler and RNG state this process needs too (a few bytes) are read from it, never the moments
+        (2× the model). The main process (and an unsharded one) reads the file whole: its optimizer keeps those
+        tensors, and they must not stay mapped to a file that pruning deletes. A damaged file fails to load in
+        every process alike (the zip directory at its end is read either way), so none is left waiting.
+        """
         self.load_weights(path)
-        state = torch.load(path / TRAINING_STATE, weights_only=True)
-        load_optimizer_state(state["optimizer"])
+        try:
+            state = torch.load(path / TRAINING_STATE, weights_only=True, mmap=not reads_optimizer_state)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            raise CheckpointError.unreadable(path / TRAINING_STATE, error) from error
+        load_optimizer_state(state["optimizer"] if reads_optimizer_state else {})
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         return json.loads((path / LOOP_STATE).read_text())
 
 
+def saved_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of each tensor of a safetensors file, from its header alone (no tensor is read).
+
+    A missing, truncated or damaged file is a CheckpointError: safetensors checks the header against the size.
+    """
+    try:
+        with safe_open(path, "pt") as weights:
+            return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError.unreadable(path, error) from error
+
+
 def load_full_weights(model: torch.nn.Module, folder: Path) -> None:
     """Load `model.safetensors` of an HF folder into a live model of the same architecture.
 
-    A sharded model (FSDP) keeps this process's shard of them; every process must call it then.
+    The names and shapes are checked first, from the file's header, against the model's own: a checkpoint of
+    another model is a CheckpointError. Sharded (FSDP), every process must call it: each checks the header
+    (so all stop, or none), then the main process alone reads the weights and sends the others their shards.
     """
+    path = folder / WEIGHTS
+    saved = saved_shapes(path)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}  # global shapes
+    tied = tied_copies(model)  # saved once, under the first name
+    missing = [name for name in expected if name not in saved and name not in tied]
+    unexpected = [name for name in saved if name not in expected]
+    reshaped = [
+        f"{name} {'×'.join(map(str, saved[name]))} saved vs {'×'.join(map(str, expected[name]))} here"
+        for name in saved
+        if name in expected and saved[name] != expected[name]
+    ]
+    if missing or unexpected or reshaped:
+        raise CheckpointError.mismatch(folder, missing, unexpected, reshaped)
     if is_sharded(model):
-        missing, unexpected = load_full_model_state(model, load_file(folder / "model.safetensors"))
+        load_full_model_state(model, load_file(path) if torch.distributed.get_rank() == 0 else {})
     else:
-        missing, unexpected = load_model(model, folder / "model.safetensors", strict=False)
-    tied = {name for name in missing if name.endswith("lm_head.weight")}  # tied to the input embeddings
-    if set(missing) - tied or unexpected:
-        raise RuntimeError(f"{folder}: checkpoint does not match the model (missing {missing}, extra {unexpected})")
+        load_model(model, path, strict=False)  # strict=False: the tied LM head is saved once

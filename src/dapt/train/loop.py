@@ -350,7 +350,7 @@ def train_loop(
     result = TrainResult(steps=0, units=0, seconds=0.0, processes=world, sharding="fsdp" if sharded else "none")
 
     def load_optimizer_state(state: dict[str, Any]) -> None:
-        if sharded:
+        if sharded:  # `state` is {} but on the main process, which sends each process its shards
             load_full_optimizer_state(model, optimizer, state)
         else:
             optimizer.load_state_dict(state)
@@ -361,15 +361,18 @@ def train_loop(
     resume_from = checkpointer.latest_resumable() if checkpointer else None
     if resume_from is not None:
         assert checkpointer is not None
-        loop_state = checkpointer.restore(resume_from, load_optimizer_state, scheduler)
+        loop_state = checkpointer.restore(
+            resume_from, load_optimizer_state, scheduler, reads_optimizer_state=main_process or not sharded
+        )
         for name in RESUMED_FIELDS:
             setattr(result, name, loop_state["result"].get(name, getattr(result, name)))
         counters.update(loop_state["counters"])
         result.resumed_from = result.steps
         if hasattr(next_batch, "load_state_dict"):
             next_batch.load_state_dict(loop_state["data"])
-        if metrics_file is not None and metrics_file.exists():
-            # drop what the interrupted run logged after this checkpoint: those steps are redone
+        if main_process and metrics_file is not None and metrics_file.exists():
+            # drop what the interrupted run logged after this checkpoint: those steps are redone. The main process
+            # alone: it is the one that logs, and another's rewrite could replace the file it has just opened
             kept = [line for line in metrics_file.read_text().splitlines() if _logged_step(line) <= result.steps]
             atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
         if accelerator.is_main_process:

@@ -6,10 +6,12 @@ about 1/N of the model at rest. Parameters become DTensors; an optimizer built a
 moments.
 
 A checkpoint stays the format a single process writes: every process takes part in gathering the full model
-and optimizer state (`full_model_state`, `full_optimizer_state`, collectives), the main process writes it;
-on resume every process reads the full state and keeps its shard (`load_full_model_state`,
-`load_full_optimizer_state`). The optimizer state is kept indexed by parameter position, as
-`optimizer.state_dict()` writes it, so a checkpoint of a sharded run resumes unsharded and vice versa.
+and optimizer state (`full_model_state`, `full_optimizer_state`, collectives), the main process writes it.
+On resume the main process alone reads the full state and sends every other process its shards, tensor by
+tensor (`load_full_model_state`, `load_full_optimizer_state`): N processes on a node hold one full copy in
+host memory, not N (8 × ~84 GB for a 7B model and its AdamW moments). The optimizer state is kept indexed by
+parameter position, as `optimizer.state_dict()` writes it, so a checkpoint of a sharded run resumes unsharded
+and vice versa.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from dapt.errors import TrainingError
 
 # Gathered onto the CPU of the main process only: a full copy on every GPU would defeat sharding.
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
-# Every process holds the full state it read from the checkpoint and keeps its own shard of it; not strict, as
-# a saved model lacks the tied LM head (`checkpoint.load_full_weights` checks what is missing).
-SCATTER = StateDictOptions(full_state_dict=True, strict=False)
+# The main process holds the full state it read from the checkpoint and broadcasts it; each process keeps its
+# own shard. Not strict, as a saved model lacks the tied LM head (`checkpoint.load_full_weights` checks the
+# names first, from the file's header, on every process: all go on or all stop, none waits in a collective).
+BROADCAST = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -80,12 +83,17 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=GATHER)
 
 
-def without_tied_copies(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` less the second name of each tied parameter (lm_head.weight when it is the input embeddings), as
-    `save_pretrained` of the live model writes it: gathered, the two names hold two copies it cannot tell apart."""
+def tied_copies(model: torch.nn.Module) -> set[str]:
+    """The second name of each tied parameter (lm_head.weight when it is the input embeddings)."""
     every_name = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    first_names = {name for name, _ in model.named_parameters()}
-    return {name: tensor for name, tensor in state.items() if name not in every_name - first_names}
+    return every_name - {name for name, _ in model.named_parameters()}
+
+
+def without_tied_copies(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` less the `tied_copies`, as `save_pretrained` of the live model writes it: gathered, the two names
+    hold two copies it cannot tell apart."""
+    copies = tied_copies(model)
+    return {name: tensor for name, tensor in state.items() if name not in copies}
 
 
 def _parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
@@ -110,14 +118,17 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     return _renamed(by_name, index_of.__getitem__)
 
 
-def load_full_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    """Set every process's shard from the full weights (every process passes the same, full `state`); return
-    the missing and unexpected keys, as `safetensors.torch.load_model` does (the caller checks them)."""
-    result = set_model_state_dict(model, state, options=SCATTER)
-    return list(result.missing_keys), list(result.unexpected_keys)
+def load_full_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Set every process's shard from the full weights `state` that the main process read; the others pass {}
+    and receive their shards from it. Every process must call it, with the names already checked."""
+    set_model_state_dict(model, state, options=BROADCAST)
 
 
 def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Set every process's shard of the optimizer moments from a full `optimizer.state_dict()`-style state."""
-    by_name = _renamed(state, _parameter_names(model, optimizer).__getitem__)
-    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+    """Set every process's shard of the optimizer moments from the full `optimizer.state_dict()`-style state the
+    main process read; the others pass {} and receive their shards (and the hyperparameters) from it. Every
+    process must call it."""
+    by_name = _renamed(state, _parameter_names(model, optimizer).__getitem__) if state else {}
+    set_optimizer_state_dict(
+        model, optimizer, by_name, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    )
