@@ -113,3 +113,28 @@ def test_adapters_of_another_setting_are_named(tmp_path, trained, expected):
 def test_a_missing_adapter_file_is_named(tmp_path):
     with pytest.raises(DaptError, match="adapter_model.safetensors: cannot load"):
         load_adapter_weights(lora(), tmp_path / "checkpoints" / "step-000002")
+
+
+def _small_checkpointer(folder):
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    def save_model(path, weights):
+        path.mkdir(parents=True)
+        (path / "weights.txt").write_text(str(model.weight.tolist()))
+
+    checkpointer = Checkpointer(folder, save_model, lambda path: None)
+    return checkpointer, lambda step, state: checkpointer.save(step, optimizer.state_dict(), scheduler, state, None)
+
+
+def test_re_saving_a_step_replaces_it_and_a_swap_cut_short_is_recovered(tmp_path):
+    checkpointer, save = _small_checkpointer(tmp_path)
+    save(4, {"version": 1})
+    save(4, {"version": 2})  # the end of training right after a checkpoint of the same step
+    assert (checkpointer.latest_resumable() / "loop_state.json").read_text().count('"version": 2') == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["step-000004"], "no temporary folder left"
+
+    # killed between the two renames of a re-save: the old folder has been set aside, the new one not yet named
+    (tmp_path / "step-000004").rename(tmp_path / ".step-000004.replaced")
+    assert checkpointer.latest_resumable() == tmp_path / "step-000004", "the set-aside checkpoint is put back"

@@ -32,6 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model
 
+from dapt.artifacts import fsync_directory, fsync_tree
 from dapt.errors import CheckpointError
 from dapt.train.sharding import is_sharded, load_full_model_state, tied_copies
 
@@ -65,6 +66,8 @@ class Checkpointer:
 
     def latest_resumable(self) -> Path | None:
         """The newest checkpoint that still holds its training state, or None."""
+        if self.folder.is_dir():
+            self._recover()
         for step in reversed(self.saved_steps()):
             path = self.step_folder(step)
             if (path / TRAINING_STATE).is_file() and (path / LOOP_STATE).is_file():
@@ -83,11 +86,10 @@ class Checkpointer:
         """Write checkpoint `step`: `optimizer_state` is a full `optimizer.state_dict()` (gathered when sharded),
         `weights` the full model state gathered from a sharded model (None: the live model saves itself)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.folder.glob(".*.partial"):
+        self._recover()
+        for stale in [*self.folder.glob(".*.partial"), *self.folder.glob(".*.replaced")]:
             shutil.rmtree(stale)
         final = self.step_folder(step)
-        if final.exists():  # re-saving the same step (e.g. the end of training right after a checkpoint)
-            shutil.rmtree(final)
         partial = self.folder / f".step-{step:06d}.partial"
         self.save_model(partial, weights)
         torch.save(
@@ -95,13 +97,34 @@ class Checkpointer:
                 "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                # the accelerator's generator too (dropout on a GPU): the same on every process of a launch
+                **({"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}),
             },
             partial / TRAINING_STATE,
         )
         (partial / LOOP_STATE).write_text(json.dumps(loop_state, indent=1) + "\n")
+        fsync_tree(partial)  # on disk before its name says it is complete
+        # Re-saving a step (the end of training right after a checkpoint): the old folder goes only once the new
+        # one is written, so there is always a resumable checkpoint (`_recover` finishes a swap cut short).
+        replaced = self.folder / f".step-{step:06d}.replaced"
+        if final.exists():
+            final.rename(replaced)
         partial.rename(final)
+        fsync_directory(self.folder)
+        shutil.rmtree(replaced, ignore_errors=True)
         self._prune(step, best_step)
         return final
+
+    def _recover(self) -> None:
+        """A process killed between the two renames of a re-save left `.step-N.replaced` and no `step-N`: put it
+        back. Safe when several processes do it at once (the rename of one of them wins)."""
+        for replaced in self.folder.glob(".step-*.replaced"):
+            target = self.folder / replaced.name.removeprefix(".").removesuffix(".replaced")
+            if not target.exists():
+                try:
+                    replaced.rename(target)
+                except OSError:  # another process put it back first
+                    pass
 
     def _prune(self, newest: int, best_step: int | None) -> None:
         steps = self.saved_steps()
@@ -138,6 +161,8 @@ class Checkpointer:
         load_optimizer_state(state["optimizer"] if reads_optimizer_state else {})
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
         return json.loads((path / LOOP_STATE).read_text())
 
 
