@@ -286,3 +286,47 @@ def test_a_hung_process_stops_the_others_at_the_collective_timeout():
     )
     assert hung.returncode != 0
     assert "timed out" in hung.stderr.lower() or "timeout" in hung.stderr.lower(), hung.stderr[-3000:]
+
+
+LOAD_PROBE = Path(__file__).parent / "sharded_load_probe.py"
+
+
+@pytest.fixture
+def base_without_weights(tmp_path) -> tuple[Path, Path]:
+    """A tiny base folder, and a copy of it without model.safetensors (config and tokenizer only)."""
+    from dapt.config import BaseConfig, PresetConfig
+    from dapt.model.load import load_original_base, save_model_folder
+
+    model, tokenizer, _ = load_original_base(BaseConfig(preset=PresetConfig(num_layers=2)))
+    save_model_folder(model, tokenizer, tmp_path / "base")
+    shutil.copytree(tmp_path / "base", tmp_path / "empty", ignore=shutil.ignore_patterns("*.safetensors"))
+    return tmp_path / "base", tmp_path / "empty"
+
+
+def test_sharded_only_the_main_process_reads_the_base_weights(tmp_path, base_without_weights):
+    base, empty = base_without_weights
+    out = tmp_path / "loaded.json"
+    done = subprocess.run(
+        [*TORCHRUN, str(LOAD_PROBE), str(base), str(empty), str(out)],
+        env=ENV,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the other process had no weight file to read: its shards came from the main process, exactly
+    assert json.loads(out.read_text())["difference"] == 0.0
+
+
+def test_processes_that_built_different_models_stop_with_an_error_not_an_abort(tmp_path, base_without_weights):
+    base, empty = base_without_weights
+    failed = subprocess.run(
+        [*TORCHRUN, str(LOAD_PROBE), str(base), str(empty), str(tmp_path / "x.json"), "untied"],
+        env=ENV,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode != 0
+    assert failed.stderr.count("process 1 built another model than process 0") == 2
+    assert "terminate called" not in failed.stderr

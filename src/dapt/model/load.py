@@ -151,9 +151,27 @@ def save_model_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     tokenizer.save_pretrained(folder)
 
 
-def load_causal_lm(folder: Path, attn_implementation: str = "sdpa") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a model folder written by `save_model_folder` (fp32 weights; mixed precision is the loop's job)."""
+def load_causal_lm(
+    folder: Path, attn_implementation: str = "sdpa", weights: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a model folder written by `save_model_folder` (fp32 weights; mixed precision is the loop's job).
+
+    Without `weights`, the model is built from its config with its parameters on the meta device (no memory, the
+    weight file never read) and its buffers real: under FSDP the processes other than the main one get their
+    shards of the weights from it (`dapt.train.sharding.shard_model`).
+    """
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    if not weights:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(folder)
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=torch.float32, attn_implementation=attn_implementation
+            )
+        model.tie_weights()  # moving each parameter to the meta device one by one untied the LM head
+        return model, tokenizer
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attn_implementation)
     return model, tokenizer
 

@@ -28,7 +28,7 @@ from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
 from dapt.model.lora import add_lora, load_adapter_weights, merged_model
 from dapt.pipeline import StageContext
 from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, load_full_weights
-from dapt.train.distributed import is_main_process
+from dapt.train.distributed import is_main_process, launched_world_size
 from dapt.train.loop import LoopSettings, train_loop
 from dapt.train.objectives import causal_lm_loss, check_documents_kept_apart, lm_batch, mean_lm_loss, perplexity
 from dapt.train.sharding import without_tied_copies
@@ -122,7 +122,11 @@ def run(context: StageContext) -> dict[str, Any]:
     seed = context.config["seed"]
     torch.manual_seed(seed)
     base_folder = context.inputs["base"].path / "model"
-    model, tokenizer = load_causal_lm(base_folder, context.pipeline.base.attn_implementation)
+    # Sharded, only the main process reads the weights; the others build the model empty and get their shards
+    sharded = config.sharding == "fsdp" and config.method == "full" and launched_world_size() > 1
+    model, tokenizer = load_causal_lm(
+        base_folder, context.pipeline.base.attn_implementation, weights=is_main_process() or not sharded
+    )
     if config.gradient_checkpointing:
         # transformers 5 renamed it; older releases only have gradient_checkpointing_enable
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable

@@ -57,7 +57,8 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def shard_model(model: torch.nn.Module, device: torch.device, world: int, bf16: bool) -> None:
-    """Shard `model` in place over `world` processes on `device`'s kind (cpu: gloo, cuda: NCCL).
+    """Shard `model` in place over `world` processes on `device`'s kind (cpu: gloo, cuda: NCCL), every process
+    starting from the main process's weights: the others may be built empty (`load_causal_lm(weights=False)`).
 
     With `bf16`, layers compute in bf16 from fp32 master weights and gradients are reduced in fp32.
     """
@@ -67,10 +68,41 @@ def shard_model(model: torch.nn.Module, device: torch.device, world: int, bf16: 
     mesh = init_device_mesh(device.type, (world,))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     options: dict[str, Any] = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
-    model.to(device)
+    main = torch.distributed.get_rank() == 0
+    if main and any(parameter.is_meta for parameter in model.parameters()):
+        raise TrainingError("sharding fsdp: the main process must hold the weights; only the others may be empty")
+    _check_same_model_everywhere(model, world)
+    # the main process's weights, sent to every process once sharded: a process built empty (its parameters on
+    # the meta device, `load_causal_lm(weights=False)`) never reads the weight file, and none holds a second copy
+    weights = without_tied_copies(model, model.state_dict()) if main else {}
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}  # real everywhere (rotary tables)
+    if main:
+        model.to(device)
     for layer in decoder_layers(model):
         fully_shard(layer, **options)
     fully_shard(model, **options)
+    if not main:
+        model.to_empty(device=device)  # storage for this process's shards only (and the buffers), filled below
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+    set_model_state_dict(model, weights, options=BROADCAST)
+
+
+def _check_same_model_everywhere(model: torch.nn.Module, world: int) -> None:
+    """Every process must hold the same parameters (names, shapes, ties): otherwise FSDP's collectives exchange
+    buffers of different sizes and gloo aborts the processes. A TrainingError on every process instead."""
+    layout = [(name, tuple(p.shape)) for name, p in model.named_parameters(remove_duplicate=False)]
+    layout += [("tied", name) for name in sorted(tied_copies(model))]
+    layouts: list[Any] = [None] * world
+    torch.distributed.all_gather_object(layouts, layout)
+    for rank, other in enumerate(layouts):
+        if other != layouts[0]:
+            differing = sorted({str(item) for item in set(map(tuple, other)) ^ set(map(tuple, layouts[0]))})
+            raise TrainingError(
+                f"sharding fsdp: process {rank} built another model than process 0 (differs in: "
+                f"{', '.join(differing[:3])}); every process must load the same base with the same transformers"
+            )
 
 
 def as_plain(tensor: torch.Tensor) -> torch.Tensor:
