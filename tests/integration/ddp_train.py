@@ -88,22 +88,18 @@ def counting_checkpoint_reads() -> Counter:
     """Count each checkpoint file this process reads in full from now on, by name; a memory-mapped torch.load
     (which reads only the tensors touched) is counted apart."""
     reads: Counter = Counter()
-    load_file, load_model, torch_load = dapt.train.checkpoint.load_file, dapt.train.checkpoint.load_model, torch.load
+    load_file, torch_load = dapt.train.checkpoint.load_file, torch.load
 
     def counted_load_file(path, *args, **kwargs):
         reads[Path(path).name] += 1
         return load_file(path, *args, **kwargs)
-
-    def counted_load_model(model, path, *args, **kwargs):
-        reads[Path(path).name] += 1
-        return load_model(model, path, *args, **kwargs)
 
     def counted_torch_load(source, *args, mmap=None, **kwargs):
         if isinstance(source, str | Path):  # not the in-memory buffers of broadcast_object_list
             reads[Path(source).name + (" memory-mapped" if mmap else "")] += 1
         return torch_load(source, *args, mmap=mmap, **kwargs)
 
-    dapt.train.checkpoint.load_file, dapt.train.checkpoint.load_model = counted_load_file, counted_load_model
+    dapt.train.checkpoint.load_file = counted_load_file
     torch.load = counted_torch_load
     return reads
 

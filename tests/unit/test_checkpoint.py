@@ -3,6 +3,7 @@ the folder or file, a few of the weights that differ, and how to go on (no trace
 
 import pytest
 import torch
+import transformers
 
 from dapt.config import BaseConfig, LoraConfig, PresetConfig
 from dapt.errors import CheckpointError, DaptError, TrainingError
@@ -138,3 +139,32 @@ def test_re_saving_a_step_replaces_it_and_a_swap_cut_short_is_recovered(tmp_path
     # killed between the two renames of a re-save: the old folder has been set aside, the new one not yet named
     (tmp_path / "step-000004").rename(tmp_path / ".step-000004.replaced")
     assert checkpointer.latest_resumable() == tmp_path / "step-000004", "the set-aside checkpoint is put back"
+
+
+FAMILIES = {  # transformers renames (GPT-NeoX) or splits (the MoE experts) some weights when it saves these
+    "llama": (transformers.LlamaConfig, {}),
+    "gpt_neox": (transformers.GPTNeoXConfig, {}),
+    "mixtral": (transformers.MixtralConfig, {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen2_moe": (
+        transformers.Qwen2MoeConfig,
+        {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+        | {"shared_expert_intermediate_size": 32},
+    ),
+    "gpt2": (transformers.GPT2Config, {"n_embd": 32, "n_layer": 2, "n_head": 4}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_checkpoint_resumes_into_the_same_architecture_whatever_transformers_renames(tmp_path, family):
+    config_class, options = FAMILIES[family]
+    config = config_class(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **options
+    )
+    torch.manual_seed(0)
+    trained = transformers.AutoModelForCausalLM.from_config(config)
+    trained.save_pretrained(tmp_path / "step-000004")
+    torch.manual_seed(1)
+    fresh = transformers.AutoModelForCausalLM.from_config(config)
+    load_full_weights(fresh, tmp_path / "step-000004")
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name

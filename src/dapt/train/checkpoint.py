@@ -30,11 +30,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, load_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.core_model_loading import revert_weight_conversion
 
 from dapt.artifacts import fsync_directory, fsync_tree
 from dapt.errors import CheckpointError
-from dapt.train.sharding import is_sharded, load_full_model_state, tied_copies
+from dapt.train.distributed import wait_for_everyone
+from dapt.train.sharding import is_sharded, load_full_model_state, tied_copies, without_tied_copies
 
 WEIGHTS = "model.safetensors"
 TRAINING_STATE = "training_state.pt"
@@ -178,19 +181,24 @@ def saved_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         raise CheckpointError.unreadable(path, error) from error
 
 
-def load_full_weights(model: torch.nn.Module, folder: Path) -> None:
-    """Load `model.safetensors` of an HF folder into a live model of the same architecture.
+def as_saved(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """The names and shapes `save_pretrained` writes for `model`. transformers converts some on the way
+    (GPT-NeoX's `lm_head` is `embed_out` on disk, the fused experts of Mixtral and Qwen2-MoE are split per expert):
+    its own reverse conversion works them out, here on the meta device (no memory, nothing copied)."""
+    live = without_tied_copies(model, model.state_dict())  # a tied LM head is saved once, as the embeddings
+    meta = {name: torch.empty(tuple(tensor.shape), dtype=tensor.dtype, device="meta") for name, tensor in live.items()}
+    if isinstance(model, PreTrainedModel):
+        meta = revert_weight_conversion(model, meta)
+    return {name: tuple(tensor.shape) for name, tensor in meta.items()}
 
-    The names and shapes are checked first, from the file's header, against the model's own: a checkpoint of
-    another model is a CheckpointError. Sharded (FSDP), every process must call it: each checks the header
-    (so all stop, or none), then the main process alone reads the weights and sends the others their shards.
-    """
-    path = folder / WEIGHTS
-    saved = saved_shapes(path)
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}  # global shapes
-    tied = tied_copies(model)  # saved once, under the first name
-    missing = [name for name in expected if name not in saved and name not in tied]
-    unexpected = [name for name in saved if name not in expected]
+
+def _check_fits(model: torch.nn.Module, folder: Path) -> bool:
+    """Raise a CheckpointError unless `folder`'s weights are what saving this model writes (names and shapes, from
+    the file's header); return whether they are stored under the live model's own names (else loading converts)."""
+    saved, expected = saved_shapes(folder / WEIGHTS), as_saved(model)
+    tied = tied_copies(model)
+    missing = [name for name in expected if name not in saved]
+    unexpected = [name for name in saved if name not in expected and name not in tied]
     reshaped = [
         f"{name} {'×'.join(map(str, saved[name]))} saved vs {'×'.join(map(str, expected[name]))} here"
         for name in saved
@@ -198,7 +206,43 @@ def load_full_weights(model: torch.nn.Module, folder: Path) -> None:
     ]
     if missing or unexpected or reshaped:
         raise CheckpointError.mismatch(folder, missing, unexpected, reshaped)
-    if is_sharded(model):
-        load_full_model_state(model, load_file(path) if torch.distributed.get_rank() == 0 else {})
+    return set(saved) - tied == set(without_tied_copies(model, model.state_dict()))
+
+
+def _live_weights(folder: Path, stored_as_live: bool) -> dict[str, torch.Tensor]:
+    """The weights of `folder` under the live model's names: as stored, or converted back by transformers."""
+    if stored_as_live:
+        return load_file(folder / WEIGHTS)
+    converted = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return without_tied_copies(converted, converted.state_dict())
+
+
+def load_full_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Load the weights of an HF folder written by `save_pretrained` into a live model of the same architecture.
+
+    The file's names and shapes are checked first, from its header, against what saving this model writes: a
+    checkpoint of another model is a CheckpointError. Sharded (FSDP), every process must call it: the main process
+    alone checks and reads the file, tells the others its verdict (so all stop, or none) and sends them their
+    shards; they wait for it on the long-wait group, however long a large file takes to read.
+    """
+    sharded = is_sharded(model)
+    main = not sharded or torch.distributed.get_rank() == 0
+    verdict: bool | CheckpointError | None = None
+    if main:
+        try:
+            verdict = _check_fits(model, folder)
+        except CheckpointError as error:
+            verdict = error
+    if sharded:
+        box = [verdict]
+        torch.distributed.broadcast_object_list(box, src=0)
+        verdict = box[0]
+    if isinstance(verdict, CheckpointError):
+        verdict.on_every_process = True  # every process raises it here, together
+        raise verdict
+    weights = _live_weights(folder, bool(verdict)) if main else {}
+    if sharded:
+        wait_for_everyone()
+        load_full_model_state(model, weights)
     else:
-        load_model(model, path, strict=False)  # strict=False: the tied LM head is saved once
+        model.load_state_dict(weights, strict=False)  # strict=False: the tied LM head is saved once

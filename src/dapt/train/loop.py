@@ -351,6 +351,7 @@ def train_loop(
 
     def load_optimizer_state(state: dict[str, Any]) -> None:
         if sharded:  # `state` is {} but on the main process, which sends each process its shards
+            wait_for_everyone()  # while the main process reads the moments (2× the model): the long-wait group
             load_full_optimizer_state(model, optimizer, state)
         else:
             optimizer.load_state_dict(state)

@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 
 from dapt.errors import TrainingError
+from dapt.train.distributed import wait_for_everyone
 
 # Gathered onto the CPU of the main process only: a full copy on every GPU would defeat sharding.
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -69,6 +70,7 @@ def shard_model(model: torch.nn.Module, device: torch.device, world: int, bf16: 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     options: dict[str, Any] = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
     main = torch.distributed.get_rank() == 0
+    wait_for_everyone()  # the main process may have taken long to read the base's weights (the long-wait group)
     if main and any(parameter.is_meta for parameter in model.parameters()):
         raise TrainingError("sharding fsdp: the main process must hold the weights; only the others may be empty")
     _check_same_model_everywhere(model, world)
