@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 
 class DaptError(Exception):
@@ -15,6 +16,15 @@ class DaptError(Exception):
     exit_code = 2
     label = "error"  # how the CLI introduces the message
     on_every_process = False  # raised by every process of a launch at the same point (they can leave together)
+
+
+DaptErrorT = TypeVar("DaptErrorT", bound=DaptError)
+
+
+def raised_everywhere(error: DaptErrorT) -> DaptErrorT:
+    """`error`, marked as raised by every process of a launch at the same point (so they leave together)."""
+    error.on_every_process = True
+    return error
 
 
 class ConfigError(DaptError):

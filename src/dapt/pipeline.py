@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dapt.artifacts import Artifact, artifact_id, content_hash, read_artifact, write_manifest
+from dapt.artifacts import SCHEMA_VERSION, Artifact, artifact_id, content_hash, read_artifact, write_manifest
 from dapt.config import CURATE_EXECUTION_FIELDS, PRETRAIN_EXECUTION_FIELDS, PipelineConfig
 from dapt.errors import ConfigError, DataError
 
@@ -341,7 +341,12 @@ def _run_stage(
         return existing
     if main:
         verify_models_unchanged(inputs)
-        attempt = {"id": stage_id, "config": spec.config, "inputs": {role: a.id for role, a in inputs.items()}}
+        attempt = {
+            "id": stage_id,
+            "schema": SCHEMA_VERSION,
+            "config": spec.config,
+            "inputs": {role: a.id for role, a in inputs.items()},
+        }
         interrupted = _interrupted_attempt(folder) if spec.resumable and existing is None else None
         if interrupted is not None and interrupted["id"] == stage_id:
             say(f"{header}: resuming an interrupted run — {spec.summary}")
@@ -408,9 +413,16 @@ def _differences(before: Any, after: Any, key: str = "") -> list[str]:
 def _refuse_to_discard_checkpoints(folder: Path, interrupted: dict[str, Any], attempt: dict[str, Any]) -> None:
     """An interrupted training run of another configuration (or other inputs) would be deleted to start the new
     one: refuse when it has checkpoints, which may be days of work; say what differs and the two ways on."""
-    steps = sorted(path.name for path in (folder / "checkpoints").glob("step-*") if path.is_dir())
+    # `.step-N.replaced`: a checkpoint set aside by a re-save cut short, put back on resume
+    found = (folder / "checkpoints").glob("*step-*")
+    steps = sorted(
+        path.name.strip(".").removesuffix(".replaced")
+        for path in found
+        if path.is_dir() and not path.name.endswith(".partial")  # a save cut short holds nothing to resume
+    )
     if not steps:
         return  # nothing trained yet: nothing to lose
+    changed: list[str] = []
     if "config" in interrupted:
         changed = _differences(interrupted["config"], attempt["config"])
         changed += [
@@ -418,10 +430,13 @@ def _refuse_to_discard_checkpoints(folder: Path, interrupted: dict[str, Any], at
             for role in sorted(set(interrupted["inputs"]) | set(attempt["inputs"]))
             if interrupted["inputs"].get(role) != attempt["inputs"].get(role)
         ]
-    else:
-        changed = ["(not recorded by the dapt version that started it)"]
+    if not changed:  # the same config and inputs, another id: another dapt version made it
+        changed = [
+            f"not the config or inputs as recorded; the dapt version that started it identified stages differently "
+            f"(artifact schema {interrupted.get('schema', 'unrecorded')}, now {attempt['schema']})"
+        ]
     shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
-    raise DataError(
+    raise ConfigError(
         f"{folder}: an interrupted run with checkpoints (newest {steps[-1]}) was started with another "
         f"configuration or other inputs — what differs: {shown}. To resume it, run again with the configuration "
         f"it was started with; to start over with this one, delete {folder} (or move it away to keep it)."

@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.core_model_loading import revert_weight_conversion
 
 from dapt.artifacts import fsync_directory, fsync_tree
-from dapt.errors import CheckpointError
+from dapt.errors import CheckpointError, raised_everywhere
 from dapt.train.distributed import wait_for_everyone
 from dapt.train.sharding import is_sharded, load_full_model_state, tied_copies, without_tied_copies
 
@@ -238,8 +238,7 @@ def load_full_weights(model: torch.nn.Module, folder: Path) -> None:
         torch.distributed.broadcast_object_list(box, src=0)
         verdict = box[0]
     if isinstance(verdict, CheckpointError):
-        verdict.on_every_process = True  # every process raises it here, together
-        raise verdict
+        raise raised_everywhere(verdict)  # every process raises it here, together
     weights = _live_weights(folder, bool(verdict)) if main else {}
     if sharded:
         wait_for_everyone()

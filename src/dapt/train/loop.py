@@ -32,7 +32,7 @@ from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
 from dapt.artifacts import atomic_write_text
-from dapt.errors import TrainingError
+from dapt.errors import TrainingError, raised_everywhere
 from dapt.train.checkpoint import Checkpointer
 from dapt.train.distributed import join, launched_world_size, wait_for_everyone
 from dapt.train.preemption import StopRequests, TrainingStopped
@@ -378,7 +378,10 @@ def train_loop(
             atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
         if accelerator.is_main_process:
             tqdm.write(f"  resuming from {resume_from.name} (step {result.steps} of {settings.max_steps})")
-    log_handle = metrics_file.open("a", encoding="utf-8") if metrics_file and main_process else None
+    # resumed: appended to the lines kept above; from the start: a new file (what an attempt without a checkpoint
+    # logged is redone)
+    mode = "a" if resume_from is not None else "w"
+    log_handle = metrics_file.open(mode, encoding="utf-8") if metrics_file and main_process else None
 
     def log(record: dict[str, Any]) -> None:
         if log_handle:
@@ -395,6 +398,23 @@ def train_loop(
         # launched over several processes still need; finish the trackers only.
         for tracker in accelerator.trackers:
             tracker.finish()
+
+    def stop_if_signalled(requests: StopRequests, step: int) -> None:
+        """When any process was signalled, checkpoint `step` (unless it just was) and stop every process."""
+        signum = requests.agreed(world, accelerator.device)
+        if not signum:
+            return
+        requests.acted_on = True
+        if saved["step"] != step:
+            save_checkpoint(step)
+        progress.close()
+        finish()
+        assert checkpointer is not None
+        raise TrainingStopped(
+            f"{description}: stopped by {signal.Signals(signum).name} after step {step} of {settings.max_steps}; "
+            f"checkpoint {checkpointer.step_folder(step)} written: run the same command again to resume from it",
+            signum,
+        )
 
     def save_checkpoint(step: int) -> None:
         if checkpointer is None:
@@ -476,10 +496,12 @@ def train_loop(
                 # the loss of the whole global batch (a mean over processes), as a single process would see it:
                 # NaN/inf on every process if it is on any
                 global_loss = accelerator.reduce(loss.detach(), "mean").item()
-                if not math.isfinite(global_loss):
-                    raise TrainingError(
-                        f"{description}: the loss became {global_loss} at step {step + 1}; training stopped. "
-                        "Lower the learning rate or check the data; the last good checkpoint is kept."
+                if not math.isfinite(global_loss):  # the same global loss on every process: all stop here
+                    raise raised_everywhere(
+                        TrainingError(
+                            f"{description}: the loss became {global_loss} at step {step + 1}; training stopped. "
+                            "Lower the learning rate or check the data; the last good checkpoint is kept."
+                        )
                     )
                 step_loss += global_loss / settings.grad_accum_steps
                 step_units += units * world
@@ -487,10 +509,12 @@ def train_loop(
             if settings.grad_clip is not None:
                 # sharded gradients (DTensors) give a DTensor norm over all shards: the global norm, gathered
                 grad_norm = float(as_plain(accelerator.clip_grad_norm_(trainable, settings.grad_clip)))
-                if not math.isfinite(grad_norm):
-                    raise TrainingError(
-                        f"{description}: the gradient norm became {grad_norm} at step {step + 1}; training stopped. "
-                        "Lower the learning rate; the last good checkpoint is kept."
+                if not math.isfinite(grad_norm):  # the global norm: every process stops here
+                    raise raised_everywhere(
+                        TrainingError(
+                            f"{description}: the gradient norm became {grad_norm} at step {step + 1}; training "
+                            "stopped. Lower the learning rate; the last good checkpoint is kept."
+                        )
                     )
             optimizer.step()
             scheduler.step()
@@ -500,7 +524,11 @@ def train_loop(
             result.final_train_loss = step_loss
             result.seconds = time.perf_counter() - clock
             speed = result.units_per_second
-            mfu = model_flops_utilization(settings.flops_per_unit or 0.0, speed, settings.peak_tflops, world)
+            mfu = (
+                model_flops_utilization(settings.flops_per_unit, speed, settings.peak_tflops, world)
+                if settings.flops_per_unit
+                else None
+            )
             log(
                 {
                     "step": step,
@@ -521,24 +549,14 @@ def train_loop(
                 stop = run_evaluation(step)
             if evaluated or (checkpointer and checkpointer.every and step % checkpointer.every == 0):
                 save_checkpoint(step)
-            signum = requests.agreed(world, accelerator.device) if requests else None
-            if signum:
-                requests.acted_on = True
-                if saved["step"] != step:
-                    save_checkpoint(step)
-                progress.close()
-                finish()
-                assert checkpointer is not None
-                raise TrainingStopped(
-                    f"{description}: stopped by {signal.Signals(signum).name} after step {step} of "
-                    f"{settings.max_steps}; checkpoint {checkpointer.step_folder(step)} written: run the same "
-                    "command again to resume from it",
-                    signum,
-                )
+            if requests is not None:
+                stop_if_signalled(requests, step)
         progress.close()
         if counters["last_evaluated"] != step:
             run_evaluation(step)
             save_checkpoint(step)
+        if requests is not None:  # a signal during the last evaluation: stop here too, every process alike
+            stop_if_signalled(requests, step)
     result.seconds = time.perf_counter() - clock
     finish()
     return result

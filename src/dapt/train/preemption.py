@@ -1,9 +1,11 @@
 """Stopping a run cleanly when asked to: SIGTERM (a preempted spot machine, a cluster scheduler's time limit,
 `kill`) or a first Ctrl-C (SIGINT) while a resumable run trains.
 
-The signal only raises a flag; the loop finishes the optimizer step under way, writes a checkpoint, and stops
-with `TrainingStopped`, so the same command resumes from that very step and loses no work (a SIGKILL, which
-cannot be caught, loses what came after the last periodic checkpoint). A second Ctrl-C quits at once.
+The signal only raises a flag; the loop finishes the optimizer step under way (or the last evaluation), writes a
+checkpoint, and stops with `TrainingStopped`, so the same command resumes from that very step and loses no work
+(a SIGKILL, which cannot be caught, loses what came after the last periodic checkpoint). A second Ctrl-C quits
+as soon as Python runs again (not inside a collective or a file write). A signal the process was started to
+ignore (SIGINT in a background job of a shell script) stays ignored.
 
 Over several processes the signal may reach only some of them (a scheduler may signal one process, a terminal
 all): the processes agree at every step boundary on whether any was signalled, so all checkpoint the same step
@@ -12,6 +14,7 @@ together, and none is left waiting in a collective for one that stopped.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -50,7 +53,8 @@ class StopRequests:
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():  # Python only lets the main thread set handlers
             for signum in SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored (SIGINT of `cmd &` in a script): stays so
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(
@@ -78,10 +82,10 @@ class StopRequests:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: now
         if self.signum is None:
-            print(
+            # os.write, not print: the signal may have come in the middle of a print to stderr (the progress bar's)
+            os.write(
+                sys.stderr.fileno(),
                 f"\n  {self.description}: {signal.Signals(signum).name} received: stopping after this step with a "
-                "checkpoint (Ctrl-C again to quit at once)",
-                file=sys.stderr,
-                flush=True,
+                "checkpoint (Ctrl-C again to quit at once)\n".encode(),
             )
         self.signum = self.signum or signum
