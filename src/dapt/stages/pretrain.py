@@ -116,6 +116,11 @@ def export_dapt_base(
         link_or_copy_folder(checkpointer.step_folder(best_step), context.out / "model")
 
 
+def embeddings_count(model: torch.nn.Module) -> int:
+    """Rows of the model's input embeddings (at least the tokenizer's vocabulary; often padded beyond it)."""
+    return int(model.get_input_embeddings().num_embeddings)
+
+
 def run(context: StageContext) -> dict[str, Any]:
     execution = {field: getattr(context.pipeline.pretrain, field) for field in PRETRAIN_EXECUTION_FIELDS}
     config = PretrainConfig.model_validate({**context.config["pretrain"], **execution})
@@ -165,13 +170,13 @@ def run(context: StageContext) -> dict[str, Any]:
     # Every process evaluates every window (the same numbers everywhere); under FSDP it must: each layer's
     # forward gathers its weights from all processes.
     # The first evaluation first checks that the model keeps packed documents apart, as `document_mask` asks
-    # (some attention implementations ignore the restarted positions): before any step is trained.
+    # (some attention implementations ignore the restarted positions): before any step is trained (resumed: at
+    # the first evaluation after resuming, or at the end).
     leak: list[float] = []
 
     def evaluate() -> dict[str, float]:
         if eos_id is not None and not leak:
-            vocab_size = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
-            leak.append(check_documents_kept_apart(model, eos_id, vocab_size))
+            leak.append(check_documents_kept_apart(model, eos_id, min(len(tokenizer), embeddings_count(model))))
         return {name: mean_lm_loss(model, windows, eos_id=eos_id) for name, windows in held_out.items()}
 
     # -- checkpoints: after every evaluation and every `checkpoint_every` steps; resumable -----------------
@@ -243,6 +248,8 @@ def run(context: StageContext) -> dict[str, Any]:
         checkpointer=checkpointer,
         description="pretrain",
     )
+    if eos_id is not None and not leak:  # resumed past its last evaluation: checked now, on the trained model
+        leak.append(check_documents_kept_apart(model, eos_id, min(len(tokenizer), embeddings_count(model))))
     best_step = result.best_step or 0
     speed = throughput_report(model, config.seq_len, result.units_per_second, config.peak_tflops, result.processes)
 

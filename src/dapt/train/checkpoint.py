@@ -15,7 +15,8 @@ process takes part in gathering the full weights and optimizer state, the main p
 class; on resume the main process alone reads them and sends every other process its shard.
 
 A checkpoint that does not fit the model (another base, architecture or LoRA setting) or a damaged file is a
-`CheckpointError` naming the folder and what to do, found before any weight is loaded.
+`CheckpointError` naming the folder and what to do; the weights' names and shapes are checked, from the file's
+header, before any of them is loaded.
 """
 
 from __future__ import annotations
