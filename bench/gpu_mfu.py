@@ -2,10 +2,10 @@
 
 The issue's goal is ≥ 50% MFU on an H100 (dense bf16 peak from `dapt.train.throughput.PEAK_TFLOPS`, or
 --peak-tflops). The model is built from scratch (no download): 24 blocks of width 1024, 16 heads (4 key/value
-heads), MLP 4096, a 32k vocabulary, tied embeddings: ≈0.43B parameters (3.2 GFLOPs per trained token at seq 2048). Its windows are random tokens packed
-with an end-of-text every ~700 tokens, so document masking runs as in a real corpus; random tokens cost the
-same FLOPs as text. FLOPs per token are dapt's own accounting (6·N + 12·L·d·T, PaLM appendix B), tokens/s
-is measured over the steps after --warmup, from the loop's own metrics lines.
+heads), MLP 4096, a 32k vocabulary, tied embeddings: ≈0.43B parameters, 3.2 GFLOPs per trained token at seq
+2048. Its windows are random tokens packed with an end-of-text every ~700 tokens, so document masking runs as in
+a real corpus; random tokens cost the same FLOPs as text. FLOPs per token are dapt's own accounting (6·N +
+12·L·d·T, PaLM appendix B), tokens/s is measured over the steps after --warmup, from the loop's own metrics.
 
 Each attention implementation asked for (sdpa; flash_attention_2 when the flash-attn package is installed)
 runs with and without torch.compile, one after the other, and the table gives tokens/s and MFU of each.
