@@ -1,12 +1,14 @@
 """Train a tiny model with dapt's loop, logging to METRICS_FILE: run alone, or under torchrun.
 
-`ddp_train.py METRICS_FILE [none|fsdp] [nan-gradient|nan-loss-rank-1|crash-and-resume[-deeper]]`: with fsdp, each
+`ddp_train.py METRICS_FILE [none|fsdp] [nan-gradient|nan-loss-rank-1|crash-and-resume[-deeper]|accumulate]`: with
+fsdp, each
 process also writes METRICS_FILE.rankN.json with the share of a decoder layer's weight elements it holds after
 training; with nan-gradient, the gradients of step 3 are NaN while its loss stays finite; with nan-loss-rank-1,
 the loss of step 3 is NaN on the second process only; with crash-and-resume, training checkpoints every 4 steps
 (next to METRICS_FILE), every process crashes in step 5, and a fresh model resumes from step 4 to the end; the
 rank file then also counts the checkpoint files this process read in full (`reads`); -deeper resumes a model with
-one layer more, which the checkpoint does not fit.
+one layer more, which the checkpoint does not fit; with accumulate, each step accumulates the gradients of 2
+micro-batches.
 """
 
 import json
@@ -124,7 +126,9 @@ def main(metrics_file: Path, sharding: str, fault: str | None) -> None:
     model, tokenizer = fresh_model()
     windows = (torch.arange(64 * 33) * 7 % 50 + 1).view(64, 33)  # a learnable pattern
     next_batch = Batches(windows, tokenizer.eos_token_id)
-    settings = LoopSettings(max_steps=8, lr=3e-3, warmup_steps=2, sharding=sharding)
+    settings = LoopSettings(
+        max_steps=8, lr=3e-3, warmup_steps=2, sharding=sharding, grad_accum_steps=2 if fault == "accumulate" else 1
+    )
     reads = None
     if fault in ("crash-and-resume", "crash-and-resume-deeper"):
         checkpoints = metrics_file.with_name("checkpoints")

@@ -93,6 +93,19 @@ def test_a_sharded_resume_from_a_checkpoint_of_another_model_stops_every_process
     assert failed.stderr.count("the checkpoint does not match the model: 9 missing (model.layers.2.") == 2
 
 
+@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+def test_two_processes_accumulating_gradients_match_one(tmp_path, sharding):
+    # replicated, the gradients are averaged over the processes once per step (after the second micro-batch)
+    single, double = tmp_path / "single.jsonl", tmp_path / "double.jsonl"
+    subprocess.run([sys.executable, str(SCRIPT), str(single), "none", "accumulate"], check=True, env=ENV, timeout=300)
+    command = [*TORCHRUN, str(SCRIPT), str(double), sharding, "accumulate"]
+    launched = subprocess.run(command, env=ENV, timeout=300, capture_output=True, text=True)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert records(double, "loss") == pytest.approx(records(single, "loss"), rel=1e-4, abs=1e-5)
+    assert records(double, "grad_norm") == pytest.approx(records(single, "grad_norm"), rel=1e-4)
+    assert records(double, "units")[-1] == 8 * 2 * 8 * 32, "two micro-batches of 8 rows per step"
+
+
 def test_a_nan_gradient_stops_every_sharded_process(tmp_path):
     metrics = tmp_path / "nan.jsonl"
     failed = launch_failing(metrics, "fsdp", "nan-gradient")

@@ -486,25 +486,29 @@ def train_loop(
             disable=not main_process,
         )
         while not stop and step < settings.max_steps:
-            step_loss, step_units = 0.0, 0
-            for _ in range(settings.grad_accum_steps):
+            summed_loss, step_units = torch.zeros((), device=accelerator.device), 0
+            for micro_step in range(settings.grad_accum_steps):
                 batch = _to_device(_rows_of_rank(next_batch(), rank, world), accelerator.device)
-                loss, units = loss_fn(forward_model, batch)
-                # backward before the check: every process takes part in its gradient collectives, so none is left
-                # waiting in one when another's loss is NaN; nothing is applied before the optimizer step
-                accelerator.backward(loss / settings.grad_accum_steps)
-                # the loss of the whole global batch (a mean over processes), as a single process would see it:
-                # NaN/inf on every process if it is on any
-                global_loss = accelerator.reduce(loss.detach(), "mean").item()
-                if not math.isfinite(global_loss):  # the same global loss on every process: all stop here
-                    raise raised_everywhere(
-                        TrainingError(
-                            f"{description}: the loss became {global_loss} at step {step + 1}; training stopped. "
-                            "Lower the learning rate or check the data; the last good checkpoint is kept."
-                        )
-                    )
-                step_loss += global_loss / settings.grad_accum_steps
+                # replicated (DDP), the gradients are averaged over the processes once per step, after the last
+                # micro-batch, not after each (accelerate's no_sync; nothing for one process or FSDP)
+                last = micro_step == settings.grad_accum_steps - 1
+                with nullcontext() if last or sharded else accelerator.no_sync(model):
+                    loss, units = loss_fn(forward_model, batch)
+                    accelerator.backward(loss / settings.grad_accum_steps)
+                summed_loss += loss.detach().float() / settings.grad_accum_steps
                 step_units += units * world
+            # the loss of the whole global batch (a mean over processes), as a single process would see it, checked
+            # once per step (one collective, one wait for the device): NaN/inf on every process if on any. After
+            # backward: every process has taken part in its gradient collectives, none is left waiting in one;
+            # nothing has been applied yet
+            step_loss = accelerator.reduce(summed_loss, "mean").item()
+            if not math.isfinite(step_loss):  # the same global loss on every process: all stop here
+                raise raised_everywhere(
+                    TrainingError(
+                        f"{description}: the loss became {step_loss} at step {step + 1}; training stopped. "
+                        "Lower the learning rate or check the data; the last good checkpoint is kept."
+                    )
+                )
             grad_norm = None
             if settings.grad_clip is not None:
                 # sharded gradients (DTensors) give a DTensor norm over all shards: the global norm, gathered
