@@ -8,10 +8,9 @@ proportion to the sum of the squared document lengths rather than T². On 2 CPU 
 ~14% of a training step at 1024 tokens with the mask, and ~nothing this way (bench/train_throughput.py).
 
 Used only where it is exact: a model on the CPU whose attention is `sdpa`, called through transformers'
-AttentionInterface, packed input (position ids, no
-padding mask), no sliding window, no logit soft-capping and no gradient checkpointing (its recomputed
-forward would run outside `packed_attention`). On GPUs, packing is best served by
-`flash_attention_2`, whose variable-length kernels transformers drives from the same position ids.
+AttentionInterface, packed input (position ids, no padding mask), no sliding window, no logit soft-capping and no
+gradient checkpointing (its recomputed forward would run outside `packed_attention`). On GPUs, packing is best
+served by `flash_attention_2`, whose variable-length kernels transformers drives from the same position ids.
 """
 
 from __future__ import annotations
@@ -78,7 +77,7 @@ def packed_sdpa_forward(
 AttentionInterface.register(NAME, packed_sdpa_forward)
 
 
-def _transformers_model(model: torch.nn.Module) -> Any:
+def transformers_model(model: torch.nn.Module) -> Any:
     """The transformers model behind DDP / torch.compile wrappers (peft models pass its attributes through)."""
     while not hasattr(model, "config"):
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
@@ -90,7 +89,7 @@ def _transformers_model(model: torch.nn.Module) -> Any:
 
 def applies(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None) -> bool:
     """Whether document-by-document attention is exact and used for this model and packed batch."""
-    inner = _transformers_model(model)
+    inner = transformers_model(model)
     config = getattr(inner, "config", None)
     return (
         position_ids is not None
@@ -120,7 +119,7 @@ def packed_attention(
     if not applies(model, input_ids, position_ids):
         yield
         return
-    config = _transformers_model(model).config
+    config = transformers_model(model).config
     config._attn_implementation = NAME
     try:
         yield

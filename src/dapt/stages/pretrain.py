@@ -28,10 +28,10 @@ from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
 from dapt.model.lora import add_lora, load_adapter_weights, merged_model
 from dapt.pipeline import StageContext
 from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, load_full_weights
-from dapt.train.distributed import is_main_process, launched_world_size
+from dapt.train.distributed import is_main_process
 from dapt.train.loop import LoopSettings, train_loop
 from dapt.train.objectives import causal_lm_loss, check_documents_kept_apart, lm_batch, mean_lm_loss, perplexity
-from dapt.train.sharding import without_tied_copies
+from dapt.train.sharding import shards_over_processes, without_tied_copies
 from dapt.train.throughput import device_peak_tflops, flops_per_token, throughput_report
 
 
@@ -116,11 +116,6 @@ def export_dapt_base(
         link_or_copy_folder(checkpointer.step_folder(best_step), context.out / "model")
 
 
-def embeddings_count(model: torch.nn.Module) -> int:
-    """Rows of the model's input embeddings (at least the tokenizer's vocabulary; often padded beyond it)."""
-    return int(model.get_input_embeddings().num_embeddings)
-
-
 def run(context: StageContext) -> dict[str, Any]:
     execution = {field: getattr(context.pipeline.pretrain, field) for field in PRETRAIN_EXECUTION_FIELDS}
     config = PretrainConfig.model_validate({**context.config["pretrain"], **execution})
@@ -128,9 +123,10 @@ def run(context: StageContext) -> dict[str, Any]:
     torch.manual_seed(seed)
     base_folder = context.inputs["base"].path / "model"
     # Sharded, only the main process reads the weights; the others build the model empty and get their shards
-    sharded = config.sharding == "fsdp" and config.method == "full" and launched_world_size() > 1
     model, tokenizer = load_causal_lm(
-        base_folder, context.pipeline.base.attn_implementation, weights=is_main_process() or not sharded
+        base_folder,
+        context.pipeline.base.attn_implementation,
+        weights=is_main_process() or not shards_over_processes(config.sharding),
     )
     if config.gradient_checkpointing:
         # transformers 5 renamed it; older releases only have gradient_checkpointing_enable
@@ -174,9 +170,13 @@ def run(context: StageContext) -> dict[str, Any]:
     # the first evaluation after resuming, or at the end).
     leak: list[float] = []
 
-    def evaluate() -> dict[str, float]:
+    def check_leak() -> None:
         if eos_id is not None and not leak:
-            leak.append(check_documents_kept_apart(model, eos_id, min(len(tokenizer), embeddings_count(model))))
+            vocab_size = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
+            leak.append(check_documents_kept_apart(model, eos_id, vocab_size))
+
+    def evaluate() -> dict[str, float]:
+        check_leak()
         return {name: mean_lm_loss(model, windows, eos_id=eos_id) for name, windows in held_out.items()}
 
     # -- checkpoints: after every evaluation and every `checkpoint_every` steps; resumable -----------------
@@ -248,8 +248,7 @@ def run(context: StageContext) -> dict[str, Any]:
         checkpointer=checkpointer,
         description="pretrain",
     )
-    if eos_id is not None and not leak:  # resumed past its last evaluation: checked now, on the trained model
-        leak.append(check_documents_kept_apart(model, eos_id, min(len(tokenizer), embeddings_count(model))))
+    check_leak()  # resumed past its last evaluation: checked now, on the trained model
     best_step = result.best_step or 0
     speed = throughput_report(model, config.seq_len, result.units_per_second, config.peak_tflops, result.processes)
 

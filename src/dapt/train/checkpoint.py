@@ -182,11 +182,11 @@ def saved_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         raise CheckpointError.unreadable(path, error) from error
 
 
-def as_saved(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    """The names and shapes `save_pretrained` writes for `model`. transformers converts some on the way
-    (GPT-NeoX's `lm_head` is `embed_out` on disk, the fused experts of Mixtral and Qwen2-MoE are split per expert):
-    its own reverse conversion works them out, here on the meta device (no memory, nothing copied)."""
-    live = without_tied_copies(model, model.state_dict())  # a tied LM head is saved once, as the embeddings
+def as_saved(model: torch.nn.Module, live: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """The names and shapes `save_pretrained` writes for `model`, whose state (less tied copies) is `live`.
+    transformers converts some on the way (GPT-NeoX's `lm_head` is `embed_out` on disk, the fused experts of
+    Mixtral and Qwen2-MoE are split per expert): its own reverse conversion works them out, here on the meta
+    device (no memory, nothing copied)."""
     meta = {name: torch.empty(tuple(tensor.shape), dtype=tensor.dtype, device="meta") for name, tensor in live.items()}
     if isinstance(model, PreTrainedModel):
         meta = revert_weight_conversion(model, meta)
@@ -196,7 +196,8 @@ def as_saved(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 def _check_fits(model: torch.nn.Module, folder: Path) -> bool:
     """Raise a CheckpointError unless `folder`'s weights are what saving this model writes (names and shapes, from
     the file's header); return whether they are stored under the live model's own names (else loading converts)."""
-    saved, expected = saved_shapes(folder / WEIGHTS), as_saved(model)
+    live = without_tied_copies(model, model.state_dict())  # a tied LM head is saved once, as the embeddings
+    saved, expected = saved_shapes(folder / WEIGHTS), as_saved(model, live)
     tied = tied_copies(model)
     missing = [name for name in expected if name not in saved]
     unexpected = [name for name in saved if name not in expected and name not in tied]
@@ -207,7 +208,7 @@ def _check_fits(model: torch.nn.Module, folder: Path) -> bool:
     ]
     if missing or unexpected or reshaped:
         raise CheckpointError.mismatch(folder, missing, unexpected, reshaped)
-    return set(saved) - tied == set(without_tied_copies(model, model.state_dict()))
+    return set(saved) - tied == set(live)
 
 
 def _live_weights(folder: Path, stored_as_live: bool) -> dict[str, torch.Tensor]:

@@ -43,6 +43,7 @@ from dapt.train.sharding import (
     full_optimizer_state,
     load_full_optimizer_state,
     shard_model,
+    shards_over_processes,
 )
 from dapt.train.throughput import model_flops_utilization
 
@@ -247,6 +248,18 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _stop_unless_finite(value: float, what: str, description: str, step: int, advice: str) -> None:
+    """The NaN guard: a NaN/inf `value` (the global loss or gradient norm: the same on every process, so every
+    process stops here) ends training before the optimizer step applies it."""
+    if not math.isfinite(value):
+        raise raised_everywhere(
+            TrainingError(
+                f"{description}: the {what} became {value} at step {step}; training stopped. {advice}; the last "
+                "good checkpoint is kept."
+            )
+        )
+
+
 # What a checkpoint remembers of the result so far, so a resumed run reports the same as an uninterrupted one.
 RESUMED_FIELDS = (
     "steps",
@@ -295,7 +308,7 @@ def train_loop(
     multi_cpu = not torch.cuda.is_available() and launched > 1
     if launched > 1:
         join()  # the process group with dapt's collective timeout (nothing new if the pipeline joined it already)
-    sharded = settings.sharding == "fsdp" and launched > 1
+    sharded = shards_over_processes(settings.sharding)
     precision = mixed_precision(settings.precision)
     if sharded and precision == "fp16":
         raise TrainingError("sharding fsdp: fp16 is not supported (its loss scaler is accelerate's); use bf16")
@@ -502,24 +515,12 @@ def train_loop(
             # backward: every process has taken part in its gradient collectives, none is left waiting in one;
             # nothing has been applied yet
             step_loss = accelerator.reduce(summed_loss, "mean").item()
-            if not math.isfinite(step_loss):  # the same global loss on every process: all stop here
-                raise raised_everywhere(
-                    TrainingError(
-                        f"{description}: the loss became {step_loss} at step {step + 1}; training stopped. "
-                        "Lower the learning rate or check the data; the last good checkpoint is kept."
-                    )
-                )
+            _stop_unless_finite(step_loss, "loss", description, step + 1, "Lower the learning rate or check the data")
             grad_norm = None
             if settings.grad_clip is not None:
                 # sharded gradients (DTensors) give a DTensor norm over all shards: the global norm, gathered
                 grad_norm = float(as_plain(accelerator.clip_grad_norm_(trainable, settings.grad_clip)))
-                if not math.isfinite(grad_norm):  # the global norm: every process stops here
-                    raise raised_everywhere(
-                        TrainingError(
-                            f"{description}: the gradient norm became {grad_norm} at step {step + 1}; training "
-                            "stopped. Lower the learning rate; the last good checkpoint is kept."
-                        )
-                    )
+                _stop_unless_finite(grad_norm, "gradient norm", description, step + 1, "Lower the learning rate")
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -528,11 +529,7 @@ def train_loop(
             result.final_train_loss = step_loss
             result.seconds = time.perf_counter() - clock
             speed = result.units_per_second
-            mfu = (
-                model_flops_utilization(settings.flops_per_unit, speed, settings.peak_tflops, world)
-                if settings.flops_per_unit
-                else None
-            )
+            mfu = model_flops_utilization(settings.flops_per_unit, speed, settings.peak_tflops, world)
             log(
                 {
                     "step": step,

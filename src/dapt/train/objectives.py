@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from dapt.data.shards import document_position_ids
 from dapt.errors import ConfigError, raised_everywhere
-from dapt.model.packed_attention import packed_attention
+from dapt.model.packed_attention import packed_attention, transformers_model
 
 
 def lm_batch(windows: torch.Tensor, eos_id: int | None) -> dict[str, torch.Tensor]:
@@ -58,15 +58,16 @@ def check_documents_kept_apart(model: torch.nn.Module, eos_id: int, vocab_size: 
     over LEAK_TOLERANCE); return the measured leak."""
     leak = document_leak(model, eos_id, vocab_size)
     if leak > LEAK_TOLERANCE:
-        config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
+        config = getattr(transformers_model(model), "config", None)
         described = f"{getattr(config, 'model_type', type(model).__name__)} with attention "
         described += str(getattr(config, "_attn_implementation", "?"))
         raise raised_everywhere(  # every process measures the same model the same way
             ConfigError(
                 f"pretrain.document_mask: this model ({described}) lets packed documents attend to each other: a "
                 f"document packed after another scores differently from the same document alone ({leak:.3f} of its "
-                "largest logit, over the 0.05 allowed). Use base.attn_implementation: sdpa (or flash_attention_2 on a "
-                "GPU), or set pretrain.document_mask: false to train on each window as one sequence."
+                f"largest logit, over the {LEAK_TOLERANCE} allowed). Use base.attn_implementation: sdpa (or "
+                "flash_attention_2 on a GPU), or set pretrain.document_mask: false to train on each window as one "
+                "sequence."
             )
         )
     return leak

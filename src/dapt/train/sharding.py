@@ -30,14 +30,19 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 
 from dapt.errors import TrainingError
-from dapt.train.distributed import wait_for_everyone
+from dapt.train.distributed import launched_world_size, wait_for_everyone
 
 # Gathered onto the CPU of the main process only: a full copy on every GPU would defeat sharding.
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
-# The main process holds the full state it read from the checkpoint and broadcasts it; each process keeps its
-# own shard. Not strict, as a saved model lacks the tied LM head (`checkpoint.load_full_weights` checks the
-# names first, from the file's header, on every process: all go on or all stop, none waits in a collective).
+# The main process holds the full state (of the base, or of the checkpoint it read) and broadcasts it; each process
+# keeps its own shard. Not strict, as a saved model lacks the tied LM head (`checkpoint.load_full_weights` has
+# checked the names first, on the main process, and told every process its verdict).
 BROADCAST = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+
+
+def shards_over_processes(sharding: str) -> bool:
+    """Whether `sharding` shards in this launch: fsdp over more than one process (alone, it trains unsharded)."""
+    return sharding == "fsdp" and launched_world_size() > 1
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -73,10 +73,11 @@ def peak_memory() -> dict[str, Any]:
 
 
 def model_flops_utilization(
-    flops_per_unit: float, units_per_second: float, peak_tflops: float | None, processes: int = 1
+    flops_per_unit: float | None, units_per_second: float, peak_tflops: float | None, processes: int = 1
 ) -> float | None:
-    """MFU: the model FLOP/s achieved over all processes, as a share of their devices' peak (None: peak unknown)."""
-    if not peak_tflops:
+    """MFU: the model FLOP/s achieved over all processes, as a share of their devices' peak (None: the FLOPs or
+    the peak unknown)."""
+    if not flops_per_unit or not peak_tflops:
         return None
     return flops_per_unit * units_per_second / 1e12 / (peak_tflops * processes)
 
