@@ -283,10 +283,11 @@ def _run(pipeline_path: Path, out: Path | None, overrides: list[str], until: str
     from dapt.pipeline import run_pipeline, say
     from dapt.report.build import build_report
     from dapt.train.distributed import is_main_process, leave
-    from dapt.train.loop import refuse_sharded_launch
+    from dapt.train.loop import check_launch
 
-    refuse_sharded_launch()  # now, not after ingest, curation and tokenization have run
     config = load_config(pipeline_path, overrides)
+    # now, not after ingest, curation and tokenization have run
+    check_launch(config.pretrain.sharding, config.pretrain.compile)
     run_dir = (out or Path("runs") / config.name).resolve()
     # Launched over several processes (torchrun / accelerate launch), only the main one writes to the run folder.
     main = is_main_process()

@@ -87,7 +87,9 @@ def test_a_truncated_training_state_is_named(tmp_path):
     state.write_bytes(state.read_bytes()[:100])
     for reads_optimizer_state in (True, False):  # the main process reads it whole, the others memory-map it
         with pytest.raises(CheckpointError, match="training_state.pt: cannot load this checkpoint file"):
-            checkpointer.restore(folder, optimizer.load_state_dict, scheduler, reads_optimizer_state)
+            checkpointer.restore(
+                folder, lambda state, _: optimizer.load_state_dict(state), scheduler, reads_optimizer_state
+            )
 
 
 def lora(r: int = 4, **preset):

@@ -12,7 +12,9 @@ last `keep_last` and the best one are kept.
 
 The files are the same for one process, DDP and FSDP: with sharded weights (`dapt.train.sharding`) every
 process takes part in gathering the full weights and optimizer state, the main process writes them with this
-class; on resume the main process alone reads them and sends every other process its shard.
+class; on resume the main process alone reads them and sends every other process its shard. Under DeepSpeed
+ZeRO (`dapt.train.zero`) the optimizer state is DeepSpeed's partitions of it, one per process, which resume
+under the same stage and number of processes only.
 
 A checkpoint that does not fit the model (another base, architecture or LoRA setting) or a damaged file is a
 `CheckpointError` naming the folder and what to do; the weights' names and shapes are checked, from the file's
@@ -37,6 +39,7 @@ from transformers.core_model_loading import revert_weight_conversion
 
 from dapt.artifacts import fsync_directory, fsync_tree
 from dapt.errors import CheckpointError, raised_everywhere
+from dapt.train import zero
 from dapt.train.distributed import wait_for_everyone
 from dapt.train.sharding import is_sharded, load_full_model_state, tied_copies, without_tied_copies
 
@@ -143,12 +146,13 @@ class Checkpointer:
     def restore(
         self,
         path: Path,
-        load_optimizer_state: Callable[[dict[str, Any]], None],
+        load_optimizer_state: Callable[[dict[str, Any], Path], None],
         scheduler: Any,
         reads_optimizer_state: bool = True,
     ) -> dict[str, Any]:
         """Load weights, optimizer (through `load_optimizer_state`, given the full `optimizer.state_dict()`
-        saved), scheduler and RNG from `path`; return the loop state saved with them.
+        saved, or DeepSpeed's partitions of it, and the file's path), scheduler and RNG from `path`; return the
+        loop state saved with them.
 
         Without `reads_optimizer_state` (under FSDP, a process other than the main one, which receives its shards
         of the moments from it), `load_optimizer_state` is given {}: `training_state.pt` is memory-mapped, and
@@ -159,10 +163,20 @@ class Checkpointer:
         """
         self.load_weights(path)
         try:
-            state = torch.load(path / TRAINING_STATE, weights_only=True, mmap=not reads_optimizer_state)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            # DeepSpeed's optimizer state holds a few of its own classes (its loss scaler, the ZeRO stage)
+            with torch.serialization.safe_globals(zero.checkpoint_classes()):
+                state = torch.load(path / TRAINING_STATE, weights_only=True, mmap=not reads_optimizer_state)
+        except pickle.UnpicklingError as error:
+            if "deepspeed" not in str(error):
+                raise CheckpointError.unreadable(path / TRAINING_STATE, error) from error
+            raise CheckpointError(
+                f"{path / TRAINING_STATE}: this checkpoint was written under DeepSpeed and deepspeed is not "
+                "installed or not launched: resume it the way it was written (the same DeepSpeed config and number "
+                f"of processes), or delete {path.parent} to start this stage over"
+            ) from error
+        except (OSError, RuntimeError, EOFError) as error:
             raise CheckpointError.unreadable(path / TRAINING_STATE, error) from error
-        load_optimizer_state(state["optimizer"] if reads_optimizer_state else {})
+        load_optimizer_state(state["optimizer"] if reads_optimizer_state else {}, path / TRAINING_STATE)
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():

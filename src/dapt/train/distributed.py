@@ -64,7 +64,7 @@ def join() -> PartialState:
 _waiting_groups: dict[int, Any] = {}  # the gloo group of long waits, per default process group
 
 
-def _waiting_group() -> Any:
+def waiting_group() -> Any:
     """A gloo group over every process with WAIT_TIMEOUT, made on first use (every process calls
     `wait_for_everyone` at the same points, so every one makes it at the same point, as it must)."""
     default = torch.distributed.group.WORLD
@@ -79,7 +79,8 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+# what makes accelerate see a launch over several processes, and DeepSpeed (only the pretrain stage trains with it)
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "ACCELERATE_USE_DEEPSPEED")
 
 
 @contextmanager
@@ -119,7 +120,7 @@ def wait_for_everyone() -> None:
     """
     if launched_world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         try:
-            torch.distributed.barrier(group=_waiting_group())
+            torch.distributed.barrier(group=waiting_group())
         except RuntimeError as error:
             raise OtherProcessStopped(
                 f"process {os.environ.get('RANK', '?')}: another process stopped while this one waited for it "
@@ -130,6 +131,6 @@ def wait_for_everyone() -> None:
 def leave() -> None:
     """Wait for every process, then destroy the process group (see the module docstring for why)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier(group=_waiting_group())
+        torch.distributed.barrier(group=waiting_group())
         _waiting_groups.clear()
         torch.distributed.destroy_process_group()  # the default group and every other one

@@ -7,8 +7,10 @@ the NaN guard, throughput logging, a metrics JSONL file and, with checkpoints, a
 
 Over several processes (`torchrun` / `accelerate launch`) the model is replicated (DDP, through accelerate) or,
 with `sharding="fsdp"`, sharded with torch's FSDP2 (`dapt.train.sharding`): each process holds 1/N of the
-weights, gradients and optimizer moments. Either way every process sees its share of the same global batch,
-so the loss curve is the one a single process follows, and checkpoints hold the full model.
+weights, gradients and optimizer moments. Launched with a DeepSpeed config, DeepSpeed's engine trains it with
+ZeRO stage 1 or 2 (`dapt.train.zero`): the optimizer state (and gradients) partitioned, the weights whole. Every
+process sees its share of the same global batch, so the loss curve is the one a single process follows, and
+checkpoints hold the full model.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tqdm.auto import tqdm
 
 from dapt.artifacts import atomic_write_text
 from dapt.errors import TrainingError, raised_everywhere
+from dapt.train import zero
 from dapt.train.checkpoint import Checkpointer
 from dapt.train.distributed import join, launched_world_size, wait_for_everyone
 from dapt.train.preemption import StopRequests, TrainingStopped
@@ -94,7 +97,7 @@ class TrainResult:
     eval_seconds: float = 0.0
     resumed_from: int | None = None  # the step this run resumed from, if it did
     processes: int = 1
-    sharding: str = "none"  # what the loop did: fsdp only over more than one process
+    sharding: str = "none"  # what the loop did: fsdp only over more than one process; deepspeed-zeroN
 
     @property
     def units_per_second(self) -> float:
@@ -147,19 +150,16 @@ DDP_LAUNCH = (
 )
 
 
-def refuse_sharded_launch() -> None:
-    """accelerate's own FSDP and DeepSpeed would wrap the model behind dapt's back: checkpoints and the exported
-    base would hold a fraction of it. dapt shards with its own FSDP (`sharding="fsdp"`) instead."""
+def check_launch(sharding: str = "none", compile: bool = False) -> None:
+    """accelerate's own FSDP would wrap the model behind dapt's back: checkpoints and the exported base would hold
+    a fraction of it; dapt shards with its own FSDP (`sharding="fsdp"`) instead. A DeepSpeed launch must be one
+    dapt's loop trains with (`dapt.train.zero.check_launch`)."""
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         raise TrainingError(
             "launched with accelerate's FSDP (ACCELERATE_USE_FSDP=true): dapt shards the model itself; set "
             f"`pretrain.sharding: fsdp` (or `--set pretrain.sharding=fsdp`) and {DDP_LAUNCH}"
         )
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise TrainingError(
-            "launched with DeepSpeed (ACCELERATE_USE_DEEPSPEED=true): not supported by dapt's training loop; for "
-            f"sharded weights and optimizer state set `pretrain.sharding: fsdp` and {DDP_LAUNCH}"
-        )
+    zero.check_launch(sharding, compile)
 
 
 CXX_COMPILERS = ("g++", "clang++", "c++")
@@ -301,7 +301,8 @@ def train_loop(
     folder already holds a resumable checkpoint, training continues from it exactly: same weights,
     optimizer moments, schedule, RNG and data position as if it had never stopped.
     """
-    refuse_sharded_launch()
+    check_launch(settings.sharding, settings.compile)
+    deepspeed = zero.launched_with_deepspeed()
     launched = launched_world_size()
     # Several processes without CUDA (torchrun / accelerate launch on CPUs): accelerate only sets up its gloo
     # process group when told to use the CPU; alone, it picks the best device itself.
@@ -317,10 +318,23 @@ def train_loop(
     # from a fresh state. The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     check_trackers(settings.report_to)
+    settings = resolve_accumulation(settings)
+    plugin = None
+    if deepspeed:
+        plugin = zero.plugin_for(
+            rows_per_process=(settings.micro_batch_size or launched) // launched,
+            grad_accum_steps=settings.grad_accum_steps,
+            grad_clip=settings.grad_clip,
+            world=launched,
+            precision=precision,
+        )
     accelerator = Accelerator(
-        cpu=multi_cpu,
+        # a DeepSpeed launch on CPUs (tests) finds the gloo group `join()` made: told cpu=True, accelerate would
+        # train without DeepSpeed
+        cpu=multi_cpu and not deepspeed,
         # sharded, FSDP itself computes in bf16 (MixedPrecisionPolicy), from fp32 master weights
         mixed_precision="no" if sharded else precision,
+        deepspeed_plugin=plugin,
         log_with=list(settings.report_to) or None,
         project_dir=settings.tracking_dir,
     )
@@ -331,7 +345,6 @@ def train_loop(
         )
     if settings.report_to:
         accelerator.init_trackers(description.replace(" ", "_"), config=_flat_settings(settings))
-    settings = resolve_accumulation(settings)
     rank, world = accelerator.process_index, accelerator.num_processes
     main_process = accelerator.is_main_process
     if sharded:  # before the optimizer: it must hold the shards (DTensors), not the full parameters
@@ -354,17 +367,25 @@ def train_loop(
     )
     # The scheduler is not handed to accelerate: it would step it once per process. Every process steps it
     # once per optimizer step, as in a single-process run. A sharded model is not handed over either:
-    # accelerate would wrap it in DDP.
+    # accelerate would wrap it in DDP. Under DeepSpeed the model becomes its engine (which `engine` names), the
+    # optimizer DeepSpeed's ZeRO optimizer around this one (whose param groups the scheduler keeps setting).
     if not sharded:
         model, optimizer = accelerator.prepare(model, optimizer)
+    engine = model if deepspeed else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     # the compiled module shares the model's parameters: checkpoints, evaluation and export see the same weights
     forward_model = compiled(model) if settings.compile else model
-    result = TrainResult(steps=0, units=0, seconds=0.0, processes=world, sharding="fsdp" if sharded else "none")
+    shown_sharding = f"deepspeed-zero{zero.stage_of(engine)}" if engine is not None else "fsdp" if sharded else "none"
+    result = TrainResult(steps=0, units=0, seconds=0.0, processes=world, sharding=shown_sharding)
 
-    def load_optimizer_state(state: dict[str, Any]) -> None:
-        if sharded:  # `state` is {} but on the main process, which sends each process its shards
+    def load_optimizer_state(state: dict[str, Any], where: Path) -> None:
+        # sharded or under DeepSpeed, `state` is {} but on the main process, which sends each process its shards
+        if sharded or deepspeed:
             wait_for_everyone()  # while the main process reads the moments (2× the model): the long-wait group
+        zero.check_resumable(state if main_process or not (sharded or deepspeed) else None, engine, world, str(where))
+        if deepspeed:
+            zero.load_optimizer_state(engine, state, main_process)
+        elif sharded:
             load_full_optimizer_state(model, optimizer, state)
         else:
             optimizer.load_state_dict(state)
@@ -376,7 +397,10 @@ def train_loop(
     if resume_from is not None:
         assert checkpointer is not None
         loop_state = checkpointer.restore(
-            resume_from, load_optimizer_state, scheduler, reads_optimizer_state=main_process or not sharded
+            resume_from,
+            load_optimizer_state,
+            scheduler,
+            reads_optimizer_state=main_process or not (sharded or deepspeed),
         )
         for name in RESUMED_FIELDS:
             setattr(result, name, loop_state["result"].get(name, getattr(result, name)))
@@ -439,7 +463,12 @@ def train_loop(
         }
         # sharded: every process sends its shards to the main process (collectives: all must take part)
         weights = full_model_state(model) if sharded else None
-        optimizer_state = full_optimizer_state(model, optimizer) if sharded else optimizer.state_dict()
+        if deepspeed:
+            optimizer_state = zero.gathered_optimizer_state(engine, main_process)
+        elif sharded:
+            optimizer_state = full_optimizer_state(model, optimizer)
+        else:
+            optimizer_state = optimizer.state_dict()
         wait_for_everyone()
         if main_process:
             checkpointer.save(step, optimizer_state, scheduler, loop_state, result.best_step, weights)
@@ -505,9 +534,14 @@ def train_loop(
                 # replicated (DDP), the gradients are averaged over the processes once per step, after the last
                 # micro-batch, not after each (accelerate's no_sync; nothing for one process or FSDP)
                 last = micro_step == settings.grad_accum_steps - 1
-                with nullcontext() if last or sharded else accelerator.no_sync(model):
+                if engine is not None:  # DeepSpeed reduces (ZeRO-2: partitions) the gradients at the last one
+                    engine.set_gradient_accumulation_boundary(last)
                     loss, units = loss_fn(forward_model, batch)
-                    accelerator.backward(loss / settings.grad_accum_steps)
+                    engine.backward(loss / settings.grad_accum_steps, scale_wrt_gas=False)
+                else:
+                    with nullcontext() if last or sharded else accelerator.no_sync(model):
+                        loss, units = loss_fn(forward_model, batch)
+                        accelerator.backward(loss / settings.grad_accum_steps)
                 summed_loss += loss.detach().float() / settings.grad_accum_steps
                 step_units += units * world
             # the loss of the whole global batch (a mean over processes), as a single process would see it, checked
@@ -517,11 +551,18 @@ def train_loop(
             step_loss = accelerator.reduce(summed_loss, "mean").item()
             _stop_unless_finite(step_loss, "loss", description, step + 1, "Lower the learning rate or check the data")
             grad_norm = None
-            if settings.grad_clip is not None:
+            if engine is not None:
+                # DeepSpeed clips and steps in one (skipping a step whose gradients are not finite), so its norm
+                # is checked after it: the weights in memory are then dropped, the last checkpoint is intact
+                grad_norm = zero.step(engine)
+                if settings.grad_clip is None:
+                    grad_norm = None
+            elif settings.grad_clip is not None:
                 # sharded gradients (DTensors) give a DTensor norm over all shards: the global norm, gathered
                 grad_norm = float(as_plain(accelerator.clip_grad_norm_(trainable, settings.grad_clip)))
+            if grad_norm is not None:
                 _stop_unless_finite(grad_norm, "gradient norm", description, step + 1, "Lower the learning rate")
-            optimizer.step()
+            optimizer.step()  # under DeepSpeed, nothing: its engine has stepped
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
