@@ -1,14 +1,13 @@
 """Train a tiny model with dapt's loop, logging to METRICS_FILE: run alone, or under torchrun.
 
-`ddp_train.py METRICS_FILE [none|fsdp] [nan-gradient|nan-loss-rank-1|crash-and-resume[-deeper]|accumulate]`: with
-fsdp, each
-process also writes METRICS_FILE.rankN.json with the share of a decoder layer's weight elements it holds after
-training; with nan-gradient, the gradients of step 3 are NaN while its loss stays finite; with nan-loss-rank-1,
-the loss of step 3 is NaN on the second process only; with crash-and-resume, training checkpoints every 4 steps
-(next to METRICS_FILE), every process crashes in step 5, and a fresh model resumes from step 4 to the end; the
-rank file then also counts the checkpoint files this process read in full (`reads`); -deeper resumes a model with
-one layer more, which the checkpoint does not fit; with accumulate, each step accumulates the gradients of 2
-micro-batches.
+`ddp_train.py METRICS_FILE [none|fsdp] [nan-gradient|nan-loss-rank-1|crash-and-resume[-deeper]|accumulate]`;
+launched with ACCELERATE_USE_DEEPSPEED=true, the loop trains with DeepSpeed ZeRO. Launched over several processes,
+each process also writes METRICS_FILE.rankN.json with the share of a decoder layer's weight elements it holds after
+training; with nan-gradient, the gradients of step 3 are NaN while its loss stays finite; with nan-loss-rank-1, the
+loss of step 3 is NaN on the second process only; with crash-and-resume, training checkpoints every 4 steps (next to
+METRICS_FILE), every process crashes in step 5, and a fresh model resumes from step 4 to the end; the rank file then
+also counts the checkpoint files this process read in full (`reads`); -deeper resumes a model with one layer more,
+which the checkpoint does not fit; with accumulate, each step accumulates the gradients of 2 micro-batches.
 """
 
 import json
@@ -130,7 +129,7 @@ def main(metrics_file: Path, sharding: str, fault: str | None) -> None:
         max_steps=8, lr=3e-3, warmup_steps=2, sharding=sharding, grad_accum_steps=2 if fault == "accumulate" else 1
     )
     reads = None
-    if fault in ("crash-and-resume", "crash-and-resume-deeper"):
+    if fault is not None and fault.startswith("crash-and-resume"):
         checkpoints = metrics_file.with_name("checkpoints")
         try:
             train_loop(
@@ -161,10 +160,10 @@ def main(metrics_file: Path, sharding: str, fault: str | None) -> None:
             fault, causal_lm_loss
         )
         result = train_loop(model, next_batch, loss_fn, settings, metrics_file=metrics_file, description="ddp")
-    if sharding == "fsdp":
+    if torch.distributed.is_initialized():
         weight = model.model.layers[0].mlp.up_proj.weight
         held = weight.to_local().numel() if isinstance(weight, DTensor) else weight.numel()
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        rank = torch.distributed.get_rank()
         shard_file = metrics_file.with_name(f"{metrics_file.name}.rank{rank}.json")
         shard = {"held": held, "of": weight.numel(), "sharding": result.sharding, "reads": reads}
         shard_file.write_text(json.dumps(shard))

@@ -1,18 +1,21 @@
-"""Two processes (gloo, CPU) follow the same loss curve as one process with the same global batch, replicated (DDP)
-or sharded (FSDP), and the whole pipeline launched over two processes builds the DAPT base a single process builds,
-also when killed midway and resumed."""
+"""Two processes (gloo, CPU) follow the same loss curve as one process with the same global batch, replicated (DDP),
+sharded (FSDP) or under DeepSpeed ZeRO, and the whole pipeline launched over two processes builds the DAPT base a
+single process builds, also when killed midway and resumed."""
 
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.integration
@@ -28,6 +31,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
+def layout(name: str) -> tuple[str, dict[str, str]]:
+    """ddp_train.py's sharding argument and the environment for a layout: none (DDP), fsdp, or zeroN (DeepSpeed
+    ZeRO stage N, told as `accelerate launch` with a DeepSpeed config tells it)."""
+    if name.startswith("zero"):
+        return "none", {**ENV, "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": name[-1]}
+    return name, ENV
+
+
 @pytest.fixture(scope="module")
 def single_process_metrics(tmp_path_factory) -> Path:
     single = tmp_path_factory.mktemp("single") / "single.jsonl"
@@ -35,12 +46,13 @@ def single_process_metrics(tmp_path_factory) -> Path:
     return single
 
 
-@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+@pytest.mark.parametrize("sharding", ["none", "fsdp", "zero1", "zero2"])
 def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
     double = tmp_path / "double.jsonl"
+    argument, env = layout(sharding)
     launched = subprocess.run(
-        [*TORCHRUN, str(SCRIPT), str(double), sharding],
-        env=ENV,
+        [*TORCHRUN, str(SCRIPT), str(double), argument],
+        env=env,
         timeout=300,
         capture_output=True,
         text=True,
@@ -56,16 +68,37 @@ def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
     assert max(norms) > 1.0, "clipping (at 1.0) was active"
     assert norms == pytest.approx(records(single_process_metrics, "grad_norm"), rel=1e-4)
     assert records(double, "units")[-1] == 8 * 8 * 32, "tokens are counted over both processes"
+    shards = [json.loads((tmp_path / f"double.jsonl.rank{rank}.json").read_text()) for rank in (0, 1)]
     if sharding == "fsdp":
-        shards = [json.loads((tmp_path / f"double.jsonl.rank{rank}.json").read_text()) for rank in (0, 1)]
         assert [shard["held"] for shard in shards] == [shards[0]["of"] // 2] * 2, "each process holds half a layer"
         assert shards[0]["sharding"] == "fsdp"
+    elif sharding.startswith("zero"):
+        assert [shard["held"] for shard in shards] == [shards[0]["of"]] * 2, "ZeRO 1-2 keep the weights whole"
+        assert shards[0]["sharding"] == f"deepspeed-{sharding}", "DeepSpeed's engine trained it"
+
+
+def test_a_deepspeed_run_resumes_exactly_with_only_the_main_process_reading_the_optimizer_state(
+    tmp_path, single_process_metrics
+):
+    metrics = tmp_path / "resumed.jsonl"
+    argument, env = layout("zero2")
+    command = [*TORCHRUN, str(SCRIPT), str(metrics), argument, "crash-and-resume"]
+    launched = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True)
+    assert launched.returncode == 0, f"torchrun failed:\n{launched.stdout[-4000:]}\n{launched.stderr[-4000:]}"
+    # crashed in step 5, resumed from step 4 (weights, each process's partition of the moments and fp32 master
+    # weights): the loss curve of a run that never stopped
+    assert records(metrics, "loss") == pytest.approx(records(single_process_metrics, "loss"), rel=1e-4, abs=1e-5)
+    main, other = [json.loads((tmp_path / f"resumed.jsonl.rank{rank}.json").read_text())["reads"] for rank in (0, 1)]
+    assert main == {"model.safetensors": 1, "training_state.pt": 1}
+    # the other process got its partition from the main one; the weights are whole, it reads them itself
+    assert other == {"model.safetensors": 1, "training_state.pt memory-mapped": 1}
 
 
 def launch_failing(metrics: Path, sharding: str, fault: str) -> subprocess.CompletedProcess:
     """ddp_train.py over two processes with a `fault` that must stop it, within 120 s: no process waits forever."""
-    command = [*TORCHRUN, str(SCRIPT), str(metrics), sharding, fault]
-    failed = subprocess.run(command, env=ENV, timeout=120, capture_output=True, text=True)
+    argument, env = layout(sharding)
+    command = [*TORCHRUN, str(SCRIPT), str(metrics), argument, fault]
+    failed = subprocess.run(command, env=env, timeout=120, capture_output=True, text=True)
     assert failed.returncode != 0
     return failed
 
@@ -93,28 +126,33 @@ def test_a_sharded_resume_from_a_checkpoint_of_another_model_stops_every_process
     assert failed.stderr.count("the checkpoint does not match the model: 9 missing (model.layers.2.") == 2
 
 
-@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+@pytest.mark.parametrize("sharding", ["none", "fsdp", "zero2"])
 def test_two_processes_accumulating_gradients_match_one(tmp_path, sharding):
-    # replicated, the gradients are averaged over the processes once per step (after the second micro-batch)
+    # replicated, the gradients are averaged over the processes once per step (after the second micro-batch);
+    # under DeepSpeed, its engine is told which micro-batch ends the step
     single, double = tmp_path / "single.jsonl", tmp_path / "double.jsonl"
     subprocess.run([sys.executable, str(SCRIPT), str(single), "none", "accumulate"], check=True, env=ENV, timeout=300)
-    command = [*TORCHRUN, str(SCRIPT), str(double), sharding, "accumulate"]
-    launched = subprocess.run(command, env=ENV, timeout=300, capture_output=True, text=True)
+    argument, env = layout(sharding)
+    command = [*TORCHRUN, str(SCRIPT), str(double), argument, "accumulate"]
+    launched = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True)
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert records(double, "loss") == pytest.approx(records(single, "loss"), rel=1e-4, abs=1e-5)
     assert records(double, "grad_norm") == pytest.approx(records(single, "grad_norm"), rel=1e-4)
     assert records(double, "units")[-1] == 8 * 2 * 8 * 32, "two micro-batches of 8 rows per step"
 
 
-def test_a_nan_gradient_stops_every_sharded_process(tmp_path):
+@pytest.mark.parametrize("sharding", ["fsdp", "zero2"])
+def test_a_nan_gradient_stops_every_sharded_process(tmp_path, sharding):
     metrics = tmp_path / "nan.jsonl"
-    failed = launch_failing(metrics, "fsdp", "nan-gradient")
-    # the norm over all shards is NaN on every process: each stops with the message, none waits for the other
-    assert failed.stderr.count("the gradient norm became nan at step 3; training stopped") == 2
+    failed = launch_failing(metrics, sharding, "nan-gradient")
+    # the norm over all shards is NaN on every process (DeepSpeed reports inf, and skips the step): each stops with
+    # the message, none waits for the other
+    bad = "inf" if sharding.startswith("zero") else "nan"
+    assert failed.stderr.count(f"the gradient norm became {bad} at step 3; training stopped") == 2
     assert len(records(metrics, "loss")) == 2, "steps 1 and 2 were logged, 3 was not"
 
 
-@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+@pytest.mark.parametrize("sharding", ["none", "fsdp", "zero2"])
 def test_a_nan_loss_on_one_process_stops_them_all(tmp_path, sharding):
     metrics = tmp_path / "nan.jsonl"
     failed = launch_failing(metrics, sharding, "nan-loss-rank-1")
@@ -155,10 +193,10 @@ def single_pretrain(tmp_path_factory) -> Path:
     return single
 
 
-def kill_midway(out: Path, *args: str) -> None:
+def kill_midway(out: Path, *args: str, launch: tuple[str, ...] = tuple(LAUNCH)) -> None:
     """Launch pretraining over two processes and SIGKILL every process once step 5 is logged."""
     process = subprocess.Popen(
-        [*LAUNCH, "pretrain", str(TINY), "--out", str(out), *CHECKPOINTS, *args],
+        [*launch, "pretrain", str(TINY), "--out", str(out), *CHECKPOINTS, *args],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -262,6 +300,43 @@ def test_whole_pipeline_sharded_over_two_processes(tmp_path, single_pretrain):
     resumed = dapt("pretrain", str(TINY), "--out", str(sharded), *CHECKPOINTS, *FSDP, processes=2)
     assert (resumed.stdout + resumed.stderr).count("resuming from step-") == 1
     assert weights_difference(single / "pretrain" / "model", sharded / "pretrain" / "model") < 1e-4
+
+
+def zero2_on_this_machine(folder: Path) -> Path:
+    """The shipped DeepSpeed launch config (zero2-gpu.yaml) for two processes on this machine, on a free port."""
+    config = yaml.safe_load((files("dapt") / "launch" / "zero2-gpu.yaml").read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        config.update(num_processes=2, main_process_port=probe.getsockname()[1])
+    path = folder / "zero2.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_pretraining_with_deepspeed_zero2_through_accelerate_launch(tmp_path, single_pretrain):
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    launch = (accelerate, "launch", "--config_file", str(zero2_on_this_machine(tmp_path)), "-m", "dapt.cli")
+    out, env = tmp_path / "zero2", {**os.environ, "OMP_NUM_THREADS": "1"}
+    pretrain = ["pretrain", str(TINY), "--out", str(out), *CHECKPOINTS]
+    done = subprocess.run([*launch, *pretrain], env=env, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    # two processes, each with half of the optimizer state and gradients, build the single-process DAPT base
+    assert weights_difference(single_pretrain / "pretrain" / "model", out / "pretrain" / "model") < 1e-4
+    metrics = json.loads((out / "pretrain" / "manifest.json").read_text())["metrics"]
+    assert (metrics["processes"], metrics["sharding"]) == (2, "deepspeed-zero2")
+
+    # killed midway: launched without DeepSpeed, both processes refuse its checkpoint, saying why; launched as it
+    # was, they resume from it and end with the same weights
+    shutil.rmtree(out / "pretrain")
+    kill_midway(out, launch=launch)
+    refused = subprocess.run([*LAUNCH, *pretrain], env=env, timeout=300, capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert refused.stderr.count("this checkpoint was written under DeepSpeed") == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr.split("this checkpoint was written")[0], "a message, not a traceback"
+    resumed = subprocess.run([*launch, *pretrain], env=env, timeout=300, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert (resumed.stdout + resumed.stderr).count("resuming from step-") == 1
+    assert weights_difference(single_pretrain / "pretrain" / "model", out / "pretrain" / "model") < 1e-4
 
 
 def test_an_error_on_the_main_process_stops_every_process_with_that_error(tmp_path):

@@ -169,10 +169,12 @@ class Checkpointer:
         except pickle.UnpicklingError as error:
             if "deepspeed" not in str(error):
                 raise CheckpointError.unreadable(path / TRAINING_STATE, error) from error
-            raise CheckpointError(
-                f"{path / TRAINING_STATE}: this checkpoint was written under DeepSpeed and deepspeed is not "
-                "installed or not launched: resume it the way it was written (the same DeepSpeed config and number "
-                f"of processes), or delete {path.parent} to start this stage over"
+            raise raised_everywhere(  # every process reads the file (the others memory-mapped): all fail alike
+                CheckpointError(
+                    f"{path / TRAINING_STATE}: this checkpoint was written under DeepSpeed (its optimizer state is "
+                    "DeepSpeed's) and this run is not launched with DeepSpeed: resume it with the same DeepSpeed "
+                    f"launch config and number of processes, or delete {path.parent} to start this stage over"
+                )
             ) from error
         except (OSError, RuntimeError, EOFError) as error:
             raise CheckpointError.unreadable(path / TRAINING_STATE, error) from error
