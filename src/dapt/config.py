@@ -654,8 +654,9 @@ class PretrainConfig(Section):
         description="Over several processes (torchrun --nproc_per_node N): none replicates the model on each "
         "(DDP); fsdp shards weights, gradients and optimizer moments over them (torch FSDP2, one shard group per "
         "decoder layer): about 1/N of the memory per process, the same loss curve and checkpoints. With one "
-        "process fsdp trains unsharded. Not with method lora or precision fp16. How it runs, not what it trains: "
-        "not part of the stage's cache key.",
+        "process fsdp trains unsharded. Not with method lora or precision fp16. For DeepSpeed ZeRO 1-2 keep none "
+        "and launch with a DeepSpeed config (accelerate launch --config_file src/dapt/launch/zero2-gpu.yaml). "
+        "How it runs, not what it trains: not part of the stage's cache key.",
     )
     compile: bool = Field(
         False,

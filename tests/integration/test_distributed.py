@@ -32,10 +32,15 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def layout(name: str) -> tuple[str, dict[str, str]]:
-    """ddp_train.py's sharding argument and the environment for a layout: none (DDP), fsdp, or zeroN (DeepSpeed
-    ZeRO stage N, told as `accelerate launch` with a DeepSpeed config tells it)."""
+    """ddp_train.py's sharding argument and the environment for a layout: none (DDP), fsdp, or zeroN[-offload]
+    (DeepSpeed ZeRO stage N, the optimizer state in host memory with -offload, told as `accelerate launch` with a
+    DeepSpeed config tells it)."""
     if name.startswith("zero"):
-        return "none", {**ENV, "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": name[-1]}
+        stage, _, offload = name.removeprefix("zero").partition("-")
+        deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": stage}
+        if offload:
+            deepspeed["ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"] = "cpu"
+        return "none", {**ENV, **deepspeed}
     return name, ENV
 
 
@@ -46,7 +51,7 @@ def single_process_metrics(tmp_path_factory) -> Path:
     return single
 
 
-@pytest.mark.parametrize("sharding", ["none", "fsdp", "zero1", "zero2"])
+@pytest.mark.parametrize("sharding", ["none", "fsdp", "zero1", "zero2", "zero2-offload"])
 def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
     double = tmp_path / "double.jsonl"
     argument, env = layout(sharding)
@@ -74,7 +79,7 @@ def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
         assert shards[0]["sharding"] == "fsdp"
     elif sharding.startswith("zero"):
         assert [shard["held"] for shard in shards] == [shards[0]["of"]] * 2, "ZeRO 1-2 keep the weights whole"
-        assert shards[0]["sharding"] == f"deepspeed-{sharding}", "DeepSpeed's engine trained it"
+        assert shards[0]["sharding"] == f"deepspeed-{sharding[:5]}", "DeepSpeed's engine trained it"
 
 
 def test_a_deepspeed_run_resumes_exactly_with_only_the_main_process_reading_the_optimizer_state(
@@ -337,6 +342,18 @@ def test_pretraining_with_deepspeed_zero2_through_accelerate_launch(tmp_path, si
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert (resumed.stdout + resumed.stderr).count("resuming from step-") == 1
     assert weights_difference(single_pretrain / "pretrain" / "model", out / "pretrain" / "model") < 1e-4
+
+
+def test_one_process_with_deepspeed_builds_the_same_base(tmp_path, single_pretrain):
+    # e.g. ZeRO-Offload on a single GPU: no launcher's variables, DeepSpeed gets a process group of one
+    _, env = layout("zero2")
+    out = tmp_path / "alone"
+    command = [sys.executable, "-m", "dapt.cli", "pretrain", str(TINY), "--out", str(out), *CHECKPOINTS]
+    done = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert weights_difference(single_pretrain / "pretrain" / "model", out / "pretrain" / "model") < 1e-4
+    metrics = json.loads((out / "pretrain" / "manifest.json").read_text())["metrics"]
+    assert (metrics["processes"], metrics["sharding"]) == (1, "deepspeed-zero2")
 
 
 def test_an_error_on_the_main_process_stops_every_process_with_that_error(tmp_path):

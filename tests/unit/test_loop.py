@@ -187,15 +187,16 @@ def test_compile_without_a_cxx_compiler_is_a_clear_error(monkeypatch):
         train_loop(model, batch, loss_fn, LoopSettings(max_steps=1, lr=0.1, compile=True))
 
 
-def test_dapt_run_refuses_a_deepspeed_launch_before_any_stage(monkeypatch, tmp_path, capsys):
+def test_dapt_run_refuses_a_deepspeed_launch_it_cannot_train_with_before_any_stage(monkeypatch, tmp_path, capsys):
     from pathlib import Path
 
     from dapt.cli import main
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
     tiny = Path(__file__).parents[1] / "integration" / "tiny.yaml"
     assert main(["run", str(tiny), "--out", str(tmp_path / "run")]) == 2
-    assert "launched with DeepSpeed" in capsys.readouterr().err
+    assert "zero_optimization.stage 3 is not supported" in capsys.readouterr().err
     assert not (tmp_path / "run").exists(), "no stage ran"
 
 

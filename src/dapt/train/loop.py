@@ -309,6 +309,8 @@ def train_loop(
     multi_cpu = not torch.cuda.is_available() and launched > 1
     if launched > 1:
         join()  # the process group with dapt's collective timeout (nothing new if the pipeline joined it already)
+    elif deepspeed:
+        zero.one_process_group()
     sharded = shards_over_processes(settings.sharding)
     precision = mixed_precision(settings.precision)
     if sharded and precision == "fp16":

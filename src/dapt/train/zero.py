@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import sys
 from typing import Any
 
@@ -33,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dapt.errors import CheckpointError, TrainingError, raised_everywhere
-from dapt.train.distributed import waiting_group
+from dapt.train.distributed import collective_timeout, waiting_group
 
 USE_DEEPSPEED = "ACCELERATE_USE_DEEPSPEED"  # set by `accelerate launch` with a DeepSpeed config
 SUPPORTED_STAGES = (0, 1, 2)
@@ -126,6 +127,25 @@ def plugin_for(
         # DeepSpeed's fused CPU Adam is its own build; torch's AdamW (foreach) steps the moments in host memory
         config["zero_force_ds_cpu_optimizer"] = False
     return plugin
+
+
+def one_process_group() -> None:
+    """Launched with DeepSpeed as one process (ZeRO-Offload on one GPU, or `dapt run` with the variables set):
+    DeepSpeed wants a process group and a LOCAL_RANK and, without a launcher's variables, would look for MPI. Give
+    it a group of one on a free local port, as process 0."""
+    os.environ.setdefault("LOCAL_RANK", "0")
+    if torch.distributed.is_initialized():
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.distributed.init_process_group(
+        "nccl" if torch.cuda.is_available() else "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=0,
+        world_size=1,
+        timeout=collective_timeout(),
+    )
 
 
 def stage_of(engine: Any) -> int:
