@@ -284,7 +284,7 @@ def run_stages(
     each training on its share of the global batch; any other stage runs on the main process alone while the
     others wait. Only the main process writes folders and manifests; the others read them after a barrier.
     """
-    from dapt.train import distributed
+    from dapt.train import distributed, zero
 
     several = distributed.launched_world_size() > 1
     if several:
@@ -303,6 +303,9 @@ def run_stages(
             distributed.wait_for_everyone()
             if not main:
                 artifacts[spec.name] = _finished(run_dir / spec.name)
+        elif not spec.distributed and zero.launched_with_deepspeed():
+            with distributed.alone():  # one process launched with DeepSpeed: only the pretrain stage trains with it
+                artifacts[spec.name] = _run_stage(spec, header, artifacts, config, run_dir)
         else:
             artifacts[spec.name] = _run_stage(spec, header, artifacts, config, run_dir, several=several)
     return artifacts

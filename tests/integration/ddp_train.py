@@ -1,16 +1,18 @@
 """Train a tiny model with dapt's loop, logging to METRICS_FILE: run alone, or under torchrun.
 
 `ddp_train.py METRICS_FILE [none|fsdp] [nan-gradient|nan-loss-rank-1|crash-and-resume[-deeper]|accumulate]`;
-launched with ACCELERATE_USE_DEEPSPEED=true, the loop trains with DeepSpeed ZeRO. Launched over several processes,
-each process also writes METRICS_FILE.rankN.json with the share of a decoder layer's weight elements it holds after
-training; with nan-gradient, the gradients of step 3 are NaN while its loss stays finite; with nan-loss-rank-1, the
-loss of step 3 is NaN on the second process only; with crash-and-resume, training checkpoints every 4 steps (next to
-METRICS_FILE), every process crashes in step 5, and a fresh model resumes from step 4 to the end; the rank file then
-also counts the checkpoint files this process read in full (`reads`); -deeper resumes a model with one layer more,
-which the checkpoint does not fit; with accumulate, each step accumulates the gradients of 2 micro-batches.
+launched with ACCELERATE_USE_DEEPSPEED=true, the loop trains with DeepSpeed ZeRO (in DDP_TRAIN_PRECISION, if set).
+Launched over several processes, each process also writes METRICS_FILE.rankN.json with the share of a decoder
+layer's weight elements it holds after training; with nan-gradient, the gradients of step 3 are NaN while its loss
+stays finite; with nan-loss-rank-1, the loss of step 3 is NaN on the second process only; with crash-and-resume,
+training checkpoints every 4 steps (next to METRICS_FILE), every process crashes in step 5, and a fresh model
+resumes from step 4 to the end; the rank file then also counts the checkpoint files this process read in full
+(`reads`); -deeper resumes a model with one layer more, which the checkpoint does not fit; with accumulate, each
+step accumulates the gradients of 2 micro-batches.
 """
 
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -126,7 +128,12 @@ def main(metrics_file: Path, sharding: str, fault: str | None) -> None:
     windows = (torch.arange(64 * 33) * 7 % 50 + 1).view(64, 33)  # a learnable pattern
     next_batch = Batches(windows, tokenizer.eos_token_id)
     settings = LoopSettings(
-        max_steps=8, lr=3e-3, warmup_steps=2, sharding=sharding, grad_accum_steps=2 if fault == "accumulate" else 1
+        max_steps=8,
+        lr=3e-3,
+        warmup_steps=2,
+        sharding=sharding,
+        grad_accum_steps=2 if fault == "accumulate" else 1,
+        precision=os.environ.get("DDP_TRAIN_PRECISION", "auto"),
     )
     reads = None
     if fault is not None and fault.startswith("crash-and-resume"):

@@ -32,14 +32,16 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def layout(name: str) -> tuple[str, dict[str, str]]:
-    """ddp_train.py's sharding argument and the environment for a layout: none (DDP), fsdp, or zeroN[-offload]
-    (DeepSpeed ZeRO stage N, the optimizer state in host memory with -offload, told as `accelerate launch` with a
-    DeepSpeed config tells it)."""
+    """ddp_train.py's sharding argument and the environment for a layout: none (DDP), fsdp, or zeroN[-offload][-bf16]
+    (DeepSpeed ZeRO stage N, told as `accelerate launch` with a DeepSpeed config tells it; -offload: the optimizer
+    state in host memory; -bf16: trained in bf16)."""
     if name.startswith("zero"):
-        stage, _, offload = name.removeprefix("zero").partition("-")
+        stage, *options = name.removeprefix("zero").split("-")
         deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": stage}
-        if offload:
+        if "offload" in options:
             deepspeed["ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"] = "cpu"
+        if "bf16" in options:
+            deepspeed["DDP_TRAIN_PRECISION"] = "bf16"
         return "none", {**ENV, **deepspeed}
     return name, ENV
 
@@ -82,17 +84,23 @@ def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
         assert shards[0]["sharding"] == f"deepspeed-{sharding[:5]}", "DeepSpeed's engine trained it"
 
 
+@pytest.mark.parametrize("sharding", ["zero2", "zero1-bf16"])
 def test_a_deepspeed_run_resumes_exactly_with_only_the_main_process_reading_the_optimizer_state(
-    tmp_path, single_process_metrics
+    tmp_path, single_process_metrics, sharding
 ):
+    argument, env = layout(sharding)
+    uninterrupted = single_process_metrics
+    if sharding.endswith("bf16"):  # the bf16 weights, fp32 master weights in DeepSpeed's bf16 optimizer
+        uninterrupted = tmp_path / "uninterrupted.jsonl"
+        subprocess.run([*TORCHRUN, str(SCRIPT), str(uninterrupted), argument], env=env, timeout=300, check=True)
+        assert records(uninterrupted, "loss") != records(single_process_metrics, "loss"), "trained in bf16"
     metrics = tmp_path / "resumed.jsonl"
-    argument, env = layout("zero2")
     command = [*TORCHRUN, str(SCRIPT), str(metrics), argument, "crash-and-resume"]
     launched = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True)
     assert launched.returncode == 0, f"torchrun failed:\n{launched.stdout[-4000:]}\n{launched.stderr[-4000:]}"
     # crashed in step 5, resumed from step 4 (weights, each process's partition of the moments and fp32 master
     # weights): the loss curve of a run that never stopped
-    assert records(metrics, "loss") == pytest.approx(records(single_process_metrics, "loss"), rel=1e-4, abs=1e-5)
+    assert records(metrics, "loss") == pytest.approx(records(uninterrupted, "loss"), rel=1e-5, abs=1e-6)
     main, other = [json.loads((tmp_path / f"resumed.jsonl.rank{rank}.json").read_text())["reads"] for rank in (0, 1)]
     assert main == {"model.safetensors": 1, "training_state.pt": 1}
     # the other process got its partition from the main one; the weights are whole, it reads them itself
@@ -345,12 +353,14 @@ def test_pretraining_with_deepspeed_zero2_through_accelerate_launch(tmp_path, si
 
 
 def test_one_process_with_deepspeed_builds_the_same_base(tmp_path, single_pretrain):
-    # e.g. ZeRO-Offload on a single GPU: no launcher's variables, DeepSpeed gets a process group of one
+    # e.g. ZeRO-Offload on a single GPU: no launcher's variables, DeepSpeed gets a process group of one; the task
+    # stages after pretraining train without it
     _, env = layout("zero2")
     out = tmp_path / "alone"
-    command = [sys.executable, "-m", "dapt.cli", "pretrain", str(TINY), "--out", str(out), *CHECKPOINTS]
+    command = [sys.executable, "-m", "dapt.cli", "run", str(TINY), "--out", str(out), *CHECKPOINTS]
     done = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
+    assert (out / "report.json").exists()
     assert weights_difference(single_pretrain / "pretrain" / "model", out / "pretrain" / "model") < 1e-4
     metrics = json.loads((out / "pretrain" / "manifest.json").read_text())["metrics"]
     assert (metrics["processes"], metrics["sharding"]) == (1, "deepspeed-zero2")

@@ -10,7 +10,7 @@ import torch
 from dapt.errors import TrainingError
 from dapt.train import zero
 from dapt.train.distributed import alone
-from dapt.train.loop import LoopSettings, check_launch, train_loop
+from dapt.train.loop import FP16_SKIPS_IN_A_ROW, LoopSettings, _count_skipped_step, check_launch, train_loop
 
 
 @pytest.fixture
@@ -58,10 +58,36 @@ def test_an_optimizer_or_scheduler_in_the_deepspeed_config_is_refused(deepspeed_
         check_launch()
 
 
-def test_zero_stage_3_is_refused_with_the_way_to_shard_weights(deepspeed_launch, monkeypatch):
-    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
-    with pytest.raises(TrainingError, match=r"zero_optimization.stage 3 is not supported.*pretrain.sharding: fsdp"):
+@pytest.mark.parametrize(
+    ("stage", "way"), [("3", "pretrain.sharding: fsdp"), ("0", "launch without DeepSpeed \\(torchrun")]
+)
+def test_zero_stages_0_and_3_are_refused_with_the_way_to_get_them(deepspeed_launch, monkeypatch, stage, way):
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", stage)
+    with pytest.raises(TrainingError, match=rf"zero_optimization.stage {stage} is not supported.*{way}"):
         check_launch()
+
+
+def test_elastic_checkpoints_are_refused(deepspeed_launch, tmp_path):
+    deepspeed_launch(tmp_path / "ds.json", zero_optimization={"stage": 2, "elastic_checkpoint": True})
+    with pytest.raises(TrainingError, match="elastic_checkpoint is not supported"):
+        check_launch()
+
+
+def test_16_bit_training_sums_gradients_in_fp32(deepspeed_launch):
+    assert plugin(precision="bf16").deepspeed_config["data_types"]["grad_accum_dtype"] == "fp32"
+    assert "data_types" not in plugin(precision="no").deepspeed_config
+
+
+def test_fp16_may_skip_steps_but_not_too_many_in_a_row():
+    counters = {}
+    for _ in range(FP16_SKIPS_IN_A_ROW - 1):
+        _count_skipped_step(True, counters, "pretrain", 7)
+    _count_skipped_step(False, counters, "pretrain", 8)  # a step applied: the count starts over
+    assert counters["skipped_in_a_row"] == 0
+    for step in range(FP16_SKIPS_IN_A_ROW - 1):
+        _count_skipped_step(True, counters, "pretrain", 9 + step)
+    with pytest.raises(TrainingError, match=f"skipped {FP16_SKIPS_IN_A_ROW} steps in a row, up to step 99"):
+        _count_skipped_step(True, counters, "pretrain", 99)
 
 
 def test_a_precision_the_deepspeed_config_forces_must_be_the_pretrain_one(deepspeed_launch, tmp_path):

@@ -260,6 +260,24 @@ def _stop_unless_finite(value: float, what: str, description: str, step: int, ad
         )
 
 
+# fp16's loss scaler skips a step whose scaled gradients overflow, and lowers its scale: now and then, that is how it
+# works. This many skips in a row means the gradients overflow at any scale.
+FP16_SKIPS_IN_A_ROW = 20
+
+
+def _count_skipped_step(skipped: bool, counters: dict[str, int], description: str, step: int) -> None:
+    """Count fp16's skipped steps in a row (in `counters`, which checkpoints keep); stop when there are too many."""
+    counters["skipped_in_a_row"] = counters.get("skipped_in_a_row", 0) + 1 if skipped else 0
+    if counters["skipped_in_a_row"] >= FP16_SKIPS_IN_A_ROW:
+        raise raised_everywhere(
+            TrainingError(
+                f"{description}: fp16's loss scaler skipped {counters['skipped_in_a_row']} steps in a row, up to step "
+                f"{step} (the gradients overflow at any scale); training stopped. Lower the learning rate or use "
+                "bf16; the last good checkpoint is kept."
+            )
+        )
+
+
 # What a checkpoint remembers of the result so far, so a resumed run reports the same as an uninterrupted one.
 RESUMED_FIELDS = (
     "steps",
@@ -313,6 +331,7 @@ def train_loop(
         zero.one_process_group()
     sharded = shards_over_processes(settings.sharding)
     precision = mixed_precision(settings.precision)
+    fp16 = precision == "fp16"
     if sharded and precision == "fp16":
         raise TrainingError("sharding fsdp: fp16 is not supported (its loss scaler is accelerate's); use bf16")
     # accelerate keeps one global state per process and refuses a second Accelerator with another precision;
@@ -392,7 +411,7 @@ def train_loop(
         else:
             optimizer.load_state_dict(state)
 
-    counters = {"bad_evaluations": 0, "last_evaluated": -1}
+    counters = {"bad_evaluations": 0, "last_evaluated": -1, "skipped_in_a_row": 0}
     saved = {"step": -1}  # the newest checkpoint this run wrote
 
     resume_from = checkpointer.latest_resumable() if checkpointer else None
@@ -536,7 +555,7 @@ def train_loop(
                 # replicated (DDP), the gradients are averaged over the processes once per step, after the last
                 # micro-batch, not after each (accelerate's no_sync; nothing for one process or FSDP)
                 last = micro_step == settings.grad_accum_steps - 1
-                if engine is not None:  # DeepSpeed reduces (ZeRO-2: partitions) the gradients at the last one
+                if engine is not None:  # told which micro-batch ends the step: DeepSpeed steps after it
                     engine.set_gradient_accumulation_boundary(last)
                     loss, units = loss_fn(forward_model, batch)
                     engine.backward(loss / settings.grad_accum_steps, scale_wrt_gas=False)
@@ -562,10 +581,17 @@ def train_loop(
             elif settings.grad_clip is not None:
                 # sharded gradients (DTensors) give a DTensor norm over all shards: the global norm, gathered
                 grad_norm = float(as_plain(accelerator.clip_grad_norm_(trainable, settings.grad_clip)))
-            if grad_norm is not None:
+            if grad_norm is not None and not (fp16 and not math.isfinite(grad_norm)):  # fp16: see below
                 _stop_unless_finite(grad_norm, "gradient norm", description, step + 1, "Lower the learning rate")
             optimizer.step()  # under DeepSpeed, nothing: its engine has stepped
-            scheduler.step()
+            # fp16: the loss scaler (accelerate's or DeepSpeed's) skipped a step that overflowed; the schedule waits
+            skipped = fp16 and optimizer.step_was_skipped
+            if fp16:
+                _count_skipped_step(skipped, counters, description, step + 1)
+            if not skipped:
+                scheduler.step()
+            else:
+                grad_norm = None
             optimizer.zero_grad(set_to_none=True)
             step += 1
             result.steps, result.units = step, result.units + step_units
@@ -579,6 +605,7 @@ def train_loop(
                     "loss": step_loss,
                     "lr": max(scheduler.get_last_lr()),
                     **({"grad_norm": grad_norm} if grad_norm is not None else {}),
+                    **({"skipped": True} if skipped else {}),  # fp16: the loss scaler skipped it
                     "units": result.units,
                     "seconds": round(result.seconds, 3),
                     "units_per_second": round(speed, 1),  # so far, over all processes

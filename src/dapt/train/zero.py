@@ -37,7 +37,7 @@ from dapt.errors import CheckpointError, TrainingError, raised_everywhere
 from dapt.train.distributed import collective_timeout, waiting_group
 
 USE_DEEPSPEED = "ACCELERATE_USE_DEEPSPEED"  # set by `accelerate launch` with a DeepSpeed config
-SUPPORTED_STAGES = (0, 1, 2)
+SUPPORTED_STAGES = (1, 2)
 STATE_KEY = "deepspeed_zero"  # the optimizer entry of a checkpoint written under DeepSpeed
 
 
@@ -82,9 +82,15 @@ def _plugin() -> Any:
     stage = int(config.get("zero_optimization", {}).get("stage", 0))
     if stage not in SUPPORTED_STAGES:
         raise TrainingError(
-            f"{_config_source()}: zero_optimization.stage {stage} is not supported by dapt's loop (stages 0-2 are; "
-            "3 partitions the weights themselves). For sharded weights set pretrain.sharding: fsdp and launch "
-            "without DeepSpeed"
+            f"{_config_source()}: zero_optimization.stage {stage} is not supported by dapt's loop (stages 1 and 2 "
+            "are). Stage 0 is plain data parallelism: launch without DeepSpeed (torchrun, or accelerate launch "
+            "with src/dapt/launch/ddp-gpu.yaml); stage 3 partitions the weights themselves: set "
+            "pretrain.sharding: fsdp and launch without DeepSpeed"
+        )
+    if config["zero_optimization"].get("elastic_checkpoint") in (True, "true"):
+        raise TrainingError(
+            f"{_config_source()}: zero_optimization.elastic_checkpoint is not supported (dapt's checkpoints resume "
+            "under the same number of processes); remove it"
         )
     for section in ("optimizer", "scheduler"):
         if section in config:
@@ -123,6 +129,10 @@ def plugin_for(
                 f"pretrain.precision) or set pretrain.precision: {dtype}"
             )
         config.setdefault(dtype, {})["enabled"] = precision == dtype
+    if precision in ("bf16", "fp16"):
+        # gradients summed over the micro-batches of a step in fp32, as under accelerate's autocast (DeepSpeed's
+        # default is the weights' 16 bits)
+        config.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
     if config["zero_optimization"].get("offload_optimizer", {}).get("device", "none") not in ("none", None):
         # DeepSpeed's fused CPU Adam is its own build; torch's AdamW (foreach) steps the moments in host memory
         config["zero_force_ds_cpu_optimizer"] = False
