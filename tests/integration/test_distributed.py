@@ -352,6 +352,20 @@ def test_pretraining_with_deepspeed_zero2_through_accelerate_launch(tmp_path, si
     assert weights_difference(single_pretrain / "pretrain" / "model", out / "pretrain" / "model") < 1e-4
 
 
+def test_lora_pretraining_under_deepspeed_matches_one_process(tmp_path):
+    # only the adapters (and the embeddings, LM head: modules_to_save) train; ZeRO partitions just their state
+    lora = [*("--set", "pretrain.max_steps=12", "--set", "pretrain.method=lora", "--set", "pretrain.lora.r=8")]
+    lora += ["--set", "pretrain.lora.train_embeddings=true"]
+    dapt("pretrain", str(TINY), "--out", str(tmp_path / "one"), *lora)
+    _, env = layout("zero2")
+    command = [*LAUNCH, "pretrain", str(TINY), "--out", str(tmp_path / "zero2"), *lora]
+    done = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert weights_difference(tmp_path / "one" / "pretrain" / "model", tmp_path / "zero2" / "pretrain" / "model") < 1e-5
+    metrics = json.loads((tmp_path / "zero2" / "pretrain" / "manifest.json").read_text())["metrics"]
+    assert (metrics["method"], metrics["sharding"]) == ("lora", "deepspeed-zero2")
+
+
 def test_one_process_with_deepspeed_builds_the_same_base(tmp_path, single_pretrain):
     # e.g. ZeRO-Offload on a single GPU: no launcher's variables, DeepSpeed gets a process group of one; the task
     # stages after pretraining train without it
