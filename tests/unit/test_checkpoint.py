@@ -170,3 +170,21 @@ def test_a_checkpoint_resumes_into_the_same_architecture_whatever_transformers_r
     load_full_weights(fresh, tmp_path / "step-000004")
     for name, tensor in trained.state_dict().items():
         assert torch.equal(fresh.state_dict()[name], tensor), name
+
+
+def test_fp16s_loss_scale_resumes_with_the_checkpoint(tmp_path):
+    # a scale that restarted at 65536 would skip steps the uninterrupted run did not
+    model = tiny()
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    checkpointer = Checkpointer(
+        tmp_path / "checkpoints",
+        save_model=lambda folder, _: model.save_pretrained(folder, safe_serialization=True),
+        load_weights=lambda folder: load_full_weights(model, folder),
+    )
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 512.0, "_growth_tracker": 7})
+    folder = checkpointer.save(4, optimizer.state_dict(), scheduler, {"step": 4}, None, scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    checkpointer.restore(folder, lambda state, _: optimizer.load_state_dict(state), scheduler, scaler=fresh)
+    assert fresh.state_dict()["scale"] == 512.0 and fresh.state_dict()["_growth_tracker"] == 7

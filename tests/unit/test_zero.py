@@ -67,15 +67,18 @@ def test_zero_stages_0_and_3_are_refused_with_the_way_to_get_them(deepspeed_laun
         check_launch()
 
 
-def test_elastic_checkpoints_are_refused(deepspeed_launch, tmp_path):
-    deepspeed_launch(tmp_path / "ds.json", zero_optimization={"stage": 2, "elastic_checkpoint": True})
+@pytest.mark.parametrize("elastic", [True, "yes"])
+def test_elastic_checkpoints_are_refused(deepspeed_launch, tmp_path, elastic):
+    deepspeed_launch(tmp_path / "ds.json", zero_optimization={"stage": 2, "elastic_checkpoint": elastic})
     with pytest.raises(TrainingError, match="elastic_checkpoint is not supported"):
         check_launch()
 
 
-def test_16_bit_training_sums_gradients_in_fp32(deepspeed_launch):
+def test_16_bit_training_sums_accumulated_gradients_in_fp32(deepspeed_launch):
     assert plugin(precision="bf16").deepspeed_config["data_types"]["grad_accum_dtype"] == "fp32"
     assert "data_types" not in plugin(precision="no").deepspeed_config
+    one_micro_batch = zero.plugin_for(rows_per_process=4, grad_accum_steps=1, grad_clip=1.0, world=2, precision="bf16")
+    assert "data_types" not in one_micro_batch.deepspeed_config, "nothing to sum: no fp32 buffer"
 
 
 def test_fp16_may_skip_steps_but_not_too_many_in_a_row():

@@ -89,9 +89,11 @@ class Checkpointer:
         loop_state: dict[str, Any],
         best_step: int | None,
         weights: dict[str, torch.Tensor] | None = None,
+        scaler: Any = None,
     ) -> Path:
         """Write checkpoint `step`: `optimizer_state` is a full `optimizer.state_dict()` (gathered when sharded),
-        `weights` the full model state gathered from a sharded model (None: the live model saves itself)."""
+        `weights` the full model state gathered from a sharded model (None: the live model saves itself); `scaler`
+        fp16's loss scaler (accelerate's GradScaler), whose scale resumes too."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self._recover()
         for stale in [*self.folder.glob(".*.partial"), *self.folder.glob(".*.replaced")]:
@@ -103,6 +105,7 @@ class Checkpointer:
             {
                 "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
+                **({"scaler": scaler.state_dict()} if scaler is not None else {}),
                 "torch_rng": torch.get_rng_state(),
                 # the accelerator's generator too (dropout on a GPU): the same on every process of a launch
                 **({"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}),
@@ -149,6 +152,7 @@ class Checkpointer:
         load_optimizer_state: Callable[[dict[str, Any], Path], None],
         scheduler: Any,
         reads_optimizer_state: bool = True,
+        scaler: Any = None,
     ) -> dict[str, Any]:
         """Load weights, optimizer (through `load_optimizer_state`, given the full `optimizer.state_dict()`
         saved, or DeepSpeed's partitions of it, and the file's path), scheduler and RNG from `path`; return the
@@ -180,6 +184,8 @@ class Checkpointer:
             raise CheckpointError.unreadable(path / TRAINING_STATE, error) from error
         load_optimizer_state(state["optimizer"] if reads_optimizer_state else {}, path / TRAINING_STATE)
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"])

@@ -422,6 +422,7 @@ def train_loop(
             load_optimizer_state,
             scheduler,
             reads_optimizer_state=main_process or not (sharded or deepspeed),
+            scaler=accelerator.scaler,  # fp16 without DeepSpeed (DeepSpeed's is in its optimizer state)
         )
         for name in RESUMED_FIELDS:
             setattr(result, name, loop_state["result"].get(name, getattr(result, name)))
@@ -492,7 +493,8 @@ def train_loop(
             optimizer_state = optimizer.state_dict()
         wait_for_everyone()
         if main_process:
-            checkpointer.save(step, optimizer_state, scheduler, loop_state, result.best_step, weights)
+            scaler = accelerator.scaler  # fp16 without DeepSpeed: its scale resumes too
+            checkpointer.save(step, optimizer_state, scheduler, loop_state, result.best_step, weights, scaler)
         wait_for_everyone()  # a long wait for a large model: on the waiting group, not a collective's timeout
         saved["step"] = step
 

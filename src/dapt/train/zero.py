@@ -87,7 +87,8 @@ def _plugin() -> Any:
             "with src/dapt/launch/ddp-gpu.yaml); stage 3 partitions the weights themselves: set "
             "pretrain.sharding: fsdp and launch without DeepSpeed"
         )
-    if config["zero_optimization"].get("elastic_checkpoint") in (True, "true"):
+    elastic = str(config["zero_optimization"].get("elastic_checkpoint", False)).lower()
+    if elastic in ("true", "1", "yes", "on", "y", "t"):  # what DeepSpeed's pydantic config reads as true
         raise TrainingError(
             f"{_config_source()}: zero_optimization.elastic_checkpoint is not supported (dapt's checkpoints resume "
             "under the same number of processes); remove it"
@@ -129,9 +130,9 @@ def plugin_for(
                 f"pretrain.precision) or set pretrain.precision: {dtype}"
             )
         config.setdefault(dtype, {})["enabled"] = precision == dtype
-    if precision in ("bf16", "fp16"):
+    if precision in ("bf16", "fp16") and grad_accum_steps > 1:
         # gradients summed over the micro-batches of a step in fp32, as under accelerate's autocast (DeepSpeed's
-        # default is the weights' 16 bits)
+        # default is the weights' 16 bits); it costs an fp32 gradient buffer (ZeRO-1: of the whole model)
         config.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
     if config["zero_optimization"].get("offload_optimizer", {}).get("device", "none") not in ("none", None):
         # DeepSpeed's fused CPU Adam is its own build; torch's AdamW (foreach) steps the moments in host memory
@@ -166,7 +167,17 @@ def step(engine: Any) -> float | None:
     """The optimizer step at the end of an accumulation (DeepSpeed clips, steps and zeroes the gradients);
     the gradient norm it measured before clipping: inf (or NaN) when the gradients were not finite, in which
     case DeepSpeed skipped the step (bf16 aside: the NaN guard stops training either way)."""
-    engine.step()
+    try:
+        engine.step()
+    except Exception as error:  # DeepSpeed's fp16 scaler gives up at its minimum scale (the same step everywhere)
+        if "loss scale already at minimum" not in str(error):
+            raise
+        raise raised_everywhere(
+            TrainingError(
+                "fp16: DeepSpeed's loss scaler reached its minimum scale and the gradients still overflow; training "
+                "stopped. Lower the learning rate or use bf16; the last good checkpoint is kept."
+            )
+        ) from error
     norm = engine.get_global_grad_norm()
     if norm is None:
         return None
