@@ -1,14 +1,14 @@
 """Train a tiny model with dapt's loop, logging to METRICS_FILE: run alone, or under torchrun.
 
 `ddp_train.py METRICS_FILE [none|fsdp] [nan-gradient|nan-loss-rank-1|crash-and-resume[-deeper]|accumulate]`;
-launched with ACCELERATE_USE_DEEPSPEED=true, the loop trains with DeepSpeed ZeRO (in DDP_TRAIN_PRECISION, if set).
-Launched over several processes, each process also writes METRICS_FILE.rankN.json with the share of a decoder
-layer's weight elements it holds after training; with nan-gradient, the gradients of step 3 are NaN while its loss
-stays finite; with nan-loss-rank-1, the loss of step 3 is NaN on the second process only; with crash-and-resume,
-training checkpoints every 4 steps (next to METRICS_FILE), every process crashes in step 5, and a fresh model
-resumes from step 4 to the end; the rank file then also counts the checkpoint files this process read in full
-(`reads`); -deeper resumes a model with one layer more, which the checkpoint does not fit; with accumulate, each
-step accumulates the gradients of 2 micro-batches.
+launched with ACCELERATE_USE_DEEPSPEED=true, the loop trains with DeepSpeed ZeRO (in DDP_TRAIN_PRECISION, if set;
+DDP_TRAIN_MICRO_BATCHES per step, if set). Launched over several processes, each process also writes
+METRICS_FILE.rankN.json with the share of a decoder layer's weight elements it holds after training; with
+nan-gradient, the gradients of step 3 are NaN while its loss stays finite; with nan-loss-rank-1, the loss of step 3
+is NaN on the second process only; with crash-and-resume, training checkpoints every 4 steps (next to METRICS_FILE),
+every process crashes in step 5, and a fresh model resumes from step 4 to the end; the rank file then also counts
+the checkpoint files this process read in full (`reads`); -deeper resumes a model with one layer more, which the
+checkpoint does not fit; with accumulate, each step accumulates the gradients of 2 micro-batches.
 """
 
 import json
@@ -61,12 +61,13 @@ class Crash(Exception):
 
 def crash_in_step_5(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     crash_in_step_5.calls += 1
-    if crash_in_step_5.calls == 5:
+    if crash_in_step_5.calls == 4 * MICRO_BATCHES + 1:  # the first micro-batch of step 5
         raise Crash
     return causal_lm_loss(model, batch)
 
 
 crash_in_step_5.calls = 0
+MICRO_BATCHES = int(os.environ.get("DDP_TRAIN_MICRO_BATCHES", "1"))  # per step (accumulate: 2)
 
 
 class Batches:
@@ -132,7 +133,7 @@ def main(metrics_file: Path, sharding: str, fault: str | None) -> None:
         lr=3e-3,
         warmup_steps=2,
         sharding=sharding,
-        grad_accum_steps=2 if fault == "accumulate" else 1,
+        grad_accum_steps=2 if fault == "accumulate" else MICRO_BATCHES,
         precision=os.environ.get("DDP_TRAIN_PRECISION", "auto"),
     )
     reads = None

@@ -32,9 +32,10 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def layout(name: str) -> tuple[str, dict[str, str]]:
-    """ddp_train.py's sharding argument and the environment for a layout: none (DDP), fsdp, or zeroN[-offload][-bf16]
-    (DeepSpeed ZeRO stage N, told as `accelerate launch` with a DeepSpeed config tells it; -offload: the optimizer
-    state in host memory; -bf16: trained in bf16)."""
+    """ddp_train.py's sharding argument and the environment for a layout: none (DDP), fsdp, or
+    zeroN[-offload][-bf16][-accumulate] (DeepSpeed ZeRO stage N, told as `accelerate launch` with a DeepSpeed config
+    tells it; -offload: the optimizer state in host memory; -bf16: trained in bf16; -accumulate: 2 micro-batches
+    a step)."""
     if name.startswith("zero"):
         stage, *options = name.removeprefix("zero").split("-")
         deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": stage}
@@ -42,6 +43,8 @@ def layout(name: str) -> tuple[str, dict[str, str]]:
             deepspeed["ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"] = "cpu"
         if "bf16" in options:
             deepspeed["DDP_TRAIN_PRECISION"] = "bf16"
+        if "accumulate" in options:
+            deepspeed["DDP_TRAIN_MICRO_BATCHES"] = "2"
         return "none", {**ENV, **deepspeed}
     return name, ENV
 
@@ -84,13 +87,14 @@ def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
         assert shards[0]["sharding"] == f"deepspeed-{sharding[:5]}", "DeepSpeed's engine trained it"
 
 
-@pytest.mark.parametrize("sharding", ["zero2", "zero1-bf16"])
+# zero1-bf16-accumulate: DeepSpeed's BF16_Optimizer (chosen for ZeRO 1 in bf16 with fp32 gradient accumulation)
+@pytest.mark.parametrize("sharding", ["zero2", "zero1-bf16", "zero1-bf16-accumulate"])
 def test_a_deepspeed_run_resumes_exactly_with_only_the_main_process_reading_the_optimizer_state(
     tmp_path, single_process_metrics, sharding
 ):
     argument, env = layout(sharding)
     uninterrupted = single_process_metrics
-    if sharding.endswith("bf16"):  # the bf16 weights, fp32 master weights in DeepSpeed's bf16 optimizer
+    if "bf16" in sharding:  # bf16 weights, fp32 master weights in the optimizer state
         uninterrupted = tmp_path / "uninterrupted.jsonl"
         subprocess.run([*TORCHRUN, str(SCRIPT), str(uninterrupted), argument], env=env, timeout=300, check=True)
         assert records(uninterrupted, "loss") != records(single_process_metrics, "loss"), "trained in bf16"
