@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -105,6 +106,10 @@ def test_a_deepspeed_run_resumes_exactly_with_only_the_main_process_reading_the_
     # crashed in step 5, resumed from step 4 (weights, each process's partition of the moments and fp32 master
     # weights): the loss curve of a run that never stopped
     assert records(metrics, "loss") == pytest.approx(records(uninterrupted, "loss"), rel=1e-5, abs=1e-6)
+    if "bf16" in sharding:  # the checkpoints (and so a DAPT base) hold the fp32 master weights, not the bf16 ones
+        saved = load_file(tmp_path / "checkpoints" / "step-000008" / "model.safetensors")
+        assert all(tensor.dtype == torch.float32 for tensor in saved.values())
+        assert any(not torch.equal(tensor, tensor.bfloat16().float()) for tensor in saved.values())
     main, other = [json.loads((tmp_path / f"resumed.jsonl.rank{rank}.json").read_text())["reads"] for rank in (0, 1)]
     assert main == {"model.safetensors": 1, "training_state.pt": 1}
     # the other process got its partition from the main one; the weights are whole, it reads them itself
@@ -368,6 +373,14 @@ def test_lora_pretraining_under_deepspeed_matches_one_process(tmp_path):
     assert weights_difference(tmp_path / "one" / "pretrain" / "model", tmp_path / "zero2" / "pretrain" / "model") < 1e-5
     metrics = json.loads((tmp_path / "zero2" / "pretrain" / "manifest.json").read_text())["metrics"]
     assert (metrics["method"], metrics["sharding"]) == ("lora", "deepspeed-zero2")
+
+    # in bf16 the adapters saved are DeepSpeed's fp32 master weights, the same ones as in fp32
+    bf16_run = ["--out", str(tmp_path / "bf16"), *lora, "--set", "pretrain.precision=bf16"]
+    command = [*LAUNCH, "pretrain", str(TINY), *bf16_run]
+    done = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    fp32, bf16 = (load_file(tmp_path / run / "pretrain/adapter/adapter_model.safetensors") for run in ("one", "bf16"))
+    assert sorted(bf16) == sorted(fp32) and {tensor.dtype for tensor in bf16.values()} == {torch.float32}
 
 
 def test_one_process_with_deepspeed_builds_the_same_base(tmp_path, single_pretrain):

@@ -181,10 +181,13 @@ def run(context: StageContext) -> dict[str, Any]:
 
     # -- checkpoints: after every evaluation and every `checkpoint_every` steps; resumable -----------------
     # Full training saves the model; LoRA saves only the adapters (and embeddings, if they train).
-    # Sharded (FSDP), the loop hands over the full weights it gathered on the main process.
+    # Sharded (FSDP), the loop hands over the full weights it gathered on the main process; under DeepSpeed in 16
+    # bits, the fp32 master weights.
     def save_model(folder: Path, weights: dict[str, torch.Tensor] | None) -> None:
         if weights is None:
             model.save_pretrained(folder, safe_serialization=True)
+        elif config.method == "lora":  # peft picks the adapters (and modules_to_save) out of the full state
+            model.save_pretrained(folder, safe_serialization=True, state_dict=weights)
         else:  # save_pretrained empties the dict it is given; the tied LM head is written once, as unsharded
             model.save_pretrained(folder, safe_serialization=True, state_dict=without_tied_copies(model, weights))
         tokenizer.save_pretrained(folder)

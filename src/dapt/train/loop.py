@@ -483,8 +483,14 @@ def train_loop(
             "counters": counters,
             "data": next_batch.state_dict() if hasattr(next_batch, "state_dict") else None,
         }
-        # sharded: every process sends its shards to the main process (collectives: all must take part)
-        weights = full_model_state(model) if sharded else None
+        # sharded: every process sends its shards to the main process (collectives: all must take part); under
+        # DeepSpeed in 16 bits, the fp32 master weights instead of the 16-bit ones (gathered the same way)
+        if sharded:
+            weights = full_model_state(model)
+        elif engine is not None:
+            weights = zero.full_fp32_weights(engine.module, main_process)
+        else:
+            weights = None
         if deepspeed:
             optimizer_state = zero.gathered_optimizer_state(engine, main_process)
         elif sharded:

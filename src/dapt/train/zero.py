@@ -13,8 +13,8 @@ dapt keeps its own optimizer (AdamW with its weight-decay and embedding groups),
 clipping: a DeepSpeed config with an `optimizer` or `scheduler` section is refused, and the batch sizes,
 gradient accumulation and clipping are set from the pretrain config (a value in the DeepSpeed config that
 differs is replaced, with a note). Precision is `pretrain.precision` too: bf16 / fp16 under DeepSpeed cast the
-weights themselves to 16 bits (fp32 master copies live in the optimizer state), so the exported base is in
-that precision.
+weights themselves to 16 bits (fp32 master copies live in the optimizer state); checkpoints, and so the
+exported base, hold the fp32 master weights, as under accelerate's bf16.
 
 A checkpoint keeps every process's partition of the optimizer state (DeepSpeed's own `state_dict`), gathered
 by the main process into `training_state.pt`; on resume the main process reads it and sends each process its
@@ -183,6 +183,29 @@ def step(engine: Any) -> float | None:
         return None
     norm = float(norm)
     return norm if norm >= 0 else float("nan")  # DeepSpeed's group norms report inf / NaN as -1
+
+
+def full_fp32_weights(module: torch.nn.Module, main_process: bool) -> dict[str, torch.Tensor] | None:
+    """The module's state with DeepSpeed's fp32 master weights in place of the 16-bit weights it trains (bf16 /
+    fp16), on the main process (collective: all must call it; {} elsewhere); None when the weights are fp32.
+
+    So a checkpoint, and the DAPT base copied from one, is the fp32 model accelerate's bf16 would write. Frozen
+    weights (a LoRA base) have no master copy: DeepSpeed cast them to 16 bits, and so they are saved."""
+    if all(parameter.dtype == torch.float32 for parameter in module.parameters()):
+        return None
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters = {}
+    for name, parameter in module.named_parameters():  # the same order on every process: one gather each
+        full = safe_get_full_fp32_param(parameter) if parameter.requires_grad else None
+        if full is not None and main_process:
+            masters[name] = full.detach().cpu()
+    if not main_process:
+        return {}
+    return {
+        name: masters.get(name, tensor.detach().cpu().float() if tensor.is_floating_point() else tensor.cpu())
+        for name, tensor in module.state_dict().items()
+    }
 
 
 def _to_cpu(value: Any) -> Any:
