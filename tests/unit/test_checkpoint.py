@@ -17,6 +17,19 @@ def tiny(**preset) -> torch.nn.Module:
     return load_original_base(BaseConfig(preset=PresetConfig(**preset)))[0]
 
 
+def training_of_tiny(tmp_path):
+    """A tiny model, its optimizer and schedule, and a Checkpointer of full checkpoints in tmp_path."""
+    model = tiny()
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    checkpointer = Checkpointer(
+        tmp_path / "checkpoints",
+        save_model=lambda folder, _: model.save_pretrained(folder, safe_serialization=True),
+        load_weights=lambda folder: load_full_weights(model, folder),
+    )
+    return model, optimizer, scheduler, checkpointer
+
+
 def saved_checkpoint(tmp_path, model) -> "Path":  # noqa: F821
     folder = tmp_path / "checkpoints" / "step-000004"
     model.save_pretrained(folder, safe_serialization=True)
@@ -74,14 +87,7 @@ def test_a_damaged_or_missing_weights_file_is_named(tmp_path, damage):
 
 
 def test_a_truncated_training_state_is_named(tmp_path):
-    model = tiny()
-    optimizer = torch.optim.AdamW(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    checkpointer = Checkpointer(
-        tmp_path / "checkpoints",
-        save_model=lambda folder, _: model.save_pretrained(folder, safe_serialization=True),
-        load_weights=lambda folder: load_full_weights(model, folder),
-    )
+    model, optimizer, scheduler, checkpointer = training_of_tiny(tmp_path)
     folder = checkpointer.save(4, optimizer.state_dict(), scheduler, {"step": 4}, best_step=None)
     state = folder / "training_state.pt"
     state.write_bytes(state.read_bytes()[:100])
@@ -174,14 +180,7 @@ def test_a_checkpoint_resumes_into_the_same_architecture_whatever_transformers_r
 
 def test_fp16s_loss_scale_resumes_with_the_checkpoint(tmp_path):
     # a scale that restarted at 65536 would skip steps the uninterrupted run did not
-    model = tiny()
-    optimizer = torch.optim.AdamW(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    checkpointer = Checkpointer(
-        tmp_path / "checkpoints",
-        save_model=lambda folder, _: model.save_pretrained(folder, safe_serialization=True),
-        load_weights=lambda folder: load_full_weights(model, folder),
-    )
+    model, optimizer, scheduler, checkpointer = training_of_tiny(tmp_path)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     scaler.load_state_dict({**scaler.state_dict(), "scale": 512.0, "_growth_tracker": 7})
     folder = checkpointer.save(4, optimizer.state_dict(), scheduler, {"step": 4}, None, scaler=scaler)

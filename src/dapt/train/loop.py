@@ -393,17 +393,20 @@ def train_loop(
     if not sharded:
         model, optimizer = accelerator.prepare(model, optimizer)
     engine = model if deepspeed else None
+    # sharded or under DeepSpeed, the main process alone reads a checkpoint's optimizer state and sends each
+    # process its shard (or partition)
+    main_reads_state = sharded or deepspeed
     trainable = [p for p in model.parameters() if p.requires_grad]
     # the compiled module shares the model's parameters: checkpoints, evaluation and export see the same weights
     forward_model = compiled(model) if settings.compile else model
-    shown_sharding = f"deepspeed-zero{zero.stage_of(engine)}" if engine is not None else "fsdp" if sharded else "none"
+    shown_sharding = f"deepspeed-zero{zero.stage_of(engine)}" if deepspeed else "fsdp" if sharded else "none"
     result = TrainResult(steps=0, units=0, seconds=0.0, processes=world, sharding=shown_sharding)
 
     def load_optimizer_state(state: dict[str, Any], where: Path) -> None:
-        # sharded or under DeepSpeed, `state` is {} but on the main process, which sends each process its shards
-        if sharded or deepspeed:
+        # `state` is {} but on the main process when it alone reads it (main_reads_state)
+        if main_reads_state:
             wait_for_everyone()  # while the main process reads the moments (2× the model): the long-wait group
-        zero.check_resumable(state if main_process or not (sharded or deepspeed) else None, engine, world, str(where))
+        zero.check_resumable(state if main_process or not main_reads_state else None, engine, world, str(where))
         if deepspeed:
             zero.load_optimizer_state(engine, state, main_process)
         elif sharded:
@@ -421,7 +424,7 @@ def train_loop(
             resume_from,
             load_optimizer_state,
             scheduler,
-            reads_optimizer_state=main_process or not (sharded or deepspeed),
+            reads_optimizer_state=main_process or not main_reads_state,
             scaler=accelerator.scaler,  # fp16 without DeepSpeed (DeepSpeed's is in its optimizer state)
         )
         for name in RESUMED_FIELDS:
@@ -487,7 +490,7 @@ def train_loop(
         # DeepSpeed in 16 bits, the fp32 master weights instead of the 16-bit ones (gathered the same way)
         if sharded:
             weights = full_model_state(model)
-        elif engine is not None:
+        elif deepspeed:
             weights = zero.full_fp32_weights(engine.module, main_process)
         else:
             weights = None
@@ -563,7 +566,7 @@ def train_loop(
                 # replicated (DDP), the gradients are averaged over the processes once per step, after the last
                 # micro-batch, not after each (accelerate's no_sync; nothing for one process or FSDP)
                 last = micro_step == settings.grad_accum_steps - 1
-                if engine is not None:  # told which micro-batch ends the step: DeepSpeed steps after it
+                if deepspeed:  # told which micro-batch ends the step: DeepSpeed steps after it
                     engine.set_gradient_accumulation_boundary(last)
                     loss, units = loss_fn(forward_model, batch)
                     engine.backward(loss / settings.grad_accum_steps, scale_wrt_gas=False)
@@ -580,12 +583,11 @@ def train_loop(
             step_loss = accelerator.reduce(summed_loss, "mean").item()
             _stop_unless_finite(step_loss, "loss", description, step + 1, "Lower the learning rate or check the data")
             grad_norm = None
-            if engine is not None:
+            if deepspeed:
                 # DeepSpeed clips and steps in one (skipping a step whose gradients are not finite), so its norm
                 # is checked after it: the weights in memory are then dropped, the last checkpoint is intact
-                grad_norm = zero.step(engine)
-                if settings.grad_clip is None:
-                    grad_norm = None
+                norm = zero.step(engine)
+                grad_norm = norm if settings.grad_clip is not None else None
             elif settings.grad_clip is not None:
                 # sharded gradients (DTensors) give a DTensor norm over all shards: the global norm, gathered
                 grad_norm = float(as_plain(accelerator.clip_grad_norm_(trainable, settings.grad_clip)))
