@@ -359,7 +359,8 @@ def train_loop(
         log_with=list(settings.report_to) or None,
         project_dir=settings.tracking_dir,
     )
-    if precision == "fp16" and accelerator.device.type == "cpu":
+    # fp16 needs a loss scaler: accelerate makes none on a CPU (DeepSpeed scales the loss itself, but not on CPUs)
+    if fp16 and (accelerator.device.type == "cpu" if deepspeed else accelerator.scaler is None):
         raise TrainingError(
             f"{description}: precision fp16 needs a GPU; on a CPU accelerate would train in fp32 without saying so. "
             "Use precision: fp32 (or bf16, 2-3x slower on CPUs)"
