@@ -17,7 +17,9 @@ import psutil
 import pytest
 import torch
 import yaml
+from peft import PeftModel
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).parent / "ddp_train.py"
@@ -381,6 +383,12 @@ def test_lora_pretraining_under_deepspeed_matches_one_process(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     fp32, bf16 = (load_file(tmp_path / run / "pretrain/adapter/adapter_model.safetensors") for run in ("one", "bf16"))
     assert sorted(bf16) == sorted(fp32) and {tensor.dtype for tensor in bf16.values()} == {torch.float32}
+    # and the DAPT base is those adapters merged onto the fp32 base, as peft would (DeepSpeed trained a bf16 copy)
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16" / "base" / "model", dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, tmp_path / "bf16" / "pretrain" / "adapter").merge_and_unload()
+    exported = load_file(tmp_path / "bf16" / "pretrain" / "model" / "model.safetensors")
+    assert {tensor.dtype for tensor in exported.values()} == {torch.float32}
+    assert max((merged.state_dict()[name] - tensor).abs().max().item() for name, tensor in exported.items()) < 1e-6
 
 
 def test_one_process_with_deepspeed_builds_the_same_base(tmp_path, single_pretrain):

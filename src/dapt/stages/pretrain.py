@@ -110,6 +110,10 @@ def export_dapt_base(
     elif config.method == "lora":
         best_folder = checkpointer.step_folder(best_step)
         link_or_copy_folder(best_folder, context.out / "adapter")  # the adapters alone, for peft users
+        if any(parameter.dtype != torch.float32 for parameter in model.parameters()):
+            # DeepSpeed in bf16/fp16 cast the frozen base to 16 bits: merge onto the fp32 base as it was loaded,
+            # so the DAPT base is the same whichever way it was launched
+            model = add_lora(load_causal_lm(base_folder, context.pipeline.base.attn_implementation)[0], config.lora)
         load_adapter_weights(model, best_folder)
         save_model_folder(merged_model(model), tokenizer, context.out / "model")
     else:
