@@ -403,6 +403,8 @@ def test_one_process_with_deepspeed_builds_the_same_base(tmp_path, single_pretra
     assert weights_difference(single_pretrain / "pretrain" / "model", out / "pretrain" / "model") < 1e-4
     metrics = json.loads((out / "pretrain" / "manifest.json").read_text())["metrics"]
     assert (metrics["processes"], metrics["sharding"]) == (1, "deepspeed-zero2")
+    variants = [json.loads(path.read_text())["metrics"] for path in out.glob("adapt*/manifest.json")]
+    assert variants and {(m["processes"], m["sharding"]) for m in variants} == {(1, "none")}, "without DeepSpeed"
 
 
 def test_an_error_on_the_main_process_stops_every_process_with_that_error(tmp_path):

@@ -109,6 +109,8 @@ def train_lm_variant(
         "steps": result.steps,
         "final_train_loss": result.final_train_loss,
         "train_seconds": round(result.seconds, 1),
+        "processes": result.processes,  # the task stages train on the main process alone (DDP-free, DeepSpeed-free)
+        "sharding": result.sharding,
     }
 
 
@@ -204,6 +206,8 @@ def run(context: StageContext) -> dict[str, Any]:
         "steps": result.steps,
         "final_train_loss": result.final_train_loss,
         "train_seconds": round(result.seconds, 1),
+        "processes": result.processes,  # the task stages train on the main process alone (DDP-free, DeepSpeed-free)
+        "sharding": result.sharding,
     }
 
 

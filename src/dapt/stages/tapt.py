@@ -65,4 +65,6 @@ def run(context: StageContext) -> dict[str, Any]:
         "final_train_loss": result.final_train_loss,
         "parameters": parameter_count(model),
         "task_windows": len(windows),
+        "processes": result.processes,
+        "sharding": result.sharding,
     }
