@@ -21,9 +21,9 @@ So the ratio against trainer_packed is the loop's own speed (the step is the mod
 expected), and the ratios against the padded Trainers are what packing is worth on this corpus at that
 sequence length. The padding share grows with the sequence length: docstrings are short (median ~800 bytes).
 
-Tried for dapt on this CPU (2 cores: numbers within ±5% are noise), none kept: fused AdamW instead of foreach
-(optimizer + clipping is ~1-2% of a step);
-glibc malloc tuning (no page faults after it, 2-3% faster, within noise); per-step overhead (.item() syncs
+dapt's AdamW is fused (for this model, optimizer + clipping are ~1-2% of a step; for a 0.4B model in host memory
+fused is 10x foreach, bench/host_adamw.py). Tried for dapt on this CPU (2 cores: numbers within ±5% are noise),
+none kept: glibc malloc tuning (no page faults after it, 2-3% faster, within noise); per-step overhead (.item() syncs
 nothing on a CPU; one metrics line and one progress-bar update per step) is far below the noise of a step.
 
     python bench/train_throughput.py            # ≈ 5-8 minutes on 2 cores
@@ -157,7 +157,7 @@ def run_trainer(rows: list[dict], collate: Callable, args: argparse.Namespace, b
         lr_scheduler_type="constant",
         max_grad_norm=1.0,
         weight_decay=0.0,
-        optim="adamw_torch",
+        # optim left at the Trainer's default: adamw_torch_fused with torch >= 2.8, as dapt's
         logging_steps=10_000,
         save_strategy="no",
         report_to=[],

@@ -225,3 +225,21 @@ def test_fp16_on_a_cpu_is_an_error_not_a_silent_fp32_run():
     model, batch, loss_fn = regression()
     with pytest.raises(TrainingError, match="precision fp16 needs a GPU"):
         train_loop(model, batch, loss_fn, LoopSettings(max_steps=1, lr=0.1, precision="fp16"))
+
+
+def test_adamw_is_fused_where_torch_has_the_kernel_and_foreach_elsewhere(monkeypatch):
+    from dapt.train.loop import adamw
+
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(3))]}]
+    on_cpu = adamw(groups, lr=0.1)
+    assert on_cpu.defaults["fused"] and not on_cpu.defaults["foreach"]
+    made = torch.optim.AdamW
+
+    def without_a_fused_kernel(params, fused=None, **settings):  # as torch answers for a device it has none for
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return made(params, **settings)
+
+    monkeypatch.setattr(torch.optim, "AdamW", without_a_fused_kernel)
+    elsewhere = adamw(groups, lr=0.1)
+    assert elsewhere.defaults["foreach"] and not elsewhere.defaults["fused"]

@@ -299,6 +299,16 @@ class BatchSource(Protocol):
     def __call__(self) -> Any: ...
 
 
+def adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.AdamW:
+    """torch's AdamW, fused (one pass over each tensor) where torch has the kernel for the parameters' device, as on
+    CPUs and CUDA; foreach elsewhere. In host memory (CPU training, DeepSpeed's optimizer offload) fused steps 0.4B
+    parameters 10x as fast as foreach and 1.6x as fast as DeepSpeed's own CPU Adam (bench/host_adamw.py)."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
+    except RuntimeError:  # "`fused=True` requires all the params to be floating point Tensors of supported devices"
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), foreach=True)
+
+
 def train_loop(
     model: torch.nn.Module,
     next_batch: BatchSource,
@@ -373,11 +383,8 @@ def train_loop(
         shard_model(model, accelerator.device, world, bf16=precision == "bf16")
     elif settings.sharding == "fsdp" and main_process:
         tqdm.write(f"  {description}: sharding fsdp with one process: training unsharded")
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, settings.weight_decay, settings.lr, settings.embedding_lr_ratio),
-        lr=settings.lr,
-        betas=(0.9, 0.95),
-        foreach=True,
+    optimizer = adamw(
+        parameter_groups(model, settings.weight_decay, settings.lr, settings.embedding_lr_ratio), settings.lr
     )
     scheduler = lr_schedule(
         optimizer,
@@ -594,9 +601,13 @@ def train_loop(
                 grad_norm = float(as_plain(accelerator.clip_grad_norm_(trainable, settings.grad_clip)))
             if grad_norm is not None and not (fp16 and not math.isfinite(grad_norm)):  # fp16: see below
                 _stop_unless_finite(grad_norm, "gradient norm", description, step + 1, "Lower the learning rate")
+            scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else None  # fp16, not DeepSpeed
             optimizer.step()  # under DeepSpeed, nothing: its engine has stepped
-            # fp16: the loss scaler (accelerate's or DeepSpeed's) skipped a step that overflowed; the schedule waits
-            skipped = fp16 and optimizer.step_was_skipped
+            # fp16: the loss scaler skipped a step that overflowed (and lowered its scale); the schedule waits.
+            # accelerate's step_was_skipped misses it with a fused optimizer, which skips the update itself
+            skipped = fp16 and (
+                accelerator.scaler.get_scale() < scale if scale is not None else optimizer.step_was_skipped
+            )
             if fp16:
                 _count_skipped_step(skipped, counters, description, step + 1)
             if not skipped:
