@@ -605,6 +605,7 @@ def train_loop(
             optimizer.step()  # under DeepSpeed, nothing: its engine has stepped
             # fp16: the loss scaler skipped a step that overflowed (and lowered its scale); the schedule waits.
             # accelerate's step_was_skipped misses it with a fused optimizer, which skips the update itself
+            # (accelerate#4242)
             skipped = fp16 and (
                 accelerator.scaler.get_scale() < scale if scale is not None else optimizer.step_was_skipped
             )
