@@ -60,8 +60,21 @@ def train(folder, stream):
     return model, result
 
 
+@pytest.fixture
+def ctrl_c_not_ignored():
+    """A process started as a background job of a shell script ignores Ctrl-C, and dapt leaves it so (tested
+    below); a test of what Ctrl-C does needs the process a terminal starts."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "ctrl-c"])
-def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resuming_loses_nothing(tmp_path, signum):
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resuming_loses_nothing(
+    tmp_path, signum, ctrl_c_not_ignored
+):
     reference, _ = train(tmp_path / "reference", Stream())
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)  # whatever earlier code set
 
