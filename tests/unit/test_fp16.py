@@ -133,3 +133,20 @@ def test_fp16_resumes_exactly_with_the_loss_scale_it_had(fp16_on_this_cpu, tmp_p
     ]
     for name, tensor in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], tensor), name
+
+
+def test_a_checkpoint_of_the_foreach_adamw_resumes_under_fp16(fp16_on_this_cpu, tmp_path, monkeypatch):
+    # dapt's AdamW was foreach before it was fused, and a checkpoint's param groups say which: loaded as they are,
+    # the loss scaler would hand its scale to a foreach AdamW, which refuses it
+    import dapt.train.loop
+
+    fp16_on_this_cpu(init_scale=2.0**10, growth_interval=3)
+    settings = LoopSettings(max_steps=30, lr=0.01, warmup_steps=2, eval_every=10, precision="fp16")
+    fused = dapt.train.loop.adamw
+    monkeypatch.setattr(dapt.train.loop, "adamw", lambda groups, lr, device_type: fused(groups, lr, "xla"))
+    with pytest.raises(TrainingStopped, match="after step 12 of 30"):
+        train(tmp_path, settings, stream=Stream(signal_at=11), folder=tmp_path / "run")
+    monkeypatch.setattr(dapt.train.loop, "adamw", fused)
+    _, result, lines = train(tmp_path, settings, folder=tmp_path / "run")
+    assert result.resumed_from == 12 and result.steps == 30
+    assert lines[-1]["loss"] < lines[0]["loss"]

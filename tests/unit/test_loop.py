@@ -227,19 +227,17 @@ def test_fp16_on_a_cpu_is_an_error_not_a_silent_fp32_run():
         train_loop(model, batch, loss_fn, LoopSettings(max_steps=1, lr=0.1, precision="fp16"))
 
 
-def test_adamw_is_fused_where_torch_has_the_kernel_and_foreach_elsewhere(monkeypatch):
-    from dapt.train.loop import adamw
+def test_adamw_is_fused_where_torch_has_the_kernel_and_foreach_elsewhere():
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-    groups = [{"params": [torch.nn.Parameter(torch.zeros(3))]}]
-    on_cpu = adamw(groups, lr=0.1)
+    from dapt.train.loop import FUSED_ADAMW_DEVICES, adamw
+
+    assert set(FUSED_ADAMW_DEVICES) <= set(_get_fused_kernels_supported_devices()), "torch still has these kernels"
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    parameter.grad = torch.ones(3)
+    on_cpu = adamw([{"params": [parameter]}], lr=0.1, device_type="cpu")
     assert on_cpu.defaults["fused"] and not on_cpu.defaults["foreach"]
-    made = torch.optim.AdamW
-
-    def without_a_fused_kernel(params, fused=None, **settings):  # as torch answers for a device it has none for
-        if fused:
-            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
-        return made(params, **settings)
-
-    monkeypatch.setattr(torch.optim, "AdamW", without_a_fused_kernel)
-    elsewhere = adamw(groups, lr=0.1)
+    on_cpu.step()
+    assert parameter[0] < 0
+    elsewhere = adamw([{"params": [torch.nn.Parameter(torch.zeros(3))]}], lr=0.1, device_type="xla")
     assert elsewhere.defaults["foreach"] and not elsewhere.defaults["fused"]

@@ -109,7 +109,7 @@ def train_lm_variant(
         "steps": result.steps,
         "final_train_loss": result.final_train_loss,
         "train_seconds": round(result.seconds, 1),
-        "processes": result.processes,  # the task stages train on the main process alone (DDP-free, DeepSpeed-free)
+        "processes": result.processes,
         "sharding": result.sharding,
     }
 
@@ -206,7 +206,7 @@ def run(context: StageContext) -> dict[str, Any]:
         "steps": result.steps,
         "final_train_loss": result.final_train_loss,
         "train_seconds": round(result.seconds, 1),
-        "processes": result.processes,  # the task stages train on the main process alone (DDP-free, DeepSpeed-free)
+        "processes": result.processes,
         "sharding": result.sharding,
     }
 
