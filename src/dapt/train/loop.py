@@ -305,9 +305,9 @@ FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 def adamw(groups: list[dict[str, Any]], lr: float, device_type: str) -> torch.optim.AdamW:
     """torch's AdamW for parameters trained on `device_type`: fused (one pass over each tensor) where torch has the
-    kernel, foreach elsewhere. In host memory (CPU training, DeepSpeed's optimizer offload) fused stepped 0.4B
-    parameters 10x as fast as foreach and 1.6x as fast as DeepSpeed's own CPU Adam on 2 cores (bench/host_adamw.py).
-    DeepSpeed's offloaded state is in host memory, on a CPU, which has the kernel too."""
+    kernel, foreach elsewhere. In host memory (CPU training, DeepSpeed's optimizer offload) fused steps 0.4B
+    parameters 7-10x as fast as foreach, and as fast as DeepSpeed's own CPU Adam without its C++ build: both run at
+    the memory's bandwidth (bench/host_adamw.py). DeepSpeed's offloaded state is on the CPU, which has the kernel."""
     if device_type in FUSED_ADAMW_DEVICES:
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), foreach=True)

@@ -135,7 +135,7 @@ def plugin_for(
         # default is the weights' 16 bits); it costs an fp32 gradient buffer (ZeRO-1: of the whole model)
         config.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
     if config["zero_optimization"].get("offload_optimizer", {}).get("device", "none") not in ("none", None):
-        # DeepSpeed's fused CPU Adam is its own build; torch's fused AdamW steps the moments in host memory, faster
+        # DeepSpeed's fused CPU Adam is its own C++ build; torch's fused AdamW steps the moments in host memory as fast
         config["zero_force_ds_cpu_optimizer"] = False
     return plugin
 
