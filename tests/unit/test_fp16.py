@@ -5,12 +5,12 @@ accelerate makes no loss scaler on a CPU, so `fp16_on_this_cpu` gives it the one
 torch.amp.GradScaler class, for the CPU, with fp16 autocast. The fp16 arithmetic is real; only the GPU is not."""
 
 import json
-import signal
 
 import accelerate
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_preemption import Stream  # pytest puts this folder on sys.path
 
 from dapt.errors import TrainingError
 from dapt.train.checkpoint import Checkpointer
@@ -36,27 +36,9 @@ def fp16_on_this_cpu(monkeypatch):
     return with_scaler
 
 
-class Stream:
-    """Batches of a fixed regression problem, 0, 1, 2, ...; raises SIGTERM in this process when drawing `signal_at`."""
-
-    def __init__(self, signal_at: int | None = None):
-        self.position, self.signal_at = 0, signal_at
-        generator = torch.Generator().manual_seed(0)
-        self.x = torch.randn(40, 16, 8, generator=generator)
-        self.y = self.x @ torch.randn(8, 1, generator=generator)
-
-    def __call__(self):
-        if self.position == self.signal_at:
-            signal.raise_signal(signal.SIGTERM)
-        batch = self.x[self.position % 40], self.y[self.position % 40]
-        self.position += 1
-        return batch
-
-    def state_dict(self):
-        return {"position": self.position}
-
-    def load_state_dict(self, state):
-        self.position = state["position"]
+def regression_batches(signal_at: int | None = None) -> Stream:
+    """The preemption tests' regression batches, 16 rows of 8 features; SIGTERM when drawing batch `signal_at`."""
+    return Stream(signal_at, rows=16, features=8)
 
 
 def loss_fn(model, batch):
@@ -81,7 +63,9 @@ def train(tmp_path, settings, stream=None, folder=None):
             folder, save_model, lambda path: model.load_state_dict(load_file(path / "model.safetensors"))
         )
     metrics = tmp_path / f"metrics-{len(list(tmp_path.glob('metrics-*')))}.jsonl"
-    result = train_loop(model, stream or Stream(), loss_fn, settings, metrics_file=metrics, checkpointer=checkpointer)
+    result = train_loop(
+        model, stream or regression_batches(), loss_fn, settings, metrics_file=metrics, checkpointer=checkpointer
+    )
     return model, result, [json.loads(line) for line in metrics.read_text().splitlines()]
 
 
@@ -125,7 +109,7 @@ def test_fp16_resumes_exactly_with_the_loss_scale_it_had(fp16_on_this_cpu, tmp_p
     assert any(line.get("skipped") for line in reference_lines[12:]), "the scale overflows again after the resume"
 
     with pytest.raises(TrainingStopped, match="after step 12 of 30"):
-        train(tmp_path, settings, stream=Stream(signal_at=11), folder=tmp_path / "run")
+        train(tmp_path, settings, stream=regression_batches(signal_at=11), folder=tmp_path / "run")
     resumed, result, lines = train(tmp_path, settings, folder=tmp_path / "run")
     assert result.resumed_from == 12
     assert [line.get("skipped", False) for line in lines] == [
@@ -145,7 +129,7 @@ def test_a_checkpoint_of_the_foreach_adamw_resumes_under_fp16(fp16_on_this_cpu, 
     fused = dapt.train.loop.adamw
     monkeypatch.setattr(dapt.train.loop, "adamw", lambda groups, lr, device_type: fused(groups, lr, "xla"))
     with pytest.raises(TrainingStopped, match="after step 12 of 30"):
-        train(tmp_path, settings, stream=Stream(signal_at=11), folder=tmp_path / "run")
+        train(tmp_path, settings, stream=regression_batches(signal_at=11), folder=tmp_path / "run")
     monkeypatch.setattr(dapt.train.loop, "adamw", fused)
     _, result, lines = train(tmp_path, settings, folder=tmp_path / "run")
     assert result.resumed_from == 12 and result.steps == 30

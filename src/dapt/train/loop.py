@@ -504,18 +504,13 @@ def train_loop(
         }
         # sharded: every process sends its shards to the main process (collectives: all must take part); under
         # DeepSpeed in 16 bits, the fp32 master weights instead of the 16-bit ones (gathered the same way)
-        if sharded:
-            weights = full_model_state(model)
-        elif deepspeed:
-            weights = zero.full_fp32_weights(engine.module, main_process)
-        else:
-            weights = None
         if deepspeed:
+            weights = zero.full_fp32_weights(engine.module, main_process)
             optimizer_state = zero.gathered_optimizer_state(engine, main_process)
         elif sharded:
-            optimizer_state = full_optimizer_state(model, optimizer)
+            weights, optimizer_state = full_model_state(model), full_optimizer_state(model, optimizer)
         else:
-            optimizer_state = optimizer.state_dict()
+            weights, optimizer_state = None, optimizer.state_dict()
         wait_for_everyone()
         if main_process:
             scaler = accelerator.scaler  # fp16 without DeepSpeed: its scale resumes too

@@ -230,11 +230,14 @@ def gathered_optimizer_state(engine: Any, main_process: bool) -> dict[str, Any]:
     return {STATE_KEY: {"stage": stage_of(engine), "processes": world, "partitions": partitions}}
 
 
+def _layout(stage: int, processes: int) -> str:
+    return f"under DeepSpeed ZeRO stage {stage} over {processes} processes"
+
+
 def saved_layout(state: dict[str, Any]) -> str:
     """How a checkpoint's optimizer state was written, for messages."""
     if STATE_KEY in state:
-        saved = state[STATE_KEY]
-        return f"under DeepSpeed ZeRO stage {saved['stage']} over {saved['processes']} processes"
+        return _layout(state[STATE_KEY]["stage"], state[STATE_KEY]["processes"])
     return "without DeepSpeed"
 
 
@@ -244,10 +247,7 @@ def check_resumable(state: dict[str, Any] | None, engine: Any | None, world: int
     Over several processes the main process's verdict is sent to all, so every one stops, or none."""
     verdict: str | None = None
     if state is not None:
-        if engine is None:
-            here = "without DeepSpeed"
-        else:
-            here = f"under DeepSpeed ZeRO stage {stage_of(engine)} over {world} processes"
+        here = "without DeepSpeed" if engine is None else _layout(stage_of(engine), world)
         if saved_layout(state) != here:
             verdict = (
                 f"{where}: this checkpoint's optimizer state was written {saved_layout(state)}; this run trains "
