@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dapt import assess
 from dapt.artifacts import write_manifest
@@ -20,6 +21,7 @@ from dapt.assess import (
     near_duplicate_share,
     read_texts,
     recommend,
+    sample_windows,
     shape_from_params,
     tokenizer_fertility,
     training_flops,
@@ -89,6 +91,16 @@ def test_fertility_with_the_byte_level_tokenizer():
     assert fertility.tokens_per_word == 3.25
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug, left to assess.py's owners: with --ppl-tokens below the 512-token window, sample_windows "
+    "still scores one whole window (`dapt assess --ppl-tokens 256` scores 512 domain tokens)",
+)
+def test_the_perplexity_sample_holds_no_more_tokens_than_asked_for():
+    windows = sample_windows(byte_level_tokenizer(), zipf_documents(1.5, 3_000), max_tokens=256, seq_len=512)
+    assert 0 < sum(len(window) - 1 for window in windows) <= 256
+
+
 # -- cost --------------------------------------------------------------------------------------------------------------
 
 
@@ -109,10 +121,14 @@ def test_the_7b_sanity_row_lands_in_the_commonly_quoted_range():
     assert 2_000 < row["usd"] < 10_000
 
 
-def test_a_model_known_by_size_gets_a_llama_like_shape():
-    shape = shape_from_params(7e9)
-    assert (shape.layers, shape.d_model) == (33, 4224)
-    assert 12 * shape.layers * shape.d_model**2 == pytest.approx(7e9, rel=0.05)
+@pytest.mark.parametrize(
+    ("params", "layers", "d_model"),
+    [(6.74e9, 32, 4096), (13.0e9, 40, 5120)],  # Llama-2-7B and -13B: their parameter counts and real shapes
+    ids=["llama-2-7b", "llama-2-13b"],
+)
+def test_a_model_known_by_size_gets_a_llama_like_shape(params, layers, d_model):
+    shape = shape_from_params(params)
+    assert (shape.layers, shape.d_model) == (layers, d_model)
 
 
 def test_every_gpu_has_a_peak_and_a_price():
@@ -211,7 +227,10 @@ def tiny_model(tmp_path_factory):
 def test_assess_end_to_end(tmp_path, monkeypatch, capsys, tiny_model):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "domain").mkdir()
-    for i, text in enumerate(zipf_documents(1.5, 3_000, seed=2, per_document=300)):
+    texts = zipf_documents(1.5, 3_000, seed=2, per_document=300)
+    words = texts[1].split()
+    texts += [texts[0], " ".join(words[:150] + ["changed"] + words[151:])]  # an exact and a near duplicate
+    for i, text in enumerate(texts):
         (tmp_path / "domain" / f"doc{i}.txt").write_text(text)
     (tmp_path / "general.jsonl").write_text(
         "".join(json.dumps({"body": text}) + "\n" for text in zipf_documents(2.0, 2_000, seed=3))
@@ -222,15 +241,36 @@ def test_assess_end_to_end(tmp_path, monkeypatch, capsys, tiny_model):
     )
     assert code == 0
     result = json.loads((tmp_path / "report" / "assess.json").read_text())
-    for key in ("tokens", "documents", "domain_ppl", "general_ppl", "recommendation", "heaps", "cost", "duplicates"):
-        assert key in result
-    assert result["documents"] == 10
-    assert result["tokens"] > result["words"]  # a byte-level tokenizer: several tokens per word
-    assert result["domain_ppl"] > 0 and result["general_ppl"] > 0
-    assert result["recommendation"]["choice"] in {rule.choice for rule in RULES}
+
+    # the corpus, counted with the base's own tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
+    assert (result["documents"], result["words"], result["tokens"]) == (12, 3_600, tokens)
+    assert result["tokens_exact"]
+    assert result["duplicates"]["exact_documents"] == 1
+    assert result["duplicates"]["near_share"] == pytest.approx(1 / 11)  # of the 11 distinct documents
+    # an untrained model predicts nearly uniformly: its perplexity is about its vocabulary's size
+    vocabulary = len(tokenizer)
+    for side in ("domain_ppl", "general_ppl"):
+        assert 0.8 * vocabulary < result[side] < 1.25 * vocabulary
+    # the cost is that of the base itself on this corpus, at the GPU asked for
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    shape = ModelShape(
+        name="base",
+        params=sum(p.numel() for p in model.parameters()),
+        layers=model.config.num_hidden_layers,
+        d_model=model.config.hidden_size,
+    )
+    one_epoch, three_epochs = result["cost"]["runs"]
     assert result["cost"]["assumptions"]["gpu"] == "A100"
-    assert "Recommendation:" in (tmp_path / "report" / "assess.md").read_text()
-    assert "recommendation:" in capsys.readouterr().out
+    assert (one_epoch["tokens"], three_epochs["tokens"]) == (tokens, 3 * tokens)
+    assert one_epoch["flops"] == pytest.approx(training_flops(shape, tokens, result["cost"]["assumptions"]["seq_len"]))
+    # 12k tokens are far too few to move a model's weights: the verdict says so, with the count, everywhere
+    recommendation = result["recommendation"]
+    assert recommendation["choice"] == "try retrieval / prompting first"
+    assert recommendation["reasons"][0].startswith(f"domain tokens {tokens:,} < 50,000")
+    assert f"**Recommendation: {recommendation['choice']}**" in (tmp_path / "report" / "assess.md").read_text()
+    assert f"recommendation: {recommendation['choice']}" in capsys.readouterr().out
 
 
 def test_assess_without_a_base_counts_words(tmp_path, monkeypatch):
