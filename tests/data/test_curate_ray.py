@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
-from test_curate_executor import mixed_corpus  # pytest puts this folder on sys.path
 
 from dapt.data.curate import curate_documents, curation_options
 from dapt.data.executor import curate_to_files
+from helpers.corpora import mixed_corpus
 
 ray = pytest.importorskip("ray")
 

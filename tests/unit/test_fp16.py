@@ -10,12 +10,12 @@ import accelerate
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_preemption import Stream  # pytest puts this folder on sys.path
 
 from dapt.errors import TrainingError
 from dapt.train.checkpoint import Checkpointer
 from dapt.train.loop import FP16_SKIPS_IN_A_ROW, LoopSettings, train_loop
 from dapt.train.preemption import TrainingStopped
+from helpers.streams import Stream
 
 
 @pytest.fixture
