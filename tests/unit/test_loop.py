@@ -90,14 +90,6 @@ def test_global_batch_in_tokens_sets_accumulation():
         )
 
 
-def test_precision_auto_is_fp32_without_a_gpu():
-    from dapt.train.loop import mixed_precision
-
-    assert mixed_precision("fp32") == "no" and mixed_precision("bf16") == "bf16"
-    if not torch.cuda.is_available():
-        assert mixed_precision("auto") == "no"
-
-
 def test_bf16_training_runs_and_learns():
     model, batch, loss_fn = regression()
     before = loss_fn(model, batch())[0].item()

@@ -166,7 +166,7 @@ def _adapted_task_entries(config: PipelineConfig, run_dir: Path) -> tuple[list[d
     """Report entries of the tasks `dapt adapt` branched into this run folder (finished ones), and the stale ones."""
     from dapt.adapt_command import adapted_tasks
 
-    found, stale = adapted_tasks(run_dir, config.seed)
+    found, stale = adapted_tasks(run_dir, config.seed, config.pretrain.precision)
     entries = []
     own = {task.name for task in config.tasks}
     for task, record, task_artifacts in found:

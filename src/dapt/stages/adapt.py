@@ -31,6 +31,7 @@ from dapt.pipeline import StageContext
 from dapt.stages.tasks import read_examples
 from dapt.train.loop import LoopSettings, TrainResult, train_loop
 from dapt.train.objectives import classification_loss, dpo_loss, response_only_loss, sequence_logps
+from dapt.train.precision import PrecisionChoice, autocast, choose_precision
 
 FEATURE_BATCH = 16
 
@@ -53,6 +54,11 @@ def training_examples(context: StageContext) -> tuple[list[dict[str, str]], floa
     return train, fraction
 
 
+def precision_setting(context: StageContext) -> str:
+    """The pipeline's `pretrain.precision` (in the stage's config only when not auto: the ids of auto runs stay)."""
+    return context.config.get("precision", "auto")
+
+
 def fit_variant(
     context: StageContext, model: torch.nn.Module, rows: Any, count: int, loss_fn: Any, unit: str
 ) -> TrainResult:
@@ -66,6 +72,7 @@ def fit_variant(
         warmup_steps=task["warmup_steps"],
         weight_decay=task["weight_decay"],
         unit=unit,
+        precision=precision_setting(context),
     )
     return train_loop(
         model,
@@ -111,6 +118,7 @@ def train_lm_variant(
         "train_seconds": round(result.seconds, 1),
         "processes": result.processes,
         "sharding": result.sharding,
+        **result.precision.record(),
     }
 
 
@@ -133,19 +141,21 @@ def run(context: StageContext) -> dict[str, Any]:
     last_index = attention_mask.sum(dim=1) - 1  # the head reads the last real token
 
     if task["recipe"] == "top_blocks":
-        # The frozen lower blocks see each example once; every epoch then runs only the top blocks.
+        # The frozen lower blocks see each example once, in the precision the top blocks then train in (kept as
+        # fp32 features); every epoch then runs only the top blocks.
         classifier.eval()
-        features = torch.cat(
-            [
-                frozen_features(
-                    classifier,
-                    input_ids[i : i + FEATURE_BATCH],
-                    attention_mask[i : i + FEATURE_BATCH],
-                    task["top_blocks"],
-                )
-                for i in range(0, len(train), FEATURE_BATCH)
-            ]
-        )
+        with autocast(choose_precision(precision_setting(context))):
+            features = torch.cat(
+                [
+                    frozen_features(
+                        classifier,
+                        input_ids[i : i + FEATURE_BATCH],
+                        attention_mask[i : i + FEATURE_BATCH],
+                        task["top_blocks"],
+                    ).float()
+                    for i in range(0, len(train), FEATURE_BATCH)
+                ]
+            )
         trained: torch.nn.Module = TopBlocks(classifier, task["top_blocks"])
         freeze_all_but(classifier, trained)
 
@@ -208,6 +218,7 @@ def run(context: StageContext) -> dict[str, Any]:
         "train_seconds": round(result.seconds, 1),
         "processes": result.processes,
         "sharding": result.sharding,
+        **result.precision.record(),
     }
 
 
@@ -241,14 +252,19 @@ def run_instruction(context: StageContext) -> dict[str, Any]:
 
 @torch.no_grad()
 def pair_logps(
-    model: torch.nn.Module, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 8
+    model: torch.nn.Module,
+    pairs: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    precision: PrecisionChoice,
+    batch_size: int = 8,
 ) -> torch.Tensor:
-    """log π(response | prompt) for every encoded pair, (len(pairs),)."""
+    """log π(response | prompt) for every encoded pair, (len(pairs),), the forward passes in `precision`."""
     model.eval()
-    out = [
-        sequence_logps(model, pad_pairs(pairs[start : start + batch_size], pad_id))
-        for start in range(0, len(pairs), batch_size)
-    ]
+    with autocast(precision):
+        out = [
+            sequence_logps(model, pad_pairs(pairs[start : start + batch_size], pad_id))
+            for start in range(0, len(pairs), batch_size)
+        ]
     return torch.cat(out)
 
 
@@ -266,7 +282,10 @@ def run_preference(context: StageContext) -> dict[str, Any]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     chosen = [encode_pair(tokenizer, e["prompt"], e["chosen"], task["max_length"]) for e in train]
     rejected = [encode_pair(tokenizer, e["prompt"], e["rejected"], task["max_length"]) for e in train]
-    reference_chosen, reference_rejected = pair_logps(model, chosen, pad_id), pair_logps(model, rejected, pad_id)
+    # the reference in the precision the policy trains in: step 0's policy is the reference, its margin 0
+    precision = choose_precision(precision_setting(context))
+    reference_chosen = pair_logps(model, chosen, pad_id, precision)
+    reference_rejected = pair_logps(model, rejected, pad_id, precision)
     if task["recipe"] == "lora":
         model = add_lora(model, LoraConfig.model_validate(task["lora"]))
     beta = task["beta"]

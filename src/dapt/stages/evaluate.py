@@ -28,10 +28,11 @@ from dapt.model.chat import encode_pair, prompt_ids
 from dapt.model.classifier import encode_right_padded
 from dapt.model.load import load_causal_lm
 from dapt.pipeline import StageContext
-from dapt.stages.adapt import pair_logps
+from dapt.stages.adapt import pair_logps, precision_setting
 from dapt.stages.tasks import read_examples
 from dapt.stages.tokenize import split_texts, tokenize_texts
 from dapt.train.objectives import bits_per_byte, mean_lm_loss, perplexity, text_nats
+from dapt.train.precision import autocast, choose_precision
 
 BATCH = 16
 TEXT_METRICS = {"rouge_l": rouge_l, "token_f1": token_f1, "exact_match": exact_match}
@@ -71,7 +72,9 @@ def run_lm(context: StageContext) -> dict[str, Any]:
     document_mask = context.config["document_mask"]
     budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
     texts = split_texts(
-        context.inputs["tokens"].path / "splits.parquet", context.inputs["corpus"].path / "documents.parquet"
+        context.inputs["tokens"].path / "splits.parquet",
+        context.inputs["corpus"].path / "documents.parquet",
+        wanted=("domain_test", "general_test"),
     )
     held_out = (("domain", "domain_test"), ("general", "general_test"))
     test_texts = {name: texts[split] for name, split in held_out if texts.get(split)}
@@ -91,6 +94,9 @@ def run_lm(context: StageContext) -> dict[str, Any]:
         },
     }
     tokenizers = {}
+    precision = choose_precision(precision_setting(context))  # both bases alike, as the pretraining computed
+    context.log(str(precision))
+    metrics |= precision.record()
     for role in ("original", "dapt"):
         model, tokenizer = load_causal_lm(context.inputs[role].path / "model")
         model.eval()
@@ -105,9 +111,10 @@ def run_lm(context: StageContext) -> dict[str, Any]:
                     f"evaluate-lm: the {name} test documents are {sum(map(len, encoded))} tokens for the {role} base, "
                     f"fewer than one window of {seq_len}; raise tokenize.eval_tokens"
                 )
-            loss = mean_lm_loss(model, windows, eos_id=eos_id if document_mask else None)
             measured = tokenizer(measured_texts[name], add_special_tokens=False)["input_ids"]
-            nats, text_tokens = text_nats(model, measured, eos_id, seq_len, document_mask)
+            with autocast(precision):
+                loss = mean_lm_loss(model, windows, eos_id=eos_id if document_mask else None)
+                nats, text_tokens = text_nats(model, measured, eos_id, seq_len, document_mask)
             metrics[role] |= {
                 f"{name}_loss": loss,
                 f"{name}_ppl": perplexity(loss),
@@ -143,11 +150,15 @@ def run_task(context: StageContext) -> dict[str, Any]:
         raise AssertionError(f"{folder}: the model's labels do not match the task's")
     test = read_examples(context.inputs["task"].path / "test.parquet")
     pad_id = model.config.pad_token_id
+    precision = choose_precision(precision_setting(context))  # the variant's training precision
+    context.log(str(precision))
     predicted: list[int] = []
     for start in tqdm(range(0, len(test), BATCH), desc=f"evaluate {context.name}", unit="batch", leave=False):
         texts = [e["text"] for e in test[start : start + BATCH]]
         input_ids, attention_mask = encode_right_padded(tokenizer, texts, context.config["max_length"], pad_id)
-        predicted += model(input_ids=input_ids, attention_mask=attention_mask).logits.argmax(dim=-1).tolist()
+        with autocast(precision):
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        predicted += logits.argmax(dim=-1).tolist()
     truth = [labels.index(e["label"]) for e in test]
     report = classification_report(truth, predicted, labels)
     pq.write_table(
@@ -161,7 +172,7 @@ def run_task(context: StageContext) -> dict[str, Any]:
         context.out / "predictions.parquet",
     )
     context.log(f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f} on {len(test)} test examples")
-    return report
+    return {**report, **precision.record()}
 
 
 @torch.no_grad()
@@ -172,17 +183,20 @@ def run_instruction(context: StageContext) -> dict[str, Any]:
     model.eval()
     test = read_examples(context.inputs["task"].path / "test.parquet")
     stop = [tokenizer.eos_token_id]
+    precision = choose_precision(precision_setting(context))  # the variant's training precision
+    context.log(str(precision))
     rows = []
     for example in tqdm(test, desc=f"evaluate {context.name}", unit="prompt", leave=False):
         prefix = prompt_ids(tokenizer, example["prompt"])[-context.config["max_length"] :]
-        output = model.generate(
-            input_ids=torch.tensor([prefix]),
-            attention_mask=torch.ones(1, len(prefix), dtype=torch.long),
-            max_new_tokens=context.config["max_new_tokens"],
-            do_sample=False,
-            eos_token_id=stop,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0],
-        )
+        with autocast(precision):
+            output = model.generate(
+                input_ids=torch.tensor([prefix]),
+                attention_mask=torch.ones(1, len(prefix), dtype=torch.long),
+                max_new_tokens=context.config["max_new_tokens"],
+                do_sample=False,
+                eos_token_id=stop,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0],
+            )
         answer = tokenizer.decode(output[0, len(prefix) :], skip_special_tokens=True).strip()
         scores = {name: metric(answer, example["response"]) for name, metric in TEXT_METRICS.items()}
         rows.append(
@@ -197,6 +211,7 @@ def run_instruction(context: StageContext) -> dict[str, Any]:
         )
     metrics: dict[str, Any] = {name: sum(r[name] for r in rows) / len(rows) for name in TEXT_METRICS}
     metrics["examples"] = len(rows)
+    metrics |= precision.record()
     metrics["judge"] = None  # no judge endpoint configured: the metrics above compare words with the reference
     judge = context.config.get("judge")
     if judge:
@@ -229,8 +244,14 @@ def run_preference(context: StageContext) -> dict[str, Any]:
     length = context.config["max_length"]
     chosen = [encode_pair(tokenizer, e["prompt"], e["chosen"], length) for e in test]
     rejected = [encode_pair(tokenizer, e["prompt"], e["rejected"], length) for e in test]
-    reward_chosen = beta * (pair_logps(policy, chosen, pad_id) - pair_logps(reference, chosen, pad_id))
-    reward_rejected = beta * (pair_logps(policy, rejected, pad_id) - pair_logps(reference, rejected, pad_id))
+    precision = choose_precision(precision_setting(context))  # the variant's training precision
+    context.log(str(precision))
+    reward_chosen = beta * (
+        pair_logps(policy, chosen, pad_id, precision) - pair_logps(reference, chosen, pad_id, precision)
+    )
+    reward_rejected = beta * (
+        pair_logps(policy, rejected, pad_id, precision) - pair_logps(reference, rejected, pad_id, precision)
+    )
     margins = (reward_chosen - reward_rejected).tolist()
     rows = [
         {"id": e["id"], "prompt": e["prompt"], "reward_margin": m, "score": float(m > 0)}
@@ -241,6 +262,7 @@ def run_preference(context: StageContext) -> dict[str, Any]:
         "preference_accuracy": sum(r["score"] for r in rows) / len(rows),
         "reward_margin": sum(margins) / len(margins),
         "examples": len(rows),
+        **precision.record(),
     }
     context.log(
         f"preference accuracy {metrics['preference_accuracy']:.3f}, mean reward margin "

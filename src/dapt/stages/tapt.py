@@ -52,7 +52,12 @@ def run(context: StageContext) -> dict[str, Any]:
         model,
         next_batch,
         causal_lm_loss,
-        LoopSettings(max_steps=settings["steps"], lr=settings["lr"], warmup_steps=min(2, settings["steps"])),
+        LoopSettings(
+            max_steps=settings["steps"],
+            lr=settings["lr"],
+            warmup_steps=min(2, settings["steps"]),
+            precision=context.config.get("precision", "auto"),  # the pipeline's, when not auto
+        ),
         metrics_file=context.out / "metrics.jsonl",
         description=f"tapt {context.name}",
     )
@@ -67,4 +72,5 @@ def run(context: StageContext) -> dict[str, Any]:
         "task_windows": len(windows),
         "processes": result.processes,
         "sharding": result.sharding,
+        **result.precision.record(),
     }

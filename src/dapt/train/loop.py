@@ -38,6 +38,7 @@ from dapt.errors import TrainingError, raised_everywhere
 from dapt.train import zero
 from dapt.train.checkpoint import Checkpointer
 from dapt.train.distributed import join, launched_world_size, wait_for_everyone
+from dapt.train.precision import ACCELERATE_NAMES, PrecisionChoice, choose_precision
 from dapt.train.preemption import StopRequests, TrainingStopped
 from dapt.train.schedule import Schedule, lr_schedule
 from dapt.train.sharding import (
@@ -71,7 +72,7 @@ class LoopSettings:
     schedule: Schedule = "cosine"
     decay_fraction: float = 0.2  # wsd: share of the steps spent decaying
     embedding_lr_ratio: float = 1.0  # lr multiplier for trainable embeddings / LM head (often 0.1-0.5)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 with dynamic loss scaling, through accelerate)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 with dynamic loss scaling); auto: dapt.train.precision
     global_batch_tokens: int | None = None  # sets grad_accum_steps from the tokens per optimizer step
     seq_len: int | None = None  # tokens per row, needed with global_batch_tokens
     micro_batch_size: int | None = None  # rows per micro-batch over all processes, needed with global_batch_tokens
@@ -98,6 +99,8 @@ class TrainResult:
     resumed_from: int | None = None  # the step this run resumed from, if it did
     processes: int = 1
     sharding: str = "none"  # what the loop did: fsdp only over more than one process; deepspeed-zeroN
+    # what it computed in (fp32, bf16: autocast from fp32 master weights, or fp16) and why
+    precision: PrecisionChoice = field(default_factory=lambda: PrecisionChoice("fp32", "set in the config"))
 
     @property
     def units_per_second(self) -> float:
@@ -180,16 +183,6 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
 def _flat_settings(settings: LoopSettings) -> dict[str, Any]:
     """The loop's settings as tracker hyperparameters (scalars and strings only)."""
     return {k: v for k, v in vars(settings).items() if isinstance(v, int | float | str | bool)}
-
-
-def mixed_precision(precision: str) -> str:
-    """accelerate's mixed_precision for our setting: bf16 on a GPU that has it when 'auto', else fp32 ('no').
-
-    On CPUs bf16 autocast is 2-3x slower than fp32 (measured on 2 cores), so 'auto' keeps fp32 there.
-    """
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
 
 
 def resolve_accumulation(settings: LoopSettings) -> LoopSettings:
@@ -344,7 +337,8 @@ def train_loop(
     elif deepspeed:
         zero.one_process_group()
     sharded = shards_over_processes(settings.sharding)
-    precision = mixed_precision(settings.precision)
+    chosen = choose_precision(settings.precision)
+    precision = ACCELERATE_NAMES[chosen.precision]
     fp16 = precision == "fp16"
     if sharded and precision == "fp16":
         raise TrainingError("sharding fsdp: fp16 is not supported (its loss scaler is accelerate's); use bf16")
@@ -377,7 +371,7 @@ def train_loop(
     if fp16 and (accelerator.device.type == "cpu" if deepspeed else accelerator.scaler is None):
         raise TrainingError(
             f"{description}: precision fp16 needs a GPU; on a CPU accelerate would train in fp32 without saying so. "
-            "Use precision: fp32 (or bf16, 2-3x slower on CPUs)"
+            "Use precision: auto (bf16 where the CPU computes it natively, else fp32)"
         )
     if settings.report_to:
         accelerator.init_trackers(description.replace(" ", "_"), config=_flat_settings(settings))
@@ -412,7 +406,16 @@ def train_loop(
     # the compiled module shares the model's parameters: checkpoints, evaluation and export see the same weights
     forward_model = compiled(model) if settings.compile else model
     shown_sharding = f"deepspeed-zero{zero.stage_of(engine)}" if deepspeed else "fsdp" if sharded else "none"
-    result = TrainResult(steps=0, units=0, seconds=0.0, processes=world, sharding=shown_sharding)
+    result = TrainResult(
+        steps=0,
+        units=0,
+        seconds=0.0,
+        processes=world,
+        sharding=shown_sharding,
+        precision=chosen,
+    )
+    if main_process:
+        tqdm.write(f"  {description}: {chosen}")
 
     def load_optimizer_state(state: dict[str, Any], where: Path) -> None:
         # `state` is {} but on the main process when it alone reads it (main_reads_state)
