@@ -5,7 +5,8 @@ pretraining: a model that saw the test set during pretraining would make the com
 Each ledger row carries the dropped document's file and line (from its meta), so a surprising drop can
 be looked up in the user's own files. The documents are streamed in batches through a process pool
 (`curate.workers`, `curate.batch_size`; see `dapt.data.executor`), so memory holds a few batches of text
-and a few hundred bytes per document, not the corpus.
+and a few hundred bytes per document, not the corpus. A killed curate, run again, continues after the batches
+it had finished (the stage is resumable: see `dapt.data.executor`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def curate_corpus(
         options=curation_options(**options),
         contamination=contamination,
         earlier_rejections=earlier_rejections,
+        log=log,
     )
     if stats["docs_kept"] + sum(stats["dropped_by_reason"].values()) != stats["docs_in"]:
         raise AssertionError("curate lost documents: kept + ledger != input")  # the ledger invariant
