@@ -31,9 +31,18 @@ STAGES = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+    """The tiny pipeline, run once for the module: tests only read it (a test that runs anything uses `own_run`)."""
     out = tmp_path_factory.mktemp("tiny") / "run"
     assert main(["run", str(TINY), "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture
+def own_run(run_dir, tmp_path):
+    """A copy of the finished run for one test to run stages in, so no test sees another's changes."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    return run
 
 
 def test_every_stage_is_a_finished_artifact(run_dir):
@@ -99,36 +108,36 @@ def test_variants_and_bases_load_as_plain_hugging_face_folders(run_dir):
     assert logits.shape == (1, 3)
 
 
-def test_rerun_skips_every_stage_and_a_deleted_artifact_is_rebuilt_alone(run_dir, capsys):
+def test_rerun_skips_every_stage_and_a_deleted_artifact_is_rebuilt_alone(own_run, capsys):
     capsys.readouterr()
-    assert main(["run", str(TINY), "--out", str(run_dir)]) == 0
+    assert main(["run", str(TINY), "--out", str(own_run)]) == 0
     assert capsys.readouterr().err.count("cached, skipped") == len(STAGES)
 
-    shutil.rmtree(run_dir / "curate")
-    assert main(["run", str(TINY), "--out", str(run_dir)]) == 0
+    shutil.rmtree(own_run / "curate")
+    assert main(["run", str(TINY), "--out", str(own_run)]) == 0
     err = capsys.readouterr().err
     assert "curate: running" in err
     # curate is deterministic: rebuilt with the same content, so nothing downstream needs to run again
     assert err.count("cached, skipped") == len(STAGES) - 1
 
 
-def test_how_pretraining_runs_is_not_part_of_its_cache_key(run_dir, capsys):
+def test_how_pretraining_runs_is_not_part_of_its_cache_key(own_run, capsys):
     capsys.readouterr()
     how = ["--set", "pretrain.sharding=fsdp", "--set", "pretrain.compile=true"]
-    assert main(["run", str(TINY), "--out", str(run_dir), *how]) == 0
+    assert main(["run", str(TINY), "--out", str(own_run), *how]) == 0
     assert capsys.readouterr().err.count("cached, skipped") == len(STAGES)
 
 
-def test_one_stage_runs_alone_with_its_inputs_from_cache(run_dir, capsys):
+def test_one_stage_runs_alone_with_its_inputs_from_cache(own_run, capsys):
     capsys.readouterr()
-    assert main(["tokenize", str(TINY), "--out", str(run_dir)]) == 0
+    assert main(["tokenize", str(TINY), "--out", str(own_run)]) == 0
     err = capsys.readouterr().err
     assert "5 stages" in err and err.count("cached, skipped") == 5  # ingest, base, task, curate, tokenize
 
 
-def test_changed_setting_reruns_that_stage_and_downstream_only(run_dir, capsys):
+def test_changed_setting_reruns_that_stage_and_downstream_only(own_run, capsys):
     capsys.readouterr()
-    assert main(["run", str(TINY), "--out", str(run_dir), "--set", "tasks.0.epochs=1"]) == 0
+    assert main(["run", str(TINY), "--out", str(own_run), "--set", "tasks.0.epochs=1"]) == 0
     err = capsys.readouterr().err
     ran = {line.split("]")[1].split(":")[0].strip() for line in err.splitlines() if ": running" in line}
     assert ran == {
@@ -158,23 +167,23 @@ def test_lineage_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
-def test_seeds_and_data_fractions_give_means_and_a_data_efficiency_curve(run_dir, capsys):
+def test_seeds_and_data_fractions_give_means_and_a_data_efficiency_curve(own_run, capsys):
     capsys.readouterr()
     overrides = ["--set", "tasks.0.seeds=[0, 1]", "--set", "tasks.0.data_fractions=[0.5, 1.0]"]
-    assert main(["run", str(TINY), "--out", str(run_dir), *overrides]) == 0
+    assert main(["run", str(TINY), "--out", str(own_run), *overrides]) == 0
     err = capsys.readouterr().err
     assert "adapt-xml-subpackage-dapt-s1-f0.5: running" in err
     assert "adapt-xml-subpackage-dapt:" in err and "cached" in err  # the main run is reused as it is
-    (task,) = json.loads((run_dir / "report.json").read_text())["tasks"]
+    (task,) = json.loads((own_run / "report.json").read_text())["tasks"]
     assert task["seeds"] == [0, 1] and task["control"]["runs"] == task["dapt"]["runs"] == 2
     seed_accuracies = [
-        read_artifact(run_dir / f"evaluate-xml-subpackage-dapt{suffix}").metrics["accuracy"] for suffix in ("", "-s1")
+        read_artifact(own_run / f"evaluate-xml-subpackage-dapt{suffix}").metrics["accuracy"] for suffix in ("", "-s1")
     ]
     assert task["dapt"]["accuracy"] == pytest.approx(sum(seed_accuracies) / 2)
     assert [point["fraction"] for point in task["data_efficiency"]] == [0.5, 1.0]
-    half = read_artifact(run_dir / "adapt-xml-subpackage-control-f0.5").metrics
+    half = read_artifact(own_run / "adapt-xml-subpackage-control-f0.5").metrics
     assert half["data_fraction"] == 0.5 and half["train_examples"] < task["train_examples"]
-    assert "Data efficiency" in (run_dir / "report.md").read_text()
+    assert "Data efficiency" in (own_run / "report.md").read_text()
 
 
 def test_task_adaptive_pretraining_runs_before_both_variants(tmp_path, capsys):
@@ -214,18 +223,16 @@ def test_a_from_scratch_base_can_train_its_tokenizer_on_the_curated_corpus(run_d
     assert report["base"]["domain_ppl_after"] < report["base"]["domain_ppl_before"]
 
 
-def test_resuming_from_a_damaged_checkpoint_is_a_user_error_naming_the_file(run_dir, tmp_path, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(run_dir, run)
-    (run / "pretrain" / "manifest.json").unlink()  # as if killed before the end
-    newest = max((run / "pretrain" / "checkpoints").glob("step-*/training_state.pt")).parent
+def test_resuming_from_a_damaged_checkpoint_is_a_user_error_naming_the_file(own_run, capsys):
+    (own_run / "pretrain" / "manifest.json").unlink()  # as if killed before the end
+    newest = max((own_run / "pretrain" / "checkpoints").glob("step-*/training_state.pt")).parent
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1000])  # a copy cut short
     capsys.readouterr()
-    assert main(["pretrain", str(TINY), "--out", str(run)]) == 2
+    assert main(["pretrain", str(TINY), "--out", str(own_run)]) == 2
     err = capsys.readouterr().err
     assert f"{weights}: cannot load this checkpoint file" in err and "Traceback" not in err
-    assert f"Delete {run / 'pretrain' / 'checkpoints'} to start this stage over" in err
+    assert f"Delete {own_run / 'pretrain' / 'checkpoints'} to start this stage over" in err
 
 
 def test_a_finished_base_that_was_modified_is_refused_on_reuse(tmp_path, capsys):
@@ -238,9 +245,8 @@ def test_a_finished_base_that_was_modified_is_refused_on_reuse(tmp_path, capsys)
     assert "finished artifact 'base' changed" in err and "Traceback" not in err
 
 
-def test_adapt_branches_a_finished_base_into_a_new_task_without_touching_it(run_dir, tmp_path, capsys):
-    source = tmp_path / "run"
-    shutil.copytree(run_dir, source)
+def test_adapt_branches_a_finished_base_into_a_new_task_without_touching_it(own_run, tmp_path, capsys):
+    source = own_run
     before = {name: read_artifact(source / name).content_hash for name in ("base", "pretrain")}
     files_before = sorted(p.name for p in (source / "pretrain").rglob("*"))
     examples = [
