@@ -360,6 +360,7 @@ CURATE_EXECUTION_FIELDS = ("workers", "batch_size", "backend")  # CurateConfig: 
 # PretrainConfig: how training runs, not what it trains (the same weights within float noise; checkpoints are
 # interchangeable), so neither is part of the pretrain stage's cache key, like the number of processes.
 PRETRAIN_EXECUTION_FIELDS = ("sharding", "compile")
+TOKENIZE_EXECUTION_FIELDS = ("workers", "batch_size", "backend")  # TokenizeConfig: how it runs, not its shards
 
 
 class CurateConfig(Section):
@@ -508,7 +509,38 @@ class TokenizeConfig(Section):
         description="Tokens per held-out split (domain val, domain test, general val, general test), by document.",
     )
     max_train_tokens: int | None = Field(
-        None, gt=0, description="Stop adding training documents once this many tokens are in (None: all)."
+        None,
+        gt=0,
+        description="Training documents per role (domain, replay) in the seeded random order until this many "
+        "tokens are in (None: all).",
+    )
+    shard_tokens: int = Field(
+        100_000_000,
+        gt=0,
+        description="About this many tokens per shard file (200 MB with a vocabulary under 65,536 tokens, else "
+        "400 MB): a training split of 1B tokens is 10 shards, memory-mapped when read. A shard holds the documents "
+        "that start inside its stretch of tokens, so it can run over by part of one document.",
+    )
+    # How tokenisation runs (dapt.data.tokenization): none of these changes the shards, so none is part of the
+    # tokenize stage's cache key (TOKENIZE_EXECUTION_FIELDS).
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Processes that tokenize batches of documents: 0 = every core this process may use, 1 = in this "
+        "process. The shards are the same, byte for byte, for any value.",
+    )
+    batch_size: int = Field(
+        4096,
+        gt=0,
+        description="Documents per batch (one resumable part): a killed run redoes at most the batches in flight. "
+        "Memory holds about 2 x workers batches of text and their tokens; a corpus of fewer than 4 batches per "
+        "worker runs in this process, since starting a worker (loading the tokenizer) costs a few seconds.",
+    )
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the batches run: 'local' (a process pool on this machine) or 'ray' (Ray tasks on the "
+        "cluster `ray.init()` connects to, e.g. through RAY_ADDRESS; needs pip install 'dapt-lm[ray]'); the run "
+        "folder must then be on storage every node sees. Same shards either way.",
     )
 
 

@@ -105,12 +105,76 @@ class TokenShard:
         return torch.from_numpy(self.tokens[start : start + seq_len + 1].astype(np.int64))
 
 
-def eval_windows(shard: TokenShard, seq_len: int, max_tokens: int | None = None) -> list[torch.Tensor]:
-    """Every window of a held-out shard (up to max_tokens), in order: the same set at every evaluation."""
-    windows = packed_windows(shard.tokens, seq_len, max_tokens)
-    if not windows:
+class ShardSet:
+    """The shards of one split (or one source inside it) read as one: the same interface as a TokenShard.
+
+    Windows are counted shard by shard and never cross a shard's end (at most one window's tokens per shard
+    go unread, ~1e-6 of a 100M-token shard). Opening costs one small read per shard, whatever their size: the
+    tokens stay memory-mapped.
+    """
+
+    def __init__(self, folder: Path, shards: list[TokenShard]) -> None:
+        self.folder, self.shards = folder, shards
+        self._windows: dict[int, np.ndarray] = {}  # seq_len -> cumulative windows at the end of each shard
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(shard.num_tokens for shard in self.shards)
+
+    @property
+    def num_documents(self) -> int:
+        return sum(shard.num_documents for shard in self.shards)
+
+    def _cumulative(self, seq_len: int) -> np.ndarray:
+        if seq_len not in self._windows:
+            self._windows[seq_len] = np.cumsum([shard.num_windows(seq_len) for shard in self.shards], dtype=np.int64)
+        return self._windows[seq_len]
+
+    def num_windows(self, seq_len: int) -> int:
+        cumulative = self._cumulative(seq_len)
+        return int(cumulative[-1]) if len(cumulative) else 0
+
+    def window(self, index: int, seq_len: int) -> torch.Tensor:
+        cumulative = self._cumulative(seq_len)
+        shard = int(np.searchsorted(cumulative, index, side="right"))
+        before = int(cumulative[shard - 1]) if shard else 0
+        return self.shards[shard].window(index - before, seq_len)
+
+
+def split_shard_folders(folder: Path) -> list[Path]:
+    """The shard folders of a split folder in order: itself (one shard, as older dapt wrote) or its numbered
+    sub-folders (`00000`, `00001`, ...; an unfinished `.tmp` one is never listed)."""
+    if (folder / "tokens.npy").is_file():
+        return [folder]
+    return sorted(p for p in folder.iterdir() if p.is_dir() and (p / "shard.json").is_file())
+
+
+def open_split(folder: Path, source: str | None = None) -> ShardSet:
+    """A split of a tokenized corpus, memory-mapped; with `source`, only that source's documents in it."""
+    folders = split_shard_folders(folder)
+    if source is None:
+        return ShardSet(folder, [TokenShard(f) for f in folders])
+    chosen = [TokenShard(f, source=source) for f in folders if source in shard_sources(f)]
+    if not chosen:
+        recorded = sorted({name for f in folders for name in shard_sources(f)})
+        raise ValueError(f"{folder} has no documents of source {source!r}; it has {recorded}")
+    return ShardSet(folder, chosen)
+
+
+def split_sources(folder: Path) -> set[str]:
+    """The sources recorded in a split's shards (empty when none were)."""
+    return {name for f in split_shard_folders(folder) for name in shard_sources(f)}
+
+
+def eval_windows(shard: TokenShard | ShardSet, seq_len: int, max_tokens: int | None = None) -> list[torch.Tensor]:
+    """Every window of a held-out split (up to max_tokens, at least one), in order: the same set at every
+    evaluation; each (seq_len + 1,)."""
+    count = shard.num_windows(seq_len)
+    if count == 0:
         raise ValueError(f"shard {shard.folder} has {shard.num_tokens} tokens: fewer than one window of {seq_len}")
-    return windows
+    if max_tokens is not None:
+        count = min(count, max(1, max_tokens // seq_len))
+    return [shard.window(index, seq_len) for index in range(count)]
 
 
 def packed_windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None = None) -> list[torch.Tensor]:
@@ -150,7 +214,9 @@ class WindowMixer:
     resumed run sees the same batches an uninterrupted one would.
     """
 
-    def __init__(self, sources: dict[str, TokenShard], weights: dict[str, float], seq_len: int, seed: int) -> None:
+    def __init__(
+        self, sources: dict[str, TokenShard | ShardSet], weights: dict[str, float], seq_len: int, seed: int
+    ) -> None:
         self.names = [name for name in sources if weights.get(name, 0) > 0]
         self.sources, self.seq_len, self.seed = sources, seq_len, seed
         for name in self.names:

@@ -51,7 +51,9 @@ SUMMARY_KEYS = (  # of the extension's report, kept in the manifest
 def run(context: StageContext) -> dict[str, Any]:
     config = VocabConfig.model_validate(context.config["vocab"])
     texts = split_texts(
-        context.inputs["tokens"].path / "splits.parquet", context.inputs["corpus"].path / "documents.parquet"
+        context.inputs["tokens"].path / "splits.parquet",
+        context.inputs["corpus"].path / "documents.parquet",
+        wanted=("domain_train", "domain_val", "general_val"),
     )
     if not texts.get("domain_train"):
         raise DataError("vocab: no domain training documents to extend the vocabulary on (see the tokenize stage)")

@@ -6,36 +6,51 @@ Splits are by document (never a document cut between train and validation):
 - replay sources → replay_train. With no general_eval source, general_val/test are held-out replay
   documents instead, and the manifest says so: that mostly measures how well the replay was learned.
 
+The corpus is streamed (`dapt.data.tokenization`): batches of documents are tokenized into parts by
+`tokenize.workers` processes (or Ray), a killed run resumes from its finished parts, and the parts are
+assembled into shards of about `tokenize.shard_tokens` tokens. Memory stays bounded whatever the corpus size,
+and the shards are the same, byte for byte, for any number of workers.
+
 With vocabulary extension the corpus is tokenized twice: `tokenize` with the original base's tokenizer
 decides the splits, and `tokenize-extended` (its `splits` input) puts the very same documents in each split,
 so both bases are measured on the same held-out text and the extension never sees it.
 
-The training shards keep each source's documents together and record where (shard.json `sources`), so
-pretraining can open each source alone and weight it (pretrain.mix).
+The training shards keep each source's documents apart (a shard holds one source, recorded in its
+shard.json), so pretraining can open each source alone and weight it (pretrain.mix).
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from dapt.config import TokenizeConfig
-from dapt.data.documents import read_documents
-from dapt.data.shards import write_shard
+from dapt.config import TOKENIZE_EXECUTION_FIELDS, TokenizeConfig
+from dapt.data.progress import peak_rss_mb
+from dapt.data.tokenization import (
+    ROLE_CODE,
+    SPLIT_CODE,
+    PartSettings,
+    assemble_shards,
+    choose_splits,
+    read_index,
+    tokenize_parts,
+)
 from dapt.errors import DataError
 from dapt.pipeline import StageContext
 
 BATCH = 256
+SCRATCH = "parts"  # the tokenized batches of an unfinished run, inside the stage's folder
 
 
 def tokenize_texts(tokenizer: Any, texts: list[str], eos_id: int, description: str) -> list[list[int]]:
-    """Token ids per text, each ending in end-of-text so packed documents stay delimited."""
+    """Token ids per text, each ending in end-of-text so packed documents stay delimited (small sets of texts)."""
     out: list[list[int]] = []
     for start in tqdm(range(0, len(texts), BATCH), desc=description, unit="batch", leave=False):
         encoded = tokenizer(texts[start : start + BATCH], add_special_tokens=False)["input_ids"]
@@ -43,120 +58,128 @@ def tokenize_texts(tokenizer: Any, texts: list[str], eos_id: int, description: s
     return out
 
 
-def hold_out(order: np.ndarray, lengths: list[int], budget: int) -> tuple[list[int], np.ndarray]:
-    """Take documents from the front of `order` until `budget` tokens are held out; return them and the rest."""
-    taken, total = [], 0
-    for position, index in enumerate(order):
-        if total >= budget:
-            return taken, order[position:]
-        taken.append(int(index))
-        total += lengths[index]
-    return taken, order[len(order) :]
+class SameSplits:
+    """Another tokenization's splits (its `splits.parquet`, one row per curated document, in corpus order): the
+    split code of every document, and a check that the corpus being tokenized has the same documents."""
+
+    def __init__(self, splits_file: Path, documents: int) -> None:
+        self.file = splits_file
+        table = pq.read_table(splits_file, columns=["split"])
+        if table.num_rows != documents:
+            raise DataError(
+                f"{splits_file}: {table.num_rows} documents, but the curated corpus has {documents}; rerun the pipeline"
+            )
+        names = table.column("split").to_pylist()
+        self.codes = np.array([SPLIT_CODE[n] if n is not None else -1 for n in names], dtype=np.int8)
+        self._ids = self._stream_ids()
+
+    def _stream_ids(self) -> Iterator[str]:
+        for batch in pq.ParquetFile(self.file).iter_batches(columns=["id"]):
+            yield from batch.column("id").to_pylist()
+
+    def check(self, first: int, ids: list[str]) -> None:
+        for offset, document_id in enumerate(ids):
+            theirs = next(self._ids, None)
+            if theirs != document_id:
+                raise DataError(
+                    f"{self.file}: document {first + offset} is {theirs!r} there but {document_id!r} in the curated "
+                    "corpus; rerun the pipeline"
+                )
 
 
-def same_splits(splits_file: Path, ids: list[str]) -> dict[str, list[int]]:
-    """The rows of `ids` in each split of another tokenization's `splits.parquet`, in that file's order."""
-    row_of = {document_id: row for row, document_id in enumerate(ids)}
-    if len(row_of) != len(ids):
-        raise DataError(f"{splits_file}: the curated corpus repeats document ids, so splits cannot be matched by id")
-    table = pq.read_table(splits_file, columns=["id", "split"])
-    splits: dict[str, list[int]] = {}
-    for document_id, split in zip(table.column("id").to_pylist(), table.column("split").to_pylist(), strict=True):
-        if document_id not in row_of:
-            raise DataError(f"{splits_file}: document {document_id!r} is not in the curated corpus; rerun the pipeline")
-        splits.setdefault(split, []).append(row_of[document_id])
-    return splits
+def split_texts(splits_file: Path, documents_file: Path, wanted: tuple[str, ...] | None = None) -> dict[str, list[str]]:
+    """The texts of each split of a tokenization (its `splits.parquet`), in shard order, from the curated corpus.
 
-
-def split_texts(splits_file: Path, documents_file: Path) -> dict[str, list[str]]:
-    """The texts of each split of a tokenization (its `splits.parquet`), in shard order, from the curated corpus."""
-    documents = read_documents(documents_file)
-    text_of = dict(zip(documents.column("id").to_pylist(), documents.column("text").to_pylist(), strict=True))
-    table = pq.read_table(splits_file, columns=["id", "split"])
-    texts: dict[str, list[str]] = {}
-    for document_id, split in zip(table.column("id").to_pylist(), table.column("split").to_pylist(), strict=True):
-        texts.setdefault(split, []).append(text_of[document_id])
-    return texts
+    Both files are read batch by batch, side by side (one row per document in both, in corpus order); only the
+    texts of the `wanted` splits (default: all) are kept, so asking for the held-out splits costs their size."""
+    collected: dict[str, list[tuple[int, str]]] = {}
+    documents = pq.ParquetFile(documents_file).iter_batches(columns=["id", "text"])
+    splits = pq.ParquetFile(splits_file).iter_batches(columns=["id", "split", "position"])
+    pending_ids: list[str] = []
+    pending_texts: list[str] = []
+    for batch in splits:
+        rows = batch.num_rows
+        while len(pending_ids) < rows:
+            more = next(documents, None)
+            if more is None:
+                raise DataError(f"{splits_file} lists more documents than {documents_file}; rerun the pipeline")
+            pending_ids += more.column("id").to_pylist()
+            pending_texts += more.column("text").to_pylist()
+        ids, texts = pending_ids[:rows], pending_texts[:rows]
+        pending_ids, pending_texts = pending_ids[rows:], pending_texts[rows:]
+        if ids != batch.column("id").to_pylist():
+            raise DataError(f"{splits_file} does not list the documents of {documents_file}; rerun the pipeline")
+        names, positions = batch.column("split").to_pylist(), batch.column("position").to_pylist()
+        for text, name, position in zip(texts, names, positions, strict=True):
+            if name is not None and (wanted is None or name in wanted):
+                collected.setdefault(name, []).append((position, text))
+    return {name: [text for _, text in sorted(pairs)] for name, pairs in collected.items()}
 
 
 def run(context: StageContext) -> dict[str, Any]:
-    config = TokenizeConfig.model_validate(context.config["tokenize"])
-    rng = np.random.default_rng(context.config["seed"])
-    documents = read_documents(context.inputs["corpus"].path / "documents.parquet")
-    tokenizer = AutoTokenizer.from_pretrained(context.inputs["base"].path / "model")
+    execution = {name: getattr(context.pipeline.tokenize, name) for name in TOKENIZE_EXECUTION_FIELDS}
+    config = TokenizeConfig.model_validate({**context.config["tokenize"], **execution})
+    documents_file = context.inputs["corpus"].path / "documents.parquet"
+    tokenizer_folder = context.inputs["base"].path / "model"
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise DataError("the base's tokenizer has no end-of-text token (eos_token); packed documents need one")
+    scratch = context.out / SCRATCH
+    settings = PartSettings(str(tokenizer_folder), int(eos_id), len(tokenizer), int(context.config["seed"]))
+    work = tokenize_parts(
+        documents_file,
+        scratch,
+        settings,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        backend=config.backend,
+        log=context.log,
+    )
+    index = read_index(scratch, work["parts"])
+
     role_of = {s.name: s.role for s in context.pipeline.sources}
-    ids, texts, sources = (documents.column(c).to_pylist() for c in ("id", "text", "source"))
-
-    by_role: dict[str, list[int]] = {"domain": [], "replay": [], "general_eval": []}
-    for row, source in enumerate(sources):
-        by_role[role_of.get(source, "domain")].append(row)
-    tokens: dict[int, list[int]] = {}
-    for role, rows in by_role.items():
-        encoded = tokenize_texts(tokenizer, [texts[r] for r in rows], eos_id, f"tokenize {role}")
-        tokens.update(zip(rows, encoded, strict=True))
-    lengths = {row: len(t) for row, t in tokens.items()}
-
-    def shuffled(rows: list[int]) -> np.ndarray:
-        return np.array(rows, dtype=np.int64)[rng.permutation(len(rows))] if rows else np.array([], dtype=np.int64)
-
-    splits: dict[str, list[int]] = {}
-    domain_order = shuffled(by_role["domain"])
-    splits["domain_test"], domain_order = hold_out(domain_order, lengths, config.eval_tokens)
-    splits["domain_val"], domain_order = hold_out(domain_order, lengths, config.eval_tokens)
-    splits["domain_train"] = domain_order.tolist()
-    replay_order = shuffled(by_role["replay"])
-    general_source = "general_eval" if by_role["general_eval"] else "replay"
-    general_order = shuffled(by_role["general_eval"]) if by_role["general_eval"] else replay_order
-    splits["general_test"], general_order = hold_out(general_order, lengths, config.eval_tokens)
-    splits["general_val"], general_order = hold_out(general_order, lengths, config.eval_tokens)
-    splits["replay_train"] = (general_order if general_source == "replay" else replay_order).tolist()
-    if general_source == "replay" and by_role["replay"]:
-        context.log("no general_eval source: general val/test are held-out replay documents (weaker forgetting signal)")
-    if config.max_train_tokens is not None:
-        for split in ("domain_train", "replay_train"):
-            splits[split], _ = hold_out(np.array(splits[split], dtype=np.int64), lengths, config.max_train_tokens)
+    source_roles = np.array([ROLE_CODE[role_of.get(name, "domain")] for name in index.source_names], dtype=np.int8)
+    roles = source_roles[index.sources] if len(index.sources) else np.zeros(0, dtype=np.int8)
+    splits, general_from = choose_splits(index.keys, index.lengths, roles, config.eval_tokens, config.max_train_tokens)
+    same = None
     if "splits" in context.inputs:  # an extended tokenizer: the original tokenization's documents, split for split
-        splits = same_splits(context.inputs["splits"].path / "splits.parquet", ids)
+        same = SameSplits(context.inputs["splits"].path / "splits.parquet", len(splits))
+        splits = same.codes
+    elif general_from == "replay" and (roles == ROLE_CODE["replay"]).any():
+        context.log("no general_eval source: general val/test are held-out replay documents (weaker forgetting signal)")
 
-    # Training documents grouped by source (in the config's order, each source's shuffled order kept), so the
-    # shard records each source's run of documents and pretraining can weight sources one by one (pretrain.mix).
-    source_rank = {s.name: i for i, s in enumerate(context.pipeline.sources)}
-    for split in ("domain_train", "replay_train"):
-        splits[split] = sorted(splits[split], key=lambda r: (source_rank.get(sources[r], len(source_rank)), sources[r]))
-
-    train_tokens = sum(lengths[r] for r in splits["domain_train"])
+    train_tokens = int(index.lengths[splits == SPLIT_CODE["domain_train"]].sum())
     if train_tokens == 0:
         raise DataError(
-            f"the domain corpus has {sum(lengths[r] for r in by_role['domain'])} tokens after curation; nothing is "
-            f"left for training after holding out 2 × tokenize.eval_tokens ({config.eval_tokens}). Add domain text "
-            "or lower tokenize.eval_tokens"
+            f"the domain corpus has {int(index.lengths[roles == ROLE_CODE['domain']].sum())} tokens after curation; "
+            f"nothing is left for training after holding out 2 × tokenize.eval_tokens ({config.eval_tokens}). Add "
+            "domain text or lower tokenize.eval_tokens"
         )
-
-    stats: dict[str, Any] = {}
-    split_rows = []
-    for split, rows in splits.items():
-        if not rows:
-            continue
-        stats[split] = write_shard(
-            context.out / "shards" / split,
-            [tokens[r] for r in rows],
-            vocab_size=len(tokenizer),
-            document_sources=[sources[r] for r in rows] if split.endswith("_train") else None,
-        )
-        split_rows += [(ids[r], sources[r], split, lengths[r]) for r in rows]
-        context.log(f"{split}: {stats[split]['documents']} documents, {stats[split]['tokens']} tokens")
-    id_col, source_col, split_col, length_col = zip(*split_rows, strict=True)
-    pq.write_table(
-        pa.table({"id": id_col, "source": source_col, "split": split_col, "tokens": length_col}),
-        context.out / "splits.parquet",
+    stats = assemble_shards(
+        scratch,
+        index,
+        splits,
+        context.out,
+        source_order=[s.name for s in context.pipeline.sources],
+        shard_tokens=config.shard_tokens,
+        vocab_size=len(tokenizer),
+        check_ids=same.check if same is not None else None,
     )
+    for split, numbers in stats.items():
+        context.log(
+            f"{split}: {numbers['documents']} documents, {numbers['tokens']} tokens, {numbers['shards']} shards"
+        )
+    shutil.rmtree(scratch)  # the shards are complete: the parts are no longer needed
     return {
         "splits": stats,
-        "general_heldout_from": general_source,
+        "general_heldout_from": general_from,
         "tokenizer": type(tokenizer).__name__,
         "vocab_size": len(tokenizer),
-        "total_tokens": sum(lengths.values()),
+        "total_tokens": int(index.lengths.sum()),
+        "documents": len(splits),
+        "throughput": {k: v for k, v in work.items() if k.endswith("_per_s")},
+        "parts": work["parts"],
+        "parts_resumed": work["parts_resumed"],
+        "peak_rss_mb": peak_rss_mb(),
     }
