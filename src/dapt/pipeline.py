@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from dapt.artifacts import SCHEMA_VERSION, Artifact, artifact_id, content_hash, read_artifact, write_manifest
-from dapt.config import CURATE_EXECUTION_FIELDS, PRETRAIN_EXECUTION_FIELDS, PipelineConfig
+from dapt.config import (
+    CURATE_EXECUTION_FIELDS,
+    PRETRAIN_EXECUTION_FIELDS,
+    TOKENIZE_EXECUTION_FIELDS,
+    PipelineConfig,
+)
 from dapt.errors import ConfigError, DataError
 
 ATTEMPT_NAME = ".attempt"  # the stage attempt that owns an unfinished folder: its id, config and inputs' ids
@@ -71,6 +76,8 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
     from dapt.stages import base, curate, evaluate, extend_vocab, ingest, pretrain, tokenize
 
     dump = config.model_dump(mode="json")
+    # how tokenisation runs (workers, batch size, backend) changes no shard: not part of the cache key
+    tokenize_key = {k: v for k, v in dump["tokenize"].items() if k not in TOKENIZE_EXECUTION_FIELDS}
     stages = [
         StageSpec("ingest", "ingest", ingest.run, {"sources": dump["sources"]}, summary="read the text sources"),
     ]
@@ -99,9 +106,10 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
             "tokenize",
             "tokenize",
             tokenize.run,
-            {"tokenize": dump["tokenize"], "seed": config.seed},
+            {"tokenize": tokenize_key, "seed": config.seed},
             {"corpus": "curate", "base": "base"},
             summary="packed token shards + held-out splits",
+            resumable=True,  # a killed run keeps its finished parts
         ),
     ]
     # Vocabulary extension: the original base gains domain tokens (trained on the domain_train split only), and
@@ -123,9 +131,10 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
                 "tokenize-extended",
                 "tokenize",
                 tokenize.run,
-                {"tokenize": dump["tokenize"], "seed": config.seed},
+                {"tokenize": tokenize_key, "seed": config.seed},
                 {"corpus": "curate", "base": "extend-vocab", "splits": "tokenize"},
                 summary="packed token shards with the extended tokenizer, the same documents per split",
+                resumable=True,
             ),
         ]
     stages += [

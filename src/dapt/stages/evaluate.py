@@ -72,7 +72,9 @@ def run_lm(context: StageContext) -> dict[str, Any]:
     document_mask = context.config["document_mask"]
     budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
     texts = split_texts(
-        context.inputs["tokens"].path / "splits.parquet", context.inputs["corpus"].path / "documents.parquet"
+        context.inputs["tokens"].path / "splits.parquet",
+        context.inputs["corpus"].path / "documents.parquet",
+        wanted=("domain_test", "general_test"),
     )
     held_out = (("domain", "domain_test"), ("general", "general_test"))
     test_texts = {name: texts[split] for name, split in held_out if texts.get(split)}

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from dapt.config import PRETRAIN_EXECUTION_FIELDS, PretrainConfig
-from dapt.data.shards import TokenShard, WindowMixer, eval_windows, shard_sources
+from dapt.data.shards import ShardSet, WindowMixer, eval_windows, open_split, split_sources
 from dapt.errors import DataError
 from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
 from dapt.model.lora import add_lora, load_adapter_weights, merged_model
@@ -64,15 +64,13 @@ class PackedBatches:
         self.mixer.load_state_dict(state)
 
 
-def source_shards(
-    shard_root: Path, context: StageContext, mix: dict[str, float], seq_len: int
-) -> dict[str, TokenShard]:
-    """Each source named in `pretrain.mix`, opened alone inside its role's training shard."""
+def source_shards(shard_root: Path, context: StageContext, mix: dict[str, float], seq_len: int) -> dict[str, ShardSet]:
+    """Each source named in `pretrain.mix`, opened alone inside its role's training shards."""
     role_of = {s.name: s.role for s in context.pipeline.sources}
     opened = {}
     for name in mix:
         folder = shard_root / f"{role_of[name]}_train"
-        recorded = shard_sources(folder) if (folder / "shard.json").exists() else {}
+        recorded = split_sources(folder) if folder.is_dir() else set()
         if not recorded and folder.exists():
             raise DataError(
                 f"pretrain.mix: the tokenized corpus {shard_root.parent} does not record its sources (made by an "
@@ -83,7 +81,7 @@ def source_shards(
                 f"pretrain.mix: source {name!r} has no training documents (all dropped by curation or held out for "
                 "validation); add text to it or remove it from sources and mix"
             )
-        opened[name] = TokenShard(folder, source=name)
+        opened[name] = open_split(folder, source=name)
         if opened[name].num_windows(seq_len) == 0:
             raise DataError(
                 f"pretrain.mix: source {name!r} has {opened[name].num_tokens} training tokens, less than one "
@@ -143,7 +141,7 @@ def run(context: StageContext) -> dict[str, Any]:
             model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need an input grad
     eos_id = tokenizer.eos_token_id if config.document_mask else None
     shard_root = context.inputs["tokens"].path / "shards"
-    shards = {p.name: TokenShard(p) for p in shard_root.iterdir() if p.is_dir()}
+    shards = {p.name: open_split(p) for p in shard_root.iterdir() if p.is_dir()}
 
     # -- data: the training mixture, fixed held-out windows ----------------------------------------------
     if config.mix is None:  # two pools: domain sources and replay sources, each in proportion to its tokens
