@@ -39,6 +39,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -64,6 +65,7 @@ from dapt.data.documents import DOCUMENT_SCHEMA
 from dapt.data.ingest import REJECTION_LEDGER_SCHEMA
 from dapt.data.near_dup import NearDuplicateFinder
 from dapt.data.pii import PiiScrubber
+from dapt.data.progress import Progress, peak_rss_mb
 from dapt.errors import DataError
 
 # (block name, reason, detail) of the block that dropped a document; None while it is kept.
@@ -313,6 +315,7 @@ def curate_part(curator: BatchCurator, batch: pa.RecordBatch, part: ScratchPart,
     marker = {
         "fingerprint": fingerprint,
         "rows": len(state.ids),
+        "bytes_in": pc.sum(pc.binary_length(batch.column("text"))).as_py() or 0,
         "chars_in": state.chars_in,
         "pii_replaced": dict(state.pii_replaced),
         "pii_changed": state.pii_changed,
@@ -574,6 +577,7 @@ def curate_to_files(
     contamination: Mapping[str, list[str]] | None = None,
     earlier_rejections: Path | None = None,
     log: Callable[[str], None] | None = None,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     """Curate a document file (or table) into `documents_out` and `ledger_out` (REJECTION_LEDGER_SCHEMA,
     the rows of `earlier_rejections` first); return the stats (see `dapt.data.curate.CurateResult`).
@@ -582,6 +586,8 @@ def curate_to_files(
     The map step's parts are written to a scratch folder next to `documents_out` (SCRATCH_NAME), removed at the
     end; a run killed before that and started again with the same settings and documents continues after the
     batches it had finished and ends with the same outputs. `log` hears what a person should (a resumed run).
+    With `show_progress`, the map and write steps report their rate and ETA on stderr, and the stats gain
+    `throughput` (documents/s and MB/s of this run, seconds, peak RSS of the main process and of a worker).
     """
     contaminated = bool(contamination)
     # Built before any document is read, so a bad setting fails fast.
@@ -610,20 +616,35 @@ def curate_to_files(
         )
         shutil.rmtree(scratch)
         return stats
+    clock = time.perf_counter()
     corpus = CorpusState()
     workers = options["workers"] or available_cores()
     expected_batches = -(-rows // batch_size)
-    resumed = 0
+    resumed_batches = resumed_documents = bytes_in = 0
+    progress = Progress("curate", rows, "documents") if show_progress else None
     for part, marker, was_finished in map_batches(batches, scratch, options, eval_ngrams, workers, expected_batches):
-        resumed += was_finished
+        if was_finished:
+            resumed_batches += 1
+            resumed_documents += marker["rows"]
+            if progress is not None:
+                progress.skip(marker["rows"])
+        else:
+            bytes_in += marker["bytes_in"]
+            if progress is not None:
+                progress.update(marker["rows"], bytes=marker["bytes_in"])
         corpus.add(part.texts, load_batch_state(part, marker))
-    if resumed and log is not None:
-        log(f"resumed: {resumed} of {len(corpus.parts)} batches were finished by an earlier run, not curated again")
+    if progress is not None:
+        progress.close()
+    if resumed_batches and log is not None:
+        log(
+            f"resumed: {resumed_batches} of {len(corpus.parts)} batches were finished by an earlier run, "
+            "not curated again"
+        )
     near = reduce_corpus(corpus, options, decontaminator, contaminated)
     write_outputs(corpus.parts, corpus.verdicts, documents_out, ledger_out, earlier_rejections)
     shutil.rmtree(scratch)
     kept_chars = dict(zip(corpus.survivors, corpus.kept_chars, strict=True))
-    return corpus_stats(
+    stats = corpus_stats(
         corpus.verdicts,
         options,
         decontaminator,
@@ -634,6 +655,25 @@ def curate_to_files(
         pii_changed=corpus.pii_changed,
         near=near,
     )
+    if show_progress:
+        stats["throughput"] = throughput(
+            time.perf_counter() - clock, rows - resumed_documents, bytes_in, resumed_documents
+        )
+    return stats
+
+
+def throughput(seconds: float, documents: int, text_bytes: int, resumed_documents: int = 0) -> dict[str, Any]:
+    """What a curation run did per second, and its peak memory: the manifest's one-line account of the stage.
+
+    `documents`, `text_bytes`: curated by this run (not those of batches an earlier, killed run had finished)."""
+    return {
+        "seconds": round(seconds, 1),
+        "documents": documents,
+        "documents_resumed": resumed_documents,
+        "documents_per_s": round(documents / max(seconds, 1e-9), 1),
+        "mb_per_s": round(text_bytes / 1e6 / max(seconds, 1e-9), 2),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def corpus_stats(

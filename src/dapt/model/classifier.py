@@ -11,6 +11,7 @@ SmolLM, ... Other architectures use the `full` recipe.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -93,6 +94,27 @@ def frozen_features(
     finally:
         handle.remove()
     return captured[0]
+
+
+def cached_frozen_features(
+    classifier: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    top_blocks: int,
+    batch_size: int,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """`frozen_features` of every example, `batch_size` examples at a time, as fp32: (examples, seq, hidden).
+
+    `on_batch(examples, tokens)` after each batch (a progress report: 2k examples took about 3 minutes on 2 cores).
+    """
+    features = []
+    for start in range(0, len(input_ids), batch_size):
+        mask = attention_mask[start : start + batch_size]
+        features.append(frozen_features(classifier, input_ids[start : start + batch_size], mask, top_blocks).float())
+        if on_batch is not None:
+            on_batch(len(mask), int(mask.sum()))
+    return torch.cat(features)
 
 
 class TopBlocks(nn.Module):

@@ -16,14 +16,15 @@ import torch
 from transformers import AutoTokenizer
 
 from dapt.config import LoraConfig
+from dapt.data.progress import Progress, peak_rss_mb
 from dapt.data.tasks import split_examples
 from dapt.model.chat import encode_pair, pad_pairs, uses_chat_template
 from dapt.model.classifier import (
     TopBlocks,
     build_classifier,
+    cached_frozen_features,
     encode_right_padded,
     freeze_all_but,
-    frozen_features,
 )
 from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
 from dapt.model.lora import add_lora, merged_model
@@ -140,22 +141,27 @@ def run(context: StageContext) -> dict[str, Any]:
     input_ids, attention_mask = encode_right_padded(tokenizer, [e["text"] for e in train], task["max_length"], pad_id)
     last_index = attention_mask.sum(dim=1) - 1  # the head reads the last real token
 
+    feature_caching: dict[str, Any] | None = None  # the top-blocks recipe's pass: rates and peak memory
     if task["recipe"] == "top_blocks":
         # The frozen lower blocks see each example once, in the precision the top blocks then train in (kept as
         # fp32 features); every epoch then runs only the top blocks.
         classifier.eval()
+        progress = Progress("top-blocks features", len(train), "examples")
         with autocast(choose_precision(precision_setting(context))):
-            features = torch.cat(
-                [
-                    frozen_features(
-                        classifier,
-                        input_ids[i : i + FEATURE_BATCH],
-                        attention_mask[i : i + FEATURE_BATCH],
-                        task["top_blocks"],
-                    ).float()
-                    for i in range(0, len(train), FEATURE_BATCH)
-                ]
+            features = cached_frozen_features(
+                classifier,
+                input_ids,
+                attention_mask,
+                task["top_blocks"],
+                FEATURE_BATCH,
+                lambda examples, tokens: progress.update(examples, tokens=tokens),
             )
+        progress.close()
+        feature_caching = {
+            **{name: round(rate, 1) for name, rate in progress.rates().items()},
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        context.log(f"frozen features cached; peak RSS {feature_caching['peak_rss_mb']['main']:,.0f} MB")
         trained: torch.nn.Module = TopBlocks(classifier, task["top_blocks"])
         freeze_all_but(classifier, trained)
 
@@ -210,6 +216,7 @@ def run(context: StageContext) -> dict[str, Any]:
         "base_id": context.inputs["base"].id,
         "recipe": task["recipe"],
         "top_blocks": task["top_blocks"] if task["recipe"] == "top_blocks" else None,
+        "feature_caching": feature_caching,
         "trainable_parameters": trainable,
         "parameters": parameter_count(classifier),
         "train_examples": len(train),

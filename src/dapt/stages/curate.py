@@ -45,11 +45,18 @@ def curate_corpus(
         contamination=contamination,
         earlier_rejections=earlier_rejections,
         log=log,
+        show_progress=True,
     )
     if stats["docs_kept"] + sum(stats["dropped_by_reason"].values()) != stats["docs_in"]:
         raise AssertionError("curate lost documents: kept + ledger != input")  # the ledger invariant
     dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(stats["dropped_by_reason"].items())) or "none"
     log(f"{stats['docs_in']} documents in, {stats['docs_kept']} kept; dropped: {dropped}")
+    speed = stats["throughput"]
+    log(
+        f"{speed['documents']:,} documents curated in {speed['seconds']:.1f}s ({speed['documents_per_s']:,.0f} "
+        f"documents/s, {speed['mb_per_s']:.2f} MB/s); peak RSS {speed['peak_rss_mb']['main']:,.0f} MB "
+        f"(largest worker {speed['peak_rss_mb']['largest_worker']:,.0f} MB)"
+    )
     return stats
 
 
