@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from dapt.data.shards import TokenShard, WindowMixer, eval_windows, write_shard
+from dapt.data.shards import IndexPermutation, TokenShard, WindowMixer, eval_windows, write_shard
 
 
 def test_shard_round_trips_documents_and_boundaries(tmp_path):
@@ -97,3 +97,15 @@ def test_three_source_mixture_realises_the_weights_in_tokens(tmp_path):
     again = WindowMixer(shards, weights, 10, seed=0)
     replay = WindowMixer(shards, weights, 10, seed=0)
     assert [next(again)[0] for _ in range(300)] == [next(replay)[0] for _ in range(300)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4099])
+def test_the_window_order_is_a_seeded_permutation(n):
+    order = [IndexPermutation(n, (0, 1, 2))[i] for i in range(n)]
+    assert sorted(order) == list(range(n))  # every window once per pass
+    assert order == [IndexPermutation(n, (0, 1, 2))[i] for i in range(n)]  # a function of its key
+    if n >= 64:
+        assert order != [IndexPermutation(n, (0, 1, 3))[i] for i in range(n)]  # another pass: another order
+        assert order != sorted(order)
+        # not the identity in disguise: positions move far, on average about a third of the range
+        assert sum(abs(a - b) for a, b in enumerate(order)) / n > n / 5
