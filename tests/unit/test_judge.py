@@ -59,3 +59,36 @@ def test_a_wrong_path_and_a_missing_key_are_named():
             rate(judge_config(server.url.removesuffix("/v1") + "/nope"), "qa", "q", "r", "a")
         with pytest.raises(ConfigError, match="DAPT_TEST_UNSET_KEY"):
             rate(judge_config(server.url, api_key_env="DAPT_TEST_UNSET_KEY"), "qa", "q", "r", "a")
+
+
+def test_a_redirect_is_not_followed_and_the_key_stays_with_the_configured_host(monkeypatch):
+    """A 302 from the endpoint to another host: urllib would resend the request there, Authorization included,
+    and take that host's reply as the rating. The judge stops instead, naming where it was sent."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    monkeypatch.setenv("DAPT_TEST_JUDGE_KEY", "sekret")
+    with FakeJudge(lambda body: "5") as elsewhere:  # answers any POST to /v1/chat/completions with a 5
+        target = elsewhere.url.replace("127.0.0.1", "localhost") + "/chat/completions"
+
+        class Redirect(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+        Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+            with pytest.raises(ConfigError, match=r"redirected \(HTTP 302\) to http://localhost:") as error:
+                rate(judge_config(url, api_key_env="DAPT_TEST_JUDGE_KEY"), "qa", "q", "r", "a")
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert target in str(error.value) and "set judge.url" in str(error.value)
+    assert elsewhere.requests == [], "nothing, and no key, reached the host it redirected to"

@@ -4,7 +4,9 @@ Word-overlap metrics (ROUGE-L, token F1) miss a correct answer worded differentl
 `judge:`, every greedy answer is sent with its prompt and reference answer to the judge model, which rates
 it on the rubric below; the mean rating, rescaled to [0, 1], is the variant's `judge_score`. Both variants
 of a task are judged by the same model with the same rubric, at temperature 0. The API key is read from
-the environment variable the config names, never written to a manifest.
+the environment variable the config names, never written to a manifest, and sent to the configured URL only:
+a redirect is not followed (urllib would carry the key along, to any host, and take that host's reply as the
+rating); the error names where it pointed, so that the config can name that address itself.
 """
 
 from __future__ import annotations
@@ -27,6 +29,16 @@ RUBRIC = """You grade an answer to a question against a reference answer. Rate t
 Judge the meaning, not the wording. Reply with the rating only: one digit from 1 to 5."""
 
 RATING = re.compile(r"\b([1-5])\b")
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Turns every redirect into an error, for `rate` to explain: the request carries the API key."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        raise urllib.error.HTTPError(newurl, code, msg, headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 
 def endpoint(url: str) -> str:
@@ -64,9 +76,16 @@ def rate(judge: dict[str, Any], task_name: str, prompt: str, reference: str, ans
     }
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=judge["timeout_seconds"]) as response:
+        with _OPENER.open(request, timeout=judge["timeout_seconds"]) as response:
             raw = response.read()
     except urllib.error.HTTPError as error:
+        if 300 <= error.code < 400:
+            target = error.filename  # the address it redirected to
+            raise ConfigError(
+                f"{where}: the judge redirected (HTTP {error.code}) to {target}; dapt does not follow a judge's "
+                "redirects (the request would carry the API key there, and that reply would count as the rating). "
+                "If that address is the judge, set judge.url to it"
+            ) from None
         detail = error.read()[:300].decode(errors="replace")
         raise DataError(f"{where}: the judge answered HTTP {error.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as error:
