@@ -130,7 +130,7 @@ def source_config(dapt_base: Artifact) -> PipelineConfig:
 
 
 def run_adapt(base: str, task_file: Path, out: Path | None) -> int:
-    from dapt.report.build import build_report
+    from dapt.report.build import build_report, print_headline
 
     dapt_base = resolve_base(base, out)
     chain = base_chain(dapt_base)
@@ -195,8 +195,6 @@ def run_adapt(base: str, task_file: Path, out: Path | None) -> int:
     # record the branch (replacing an earlier entry of the same task name), then rebuild the report
     kept = [e for e in read_adapted(run_dir) if e["task"]["name"] not in names]
     atomic_write_text(run_dir / ADAPTED_FILE, json.dumps({"adapted": kept + entries}, indent=2) + "\n")
-    from dapt.cli import print_headline
-
     pipeline_artifacts = run_stages_found(config, source_run)
     report = build_report(config, run_dir, {**pipeline_artifacts, **artifacts})
     print_headline(report, run_dir)

@@ -281,7 +281,7 @@ def _run(pipeline_path: Path, out: Path | None, overrides: list[str], until: str
 
     from dapt.config import load_config
     from dapt.pipeline import run_pipeline, say
-    from dapt.report.build import build_report
+    from dapt.report.build import build_report, print_headline
     from dapt.train.distributed import is_main_process, leave
     from dapt.train.loop import check_launch
 
@@ -304,34 +304,11 @@ def _run(pipeline_path: Path, out: Path | None, overrides: list[str], until: str
     return 0
 
 
-def print_headline(report: dict, run_dir: Path) -> None:
-    base = report["base"]
-    print(f"\nReport: {run_dir / 'report.html'} (also report.md, report.json)")
-    if base.get("same_tokenizer", True):
-        print(
-            f"Domain perplexity  {base['domain_ppl_before']:.3f} → {base['domain_ppl_after']:.3f}   "
-            f"general perplexity {base['general_ppl_before']:.3f} → {base['general_ppl_after']:.3f}"
-        )
-    else:  # per-token perplexities of different tokenizers do not compare
-        print(
-            f"Domain bits/byte  {base['domain_bpb_before']:.4f} → {base['domain_bpb_after']:.4f}   "
-            f"general bits/byte {base['general_bpb_before']:.4f} → {base['general_bpb_after']:.4f}   "
-            f"(extended vocabulary: {base['vocab_size_before']} → {base['vocab_size_after']} tokens)"
-        )
-    for task in report["tasks"]:
-        control, dapt, p, q = task["control"], task["dapt"], task["primary"], task["secondary"]
-        print(
-            f"{task['name']}: {p} control {control[p]:.3f} vs DAPT {dapt[p]:.3f} "
-            f"({task['difference'][p] * 100:+.1f} points); {q} {control[q]:.3f} vs {dapt[q]:.3f}"
-        )
-        print(f"  verdict: {task['verdict']}")
-
-
 def _rebuild_report(run_dir: Path) -> int:
     from dapt.adapt_command import adapted_sources, run_stages_found
     from dapt.config import load_config
     from dapt.errors import ConfigError
-    from dapt.report.build import build_report
+    from dapt.report.build import build_report, print_headline
 
     artifacts = None
     if (run_dir / "pipeline.yaml").is_file():

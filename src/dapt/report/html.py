@@ -17,21 +17,21 @@ from typing import Any
 
 from dapt.lineage import render_tree
 from dapt.report import plots
-from dapt.report.build import (
+from dapt.report.markdown import (
     ADAPTED_NOTE,
     COMPARABILITY_NOTE,
     METRIC_LABELS,
     PER_CLASS_NOTE,
     STALE_NOTE,
     UNBOUNDED_METRICS,
-    _change,
-    _extension_lines,
-    _missing_bytes_lines,
-    _num,
-    _with_spread,
+    change,
     difference_text,
+    extension_lines,
+    missing_bytes_lines,
+    num,
     per_class_rows,
     render_markdown,
+    with_spread,
 )
 
 VERDICT_HEADING = "## Did domain-adaptive pretraining pay off?"  # the section of report.md the verdict comes from
@@ -150,7 +150,7 @@ def _loss_curves(report: dict[str, Any]) -> str:
         "evaluation; step 0 is the original base. The dashed line marks the best step.",
     )
     rows = [
-        [str(e["step"]), _num(e.get("domain_val_loss"), 4), _num(e.get("general_val_loss"), 4)]
+        [str(e["step"]), num(e.get("domain_val_loss"), 4), num(e.get("general_val_loss"), 4)]
         + ["best" if e["step"] == pretrain["best_step"] else ""]
         for e in pretrain["evaluations"]
     ]
@@ -183,9 +183,9 @@ def _perplexity(report: dict[str, Any]) -> str:
             [
                 _e(label),
                 _e(base["test_tokens"].get(tokens_key, 0)),
-                _num(old),
-                _num(new),
-                _change(old, new),
+                num(old),
+                num(new),
+                change(old, new),
             ]
         )
         old_bpb, new_bpb = base.get(f"{tokens_key}_bpb_before"), base.get(f"{tokens_key}_bpb_after")
@@ -193,9 +193,9 @@ def _perplexity(report: dict[str, Any]) -> str:
             [
                 _e(label),
                 _e(base.get("test_bytes", {}).get(tokens_key, 0)),
-                _num(old_bpb, 4),
-                _num(new_bpb, 4),
-                _change(old_bpb, new_bpb),
+                num(old_bpb, 4),
+                num(new_bpb, 4),
+                change(old_bpb, new_bpb),
             ]
         )
         shown = (old, new) if plotted == "ppl" else (old_bpb, new_bpb)
@@ -244,7 +244,7 @@ def _perplexity(report: dict[str, Any]) -> str:
     )
     # the same paragraphs as report.md: the vocabulary extension, a tokenizer that drops bytes
     parts += [
-        f"<p>{_e(line.replace('`', ''))}</p>" for line in (*_extension_lines(base), *_missing_bytes_lines(base)) if line
+        f"<p>{_e(line.replace('`', ''))}</p>" for line in (*extension_lines(base), *missing_bytes_lines(base)) if line
     ]
     return "\n".join(parts)
 
@@ -369,7 +369,7 @@ def _tasks(report: dict[str, Any]) -> str:
             primary = task.get("primary", "accuracy")
             label = METRIC_LABELS[primary]
             curve = [
-                [f"{p['fraction']:.0%}", _with_spread(p, "control"), _with_spread(p, "dapt")]
+                [f"{p['fraction']:.0%}", with_spread(p, "control"), with_spread(p, "dapt")]
                 for p in task["data_efficiency"]
             ]
             parts.append(f"<h3>Data efficiency: {_e(task['name'])}</h3>")
