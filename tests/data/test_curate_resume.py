@@ -124,9 +124,9 @@ def test_parts_of_other_settings_or_documents_are_made_again(tmp_path, monkeypat
         return list(curated)
 
     assert curate_and_interrupt(documents, workers=1) == [0, 1, 2, 3]
-    assert curate_and_interrupt(documents, workers=1, min_words=5) == [0, 1, 2, 3]  # other settings
-    assert curate_and_interrupt(documents, workers=2, min_words=5) == []  # the number of workers changes nothing
+    assert curate_and_interrupt(documents, workers=1, min_words=10) == [0, 1, 2, 3]  # other settings
+    assert curate_and_interrupt(documents, workers=2, min_words=10) == []  # the number of workers changes nothing
     texts = documents.column("text").to_pylist()
     texts[25] = "Another text. " + texts[25]
     changed = documents.set_column(1, "text", pa.array(texts, pa.string()))
-    assert curate_and_interrupt(changed, workers=1, min_words=5) == [2]  # the batch whose documents changed
+    assert curate_and_interrupt(changed, workers=1, min_words=10) == [2]  # the batch whose documents changed

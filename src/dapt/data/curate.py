@@ -61,15 +61,19 @@ LEDGER_SCHEMA = pa.schema(
 
 # Defaults measured on SciPy 1.17 and Python 3.11 stdlib docstrings (>= 200 chars, ~5.1k docs), which are
 # the documentation we want to keep, code examples included:
-# - words: 0.1% of SciPy docstrings have < 20 words (bare lists of names); the stdlib's are doctests.
+# - length floor: low, for continued pretraining, where a short domain text still teaches the field's vocabulary.
+#   At 200 chars and 20 words (a web-crawl floor) a glossary of a technical field lost 42% of its entries ("Hessian:
+#   the matrix of second partial derivatives." is 50 chars, 7 words). Below 50 chars and 5 words are fragments
+#   ("See also.", "Deprecated."); the quality and Gopher rules still drop short junk (symbol soup, no stop word).
+#   0.1% of SciPy's docstrings of >= 200 chars have < 20 words (bare lists of names); the floor now keeps them.
 # - the largest SciPy docstring (scipy.stats' module doc) is 30k chars; 100k leaves room and stops dumps.
 # - symbol ratio: SciPy's 99.9th percentile is 0.18, its maximum 0.30 (an rst title block of `=`).
 # - alpha-word ratio: the lowest SciPy docstring is at 0.39 (a 0/1 array printed in an example); a
 #   table of numbers is below 0.1.
 # - mean word length: SciPy's maximum is 13.5 chars; base64 lines are single 76-char "words".
-DEFAULT_MIN_CHARS = 200
+DEFAULT_MIN_CHARS = 50
 DEFAULT_MAX_CHARS = 100_000
-DEFAULT_MIN_WORDS = 20
+DEFAULT_MIN_WORDS = 5
 DEFAULT_MAX_SYMBOL_RATIO = 0.3
 DEFAULT_MIN_ALPHA_WORDS_RATIO = 0.3
 DEFAULT_MAX_MEAN_WORD_CHARS = 20.0
@@ -77,6 +81,47 @@ DEFAULT_MAX_MEAN_WORD_CHARS = 20.0
 # distributions' shape-parameter text). Counting those as leaks removed 44% of the corpus for a 20% test
 # split; a test example's own text occurs in one or two documents. GPT-3 likewise ignored frequent 13-grams.
 DEFAULT_DECONTAMINATE_MAX_DOC_FREQUENCY = 10
+# One rule dropping more than this share of one source's documents is reported with the setting to change. A rule
+# meant to remove noise that takes a fifth of a source more likely misfits that source than cleans it (min_chars
+# 200 dropped 42% of a glossary); on the demo's docstrings no rule drops more than a few percent of a source.
+DEFAULT_MAX_RULE_DROP_SHARE = 0.2
+
+# The setting (under `curate.`) that governs each reason a block gives, named when a rule drops much of a source;
+# a reason not listed names its block's section. tests/data/test_curate_warnings.py checks that each is a field.
+REASON_SETTINGS = {
+    "too_short": "min_chars",
+    "too_long": "max_chars",
+    "too_few_words": "min_words",
+    "symbol_ratio": "max_symbol_ratio",
+    "low_alpha_words": "min_alpha_words_ratio",
+    "long_words": "max_mean_word_chars",
+    "language": "language.min_language_share",
+    "gopher_too_few_words": "gopher_quality.min_words",
+    "gopher_too_many_words": "gopher_quality.max_words",
+    "gopher_short_words": "gopher_quality.min_mean_word_chars",
+    "gopher_long_words": "gopher_quality.max_mean_word_chars",
+    "gopher_symbol_word_ratio": "gopher_quality.max_symbol_word_ratio",
+    "gopher_bullet_lines": "gopher_quality.max_bullet_lines_ratio",
+    "gopher_ellipsis_lines": "gopher_quality.max_ellipsis_lines_ratio",
+    "gopher_alpha_words": "gopher_quality.min_alpha_words_ratio",
+    "gopher_stop_words": "gopher_quality.min_stop_words",
+    "dup_line_fraction": "gopher_repetition.max_dup_line_fraction",
+    "dup_paragraph_fraction": "gopher_repetition.max_dup_paragraph_fraction",
+    "dup_line_char_fraction": "gopher_repetition.max_dup_line_char_fraction",
+    "dup_paragraph_char_fraction": "gopher_repetition.max_dup_paragraph_char_fraction",
+    "top_ngram_char_fraction": "gopher_repetition.max_top_ngram_char_fraction",
+    "dup_ngram_char_fraction": "gopher_repetition.max_dup_ngram_char_fraction",
+    "lorem_ipsum": "c4.lorem_ipsum",
+    "curly_bracket": "c4.curly_bracket",
+    "too_few_sentences": "c4.min_sentences",
+    "javascript_lines": "c4.max_javascript_lines_ratio",
+    "policy_lines": "c4.max_policy_lines_ratio",
+    "terminal_punctuation": "c4.min_terminal_punct_lines_ratio",
+    "toxic": "toxicity.max_score",
+    "contaminated": "decontaminate_max_doc_frequency",
+    "exact_duplicate": "exact_dedup",
+    "near_duplicate": "near_dedup_threshold",
+}
 
 _EXTRA_BLANK_LINES = re.compile(r"\n{4,}")  # 4 newlines = 3 blank lines
 # Characters that are neither alphanumeric, whitespace nor common prose punctuation: `_`, brackets,

@@ -53,6 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dapt.data.curate import (
+    REASON_SETTINGS,
     Decontaminator,
     ExactDedup,
     NearDedup,
@@ -265,7 +266,8 @@ def prepare_scratch(folder: Path, options: Mapping[str, Any], eval_ngrams: Seque
     settings = json.dumps(
         {
             "format": _SCRATCH_FORMAT,
-            "options": {key: value for key, value in options.items() if key != "workers"},
+            # the settings that change no part: the number of workers, when a warning is due
+            "options": {key: value for key, value in options.items() if key not in ("workers", "max_rule_drop_share")},
             "eval_ngrams": hashlib.sha1(json.dumps(list(eval_ngrams)).encode()).hexdigest(),
         },
         sort_keys=True,
@@ -523,17 +525,54 @@ def _location(meta_text: str | None) -> tuple[str | None, int | None]:
     return meta.get("path"), meta.get("line", meta.get("row"))
 
 
+@dataclass
+class SourceCounts:
+    """Per source: its documents (`documents[source]`) and what each rule dropped (`dropped[source, block, reason]`)."""
+
+    documents: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+
+
+def heavy_drops(counts: SourceCounts, max_share: float) -> list[dict[str, Any]]:
+    """The rules that dropped more than `max_share` of one source's documents, biggest share first, each with the
+    setting that governs it and a sentence for people (the curate log, the manifest and the report show it)."""
+    found = []
+    for (source, block, reason), dropped in counts.dropped.items():
+        documents = counts.documents[source]
+        share = dropped / documents
+        if share <= max_share:
+            continue
+        setting = f"curate.{REASON_SETTINGS.get(reason, block)}"
+        found.append(
+            {
+                "source": source,
+                "block": block,
+                "reason": reason,
+                "dropped": dropped,
+                "documents": documents,
+                "share": round(share, 4),
+                "setting": setting,
+                "message": f"rule {reason} ({block}) dropped {share:.0%} of source {source!r} ({dropped:,} of "
+                f"{documents:,} documents), more than curate.max_rule_drop_share {max_share:.0%}; if they are "
+                f"documents the model should learn from, change {setting} (the ledger holds them and why)",
+            }
+        )
+    return sorted(found, key=lambda drop: (-drop["share"], drop["source"], drop["reason"]))
+
+
 def write_outputs(
     parts: Sequence[tuple[Path, int]],
     verdicts: Sequence[Verdict],
     documents_out: Path,
     ledger_out: Path,
     earlier_rejections: Path | None,
-) -> None:
-    """Kept documents to `documents_out`, dropped ones (after `earlier_rejections`' rows) to `ledger_out`.
+) -> SourceCounts:
+    """Kept documents to `documents_out`, dropped ones (after `earlier_rejections`' rows) to `ledger_out`; return
+    the documents of each source and what each rule dropped of them.
 
     `parts`: the map step's scratch files and their numbers of documents, in input order.
     """
+    counts = SourceCounts()
     offset = 0
     with (
         pq.ParquetWriter(documents_out, DOCUMENT_SCHEMA) as documents,
@@ -550,6 +589,9 @@ def write_outputs(
             documents.write_table(part.filter(kept))
             dropped = part.filter(pc.invert(kept))
             dropped_verdicts = [verdict for verdict in part_verdicts if verdict is not None]
+            counts.documents.update(part.column("source").to_pylist())
+            sources = dropped.column("source").to_pylist()
+            counts.dropped.update((source, v[0], v[1]) for source, v in zip(sources, dropped_verdicts, strict=True))
             if dropped_verdicts:
                 locations = [_location(meta) for meta in dropped.column("meta").to_pylist()]
                 ledger.write_table(
@@ -566,6 +608,7 @@ def write_outputs(
                         schema=REJECTION_LEDGER_SCHEMA,
                     )
                 )
+    return counts
 
 
 def curate_to_files(
@@ -641,7 +684,7 @@ def curate_to_files(
             "not curated again"
         )
     near = reduce_corpus(corpus, options, decontaminator, contaminated)
-    write_outputs(corpus.parts, corpus.verdicts, documents_out, ledger_out, earlier_rejections)
+    counts = write_outputs(corpus.parts, corpus.verdicts, documents_out, ledger_out, earlier_rejections)
     shutil.rmtree(scratch)
     kept_chars = dict(zip(corpus.survivors, corpus.kept_chars, strict=True))
     stats = corpus_stats(
@@ -654,6 +697,7 @@ def curate_to_files(
         pii_replaced=corpus.pii_replaced,
         pii_changed=corpus.pii_changed,
         near=near,
+        counts=counts,
     )
     if show_progress:
         stats["throughput"] = throughput(
@@ -687,8 +731,10 @@ def corpus_stats(
     pii_replaced: Counter,
     pii_changed: int,
     near: NearDedup,
+    counts: SourceCounts,
 ) -> dict[str, Any]:
-    """The counts a report shows. A block saw what every block before it kept (the first to drop wins)."""
+    """The counts a report shows. A block saw what every block before it kept (the first to drop wins).
+    `heavy_drops`: the rules that dropped more than `max_rule_drop_share` of a source (`heavy_drops`)."""
     dropped_by_block = Counter(verdict[0] for verdict in verdicts if verdict is not None)
     names = [
         *(["pii_scrub"] if options["pii_scrub"] else []),
@@ -721,4 +767,5 @@ def corpus_stats(
         "pii_replaced": dict(replaced),
         "pii_documents_changed": pii_changed,
         "near_dedup": {"candidate_pairs": near.finder.candidate_pairs, "verified_pairs": near.finder.verified_pairs},
+        "heavy_drops": heavy_drops(counts, options["max_rule_drop_share"]),
     }

@@ -298,7 +298,7 @@ def curate_with_ray(
             if verdicts[row] is None
         )
     parts = [(scratch / f"part-{item['part']:06d}.parquet", item["rows"]) for item in slices]
-    write_outputs(parts, verdicts, documents_out, ledger_out, earlier_rejections)
+    counts = write_outputs(parts, verdicts, documents_out, ledger_out, earlier_rejections)
     return corpus_stats(
         verdicts,
         options,
@@ -309,4 +309,5 @@ def curate_with_ray(
         pii_replaced=pii_replaced,
         pii_changed=pii_changed,
         near=near,
+        counts=counts,
     )

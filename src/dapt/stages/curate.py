@@ -51,6 +51,8 @@ def curate_corpus(
         raise AssertionError("curate lost documents: kept + ledger != input")  # the ledger invariant
     dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(stats["dropped_by_reason"].items())) or "none"
     log(f"{stats['docs_in']} documents in, {stats['docs_kept']} kept; dropped: {dropped}")
+    for drop in stats["heavy_drops"]:
+        log(f"warning: {drop['message']}")
     speed = stats["throughput"]
     log(
         f"{speed['documents']:,} documents curated in {speed['seconds']:.1f}s ({speed['documents_per_s']:,.0f} "
