@@ -79,10 +79,14 @@ def tokenizer_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def tokenize(documents: Path, out: Path, tokenizer_folder: Path, *, workers: int, shard_tokens: int = 2000) -> dict:
+def tokenize(
+    documents: Path, out: Path, tokenizer_folder: Path, *, workers: int, shard_tokens: int = 2000, backend="local"
+) -> dict:
     tokenizer = byte_level_tokenizer()
     settings = PartSettings(str(tokenizer_folder), tokenizer.eos_token_id, len(tokenizer), seed=0)
-    work = tokenize_parts(documents, out / "parts", settings, batch_size=20, workers=workers, log=lambda _: None)
+    work = tokenize_parts(
+        documents, out / "parts", settings, batch_size=20, workers=workers, backend=backend, log=lambda _: None
+    )
     index = read_index(out / "parts", work["parts"])
     roles = np.array([0, 1, 2], dtype=np.int8)[index.sources]  # dom, rep, gen: first seen in that order
     splits, _ = choose_splits(index.keys, index.lengths, roles, eval_tokens=300, max_train_tokens=None)
@@ -132,6 +136,20 @@ def test_one_and_two_workers_write_the_same_bytes(tmp_path, tokenizer_folder):
     assert two["work"]["parts"] == 12
     one_files = files_of(tmp_path / "one")
     assert one_files and one_files == files_of(tmp_path / "two")
+
+
+def test_ray_tasks_write_the_same_bytes_as_one_process(tmp_path, tokenizer_folder):
+    ray = pytest.importorskip("ray")
+    documents = corpus(tmp_path / "documents.parquet", documents=120)
+    tokenize(documents, tmp_path / "one", tokenizer_folder, workers=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = tokenize(documents, tmp_path / "ray", tokenizer_folder, workers=2, backend="ray")
+    finally:
+        ray.shutdown()
+    assert on_ray["work"]["parts"] == 6
+    one_files = files_of(tmp_path / "one")
+    assert one_files and one_files == files_of(tmp_path / "ray")
 
 
 KILLED_RUN = textwrap.dedent(
