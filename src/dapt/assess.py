@@ -27,28 +27,46 @@ tools) with:
 The thresholds are the named constants below, each with where its number comes from. Several are
 heuristics rather than published results; they are here so the verdict can be argued with.
 
-The corpus is read into memory: this is a tool for deciding, meant for corpora up to a few GB. Token
-counts are exact up to EXACT_TOKEN_COUNT_MAX_CHARS characters and estimated from a sample beyond.
+The corpus is read once, as a stream (files through dapt's ingest readers, an artifact's documents.parquet
+batch by batch), so any size fits in memory. That pass counts exactly what is cheap: documents, characters,
+whitespace words and exact duplicates (an 8-byte digest and a 4-byte word count per document: 120 MB at 10M
+documents). Everything else — the token count with --base, fertility, near-duplicates, vocabulary growth,
+perplexity — is measured on a seeded random sample of at most SAMPLE_MAX_DOCUMENTS documents and
+SAMPLE_MAX_CHARS characters (`Reservoir`); when the corpus fits in it, the sample is the corpus and every
+figure is exact. The report says the sample's size and which figures are estimated from it. Measured here
+on 900k documents (189 MB of JSONL, no --base): 583 MB peak RSS, 265 MB of it the imports, the same as on
+a third of that corpus; reading the corpus into lists, as assess did before, took 1,140 MB and grew with it.
+
+How close the estimates come (tests/unit/test_assess.py measures a 10% sample against the whole of a corpus of
+two kinds of text, one after the other): the token count (a ratio estimator: the corpus's characters times the
+sample's tokens per character) and the fertility within 2%; Heaps' law, fitted on the sample's words and
+extrapolated to the corpus's size, β within 0.12 and the discovery rate within 60% (an extrapolation, and
+this corpus's curve is not one power law). The near-duplicate share of a sample is a lower bound: a pair
+is found only when both of its documents were sampled.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import json
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import yaml
 from tqdm.auto import tqdm
 
 from dapt.artifacts import atomic_write_text, read_artifact
-from dapt.data.curate import ExactDedup, normalize_text
-from dapt.data.documents import read_documents
+from dapt.data.curate import normalize_text
 from dapt.data.ingest import iter_file_documents
 from dapt.data.near_dup import NearDuplicateFinder
 from dapt.errors import ConfigError, DataError
@@ -79,10 +97,14 @@ FERTILITY_GAP_RATIO = 1.25
 
 # -- measurement settings ---------------------------------------------------------------------------------------
 
-# Tokenising every document ran at about 4 MB/s here (SmolLM2's tokenizer, 2 shared cores: SciPy's 5.3 MB of
-# docstrings in 1.3 s), so this is under a minute; beyond it the token count is words × the tokens per word
-# measured on a random sample.
-EXACT_TOKEN_COUNT_MAX_CHARS = 200_000_000
+# The sample every measurement beyond plain counts is taken on. 50M characters (about 8M words of English,
+# 50-200 MB as Python strings) hold what fertility (100k words) and near-dup (up to 10M words) read, 8M
+# words of Heaps' law's curve (extrapolated beyond, as any fit is) and far more than perplexity's 16k
+# tokens; the sample is tokenised in about 12 s (SmolLM2's tokenizer ran at about 4 MB/s on 2 shared cores:
+# SciPy's 5.3 MB of docstrings in 1.3 s). 100k documents bound a corpus of very short ones (each sampled
+# document costs about 100 bytes beside its text).
+SAMPLE_MAX_CHARS = 50_000_000
+SAMPLE_MAX_DOCUMENTS = 100_000
 FERTILITY_SAMPLE_WORDS = 100_000  # a random 100k words: a few hundred documents, enough for a stable ratio
 SPLIT_WORD_TOKENS = 3  # a word cut into 3+ pieces is the "split" word counted in the fertility section
 # Per side (domain, general): 32 windows of 512. A 135M model on 2 busy CPU cores scores about 100 tokens/s
@@ -325,50 +347,83 @@ def _source_roles(pipeline_yaml: Path) -> dict[str, str]:
     return {source["name"]: source.get("role", "domain") for source in sources if isinstance(source, dict)}
 
 
-def _artifact_texts(folder: Path, side: str) -> tuple[list[str], str]:
-    """The texts of a dapt artifact folder; inside a run, only the sources whose role fits `side`.
+def _artifact_texts(folder: Path, side: str, notes: list[str]) -> Iterator[str]:
+    """The texts of a dapt artifact folder, batch by batch; inside a run, only the sources whose role fits `side`.
 
     A run's `curate/` holds domain, replay and general documents together; the run's pipeline.yaml says
     which is which. Domain takes the `domain` sources, general the `general_eval` ones (else `replay`).
+    A note saying which documents were taken is appended to `notes` once the folder has been read.
     """
     if read_artifact(folder) is None:
         raise DataError(
             f"{folder}: holds documents.parquet but no manifest.json, so the stage that writes it did not finish; "
             f"rerun that stage, or pass {folder / 'documents.parquet'} to read the file as it is"
         )
-    table = read_documents(folder / "documents.parquet")
-    texts, sources = table.column("text").to_pylist(), table.column("source").to_pylist()
+    path = folder / "documents.parquet"
+    parquet = pq.ParquetFile(path)
+    missing = [name for name in ("text", "source") if name not in parquet.schema_arrow.names]
+    if missing:
+        raise DataError(f"{path}: not a document table, missing column(s) {', '.join(missing)}")
     roles = _source_roles(folder.parent / "pipeline.yaml")
-    if not roles:
-        return texts, f"{folder}: all {len(texts):,} documents (no pipeline.yaml beside it to tell sources apart)"
-    present = {roles.get(source, "domain") for source in set(sources)}  # unknown sources count as domain
-    wanted = ["domain"] if side == "domain" else [r for r in ("general_eval", "replay") if r in present][:1]
-    chosen = [text for text, source in zip(texts, sources, strict=True) if roles.get(source, "domain") in wanted]
-    if not chosen:
-        raise DataError(f"{folder}: no documents of a {side} source (roles here: {', '.join(sorted(present))})")
-    return chosen, f"{folder}: {len(chosen):,} of {len(texts):,} documents (role {wanted[0]})"
+    wanted: set[str] | None = None  # the sources to take; None: all
+    if roles:
+        # A first pass over the small `source` column only: which roles are present decides general's side.
+        sources: set[str] = set()
+        for batch in parquet.iter_batches(columns=["source"], batch_size=65_536):
+            sources.update(pc.unique(batch.column(0)).to_pylist())
+        present = {roles.get(source, "domain") for source in sources}  # unknown sources count as domain
+        role = "domain" if side == "domain" else next((r for r in ("general_eval", "replay") if r in present), None)
+        wanted = {source for source in sources if roles.get(source, "domain") == role}
+        if not wanted:
+            raise DataError(f"{folder}: no documents of a {side} source (roles here: {', '.join(sorted(present))})")
+    total = taken = 0
+    for batch in parquet.iter_batches(columns=["text", "source"], batch_size=1024):
+        texts = batch.column(0).to_pylist()
+        total += len(texts)
+        if wanted is not None:
+            keep = pc.is_in(batch.column(1), value_set=pa.array(sorted(wanted), pa.string())).to_pylist()
+            texts = [text for text, kept in zip(texts, keep, strict=True) if kept]
+        taken += len(texts)
+        yield from texts
+    if wanted is None:
+        notes.append(f"{folder}: all {total:,} documents (no pipeline.yaml beside it to tell sources apart)")
+    else:
+        notes.append(f"{folder}: {taken:,} of {total:,} documents (role {role})")
 
 
-def read_texts(paths: list[str], *, side: str, text_field: str, base_dir: Path) -> tuple[list[str], list[str]]:
-    """The texts the paths name, and a note per artifact folder saying which documents were taken.
+def iter_texts(
+    paths: list[str], *, side: str, text_field: str, base_dir: Path, notes: list[str] | None = None
+) -> Iterator[str]:
+    """The non-empty texts the paths name, one at a time, in a stable order.
 
-    A folder holding `documents.parquet` is read as a dapt artifact; anything else (files, globs, folders of
-    files) goes through `iter_file_documents`, which names the path in its error when nothing matches.
+    A folder holding `documents.parquet` is read as a dapt artifact (a note per folder goes to `notes`);
+    anything else (files, globs, folders of files, Parquet datasets, `save_to_disk` folders) goes through
+    `iter_file_documents`, which names the path in its error when nothing matches. A DataError when the
+    paths hold no non-empty document.
     """
-    texts: list[str] = []
-    notes: list[str] = []
+    notes = [] if notes is None else notes
+    found = False
     for path in paths:
         folder = Path(path).expanduser()
         folder = folder if folder.is_absolute() else base_dir / folder
         if folder.is_dir() and (folder / "documents.parquet").is_file():
-            found, note = _artifact_texts(folder, side)
-            texts += [text for text in found if text.strip()]
-            notes.append(note)
+            texts: Iterable[str] = _artifact_texts(folder, side, notes)
         else:
             documents = iter_file_documents([path], source=side, text_field=text_field, base_dir=base_dir)
-            texts += [document["text"] for document in documents]
-    if not texts:
+            texts = (document["text"] for document in documents)
+        for text in texts:
+            if text and text.strip():
+                found = True
+                yield text
+    if not found:
         raise DataError(f"{side} text: {', '.join(paths)} hold no non-empty document")
+
+
+def read_texts(paths: list[str], *, side: str, text_field: str, base_dir: Path) -> tuple[list[str], list[str]]:
+    """All the texts the paths name, in memory, and the notes of `iter_texts`: for tools that need every
+    document at once (tokenizer training); assess itself streams them through `scan_corpus`."""
+    notes: list[str] = []
+    texts = list(iter_texts(paths, side=side, text_field=text_field, base_dir=base_dir, notes=notes))
     return texts, notes
 
 
@@ -376,24 +431,186 @@ def _sample_order(count: int, seed: int = SEED) -> np.ndarray:
     return np.random.default_rng(seed).permutation(count)
 
 
-# -- duplicates ----------------------------------------------------------------------------------------------------
+# -- one pass over the corpus: exact counts and a bounded sample ---------------------------------------------------
 
 
-def exact_duplicates(texts: list[str]) -> tuple[int, int, list[int]]:
-    """(duplicate documents, their words, indices of the first copy of each text).
+def text_digest(text: str) -> int:
+    """64 bits of BLAKE2b of curation's normalised text (NFC, line endings, trailing spaces, mojibake), so
+    equal digests are what `curate`'s exact dedup drops. At 10M documents two different texts share a digest
+    with probability about 3·10⁻⁶ (n²/2⁶⁵)."""
+    return int.from_bytes(hashlib.blake2b(normalize_text(text).encode(), digest_size=8).digest(), "little")
 
-    Curation's own exact dedup on curation's normalised text (NFC, line endings, trailing spaces), so what
-    counts here is what `curate` would drop.
+
+class DuplicateCounter:
+    """Exact duplicates among a stream of documents, counted exactly in 12 bytes a document.
+
+    Each document leaves its 8-byte digest and its 4-byte word count in NumPy arrays, grown a chunk at a time
+    (each chunk as large as all before it, up to 1M entries, so the slack stays under 12 MB): 120 MB at 10M
+    documents, where a Python set of the digests would take about 10 times more. `counts()` sorts the digests
+    once; within a group of equal digests the first in stream order is the copy curation keeps and the others
+    are duplicates.
     """
-    dedup = ExactDedup()
-    first: list[int] = []
-    duplicate_words = 0
-    for index, text in enumerate(texts):
-        if dedup(str(index), normalize_text(text)) is None:
-            first.append(index)
-        else:
-            duplicate_words += len(text.split())
-    return dedup.dropped, duplicate_words, first
+
+    FIRST_CHUNK = 1 << 10
+    LARGEST_CHUNK = 1 << 20
+
+    def __init__(self) -> None:
+        self._digests: list[np.ndarray] = []
+        self._words: list[np.ndarray] = []
+        self._filled = 0  # entries used in the last chunk
+        self.documents = 0
+
+    def add(self, digest: int, words: int) -> None:
+        if not self._digests or self._filled == len(self._digests[-1]):
+            size = min(max(self.FIRST_CHUNK, self.documents), self.LARGEST_CHUNK)
+            self._digests.append(np.empty(size, dtype=np.uint64))
+            self._words.append(np.empty(size, dtype=np.uint32))
+            self._filled = 0
+        self._digests[-1][self._filled] = digest
+        self._words[-1][self._filled] = min(words, 0xFFFFFFFF)
+        self._filled += 1
+        self.documents += 1
+
+    def _joined(self, chunks: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([*chunks[:-1], chunks[-1][: self._filled]]) if chunks else np.empty(0, np.uint64)
+
+    def counts(self) -> tuple[int, int]:
+        """(duplicate documents, their words): every copy after the first of each text."""
+        digests = self._joined(self._digests)
+        order = np.argsort(digests, kind="stable")  # stable: the first of a group is the first in the stream
+        ordered = digests[order]
+        duplicate = np.zeros(len(ordered), dtype=bool)
+        duplicate[1:] = ordered[1:] == ordered[:-1]
+        words = self._joined(self._words)[order]
+        return int(duplicate.sum()), int(words[duplicate].sum(dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class SampledDocument:
+    position: int  # in the stream, from 0
+    text: str
+    digest: int
+
+
+class Reservoir:
+    """A seeded random sample of a stream of documents, bounded in documents and in characters.
+
+    Each document draws a random key (seeded: the same stream gives the same sample); the sample is the
+    documents with the smallest keys, taken in key order while they fit in `max_documents` and `max_chars`
+    (the first always, however long). That is the start of the whole stream shuffled at random, cut where the
+    budget ends — what "documents in a seeded random order until N words" means on a list — found in one pass
+    with a heap holding only the sample. Once a document has been dropped for the budget, no later document
+    with a larger key can enter, so larger keys are skipped without being stored.
+    """
+
+    def __init__(self, max_documents: int, max_chars: int, seed: int = SEED) -> None:
+        if max_documents < 1 or max_chars < 1:
+            raise ConfigError("the sample needs room for at least one document and one character")
+        self.max_documents, self.max_chars = max_documents, max_chars
+        self._rng = np.random.default_rng(seed)
+        self._keys = self._rng.random(4096)
+        self._next_key = 0
+        self._heap: list[tuple[float, int, str, int]] = []  # (-key, position, text, digest): a max-heap on key
+        self._chars = 0
+        self._limit = float("inf")  # the smallest key dropped so far: larger keys are never in the sample
+        self.offered = 0
+
+    def offer(self, text: str, digest: int) -> None:
+        if self._next_key == len(self._keys):
+            self._keys, self._next_key = self._rng.random(4096), 0
+        key = float(self._keys[self._next_key])
+        self._next_key += 1
+        position = self.offered
+        self.offered += 1
+        if key >= self._limit:
+            return
+        heapq.heappush(self._heap, (-key, position, text, digest))
+        self._chars += len(text)
+        while len(self._heap) > self.max_documents or (self._chars > self.max_chars and len(self._heap) > 1):
+            negative_key, _, dropped, _ = heapq.heappop(self._heap)
+            self._chars -= len(dropped)
+            self._limit = min(self._limit, -negative_key)
+
+    @property
+    def chars(self) -> int:
+        return self._chars
+
+    def sample(self) -> list[SampledDocument]:
+        """The sampled documents in stream order."""
+        in_order = sorted(self._heap, key=operator.itemgetter(1))
+        return [SampledDocument(position, text, digest) for _, position, text, digest in in_order]
+
+
+@dataclass(frozen=True)
+class CorpusScan:
+    """What one pass over a corpus leaves: exact counts, and a bounded random sample of its documents.
+
+    Figures measured on `sample` (tokens, fertility, near-duplicates, vocabulary growth, perplexity) are
+    estimates unless `covers_corpus`; `documents`, `chars`, `words` and the exact duplicates are exact.
+    """
+
+    documents: int
+    chars: int
+    words: int  # whitespace words
+    duplicate_documents: int
+    duplicate_words: int
+    sample: list[str]  # in corpus order
+    distinct_sample: list[str]  # the sample without exact copies of an earlier sampled text (normalised)
+    sample_chars: int
+    sample_words: int
+
+    @property
+    def covers_corpus(self) -> bool:
+        return len(self.sample) == self.documents
+
+
+def scan_corpus(
+    texts: Iterable[str],
+    *,
+    max_documents: int = SAMPLE_MAX_DOCUMENTS,
+    max_chars: int = SAMPLE_MAX_CHARS,
+    seed: int = SEED,
+    desc: str = "assess: read",
+) -> CorpusScan:
+    """One pass over `texts`: exact counts (documents, characters, words, exact duplicates in 12 bytes a
+    document) and a seeded `Reservoir` sample of at most `max_documents` documents and `max_chars` characters.
+
+    Memory: the sample, plus 12 bytes per document for the duplicates; the rest of each text is let go as
+    soon as it has been counted.
+    """
+    reservoir = Reservoir(max_documents, max_chars, seed)
+    duplicates = DuplicateCounter()
+    chars = words = 0
+    for text in tqdm(texts, desc=desc, unit="doc", leave=False, delay=1):  # shown from 1 s on: not for a small corpus
+        digest = text_digest(text)
+        count = len(text.split())
+        chars += len(text)
+        words += count
+        duplicates.add(digest, count)
+        reservoir.offer(text, digest)
+    duplicate_documents, duplicate_words = duplicates.counts()
+    sample = reservoir.sample()
+    seen: set[int] = set()
+    distinct: list[str] = []
+    for document in sample:
+        if document.digest not in seen:
+            seen.add(document.digest)
+            distinct.append(document.text)
+    texts_sampled = [document.text for document in sample]
+    return CorpusScan(
+        documents=duplicates.documents,
+        chars=chars,
+        words=words,
+        duplicate_documents=duplicate_documents,
+        duplicate_words=duplicate_words,
+        sample=texts_sampled,
+        distinct_sample=distinct,
+        sample_chars=reservoir.chars,
+        sample_words=sum(len(text.split()) for text in texts_sampled),
+    )
+
+
+# -- duplicates ----------------------------------------------------------------------------------------------------
 
 
 def near_duplicate_share(texts: list[str], *, max_words: int = NEAR_DUP_MAX_WORDS) -> tuple[float, int]:
@@ -530,6 +747,15 @@ def count_tokens(tokenizer: Any, texts: list[str], batch: int = 256) -> int:
     return total
 
 
+def corpus_tokens(tokenizer: Any, corpus: CorpusScan) -> tuple[int, int]:
+    """(the corpus's tokens, the sample's tokens): exact when the sample is the corpus, else the corpus's
+    characters times the sample's tokens per character (a ratio estimator; see the module docstring)."""
+    sample_tokens = count_tokens(tokenizer, corpus.sample)
+    if corpus.covers_corpus:
+        return sample_tokens, sample_tokens
+    return round(corpus.chars * sample_tokens / max(corpus.sample_chars, 1)), sample_tokens
+
+
 def sample_windows(tokenizer: Any, texts: list[str], max_tokens: int, seq_len: int) -> list[Any]:
     """Windows of seq_len + 1 tokens from documents in a seeded random order, packed with end-of-text between.
 
@@ -601,9 +827,17 @@ def assess_corpus(
     seq_len: int = DEFAULT_SEQ_LEN,
     ppl_tokens: int = PPL_TOKENS,
     saturation_new_words_per_1k: float = SATURATION_NEW_WORDS_PER_1K,
+    sample_documents: int = SAMPLE_MAX_DOCUMENTS,
+    sample_chars: int = SAMPLE_MAX_CHARS,
     base_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Measure the corpus (and the base on it) and recommend; the dict is what assess.json holds."""
+    """Measure the corpus (and the base on it) and recommend; the dict is what assess.json holds.
+
+    The corpus is read once, as a stream: its documents, characters, words and exact duplicates are counted
+    exactly; everything else is measured on a seeded random sample of at most `sample_documents` documents
+    and `sample_chars` characters (`Reservoir`), which the report names. Memory is that sample plus 12
+    bytes per document.
+    """
     gpu_name = {name.lower(): name for name in GPUS}.get(gpu.lower())
     if gpu_name is None:
         raise ConfigError(f"--gpu: unknown GPU type {gpu!r}; known: {', '.join(GPUS)} (edit dapt.assess.GPUS to add)")
@@ -616,42 +850,63 @@ def assess_corpus(
     base_dir = Path.cwd() if base_dir is None else base_dir
     price = GPUS[gpu_name].usd_per_hour if price_per_hour is None else price_per_hour
 
-    # -- the corpus: size, duplicates, vocabulary growth --------------------------------------------------------
-    texts, notes = read_texts(domain_paths, side="domain", text_field=text_field, base_dir=base_dir)
-    general_texts: list[str] = []
+    # -- the corpus: one pass for size and duplicates, a sample for the rest -----------------------------------
+    notes: list[str] = []
+    corpus = scan_corpus(
+        iter_texts(domain_paths, side="domain", text_field=text_field, base_dir=base_dir, notes=notes),
+        max_documents=sample_documents,
+        max_chars=sample_chars,
+    )
+    general: CorpusScan | None = None
     if general_paths:
-        general_texts, general_notes = read_texts(
-            general_paths, side="general", text_field=text_field, base_dir=base_dir
+        general = scan_corpus(
+            iter_texts(general_paths, side="general", text_field=text_field, base_dir=base_dir, notes=notes),
+            max_documents=sample_documents,
+            max_chars=sample_chars,
+            desc="assess: read general",
         )
-        notes += general_notes
     loaded = None
     if base is not None:  # loaded before the measurements, so a wrong --base fails in seconds
         from dapt.config import BaseConfig
         from dapt.model.load import load_original_base
 
         loaded = load_original_base(BaseConfig(model=base))
-    words = sum(len(text.split()) for text in texts)
-    duplicate_docs, duplicate_words, distinct = exact_duplicates(texts)
-    near_share, near_sample = near_duplicate_share([texts[i] for i in distinct])
+    texts, words = corpus.sample, corpus.words
+    near_share, near_sample = near_duplicate_share(corpus.distinct_sample)
     finder = NearDuplicateFinder()  # its settings, for the report's definition
     words_seen, distinct_words = vocabulary_growth(texts)
     heaps = fit_heaps(words_seen, distinct_words)
+    distinct_documents = corpus.documents - corpus.duplicate_documents
 
     report: dict[str, Any] = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inputs": {"domain": domain_paths, "general": general_paths or [], "base": base},
-        "documents": len(texts),
+        "documents": corpus.documents,
+        "chars": corpus.chars,
         "words": words,
         "tokens": words,
         "tokens_counted_with": "whitespace words (no --base: a subword tokenizer gives more tokens than words)",
         "tokens_exact": True,
+        "sample": {
+            "documents": len(texts),
+            "chars": corpus.sample_chars,
+            "words": corpus.sample_words,
+            "covers_corpus": corpus.covers_corpus,
+            "max_documents": sample_documents,
+            "max_chars": sample_chars,
+            "seed": SEED,
+            "general_documents": None if general is None else len(general.sample),
+            "measured_on_it": "tokens with --base (estimated: corpus characters × the sample's tokens per "
+            "character), tokenizer fertility, near-duplicates, vocabulary growth, perplexity; documents, "
+            "characters, words and exact duplicates are counted on the whole corpus",
+        },
         "duplicates": {
-            "exact_documents": duplicate_docs,
-            "exact_share": duplicate_docs / len(texts),
-            "exact_words_share": duplicate_words / max(words, 1),
+            "exact_documents": corpus.duplicate_documents,
+            "exact_share": corpus.duplicate_documents / corpus.documents,
+            "exact_words_share": corpus.duplicate_words / max(words, 1),
             "near_share": near_share,
             "near_checked_documents": near_sample,
-            "near_covers_corpus": near_sample == len(distinct),
+            "near_covers_corpus": near_sample == distinct_documents,
             "near_definition": (
                 f"documents whose word {finder.shingle}-gram sets have an estimated Jaccard ≥ {finder.threshold} "
                 f"with another's (MinHash, {finder.num_perm} permutations, LSH), counting all but the first of "
@@ -665,18 +920,30 @@ def assess_corpus(
         "fertility": None,
         "notes": notes,
     }
+    if not corpus.covers_corpus:
+        notes.append(
+            f"measured on a seeded random sample of {len(texts):,} of the {corpus.documents:,} documents "
+            f"({corpus.sample_chars / max(corpus.chars, 1):.1%} of the characters): tokens, fertility, "
+            "near-duplicates, vocabulary growth and perplexity are estimates from it; the counts of documents, "
+            "words and exact duplicates are exact"
+        )
     if heaps is not None:
-        now = heaps.new_words_per_1k(words_seen[-1])
+        # Heaps' law counts _WORD words; the corpus's size in them, from its whitespace words and the sample's
+        # ratio of the two (exact when the sample is the corpus).
+        sample_heaps_words = sum(len(_WORD.findall(text.lower())) for text in texts)
+        corpus_heaps_words = words * sample_heaps_words / max(corpus.sample_words, 1)
         report["heaps"] = {
             **asdict(heaps),
             "distinct_words": int(distinct_words[-1]),
-            "new_words_per_1k": now,
+            "corpus_words": round(corpus_heaps_words),
+            "new_words_per_1k": heaps.new_words_per_1k(corpus_heaps_words),
             "threshold_new_words_per_1k": saturation_new_words_per_1k,
             "saturation_words": heaps.words_until(saturation_new_words_per_1k),
         }
     else:
         notes.append(
-            f"vocabulary saturation not fitted: {words:,} words is too few (needs well over {HEAPS_MIN_WORDS:,})"
+            f"vocabulary saturation not fitted: {corpus.sample_words:,} words is too few (needs well over "
+            f"{HEAPS_MIN_WORDS:,})"
         )
 
     # -- the base: tokens, fertility, perplexity on domain vs general -----------------------------------------
@@ -685,12 +952,9 @@ def assess_corpus(
         from dapt.model.load import parameter_count
 
         model, tokenizer, origin = loaded
-        chars = sum(map(len, texts))
         domain_fertility = tokenizer_fertility(tokenizer, texts)
-        if chars <= EXACT_TOKEN_COUNT_MAX_CHARS:
-            report["tokens"], report["tokens_exact"] = count_tokens(tokenizer, texts), True
-        else:
-            report["tokens"], report["tokens_exact"] = round(words * domain_fertility.tokens_per_word), False
+        report["tokens"], report["sample"]["tokens"] = corpus_tokens(tokenizer, corpus)
+        report["tokens_exact"] = corpus.covers_corpus
         report["tokens_counted_with"] = f"the base's tokenizer ({origin})"
         fertility: dict[str, Any] = {
             "domain": {**asdict(domain_fertility), "tokens_per_word": domain_fertility.tokens_per_word}
@@ -702,14 +966,14 @@ def assess_corpus(
             model.to("cuda")
         domain = _model_perplexity(model, tokenizer, texts, ppl_tokens, "domain")
         report["domain_ppl"], report["domain_ppl_tokens"] = domain["ppl"], domain["tokens"]
-        if general_texts:
-            general_fertility = tokenizer_fertility(tokenizer, general_texts)
+        if general is not None:
+            general_fertility = tokenizer_fertility(tokenizer, general.sample)
             fertility["general"] = {**asdict(general_fertility), "tokens_per_word": general_fertility.tokens_per_word}
             fertility["ratio"] = domain_fertility.tokens_per_word / general_fertility.tokens_per_word
-            general = _model_perplexity(model, tokenizer, general_texts, ppl_tokens, "general")
-            report["general_ppl"], report["general_ppl_tokens"] = general["ppl"], general["tokens"]
-            if domain["ppl"] is not None and general["ppl"] is not None:
-                report["ppl_ratio"] = domain["ppl"] / general["ppl"]
+            general_ppl = _model_perplexity(model, tokenizer, general.sample, ppl_tokens, "general")
+            report["general_ppl"], report["general_ppl_tokens"] = general_ppl["ppl"], general_ppl["tokens"]
+            if domain["ppl"] is not None and general_ppl["ppl"] is not None:
+                report["ppl_ratio"] = domain["ppl"] / general_ppl["ppl"]
         else:
             notes.append("no --general text: the domain gap (perplexity and fertility ratios) was not measured")
         report["fertility"] = fertility
@@ -721,7 +985,7 @@ def assess_corpus(
             d_model=int(config.hidden_size),
         )
         del model, loaded
-    elif general_texts:
+    elif general is not None:
         notes.append("--general is only used with --base (for the perplexity and fertility comparison)")
 
     # -- cost --------------------------------------------------------------------------------------------------
@@ -788,6 +1052,23 @@ def _number(value: float | None, spec: str = ".3g") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _sample_sentence(report: dict[str, Any]) -> str:
+    """What the figures were measured on: the whole corpus, or a sample of a size it names."""
+    sample = report["sample"]
+    if sample["covers_corpus"]:
+        return (
+            f"Every figure is measured on the whole corpus (it fits in the sample of at most "
+            f"{sample['max_documents']:,} documents and {_count(sample['max_chars'])} characters)."
+        )
+    return (
+        f"Documents, characters, words and exact duplicates are counted on the whole corpus. Tokens, fertility, "
+        f"near-duplicates, vocabulary growth and perplexity are estimated from a seeded random sample of "
+        f"{sample['documents']:,} documents ({_count(sample['chars'])} characters, "
+        f"{sample['chars'] / max(report['chars'], 1):.1%} of the corpus; at most {sample['max_documents']:,} "
+        f"documents and {_count(sample['max_chars'])} characters)."
+    )
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """assess.md: the verdict first, then each measurement with what it means."""
     recommendation, duplicates, heaps, cost = (
@@ -809,7 +1090,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|",
         f"| documents | {report['documents']:,} |",
         f"| words (whitespace) | {report['words']:,} |",
-        f"| tokens | {report['tokens']:,}{'' if report['tokens_exact'] else ' (estimated from a sample)'} "
+        f"| characters | {report['chars']:,} |",
+        f"| tokens | {report['tokens']:,}{'' if report['tokens_exact'] else ' (estimated from the sample)'} "
         f"— {report['tokens_counted_with']} |",
         f"| exact duplicates (normalised text) | {duplicates['exact_documents']:,} documents "
         f"({duplicates['exact_share']:.1%}; {duplicates['exact_words_share']:.1%} of words) |",
@@ -819,6 +1101,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             if duplicates["near_covers_corpus"]
             else f"{duplicates['near_checked_documents']:,} sampled distinct documents (a lower bound) |"
         ),
+        "",
+        _sample_sentence(report),
         "",
         f"Near-duplicates: {duplicates['near_definition']}."
         + (
@@ -839,12 +1123,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             f"- Vocabulary (Heaps' law V = K·N^β, fitted on {heaps['points']} prefixes up to "
             f"{heaps['words_fitted']:,} words): K = {heaps['k']:.3g}, β = {heaps['beta']:.3f}; "
-            f"{heaps['distinct_words']:,} distinct words. At this size each 1,000 more words bring "
+            f"{heaps['distinct_words']:,} distinct words in them. At the corpus's size "
+            f"({_count(heaps['corpus_words'])} words) each 1,000 more words bring "
             f"{heaps['new_words_per_1k']:.2f} new ones (dV/dN = K·β·N^(β−1)).",
             "- "
             + (
                 f"Below {heaps['threshold_new_words_per_1k']:g} new word per 1k words from about "
-                f"{_count(saturation)} words" + (" — already reached." if saturation <= heaps["words_fitted"] else ".")
+                f"{_count(saturation)} words" + (" — already reached." if saturation <= heaps["corpus_words"] else ".")
                 if saturation is not None
                 else "β ≥ 1: the vocabulary does not saturate at any size (not natural-language text?)."
             ),
