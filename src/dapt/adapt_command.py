@@ -21,17 +21,17 @@ from dapt.artifacts import Artifact, atomic_write_text, read_artifact
 from dapt.config import PipelineConfig, TaskConfig, _explain, load_config, read_yaml_mapping
 from dapt.errors import ConfigError, DataError
 from dapt.pipeline import StageSpec, run_stages, say, task_data_stage, variant_stages
+from dapt.run_folder import ADAPTED_NAME, absolute, locate, locked, run_artifacts, run_folder_of
 
-ADAPTED_FILE = "adapted.json"  # in a run folder: the tasks `dapt adapt` branched there, and from which bases
+ADAPTED_FILE = ADAPTED_NAME  # in a run folder: the tasks `dapt adapt` branched there, and from which bases
 ADAPTABLE_KINDS = ("pretrain", "tapt")  # an adapted base: it has an original base to compare with
 
 
 def _find_by_id(artifact_id: str, search: list[Path]) -> Artifact | None:
     for run_dir in search:
-        for folder in sorted(run_dir.glob("*")) if run_dir.is_dir() else []:
-            artifact = read_artifact(folder) if folder.is_dir() else None
-            if artifact is not None and artifact.id == artifact_id:
-                return artifact
+        for found in run_artifacts(run_dir) if run_dir.is_dir() else []:
+            if found.artifact.id == artifact_id:
+                return found.artifact
     return None
 
 
@@ -73,12 +73,13 @@ def base_chain(artifact: Artifact) -> list[Artifact]:
             raise DataError(
                 f"{current.path}: its manifest names no base; cannot find the original base for the control"
             )
-        folder = current.path.parent / recorded["name"]
-        parent = read_artifact(folder)
-        if parent is None or parent.id != recorded["id"]:
+        run_dir = run_folder_of(current.path)
+        parent = locate(run_dir, recorded["name"], recorded["id"])
+        if parent is None:
             raise DataError(
-                f"{current.path}: its base {recorded['name']!r} (id {recorded['id']}) is not in {folder} "
-                "(missing, unfinished or rebuilt); the control variant must start from that original base"
+                f"{current.path}: its base {recorded['name']!r} (id {recorded['id']}) is not in {run_dir} (missing "
+                "or unfinished, under its name or in .artifacts/); the control variant must start from that "
+                "original base"
             )
         chain.append(parent)
     return chain
@@ -120,7 +121,7 @@ def adapted_stages(entry: dict[str, Any], seed: int, precision: str) -> list[Sta
 
 def source_config(dapt_base: Artifact) -> PipelineConfig:
     """The pipeline config of the run that made the base (its run folder's pipeline.yaml)."""
-    pipeline_file = dapt_base.path.parent / "pipeline.yaml"
+    pipeline_file = run_folder_of(dapt_base.path) / "pipeline.yaml"
     if not pipeline_file.is_file():
         raise ConfigError(
             f"{dapt_base.path}: its folder has no pipeline.yaml; `dapt adapt` branches bases from run folders "
@@ -136,7 +137,7 @@ def run_adapt(base: str, task_file: Path, out: Path | None) -> int:
     chain = base_chain(dapt_base)
     original = chain[-1]
     config = source_config(dapt_base)
-    source_run = dapt_base.path.parent.resolve()
+    source_run = run_folder_of(dapt_base.path).resolve()
     run_dir = (out or source_run).resolve()
     if run_dir != source_run:
         if (run_dir / "pipeline.yaml").is_file():
@@ -165,17 +166,18 @@ def run_adapt(base: str, task_file: Path, out: Path | None) -> int:
                 f"{task_file}: task {task.name!r} starts from {task.start_from!r}, which is not in this task file; "
                 "put both tasks in it (`tasks: [...]`)"
             )
-    record = {"path": str(dapt_base.path.resolve()), "name": dapt_base.manifest["name"], "id": dapt_base.id}
+    # the paths under the stages' names (not resolved through their links): a base rebuilt since is then seen as such
+    record = {"path": str(absolute(dapt_base.path)), "name": dapt_base.manifest["name"], "id": dapt_base.id}
     entries = [
         {
             "task": task.model_dump(mode="json"),
             "dapt_base": record,
             "original_base": {
-                "path": str(original.path.resolve()),
+                "path": str(absolute(original.path)),
                 "name": original.manifest["name"],
                 "id": original.id,
             },
-            "chain": [str(a.path.resolve()) for a in chain],
+            "chain": [str(absolute(a.path)) for a in chain],
             "source_run": str(source_run),
         }
         for task in tasks
@@ -190,13 +192,13 @@ def run_adapt(base: str, task_file: Path, out: Path | None) -> int:
         "  note: the DAPT base was pretrained before these tasks were given, so their test texts were not "
         "removed from its pretraining corpus"
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    artifacts = run_stages(stages, config, run_dir, given=given)
-    # record the branch (replacing an earlier entry of the same task name), then rebuild the report
-    kept = [e for e in read_adapted(run_dir) if e["task"]["name"] not in names]
-    atomic_write_text(run_dir / ADAPTED_FILE, json.dumps({"adapted": kept + entries}, indent=2) + "\n")
-    pipeline_artifacts = run_stages_found(config, source_run)
-    report = build_report(config, run_dir, {**pipeline_artifacts, **artifacts})
+    with locked(run_dir, "--out" if out else "run folder"):
+        artifacts = run_stages(stages, config, run_dir, given=given)
+        # record the branch (replacing an earlier entry of the same task name), then rebuild the report
+        kept = [e for e in read_adapted(run_dir) if e["task"]["name"] not in names]
+        atomic_write_text(run_dir / ADAPTED_FILE, json.dumps({"adapted": kept + entries}, indent=2) + "\n")
+        pipeline_artifacts = run_stages_found(config, source_run)
+        report = build_report(config, run_dir, {**pipeline_artifacts, **artifacts})
     print_headline(report, run_dir)
     return 0
 
@@ -246,6 +248,6 @@ def external_models(run_dir: Path) -> list[Artifact]:
     for entry in read_adapted(run_dir):
         for folder in entry["chain"]:
             artifact = read_artifact(Path(folder))
-            if artifact is not None and Path(folder).parent.resolve() != run_dir.resolve():
+            if artifact is not None and run_folder_of(Path(folder)).resolve() != run_dir.resolve():
                 models[artifact.id] = artifact
     return list(models.values())

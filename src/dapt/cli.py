@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from importlib import resources
 from pathlib import Path
 
@@ -267,6 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("run_dir", type=Path, nargs="?", default=Path("runs/demo"), help="the run folder")
     lineage.add_argument("--json", action="store_true", help="print the tree as JSON, for tools")
 
+    gc = commands.add_parser(
+        "gc",
+        help="delete the artifacts of a run folder that nothing refers to any more, listing what it frees",
+        description=(
+            "A re-run with a changed config builds a stage under its new id and keeps the earlier artifact in "
+            "RUN_DIR/.artifacts/ (with the variants built on it). `dapt gc` deletes every artifact there that no "
+            "current stage, no input of one (and so on up), and no task branched with `dapt adapt` (from this run "
+            "folder or one beside it) refers to, and unfinished attempts of other configurations; it lists each "
+            "with its size. Folders dapt did not make are left alone."
+        ),
+    )
+    gc.add_argument("run_dir", type=Path, help="the run folder, e.g. runs/demo")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+
     _add_tokenizer_commands(commands)
 
     config = commands.add_parser("config", help="explain the config keys, or print the demo pipeline")
@@ -280,27 +295,34 @@ def _run(pipeline_path: Path, out: Path | None, overrides: list[str], until: str
     import yaml
 
     from dapt.config import load_config
+    from dapt.errors import disk_full_reported
     from dapt.pipeline import run_pipeline, say
+    from dapt.preflight import check_before_running
     from dapt.report.build import build_report, print_headline
+    from dapt.run_folder import locked
     from dapt.train.distributed import is_main_process, leave
     from dapt.train.loop import check_launch
 
     config = load_config(pipeline_path, overrides)
     # now, not after ingest, curation and tokenization have run
     check_launch(config.pretrain.sharding, config.pretrain.compile)
+    check_before_running(config)
     run_dir = (out or Path("runs") / config.name).resolve()
-    # Launched over several processes (torchrun / accelerate launch), only the main one writes to the run folder.
+    what = "--out" if out is not None else f"run folder (from name: {config.name})"
+    # Launched over several processes (torchrun / accelerate launch), only the main one writes to the run folder,
+    # and holds its lock for all of them.
     main = is_main_process()
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    artifacts = run_pipeline(config, run_dir, until=until)
-    if until is not None:
-        say(f"dapt: {until} finished; artifacts in {run_dir}")
-    elif main:
-        report = build_report(config, run_dir, artifacts)
-        print_headline(report, run_dir)
-    leave()  # the other processes wait for the report, then every one leaves the process group
+    with locked(run_dir, what) if main else nullcontext(run_dir):
+        if main:
+            (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        artifacts = run_pipeline(config, run_dir, until=until)
+        if until is not None:
+            say(f"dapt: {until} finished; artifacts in {run_dir}")
+        elif main:
+            with disk_full_reported(run_dir, "write the report (every stage is finished)"):
+                report = build_report(config, run_dir, artifacts)
+            print_headline(report, run_dir)
+        leave()  # the other processes wait for the report, then every one leaves the process group
     return 0
 
 
@@ -338,7 +360,7 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command not in ("config", "lineage"):
+    if args.command not in ("config", "lineage", "gc"):
         quiet_libraries()
     try:
         if args.command == "demo":
@@ -383,8 +405,16 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args.pipeline, args.out, args.overrides, args.command)
         if args.command == "report":
             return _rebuild_report(args.run_dir)
+        if args.command == "gc":
+            from dapt.run_folder import collect_garbage
+
+            collect_garbage(args.run_dir, dry_run=args.dry_run)
+            return 0
         if args.command == "assess":
             from dapt.assess import parse_count, run_assess
+            from dapt.run_folder import writable_folder
+
+            writable_folder(args.out, "--out")  # before measuring anything
 
             options = {
                 "base": args.base,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,21 @@ class Section(BaseModel):
     """A config section: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+# A name that becomes a folder name (the run folder, a task's stage folders): one path component that stays one
+# on every filesystem, so that no name can lead dapt outside its run folder (`x/../../victim`) or collide.
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def folder_name(name: str) -> str:
+    """`name` when it is safe as a folder name, else a ValueError saying what is allowed."""
+    if not FOLDER_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            "becomes a folder name, so it may hold only letters, digits, '.', '_' and '-', start with a letter or "
+            "digit, be at most 100 characters long, and hold no '..' (no '/', spaces or other characters)"
+        )
+    return name
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -91,7 +107,7 @@ class BaseConfig(Section):
 class SourceConfig(Section):
     """One source of text. Its role says what the pipeline does with it."""
 
-    name: str = Field(description="Name kept in every document's `source` column.")
+    name: str = Field(description="Name kept in every document's `source` column (no '/', '\\' or '..').")
     role: Literal["domain", "replay", "general_eval"] = Field(
         description=(
             "domain: the corpus to adapt to. replay: general text mixed into pretraining against forgetting. "
@@ -127,6 +143,14 @@ class SourceConfig(Section):
     )
     package: str | None = Field(None, description="python_docstrings: the package to read (never imported).")
     min_chars: int = Field(200, ge=0, description="python_docstrings/pydoc_topics: skip shorter texts.")
+
+    @field_validator("name")
+    @classmethod
+    def _no_path_in_name(cls, name: str) -> str:
+        # not a folder name today, but never a path either: it may name files per source one day
+        if not name or "/" in name or "\\" in name or ".." in name or "\0" in name:
+            raise ValueError("a source name may not be empty or hold '/', '\\', '..' or NUL")
+        return name
 
     @model_validator(mode="after")
     def _kind_fields(self) -> SourceConfig:
@@ -816,7 +840,7 @@ class JudgeConfig(Section):
 class TaskConfig(Section):
     """A downstream task. Each is adapted twice: from the DAPT base and from the original base (the control)."""
 
-    name: str = Field(description="Task name, used in folder names and the report.")
+    name: str = Field(description="Task name, used in folder names and the report: letters, digits, '.', '_', '-'.")
     type: Literal["classification", "instruction", "preference"] = Field(
         "classification",
         description="classification: text → label, a head on the last token. instruction: prompt → response "
@@ -874,6 +898,8 @@ class TaskConfig(Section):
         "data-efficiency curve: does the DAPT base reach the control's full-data score with less data?",
     )
 
+    _folder_name = field_validator("name")(folder_name)
+
     @model_validator(mode="after")
     def _recipe_fits_type(self) -> TaskConfig:
         if self.type != "classification" and self.recipe == "top_blocks":
@@ -901,7 +927,7 @@ class TaskConfig(Section):
 class PipelineConfig(Section):
     """A whole run: sources → curate → tokenize → continued pretraining → task variants → evaluation → report."""
 
-    name: str = Field(description="Run name; the default run folder is ./runs/<name>.")
+    name: str = Field(description="Run name; the default run folder is ./runs/<name>: letters, digits, '.', '_', '-'.")
     seed: int = Field(0, description="Seed for every random choice (splits, sampling, initialisation).")
     base: BaseConfig
     sources: list[SourceConfig] = Field(min_length=1, description="Text sources; at least one with role domain.")
@@ -910,6 +936,8 @@ class PipelineConfig(Section):
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     tasks: list[TaskConfig] = Field(default_factory=list, description="Downstream tasks to adapt and evaluate.")
+
+    _folder_name = field_validator("name")(folder_name)
 
     @model_validator(mode="after")
     def _roles_and_names(self) -> PipelineConfig:

@@ -150,23 +150,42 @@ def curate_files(
     """Ingest `paths` (relative to the working folder) and curate them into `out`; return the manifest metrics.
 
     `config` is a CurateConfig (default: its defaults). Dropped samples are printed to `sample_to` (stdout).
+    A full disk is said as such.
     """
+    from dapt.errors import disk_full_reported
+    from dapt.run_folder import writable_folder
+
+    out = Path(out)
+    _check_out(out)
+    writable_folder(out, "--out")
+    with disk_full_reported(out, "curate again (it starts over)"):
+        return _curate_files(paths, out, config, text_field, strict, sample, sample_to)
+
+
+def _curate_files(
+    paths: list[str],
+    out: Path,
+    config: Any,
+    text_field: str,
+    strict: bool,
+    sample: int,
+    sample_to: IO[str] | None,
+) -> dict[str, Any]:
+    """`curate_files` once `out` is checked."""
     from dapt.artifacts import MANIFEST_NAME, artifact_id, write_manifest
     from dapt.config import CurateConfig, SourceConfig
     from dapt.pipeline import say
+    from dapt.run_folder import inside
     from dapt.stages.curate import curate_corpus
     from dapt.stages.ingest import DOCUMENTS_NAME, LEDGER_NAME, ingest_sources
 
-    out = Path(out)
     config = config if config is not None else CurateConfig()
     source = SourceConfig(
         name=SOURCE_NAME, role="domain", kind="files", paths=list(paths), text_field=text_field, strict=strict
     )
-    _check_out(out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # unfinished from here until the new manifest is written
-    for leftover in out.glob(".ingest-*"):  # an interrupted run's work folder
-        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in out.glob(".ingest-*"):  # an interrupted run's work folder (mkdtemp's, below)
+        shutil.rmtree(inside(out, leftover), ignore_errors=True)
 
     def log(message: str) -> None:
         say(f"  {message}")

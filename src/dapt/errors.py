@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import errno
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -73,3 +78,101 @@ def _a_few(names: Sequence[str], shown: int = 3) -> str:
     """The first `shown` names, and how many more: a model has thousands of weights."""
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
+
+
+class DiskFullError(DaptError):
+    """The disk filled up (or failed) while a stage wrote its files. What was finished is kept; the message says
+    where, how much is free, and that the same command resumes once there is room."""
+
+
+# What a full disk looks like, in the words of each writer: the OS (errno 28, or a quota), Arrow and safetensors
+# ("No space left on device", "os error 28"), numpy ("N requested and M written"), and torch's zip writer, which
+# only sees the short write ("[enforce fail at inline_container.cc:...] unexpected pos ...").
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NO_SPACE_TEXT = re.compile(
+    r"no space left on device|os error 28|errno 28|disk quota exceeded|inline_container\.cc.*(unexpected pos|"
+    r"failed writing)|\d+ requested and \d+ written",
+    re.IGNORECASE,
+)
+IO_ERRNOS = (errno.EIO, errno.EROFS)  # the disk failed or was remounted read-only under a running stage
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error and those it was raised from or during, nearest first."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def disk_problem(error: BaseException) -> str | None:
+    """'no space left' or 'an I/O error' when `error` (or one it came from) is a full or failing disk, else None."""
+    for cause in _causes(error):
+        if isinstance(cause, DaptError):
+            return None  # already explained
+        number = getattr(cause, "errno", None)
+        if number in NO_SPACE_ERRNOS or NO_SPACE_TEXT.search(str(cause)):
+            return "no space left"
+        if number in IO_ERRNOS:
+            return f"an I/O error ({os.strerror(number)})"
+    return None
+
+
+def mount_of(path: Path) -> tuple[str, Path]:
+    """(device, mount point) of the filesystem holding `path`, e.g. ('/dev/nvme0n1p2', Path('/data'))."""
+    place = Path(os.path.abspath(path))
+    while not place.exists():
+        place = place.parent
+    mount = place
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    device = str(mount)
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 1 and fields[1] == str(mount):
+                device = fields[0]  # the last one mounted there wins, as the kernel's view does
+    except OSError:
+        pass  # not Linux: the mount point names it
+    return device, mount
+
+
+def free_megabytes(path: Path) -> float:
+    place = Path(os.path.abspath(path))
+    while not place.exists():
+        place = place.parent
+    return shutil.disk_usage(place).free / 1e6
+
+
+def disk_full(error: BaseException, folder: Path, then: str, needed_mb: float | None = None) -> DiskFullError | None:
+    """The DiskFullError to raise for `error` met while writing into `folder`, or None when it is something else.
+
+    `then` says what the same command does afterwards (e.g. 'resume from step-000060'); `needed_mb`, when known,
+    what the stage needs in all.
+    """
+    problem = disk_problem(error)
+    if problem is None:
+        return None
+    written = next((c.filename for c in _causes(error) if isinstance(c, OSError) and c.filename), None)
+    device, mount = mount_of(folder)
+    needed = f"needed ~{needed_mb:,.0f} MB, " if needed_mb else ""
+    return DiskFullError(
+        f"{problem} on {device} (mounted at {mount}) while writing {written or folder} ({needed}free "
+        f"{free_megabytes(folder):,.0f} MB); finished stages are kept. Free space and run the same command again "
+        f"to {then}"
+    )
+
+
+@contextmanager
+def disk_full_reported(folder: Path, then: str, needed_mb: float | None = None) -> Iterator[None]:
+    """Within: a full (or failing) disk, in whatever words the writer used, becomes a DiskFullError (see
+    `disk_full`); any other error passes unchanged."""
+    try:
+        yield
+    except Exception as error:
+        explained = disk_full(error, folder, then, needed_mb)
+        if explained is None:
+            raise
+        raise explained from error

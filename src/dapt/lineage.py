@@ -4,8 +4,9 @@ Original base → (with vocabulary extension: the extended base →) adapted (DA
 and tokens they saw → task variants, with their task metrics. A model's parent is the artifact it names
 as its `base` input; a variant's metrics come from the evaluation artifacts that name it as their `model`
 input. Results of `dapt evaluate --harness` on a model artifact (`harness-<name>/`, kind "harness") hang under
-that model as a leaf with their headline scores. Nothing but manifests is read, so this is instant even for
-multi-GB checkpoints.
+that model as a leaf with their headline scores. Earlier builds kept in the run folder's .artifacts/ (a stage
+re-run with a changed config) are in the tree too, marked `current: false`, with their path. Nothing but
+manifests is read, so this is instant even for multi-GB checkpoints.
 """
 
 from __future__ import annotations
@@ -13,26 +14,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dapt.artifacts import Artifact, read_artifact
+from dapt.artifacts import Artifact
 from dapt.errors import ConfigError
 from dapt.pipeline import MODEL_KINDS
+from dapt.run_folder import Found, run_artifacts
 
 # the metrics shown next to a variant, whichever its task type has
 HEADLINE_METRICS = ("accuracy", "macro_f1", "rouge_l", "token_f1", "preference_accuracy", "reward_margin")
 
 
-def read_run(run_dir: Path) -> list[Artifact]:
-    """Every finished artifact in the run folder, in folder-name order (after the bases its adapted tasks came
-    from, when those live in another run folder)."""
+def read_run(run_dir: Path) -> list[Found]:
+    """Every finished artifact of the run folder: the current ones in stage-name order, the earlier builds kept in
+    .artifacts/, and, first, the bases in another run folder that its adapted tasks came from."""
     if not run_dir.is_dir():
         raise ConfigError(f"run folder {str(run_dir)!r} not found (looked in {run_dir.resolve()})")
     from dapt.adapt_command import external_models
 
-    found = [read_artifact(folder) for folder in sorted(run_dir.iterdir()) if folder.is_dir()]
-    artifacts = [artifact for artifact in found if artifact is not None]
-    ids = {artifact.id for artifact in artifacts}
+    found = run_artifacts(run_dir)
+    ids = {item.artifact.id for item in found}
     # bases in another run folder that `dapt adapt` branched this folder's tasks from
-    return [a for a in external_models(run_dir) if a.id not in ids] + artifacts
+    return [Found(a, True) for a in external_models(run_dir) if a.id not in ids] + found
 
 
 def harness_scores(artifact: Artifact) -> dict[str, dict[str, float]]:
@@ -107,13 +108,15 @@ def _describe(artifact: Artifact, evaluations: dict[str, Artifact], by_id: dict[
 def lineage(run_dir: Path) -> list[dict[str, Any]]:
     """The lineage forest of a run: nested {name, kind, id, description, children}, roots = original bases;
     harness results are leaves of kind "harness" under the model they scored, with `scores` {task: {metric: value}}."""
-    artifacts = read_run(run_dir)
-    by_id = {a.id: a for a in artifacts}
-    evaluations = {
-        a.manifest["inputs"]["model"]["id"]: a
-        for a in artifacts
-        if a.kind == "evaluate_task" and "model" in a.manifest["inputs"]
-    }
+    found = read_run(run_dir)
+    artifacts = [item.artifact for item in found]
+    current = {item.artifact.id for item in found if item.current}
+    by_id: dict[str, Artifact] = {}
+    evaluations: dict[str, Artifact] = {}  # by the id of the model they evaluated
+    for a in artifacts:  # the current ones first: an id both current and kept aside is the current one
+        by_id.setdefault(a.id, a)
+        if a.kind == "evaluate_task" and "model" in a.manifest["inputs"]:
+            evaluations.setdefault(a.manifest["inputs"]["model"]["id"], a)
     harness_runs = [a for a in artifacts if a.kind == "harness" and "model" in a.manifest["inputs"]]
     nodes = {
         a.id: {
@@ -121,9 +124,11 @@ def lineage(run_dir: Path) -> list[dict[str, Any]]:
             "kind": a.kind,
             "id": a.id,
             "description": _describe(a, evaluations, by_id),
+            "current": a.id in current,
+            "path": str(a.path),
             "children": [],
         }
-        for a in artifacts
+        for a in by_id.values()
         if a.kind in MODEL_KINDS
     }
     for run in harness_runs:
@@ -142,7 +147,7 @@ def lineage(run_dir: Path) -> list[dict[str, Any]]:
             }
         )
     roots = []
-    for artifact in artifacts:
+    for artifact in by_id.values():
         if artifact.kind not in MODEL_KINDS:
             continue
         parent = artifact.manifest["inputs"].get("base", {}).get("id")
@@ -150,10 +155,13 @@ def lineage(run_dir: Path) -> list[dict[str, Any]]:
             nodes[parent]["children"].append(nodes[artifact.id])
         else:
             roots.append(nodes[artifact.id])
-    # under each node: the harness scores of the node itself, then the extended or DAPT base, then the variants
+    # under each node: the harness scores of the node itself, then the extended or DAPT base, then the variants;
+    # the current build of a stage before its earlier ones
     order = {"harness": 0, "extend_vocab": 1, "pretrain": 1}
     for node in nodes.values():
-        node["children"].sort(key=lambda child: (order.get(child["kind"], 2), child["name"]))
+        node["children"].sort(
+            key=lambda child: (order.get(child["kind"], 2), child["name"], not child.get("current", True))
+        )
     return roots
 
 
@@ -163,7 +171,8 @@ def render_tree(roots: list[dict[str, Any]]) -> list[str]:
 
     def walk(node: dict[str, Any], prefix: str, is_last: bool, is_root: bool) -> None:
         branch = "" if is_root else ("└── " if is_last else "├── ")
-        lines.append(f"{prefix}{branch}{node['name']}  [{node['id']}]  {node['description']}")
+        earlier = "" if node.get("current", True) else f"  (earlier build, kept in {node['path']})"
+        lines.append(f"{prefix}{branch}{node['name']}  [{node['id']}]  {node['description']}{earlier}")
         child_prefix = prefix if is_root else prefix + ("    " if is_last else "│   ")
         for index, child in enumerate(node["children"]):
             walk(child, child_prefix, index == len(node["children"]) - 1, False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -28,9 +27,9 @@ from dapt.config import (
     TOKENIZE_EXECUTION_FIELDS,
     PipelineConfig,
 )
-from dapt.errors import ConfigError, DataError
-
-ATTEMPT_NAME = ".attempt"  # the stage attempt that owns an unfinished folder: its id, config and inputs' ids
+from dapt.errors import ConfigError, DataError, disk_full_reported
+from dapt.preflight import check_positions, checkpoint_space_mb, disk_warning, model_positions
+from dapt.run_folder import ATTEMPT_NAME, make_current, read_attempt, remove, set_aside, stage_folder
 
 
 def say(message: str) -> None:
@@ -331,6 +330,11 @@ def run_stages(
                 artifacts[spec.name] = _run_stage(spec, header, artifacts, config, run_dir)
         else:
             artifacts[spec.name] = _run_stage(spec, header, artifacts, config, run_dir, several=several)
+        if spec.kind == "base":  # a GGUF file's or a hub model's positions are known from here on
+            model = artifacts[spec.name].path / "model"
+            positions = model_positions(model / "config.json")
+            if positions is not None:
+                check_positions(config, positions, f"{spec.name}/model/config.json")
     return artifacts
 
 
@@ -351,78 +355,137 @@ def _run_stage(
     *,
     several: bool = False,
 ) -> Artifact:
-    """Run one stage unless its finished artifact is current. With `several`, every process calls this."""
+    """Run one stage unless its finished artifact is current. With `several`, every process calls this.
+
+    The artifact is built in .artifacts/<stage>-<id>, and the stage's name points at it from the start (the
+    stage writes through it, so progress shows under runs/<run>/<stage>); the artifact the name pointed at
+    before stays where it is (see dapt.run_folder)."""
     from dapt.train.distributed import is_main_process, wait_for_everyone
 
     main = is_main_process()
     inputs = {role: artifacts[source] for role, source in spec.inputs.items()}
     stage_id = artifact_id(spec.kind, spec.config, {role: a.id for role, a in inputs.items()})
-    folder = run_dir / spec.name
-    existing = read_artifact(folder)
-    reason = _stale_reason(existing, stage_id, inputs)
+    name = run_dir / spec.name
+    folder = stage_folder(run_dir, spec.name, stage_id)
+    # the stage's name deleted (`rm -r runs/x/pretrain`) while its artifact is kept: build it again
+    deleted = not name.exists() and not name.is_symlink() and folder.exists()
+    existing = None if deleted else read_artifact(folder)
+    reason = f"{name} was deleted" if deleted else _stale_reason(existing, stage_id, inputs)
+    renamed = folder != name and not (name.is_symlink() and name.resolve() == folder.resolve())
     wait_for_everyone()  # every process has decided from the same files before the main one changes them
     if reason is None:
         assert existing is not None
+        if main:
+            _say_kept(make_current(run_dir, spec.name, folder))
+        if renamed:
+            wait_for_everyone()  # the others read it under its name
         say(f"{header}: cached, skipped (finished {existing.manifest['timings']['finished']}, id {stage_id})")
-        return existing
+        return Artifact(path=name, manifest=existing.manifest)
     if main:
         verify_models_unchanged(inputs)
-        attempt = {
-            "id": stage_id,
-            "schema": SCHEMA_VERSION,
-            "config": spec.config,
-            "inputs": {role: a.id for role, a in inputs.items()},
-        }
-        interrupted = _interrupted_attempt(folder) if spec.resumable and existing is None else None
-        if interrupted is not None and interrupted["id"] == stage_id:
-            say(f"{header}: resuming an interrupted run — {spec.summary}")
-        else:
-            if interrupted is not None:
-                _refuse_to_discard_checkpoints(folder, interrupted, attempt)
-            say(f"{header}: running — {spec.summary} ({reason})")
-            if folder.exists():
-                shutil.rmtree(folder)  # an unfinished or stale artifact: start it over
-            folder.mkdir(parents=True)
-            (folder / ATTEMPT_NAME).write_text(json.dumps(attempt) + "\n")  # lets this attempt resume
+        set_aside_first = deleted or existing is not None  # kept: nothing finished is deleted
+        _start_attempt(spec, header, run_dir, folder, set_aside_first, stage_id, inputs, reason)
     wait_for_everyone()
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
-    context = StageContext(spec.name, folder, spec.config, inputs, config)
-    metrics = spec.run(context)
-    seconds = time.perf_counter() - clock
-    if not main:
-        wait_for_everyone()  # until the main process has written the manifest
-        return _finished(folder)
-    artifact = write_manifest(
-        folder,
-        kind=spec.kind,
-        name=spec.name,
-        id=stage_id,
-        config=spec.config,
-        inputs=inputs,
-        metrics=metrics,
-        timings={
-            "started": started.isoformat(timespec="seconds"),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(seconds, 2),
-        },
-    )
+    context = StageContext(spec.name, name, spec.config, inputs, config)
+    with disk_full_reported(name, _then(spec, name), _space_needed(spec, inputs)):
+        metrics = spec.run(context)
+        seconds = time.perf_counter() - clock
+        if not main:
+            wait_for_everyone()  # until the main process has written the manifest
+            return _finished(name)
+        artifact = write_manifest(
+            name,
+            kind=spec.kind,
+            name=spec.name,
+            id=stage_id,
+            config=spec.config,
+            inputs=inputs,
+            metrics=metrics,
+            timings={
+                "started": started.isoformat(timespec="seconds"),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seconds": round(seconds, 2),
+            },
+        )
     say(f"{header}: done in {seconds:.1f}s")
     if several:
         wait_for_everyone()
     return artifact
 
 
-def _interrupted_attempt(folder: Path) -> dict[str, Any] | None:
-    """The attempt that owns an unfinished folder (id, config, inputs' ids), or None when there is none."""
-    path = folder / ATTEMPT_NAME
-    if not path.is_file():
+def _start_attempt(
+    spec: StageSpec,
+    header: str,
+    run_dir: Path,
+    folder: Path,
+    set_aside_first: bool,
+    stage_id: str,
+    inputs: dict[str, Artifact],
+    reason: str,
+) -> None:
+    """Make `folder` the stage's attempt (on the main process): resume it, or start it over when it is an
+    unfinished attempt of ours, or start it anew; then point the stage's name at it. With `set_aside_first`, what
+    `folder` holds is moved aside into .artifacts/ first: a finished artifact built from inputs that have since
+    changed content, or the artifact of a stage whose name was deleted to build it again."""
+    attempt = {
+        "id": stage_id,
+        "schema": SCHEMA_VERSION,
+        "config": spec.config,
+        "inputs": {role: a.id for role, a in inputs.items()},
+    }
+    kept = set_aside(run_dir, folder, f"{spec.name}-{stage_id}") if set_aside_first else None
+    if kept is None and folder.exists():
+        interrupted = read_attempt(folder)
+        if interrupted is None:
+            raise ConfigError(
+                f"{folder}: a folder that dapt did not make (no manifest.json, no {ATTEMPT_NAME} marker) where "
+                f"stage {spec.name!r} builds its artifact; dapt deletes only what it made. Move it away."
+            )
+        if spec.resumable and interrupted["id"] == stage_id:
+            say(f"{header}: resuming an interrupted run — {spec.summary}")
+            _say_kept(make_current(run_dir, spec.name, folder), attempt)
+            return
+        remove(run_dir, folder)  # an unfinished attempt of ours that cannot resume: start it over
+    say(f"{header}: running — {spec.summary} ({reason})")
+    if kept is not None:
+        say(f"  the earlier build stays in {kept}")
+    needed = _space_needed(spec, inputs)
+    warning = disk_warning(needed, run_dir) if needed else None
+    if warning:
+        say(f"  {warning}")
+    folder.mkdir(parents=True)
+    (folder / ATTEMPT_NAME).write_text(json.dumps(attempt) + "\n")  # marks the folder ours; lets it resume
+    _say_kept(make_current(run_dir, spec.name, folder), attempt)
+
+
+def _say_kept(previous: Path | None, attempt: dict[str, Any] | None = None) -> None:
+    """Say where the artifact a stage's name pointed at before now is (kept, for `dapt lineage` and `dapt gc`),
+    and, for an interrupted run with checkpoints, what differs and how to resume it."""
+    if previous is None:
+        return
+    interrupted = read_attempt(previous) if read_artifact(previous) is None else None
+    if interrupted is None or attempt is None:
+        say(f"  the earlier build stays in {previous}")
+        return
+    note = _interrupted_note(previous, interrupted, attempt)
+    say(f"  the earlier, unfinished attempt stays in {previous}" + (f": {note}" if note else ""))
+
+
+def _space_needed(spec: StageSpec, inputs: dict[str, Artifact]) -> float | None:
+    """MB of disk the stage needs, when it can be estimated (pretraining: its checkpoints)."""
+    if spec.kind != "pretrain" or "base" not in inputs or "pretrain" not in spec.config:
         return None
-    text = path.read_text().strip()
-    try:
-        return dict(json.loads(text))
-    except (json.JSONDecodeError, TypeError, ValueError):
-        return {"id": text}  # written by an older dapt: the id alone
+    return checkpoint_space_mb(spec.config["pretrain"], inputs["base"].path / "model")
+
+
+def _then(spec: StageSpec, folder: Path) -> str:
+    """What running the same command again does for a stage stopped in `folder` (for the disk-full message)."""
+    if not spec.resumable:
+        return f"run {spec.name} again (it starts over)"
+    newest = _checkpoint_steps(folder)
+    return f"resume {spec.name} from {newest[-1]}" if newest else f"resume {spec.name} from its finished parts"
 
 
 def _differences(before: Any, after: Any, key: str = "") -> list[str]:
@@ -436,18 +499,23 @@ def _differences(before: Any, after: Any, key: str = "") -> list[str]:
     return [] if before == after else [f"{key}: {json.dumps(before)} → {json.dumps(after)}"]
 
 
-def _refuse_to_discard_checkpoints(folder: Path, interrupted: dict[str, Any], attempt: dict[str, Any]) -> None:
-    """An interrupted training run of another configuration (or other inputs) would be deleted to start the new
-    one: refuse when it has checkpoints, which may be days of work; say what differs and the two ways on."""
+def _checkpoint_steps(folder: Path) -> list[str]:
+    """The resumable checkpoints of a training stage's folder, oldest first (e.g. ['step-000040', ...])."""
     # `.step-N.replaced`: a checkpoint set aside by a re-save cut short, put back on resume
     found = (folder / "checkpoints").glob("*step-*")
-    steps = sorted(
+    return sorted(
         path.name.strip(".").removesuffix(".replaced")
         for path in found
         if path.is_dir() and not path.name.endswith(".partial")  # a save cut short holds nothing to resume
     )
+
+
+def _interrupted_note(folder: Path, interrupted: dict[str, Any], attempt: dict[str, Any]) -> str | None:
+    """For an interrupted training run of another configuration (or other inputs) with checkpoints, which may be
+    days of work: what differs, and how to resume it. None when it has no checkpoint."""
+    steps = _checkpoint_steps(folder)
     if not steps:
-        return  # nothing trained yet: nothing to lose
+        return None
     changed: list[str] = []
     if "config" in interrupted:
         changed = _differences(interrupted["config"], attempt["config"])
@@ -462,10 +530,10 @@ def _refuse_to_discard_checkpoints(folder: Path, interrupted: dict[str, Any], at
             f"(artifact schema {interrupted.get('schema', 'unrecorded')}, now {attempt['schema']})"
         ]
     shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
-    raise ConfigError(
-        f"{folder}: an interrupted run with checkpoints (newest {steps[-1]}) was started with another "
-        f"configuration or other inputs — what differs: {shown}. To resume it, run again with the configuration "
-        f"it was started with; to start over with this one, delete {folder} (or move it away to keep it)."
+    return (
+        f"it has checkpoints (newest {steps[-1]}) and was started with another configuration or other inputs "
+        f"— what differs: {shown}. To resume it, run again with the configuration it was started with; "
+        "`dapt gc` deletes it"
     )
 
 

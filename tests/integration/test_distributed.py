@@ -296,7 +296,7 @@ def test_whole_pipeline_over_two_processes(tmp_path, single_pretrain):
     assert again.stderr.count("cached, skipped") == len(manifests)
 
     # SIGKILL every process mid-pretraining; launched again, both processes resume from the last checkpoint
-    shutil.rmtree(double / "pretrain")
+    (double / "pretrain").unlink()  # the stage's name: built again (the finished artifact is kept in .artifacts/)
     kill_midway(double)
     resumed = dapt("pretrain", str(TINY), "--out", str(double), *CHECKPOINTS, processes=2)
     assert (resumed.stdout + resumed.stderr).count("resuming from step-") == 1
@@ -319,7 +319,7 @@ def test_whole_pipeline_sharded_over_two_processes(tmp_path, single_pretrain):
     assert two["best"]["domain_val_loss"] == pytest.approx(one["best"]["domain_val_loss"], abs=1e-5)
 
     # killed midway, the sharded run resumes from its full checkpoint and ends with the same weights
-    shutil.rmtree(sharded / "pretrain")
+    (sharded / "pretrain").unlink()  # the stage's name: built again (the finished artifact is kept in .artifacts/)
     kill_midway(sharded, *FSDP)
     resumed = dapt("pretrain", str(TINY), "--out", str(sharded), *CHECKPOINTS, *FSDP, processes=2)
     assert (resumed.stdout + resumed.stderr).count("resuming from step-") == 1
@@ -351,7 +351,7 @@ def test_pretraining_with_deepspeed_zero2_through_accelerate_launch(tmp_path, si
 
     # killed midway: launched without DeepSpeed, both processes refuse its checkpoint, saying why; launched as it
     # was, they resume from it and end with the same weights
-    shutil.rmtree(out / "pretrain")
+    (out / "pretrain").unlink()  # the stage's name: built again (the finished artifact is kept in .artifacts/)
     kill_midway(out, launch=launch)
     refused = subprocess.run([*LAUNCH, *pretrain], env=env, timeout=300, capture_output=True, text=True)
     assert refused.returncode != 0

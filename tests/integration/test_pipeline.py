@@ -41,7 +41,7 @@ def run_dir(tmp_path_factory):
 def own_run(run_dir, tmp_path):
     """A copy of the finished run for one test to run stages in, so no test sees another's changes."""
     run = tmp_path / "run"
-    shutil.copytree(run_dir, run)
+    shutil.copytree(run_dir, run, symlinks=True)  # the stages' names stay links into the copy's .artifacts/
     return run
 
 
@@ -113,7 +113,7 @@ def test_rerun_skips_every_stage_and_a_deleted_artifact_is_rebuilt_alone(own_run
     assert main(["run", str(TINY), "--out", str(own_run)]) == 0
     assert capsys.readouterr().err.count("cached, skipped") == len(STAGES)
 
-    shutil.rmtree(own_run / "curate")
+    (own_run / "curate").unlink()  # the stage's name (`rm -r runs/tiny/curate`): built again; the earlier is kept
     assert main(["run", str(TINY), "--out", str(own_run)]) == 0
     err = capsys.readouterr().err
     assert "curate: running" in err
@@ -160,6 +160,39 @@ def test_lineage_tree_from_the_manifests(run_dir, capsys):
     assert main(["lineage", str(run_dir)]) == 0
     tree = capsys.readouterr().out
     assert "└── adapt-xml-subpackage-dapt" in tree and "DAPT base" in tree and "tokens" in tree
+
+
+def test_a_changed_config_keeps_the_earlier_base_and_its_variants_loadable_until_gc(own_run, capsys):
+    earlier = {name: read_artifact(own_run / name) for name in ("pretrain", "adapt-xml-subpackage-dapt")}
+    changed = ["--set", "pretrain.lr=2.0e-3"]
+    assert main(["pretrain", str(TINY), "--out", str(own_run), *changed]) == 0
+    assert read_artifact(own_run / "pretrain").id != earlier["pretrain"].id
+    earlier_base = own_run / ".artifacts" / f"pretrain-{earlier['pretrain'].id}"
+    assert AutoModelForCausalLM.from_pretrained(earlier_base / "model").config.model_type == "llama"
+    # `dapt pretrain` stops there: the current variant is still the one built on the earlier base
+    variant = own_run / "adapt-xml-subpackage-dapt"
+    assert read_artifact(variant).manifest["inputs"]["base"]["id"] == earlier["pretrain"].id
+    AutoModelForSequenceClassification.from_pretrained(variant / "model")
+    capsys.readouterr()
+    assert main(["lineage", str(own_run), "--json"]) == 0
+    (root,) = json.loads(capsys.readouterr().out)
+    bases = {child["id"]: child for child in root["children"] if child["name"] == "pretrain"}
+    assert len(bases) == 2 and not bases[earlier["pretrain"].id]["current"]
+    assert [v["name"] for v in bases[earlier["pretrain"].id]["children"]] == ["adapt-xml-subpackage-dapt"]
+    assert main(["gc", str(own_run), "--dry-run"]) == 0
+    assert "0 artifact(s)" in capsys.readouterr().out, "the earlier base is the input of a current variant"
+
+    # the whole pipeline builds the variant on the new base; the earlier one stays loadable, until gc
+    assert main(["run", str(TINY), "--out", str(own_run), *changed]) == 0
+    earlier_variant = own_run / ".artifacts" / f"adapt-xml-subpackage-dapt-{earlier['adapt-xml-subpackage-dapt'].id}"
+    assert read_artifact(variant).id != earlier["adapt-xml-subpackage-dapt"].id
+    AutoModelForSequenceClassification.from_pretrained(earlier_variant / "model")
+    capsys.readouterr()
+    assert main(["gc", str(own_run)]) == 0
+    freed = capsys.readouterr().out
+    assert str(earlier_base) in freed and str(earlier_variant) in freed
+    assert not earlier_base.exists() and not earlier_variant.exists()
+    assert all(read_artifact(own_run / stage) is not None for stage in STAGES)
 
 
 def test_lineage_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):

@@ -93,16 +93,20 @@ def test_an_interrupted_run_is_not_discarded_for_a_changed_config(tmp_path):
         time.sleep(0.005)
     process.send_signal(signal.SIGTERM)  # stops after the step under way, with a checkpoint of it
     assert process.wait(timeout=120) == 128 + signal.SIGTERM
-    checkpoints = sorted((out / "pretrain" / "checkpoints").glob("step-*"))
+    interrupted = (out / "pretrain").resolve()  # .artifacts/pretrain-<id>, which the stage's name points at
+    checkpoints = sorted((interrupted / "checkpoints").glob("step-*"))
     assert checkpoints
 
+    # another config trains under its own id; the interrupted run is kept, and the output says how to resume it
     command = [sys.executable, "-m", "dapt.cli", "pretrain", str(TINY), "--out", str(out), *SETTINGS]
-    changed = subprocess.run([*command, "--set", "pretrain.lr=0.0123"], capture_output=True, text=True, timeout=300)
-    assert changed.returncode == 2
-    assert "an interrupted run with checkpoints" in changed.stderr and "pretrain.lr: " in changed.stderr
-    assert "→ 0.0123" in changed.stderr and f"delete {out / 'pretrain'}" in changed.stderr
-    assert sorted((out / "pretrain" / "checkpoints").glob("step-*")) == checkpoints, "nothing was deleted"
+    another = ["--set", "pretrain.lr=0.0123", "--set", "pretrain.max_steps=2"]  # 2 steps: only its id matters here
+    changed = subprocess.run([*command, *another], capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert f"the earlier, unfinished attempt stays in {interrupted}" in changed.stderr
+    assert "pretrain.lr: " in changed.stderr and "→ 0.0123" in changed.stderr
+    assert (out / "pretrain").resolve() != interrupted
+    assert sorted((interrupted / "checkpoints").glob("step-*")) == checkpoints, "nothing was deleted"
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming an interrupted run" in resumed.stderr
+    assert "resuming an interrupted run" in resumed.stderr and (out / "pretrain").resolve() == interrupted
