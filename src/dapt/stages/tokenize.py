@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
@@ -36,6 +38,7 @@ from dapt.data.progress import peak_rss_mb
 from dapt.data.tokenization import (
     ROLE_CODE,
     SPLIT_CODE,
+    SPLITS,
     PartSettings,
     assemble_shards,
     choose_splits,
@@ -69,8 +72,9 @@ class SameSplits:
             raise DataError(
                 f"{splits_file}: {table.num_rows} documents, but the curated corpus has {documents}; rerun the pipeline"
             )
-        names = table.column("split").to_pylist()
-        self.codes = np.array([SPLIT_CODE[n] if n is not None else -1 for n in names], dtype=np.int8)
+        # Arrow all along (no Python object per document): each split's number in SPLITS, -1 for none
+        codes = pc.index_in(table.column("split"), value_set=pa.array(SPLITS, pa.string()))
+        self.codes = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int8)
         self._ids = self._stream_ids()
 
     def _stream_ids(self) -> Iterator[str]:
@@ -90,29 +94,35 @@ class SameSplits:
 def split_texts(splits_file: Path, documents_file: Path, wanted: tuple[str, ...] | None = None) -> dict[str, list[str]]:
     """The texts of each split of a tokenization (its `splits.parquet`), in shard order, from the curated corpus.
 
-    Both files are read batch by batch, side by side (one row per document in both, in corpus order); only the
-    texts of the `wanted` splits (default: all) are kept, so asking for the held-out splits costs their size."""
+    `splits.parquet` has one row per curated document, in corpus order. Only the `wanted` splits' texts (default:
+    all) are read, and only from the row groups of the corpus that hold them: asking for the held-out splits of a
+    100 GB corpus reads those documents, not the corpus."""
+    listed = pq.read_table(splits_file, columns=["id", "split", "position"])
+    split_column = listed.column("split")
+    chosen = pc.is_valid(split_column) if wanted is None else pc.is_in(split_column, pa.array(wanted, pa.string()))
+    rows = np.flatnonzero(chosen.to_numpy(zero_copy_only=False))  # Arrow all along: no Python object per document
+    selected = listed.take(pa.array(rows, pa.int64()))
+    names = selected.column("split").to_pylist()
+    corpus = pq.ParquetFile(documents_file)
+    if corpus.metadata.num_rows != listed.num_rows:
+        raise DataError(f"{splits_file} does not list the documents of {documents_file}; rerun the pipeline")
+    group_ends = np.cumsum([corpus.metadata.row_group(g).num_rows for g in range(corpus.num_row_groups)])
+    ids, positions = selected.column("id").to_pylist(), selected.column("position").to_pylist()
     collected: dict[str, list[tuple[int, str]]] = {}
-    documents = pq.ParquetFile(documents_file).iter_batches(columns=["id", "text"])
-    splits = pq.ParquetFile(splits_file).iter_batches(columns=["id", "split", "position"])
-    pending_ids: list[str] = []
-    pending_texts: list[str] = []
-    for batch in splits:
-        rows = batch.num_rows
-        while len(pending_ids) < rows:
-            more = next(documents, None)
-            if more is None:
-                raise DataError(f"{splits_file} lists more documents than {documents_file}; rerun the pipeline")
-            pending_ids += more.column("id").to_pylist()
-            pending_texts += more.column("text").to_pylist()
-        ids, texts = pending_ids[:rows], pending_texts[:rows]
-        pending_ids, pending_texts = pending_ids[rows:], pending_texts[rows:]
-        if ids != batch.column("id").to_pylist():
-            raise DataError(f"{splits_file} does not list the documents of {documents_file}; rerun the pipeline")
-        names, positions = batch.column("split").to_pylist(), batch.column("position").to_pylist()
-        for text, name, position in zip(texts, names, positions, strict=True):
-            if name is not None and (wanted is None or name in wanted):
-                collected.setdefault(name, []).append((position, text))
+    by_group: dict[int, list[int]] = {}  # row group -> numbers (into `rows`) of the chosen documents in it
+    for number, row in enumerate(rows):
+        by_group.setdefault(int(np.searchsorted(group_ends, row, side="right")), []).append(number)
+    for group, members in sorted(by_group.items()):
+        table = corpus.read_row_group(group, columns=["id", "text"])
+        first = int(group_ends[group - 1]) if group else 0
+        local = pa.array([int(rows[number]) - first for number in members], pa.int64())
+        picked = table.take(local)
+        for number, document_id, text in zip(
+            members, picked.column("id").to_pylist(), picked.column("text").to_pylist(), strict=True
+        ):
+            if document_id != ids[number]:
+                raise DataError(f"{splits_file} does not list the documents of {documents_file}; rerun the pipeline")
+            collected.setdefault(names[number], []).append((positions[number], text))
     return {name: [text for _, text in sorted(pairs)] for name, pairs in collected.items()}
 
 
