@@ -230,6 +230,7 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
                 "kept": curate["docs_kept"],
                 "dropped_by_reason": curate["dropped_by_reason"],
                 "decontaminated_by_task": curate.get("decontaminated_by_task", {}),
+                "heavy_drops": curate.get("heavy_drops", []),  # a rule that dropped much of one source, and its setting
                 # records that never became documents (malformed line, binary file, ...): the ingest ledger
                 "ingest_rejected_by_reason": artifacts["ingest"].metrics.get("rejected_by_reason", {}),
             },

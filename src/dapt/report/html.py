@@ -268,6 +268,7 @@ def _data_funnel(report: dict[str, Any]) -> str:
         ),
         _table(["", "documents", "share"], rows, numeric={1, 2}),
     ]
+    parts += [f"<p><strong>Warning:</strong> {_e(drop['message'])}.</p>" for drop in funnel.get("heavy_drops", [])]
     decontaminated = funnel.get("decontaminated_by_task", {})
     if decontaminated:
         parts.append("<h3>Decontamination per task</h3>")

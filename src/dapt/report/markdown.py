@@ -295,6 +295,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|",
     ]
     lines += [f"| {reason} | {count} |" for reason, count in sorted(funnel["dropped_by_reason"].items())]
+    lines += [f"\n**Warning:** {drop['message']}." for drop in funnel.get("heavy_drops", [])]
     for task, count in funnel["decontaminated_by_task"].items():
         lines.append(f"\nDecontamination: {count} documents shared a long n-gram with the `{task}` test set.")
     lines += ["", "| token split | documents | tokens |", "|---|---|---|"]
