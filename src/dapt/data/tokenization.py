@@ -11,13 +11,13 @@ took about 53 bytes per token) and never as text. Two passes:
    run, started again, tokenizes only the batches that have no part yet. A part depends on its batch and the
    tokenizer alone, so the parts, and everything made from them, are byte for byte the same whatever the
    number of workers (`workers` processes, or Ray tasks with `backend: ray`).
-2. **assemble**. The main process reads the parts' keys, lengths and sources (18 bytes a document: a
-   3M-document, 1B-token corpus needs ~55 MB), chooses the held-out documents (`choose_splits`), plans the
-   shards, then reads the parts once, in order, appending each document's tokens to its split's shard
-   files. Shards hold at most about `shard_tokens` tokens each; a training split's shards never mix sources,
-   so pretraining can weight sources (pretrain.mix). Held-out splits are small (`eval_tokens` each) and are
-   written last, in key order. The parts are deleted once the shards are complete; until then the stage
-   needs about twice the shards' size on disk.
+2. **assemble**. The main process reads the parts' keys, lengths and sources (15 bytes a document, ~30
+   with the shard plan: a 3M-document, 1B-token corpus needs ~90 MB), chooses the held-out documents
+   (`choose_splits`), plans the shards, then reads the parts once, in order, appending each document's
+   tokens to its split's shard files. Shards hold at most about `shard_tokens` tokens each; a training
+   split's shards never mix sources, so pretraining can weight sources (pretrain.mix). Held-out splits are
+   small (`eval_tokens` each) and are written last, in key order. The parts are deleted once the shards are
+   complete; until then the stage needs about twice the shards' size on disk.
 
 Held-out splits are chosen by document, in key order: the first documents of a role until `eval_tokens`
 tokens are in (the test split), then the next ones (validation). A document's key depends on the seed and
@@ -304,10 +304,10 @@ def _tokenize_as_ray_task(settings: PartSettings, batch: pa.RecordBatch, part: s
 
 @dataclass
 class CorpusIndex:
-    """One entry per document, in corpus order: what choosing splits and planning shards need (18 bytes each)."""
+    """One entry per document, in corpus order: what choosing splits and planning shards need (15 bytes each)."""
 
     keys: np.ndarray  # uint64
-    lengths: np.ndarray  # int64, tokens with the end-of-text token
+    lengths: np.ndarray  # int32, tokens with the end-of-text token
     sources: np.ndarray  # int16 codes into `source_names`
     source_names: list[str]
     part_sizes: list[int] = field(default_factory=list)
@@ -327,7 +327,7 @@ def read_index(scratch: Path, parts: int) -> CorpusIndex:
     empty = np.empty(0)
     return CorpusIndex(
         keys=np.concatenate([empty.astype(np.uint64), *keys]),
-        lengths=np.concatenate([empty.astype(np.int64), *lengths]),
+        lengths=np.concatenate([empty.astype(np.int32), *lengths]).astype(np.int32),
         sources=np.concatenate([empty.astype(np.int16), *codes]),
         source_names=list(names),
         part_sizes=sizes,
@@ -489,8 +489,8 @@ def assemble_shards(
         if (splits == code).any()
     }
     # per document: its split's plan, shard number and position in the split's order
-    shard_of = np.full(len(splits), -1, dtype=np.int64)
-    position = np.full(len(splits), -1, dtype=np.int64)
+    shard_of = np.full(len(splits), -1, dtype=np.int32)
+    position = np.full(len(splits), -1, dtype=np.int32)
     for plan in plans.values():
         shard_of[plan.order] = plan.shard_of
         position[plan.order] = np.arange(len(plan.order))
