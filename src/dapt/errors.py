@@ -160,7 +160,7 @@ def disk_full(error: BaseException, folder: Path, then: str, needed_mb: float | 
     needed = f"needed ~{needed_mb:,.0f} MB, " if needed_mb else ""
     return DiskFullError(
         f"{problem} on {device} (mounted at {mount}) while writing {written or folder} ({needed}free "
-        f"{free_megabytes(folder):,.0f} MB); finished stages are kept. Free space and run the same command again "
+        f"{free_megabytes(folder):,.1f} MB); finished stages are kept. Free space and run the same command again "
         f"to {then}"
     )
 

@@ -485,7 +485,11 @@ def _then(spec: StageSpec, folder: Path) -> str:
     if not spec.resumable:
         return f"run {spec.name} again (it starts over)"
     newest = _checkpoint_steps(folder)
-    return f"resume {spec.name} from {newest[-1]}" if newest else f"resume {spec.name} from its finished parts"
+    if newest:
+        return f"resume {spec.name} from {newest[-1]}"
+    if spec.kind == "pretrain":
+        return f"run {spec.name} again (no checkpoint was written yet: it starts from step 0)"
+    return f"resume {spec.name} from its finished parts"
 
 
 def _differences(before: Any, after: Any, key: str = "") -> list[str]:

@@ -120,6 +120,6 @@ def disk_warning(needed_mb: float, folder: Path) -> str | None:
     device, mount = mount_of(folder)
     return (
         f"warning: pretraining may need ~{needed_mb:,.0f} MB for its checkpoints and model, and {device} (mounted at "
-        f"{mount}) has {free:,.0f} MB free; free space, or lower pretrain.keep_checkpoints, or it may stop when the "
+        f"{mount}) has {free:,.1f} MB free; free space, or lower pretrain.keep_checkpoints, or it may stop when the "
         "disk is full (the same command then resumes from the last checkpoint)"
     )

@@ -3,9 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
@@ -15,6 +12,7 @@ from dapt.config import config_from_dict
 from dapt.errors import ConfigError
 from dapt.pipeline import StageSpec, run_stages
 from dapt.run_folder import ATTEMPT_NAME, STORE_NAME, garbage, inside, locked
+from helpers.lock_holder import hold_lock
 
 CONFIG = config_from_dict(
     {"name": "t", "base": {"preset": {}}, "sources": [{"name": "d", "role": "domain", "kind": "pydoc_topics"}]}
@@ -177,22 +175,10 @@ def test_no_path_outside_the_run_folder_is_written(tmp_path):
     assert not (tmp_path / "victim").exists() and not list(tmp_path.glob("victim*"))
 
 
-HOLD = textwrap.dedent(
-    """
-    import sys, time
-    from dapt.run_folder import locked
-    with locked(sys.argv[1]):
-        print("locked", flush=True)
-        time.sleep(120)
-    """
-)
-
-
 def test_a_second_run_on_a_locked_folder_stops_naming_the_holder_and_a_killed_holder_never_blocks(tmp_path, capsys):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(run)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ConfigError, match=rf"in use by another dapt process \(PID {holder.pid},") as error:
             with locked(run):
                 pass
