@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from dapt.artifacts import Artifact, atomic_write_text, read_artifact
 from dapt.config import PipelineConfig, TaskConfig, _explain, load_config, read_yaml_mapping
-from dapt.errors import ConfigError, DataError
+from dapt.errors import ConfigError, DataError, disk_full_reported
 from dapt.pipeline import StageSpec, run_stages, say, task_data_stage, variant_stages
 from dapt.run_folder import ADAPTED_NAME, absolute, locate, locked, run_artifacts, run_folder_of
 
@@ -198,7 +198,8 @@ def run_adapt(base: str, task_file: Path, out: Path | None) -> int:
         kept = [e for e in read_adapted(run_dir) if e["task"]["name"] not in names]
         atomic_write_text(run_dir / ADAPTED_FILE, json.dumps({"adapted": kept + entries}, indent=2) + "\n")
         pipeline_artifacts = run_stages_found(config, source_run)
-        report = build_report(config, run_dir, {**pipeline_artifacts, **artifacts})
+        with disk_full_reported(run_dir, "write the report (every stage is finished)"):
+            report = build_report(config, run_dir, {**pipeline_artifacts, **artifacts})
     print_headline(report, run_dir)
     return 0
 

@@ -329,7 +329,7 @@ def _run(pipeline_path: Path, out: Path | None, overrides: list[str], until: str
 def _rebuild_report(run_dir: Path) -> int:
     from dapt.adapt_command import adapted_sources, run_stages_found
     from dapt.config import load_config
-    from dapt.errors import ConfigError
+    from dapt.errors import ConfigError, disk_full_reported
     from dapt.report.build import build_report, print_headline
 
     artifacts = None
@@ -341,7 +341,8 @@ def _rebuild_report(run_dir: Path) -> int:
     else:
         raise ConfigError(f"{run_dir}: no pipeline.yaml here; is it a run folder written by `dapt run` or `dapt demo`?")
     try:
-        report = build_report(config, run_dir, artifacts)
+        with disk_full_reported(run_dir, "write the report"):
+            report = build_report(config, run_dir, artifacts)
     except KeyError as missing:
         raise ConfigError(f"{run_dir}: stage {missing} has not finished; run the pipeline first") from None
     print_headline(report, run_dir)
