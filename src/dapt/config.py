@@ -118,15 +118,18 @@ class SourceConfig(Section):
     kind: Literal["files", "python_docstrings", "pydoc_topics"] = Field(
         "files",
         description=(
-            "files: your own .txt/.md/.jsonl/.csv/.tsv/.parquet/.html/.htm/.pdf files (the text formats also "
-            "gzip- or zstd-compressed: .jsonl.gz, .txt.zst, ...). python_docstrings: the docstrings of an "
-            "installed Python package ('stdlib' = the standard library). pydoc_topics: Python's language "
-            "reference as shipped in pydoc_data."
+            "files: your own .txt/.md/.jsonl/.csv/.tsv/.parquet/.arrow/.html/.htm/.pdf files (the text formats "
+            "also gzip- or zstd-compressed: .jsonl.gz, .txt.zst, ...); a folder means every such file under it in "
+            "sorted path order (thousands of files, or a Parquet dataset split in many part files), and a Hugging "
+            "Face `datasets` folder written by save_to_disk (state.json beside data-*.arrow files) is read in its "
+            "own order, a DatasetDict split after split, without `datasets` installed. python_docstrings: the "
+            "docstrings of an installed Python package ('stdlib' = the standard library). pydoc_topics: Python's "
+            "language reference as shipped in pydoc_data."
         ),
     )
-    paths: list[str] = Field(default_factory=list, description="files: paths or globs, relative to the YAML.")
+    paths: list[str] = Field(default_factory=list, description="files: paths, globs or folders, relative to the YAML.")
     text_field: str = Field(
-        "text", description="files: JSONL key (dotted for nested) or CSV/TSV/Parquet column holding the text."
+        "text", description="files: JSONL key (dotted for nested) or CSV/TSV/Parquet/Arrow column holding the text."
     )
     strict: bool = Field(
         False,

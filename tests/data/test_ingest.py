@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -231,6 +233,14 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def arrow_stream_bytes(table: pa.Table) -> bytes:
+    """An Arrow IPC stream, the format of `datasets.save_to_disk`'s data files."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=2)
+    return sink.getvalue().to_pybytes()
+
+
 BAD_INPUTS = {
     # kind: (file name, content, reason, where messages say it is, records in the file)
     "malformed_json": ("d.jsonl", b'{"text": "ok"}\n{"text": "broken\n', "malformed_json", "d.jsonl:2", 2),
@@ -256,6 +266,8 @@ BAD_INPUTS = {
     "too_long_csv": ("d.csv", b"text\nok\n" + b"z" * 150 + b"\n", "document_too_long", "d.csv:3", 2),
     "header_only_csv": ("d.csv", b"id,text\n", "empty_file", "d.csv", 1),
     "numbers_column": ("n.parquet", parquet_bytes(pa.table({"text": [1, 2]})), "not_text", "n.parquet", 1),
+    "numbers_arrow": ("n.arrow", arrow_stream_bytes(pa.table({"text": [1, 2]})), "not_text", "n.arrow", 1),
+    "not_arrow": ("d.arrow", b"ARROW1 but nothing more", "unreadable_file", "d.arrow", 1),
     "damaged_gzip": ("d.jsonl.gz", b"\x1f\x8b\x08\x00garbage", "unreadable_file", "d.jsonl.gz", 1),
 }
 
@@ -321,6 +333,108 @@ def test_one_huge_line_is_never_held_in_memory(tmp_path: Path) -> None:
     assert [doc["text"] for doc in docs] == ["before", "after"]
     assert [(row["line"], row["reason"]) for row in ledger] == [(2, "document_too_long")]
     assert peak < 5_000_000  # the 30 MB line was read in 84 KB pieces and dropped
+
+
+# -- inputs at scale: many files, Parquet datasets, datasets' save_to_disk folders ----------------------------------
+
+
+def test_a_folder_of_thousands_of_files_is_read_in_path_order(tmp_path: Path) -> None:
+    for number in range(1_500):
+        folder = tmp_path / "notes" / f"group{number // 500}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"note{number % 500:04d}.txt").write_text(f"note {number}", encoding="utf-8")
+    (tmp_path / "notes" / ".cache").mkdir()
+    (tmp_path / "notes" / ".cache" / "old.txt").write_text("hidden folder", encoding="utf-8")
+    (tmp_path / "notes" / "group0" / ".draft.txt").write_text("hidden file", encoding="utf-8")
+    (tmp_path / "notes" / "README").write_text("no supported suffix", encoding="utf-8")
+    docs = ingest(["notes"], tmp_path)
+    assert [doc["text"] for doc in docs] == [f"note {number}" for number in range(1_500)]
+    assert docs[501]["meta"] == {"path": "notes/group1/note0001.txt"}
+    assert [doc["id"] for doc in ingest(["notes/**/*.txt"], tmp_path)] == [doc["id"] for doc in docs]
+
+
+def test_a_parquet_dataset_in_many_files_reads_as_one_in_path_order(tmp_path: Path) -> None:
+    # Spark / Hive layout: partition folders, part files, a _SUCCESS marker and hidden checksum files.
+    rows = iter(range(10_000))
+    for year in (2023, 2024):
+        folder = tmp_path / "corpus" / f"year={year}"
+        folder.mkdir(parents=True)
+        for part in range(3):
+            texts = [f"row {next(rows)}" for _ in range(1_000 + part)]
+            pq.write_table(pa.table({"text": texts}), folder / f"part-{part:05d}.parquet", row_group_size=300)
+            (folder / f".part-{part:05d}.parquet.crc").write_bytes(b"crc")
+    (tmp_path / "corpus" / "_SUCCESS").write_bytes(b"")
+    pq.write_table(pa.table({"body": ["wrong column"]}), tmp_path / "corpus" / "year=2024" / "part-00003.parquet")
+    pq.write_table(pa.table({"text": ["kept", None, "kept too"]}), tmp_path / "corpus" / "zz.parquet")
+
+    docs, ledger = ingest_with_ledger(["corpus"], tmp_path)
+    assert [doc["text"] for doc in docs] == [f"row {n}" for n in range(6_006)] + ["kept", "kept too"]
+    assert docs[1_001]["meta"] == {"path": "corpus/year=2023/part-00001.parquet", "row": 1}  # part 0 holds 1,000
+    assert docs[-1]["meta"] == {"path": "corpus/zz.parquet", "row": 2}
+    assert [(row["path"], row["line"], row["reason"]) for row in ledger] == [
+        ("corpus/year=2024/part-00003.parquet", None, "missing_field"),
+        ("corpus/zz.parquet", 1, "empty_text"),
+    ]
+
+
+def test_a_datasets_save_to_disk_folder_is_read_in_its_own_order(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")  # in the dev extras (via lm-eval); dapt itself never imports it
+    texts = [f"example {i}" for i in range(2_500)]
+    texts[1_234] = None
+    dataset = datasets.Dataset.from_dict({"text": texts, "label": list(range(2_500))})
+    dataset.save_to_disk(str(tmp_path / "hf"), num_shards=3)
+    # A cache file that `.map` on the loaded dataset leaves in its folder is not part of the saved dataset.
+    (tmp_path / "hf" / "cache-0123abcd.arrow").write_bytes((tmp_path / "hf" / "data-00000-of-00003.arrow").read_bytes())
+
+    docs, ledger = ingest_with_ledger(["hf"], tmp_path)
+    assert [doc["text"] for doc in docs] == [text for text in texts if text is not None]
+    assert docs[0]["meta"] == {"path": "hf/data-00000-of-00003.arrow", "row": 0}
+    assert docs[-1]["meta"] == {"path": "hf/data-00002-of-00003.arrow", "row": 832}  # shards of 834, 833, 833
+    assert [(row["path"], row["line"], row["reason"]) for row in ledger] == [
+        ("hf/data-00001-of-00003.arrow", 1_234 - 834, "empty_text")
+    ]
+
+    splits = datasets.DatasetDict({"train": dataset.select(range(5)), "test": dataset.select(range(100, 102))})
+    splits.save_to_disk(str(tmp_path / "splits"))
+    docs = ingest(["splits"], tmp_path)
+    assert [doc["text"] for doc in docs] == texts[:5] + texts[100:102]  # train, then test: dataset_dict.json's order
+    assert docs[-1]["meta"] == {"path": "splits/test/data-00000-of-00001.arrow", "row": 1}
+
+
+def test_save_to_disk_folders_and_arrow_files_are_read_without_datasets(tmp_path: Path) -> None:
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    table = pa.table({"text": [f"row {i}" for i in range(5)]})
+    (folder / "data-00000-of-00002.arrow").write_bytes(arrow_stream_bytes(table.slice(0, 3)))
+    (folder / "data-00001-of-00002.arrow").write_bytes(arrow_stream_bytes(table.slice(3)))
+    listed = [{"filename": "data-00001-of-00002.arrow"}, {"filename": "data-00000-of-00002.arrow"}]
+    (folder / "state.json").write_text(json.dumps({"_data_files": listed}))
+    with pa.ipc.new_file(tmp_path / "feather.arrow", table.schema) as writer:  # the IPC file format too
+        writer.write_table(table.slice(0, 2))
+    code = (
+        "import sys; from pathlib import Path; from dapt.data.ingest import iter_file_documents; "
+        f"docs = list(iter_file_documents(['hf', 'feather.arrow'], source='s', base_dir=Path({str(tmp_path)!r}))); "
+        "print([doc['text'] for doc in docs]); print('datasets' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # state.json's order, not the names' order
+    assert result.stdout.splitlines() == ["['row 3', 'row 4', 'row 0', 'row 1', 'row 2', 'row 0', 'row 1']", "False"]
+
+    (folder / "data-00001-of-00002.arrow").unlink()
+    with pytest.raises(DataError, match=r"state\.json lists data-00001-of-00002\.arrow, which the folder lacks"):
+        ingest(["hf"], tmp_path)
+    (folder / "state.json").write_text("{}")
+    with pytest.raises(DataError, match=r"not a datasets state\.json"):
+        ingest(["hf"], tmp_path)
+
+
+def test_a_truncated_arrow_file_keeps_what_was_read_and_says_where_it_broke(tmp_path: Path) -> None:
+    data = arrow_stream_bytes(pa.table({"text": [f"row {i}" for i in range(100)]}))  # batches of 2 rows
+    (tmp_path / "cut.arrow").write_bytes(data[: len(data) // 2])
+    docs, ledger = ingest_with_ledger(["cut.arrow"], tmp_path)
+    assert 0 < len(docs) < 100 and [doc["text"] for doc in docs] == [f"row {i}" for i in range(len(docs))]
+    (row,) = ledger
+    assert row["reason"] == "unreadable_file" and f"after record {len(docs) - 1}" in row["detail"]
 
 
 # -- writing ------------------------------------------------------------------------------------------------
