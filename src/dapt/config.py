@@ -519,7 +519,7 @@ class CurateConfig(Section):
         2048,
         gt=0,
         description="Documents per batch handed to a worker. Memory holds about 2 x workers batches of text "
-        "(plus ~600 bytes per document for the dedups); a corpus of fewer than 4 batches per worker runs in "
+        "(plus a few hundred bytes per document for the dedups); a corpus of fewer than 4 batches per worker runs in "
         "this process, since starting a worker costs about a second.",
     )
     backend: Literal["local", "ray"] = Field(

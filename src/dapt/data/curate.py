@@ -377,8 +377,13 @@ class ExactDedup(CurationBlock):
         """`judge` on the text's `digest`; documents must come in input order."""
         kept_id = self._first_id.setdefault(digest, doc_id)
         if kept_id != doc_id:
-            return Rejection("exact_duplicate", f"same text as {kept_id}")
+            return self.rejection(kept_id)
         return None
+
+    @staticmethod
+    def rejection(kept_id: str) -> Rejection:
+        """The verdict on a later copy of the document `kept_id`."""
+        return Rejection("exact_duplicate", f"same text as {kept_id}")
 
 
 @dataclass

@@ -6,18 +6,28 @@ a map, a reduce and a write:
 
 - map, per batch of `batch_size` documents, in `workers` processes: normalize, scrub PII, run the
   per-document blocks (`document_blocks`), and compute what the corpus-wide steps need of each document
-  still kept: the sha1 of its text (exact dedup), the eval n-grams it contains (decontamination) and its
-  MinHash signature (near dedup). The batch's cleaned texts go to a scratch Parquet file; what comes back
-  to the main process is compact state, about 600 bytes a document (id, verdict, digest, 128 x 4-byte
-  signature) whatever the length of its text.
-- reduce, in the main process, in input order: the corpus-wide count of each eval n-gram (those in more
-  than `decontaminate_max_doc_frequency` documents are boilerplate and ignored), then decontamination,
-  exact dedup (the first copy in input order is kept) and near dedup (LSH over the signatures of the
-  documents still kept; each cluster keeps its first document).
+  still kept: the sha1 of its text (exact dedup), the eval n-grams it contains (decontamination) and the LSH
+  band keys of its MinHash signature (near dedup). The batch's cleaned texts and this state go to the batch's
+  part in a scratch folder; what comes back to the main process is its marker (a few counters).
+- reduce, in the main process, in input order, reading the parts' state back step by step: the corpus-wide count
+  of each eval n-gram (those in more than `decontaminate_max_doc_frequency` documents are boilerplate and
+  ignored), then decontamination, exact dedup (a sort of the digests; the first copy in input order is kept)
+  and near dedup (LSH one band at a time over the band keys of the documents still kept; each cluster keeps its
+  first document; the signatures of the documents the LSH paired are computed again from their texts).
 - write: the scratch files are read back in order; kept documents go to the output file and dropped ones
   to the ledger, batch by batch.
 
-Resumable: each batch's part (cleaned texts, map state, signatures) is written under temporary names and renamed,
+Memory of the main process per document, whatever the length of its text (peak RSS, `VmHWM`, of curating 20k, 80k
+and 200k unique documents of 60 words, 2 workers, near dedup on, on a shared 2-core machine): 209, 212 and 258 MB,
+so about 390 bytes a document between 80k and 200k; before (the whole state in Python lists and one signature
+matrix) it was 239, 527 and 975 MB, 3,825 bytes a document. What the reduce step holds per document kept by the
+per-document blocks is its index (8 bytes) and flags, during exact dedup its 20-byte digest and a sort order, during
+the LSH one band's keys and their sort order (about 40 bytes); the rest of the growth measured is not accounted
+for yet (Arrow's allocator keeping what the reads of the parts freed is a guess). Beyond that, what grows with the
+corpus is the eval n-grams of documents that contain any, and the signatures (4 x num_perm bytes) and verdicts of
+the documents near dedup pairs: duplicates, not the corpus.
+
+Resumable: each batch's part (cleaned texts, map state, band keys) is written under temporary names and renamed,
 its marker last (as datatrove's completion markers), in a scratch folder next to the outputs that outlives a
 killed run. Run again with the same settings (any `workers`) on the same documents, curation continues after the
 batches whose marker names the very documents of the batch (a hash of its Arrow bytes), and ends with the
@@ -41,7 +51,7 @@ import os
 import shutil
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,14 +67,13 @@ from dapt.data.curate import (
     Decontaminator,
     ExactDedup,
     NearDedup,
-    Rejection,
     document_blocks,
     normalize_text,
     word_ngrams,
 )
 from dapt.data.documents import DOCUMENT_SCHEMA
 from dapt.data.ingest import REJECTION_LEDGER_SCHEMA
-from dapt.data.near_dup import NearDuplicateFinder
+from dapt.data.near_dup import PRIME, NearDuplicateFinder, band_keys, banded_candidate_pairs
 from dapt.data.pii import PiiScrubber
 from dapt.data.progress import Progress, peak_rss_mb
 from dapt.errors import DataError
@@ -92,7 +101,7 @@ def near_dup_finder(options: Mapping[str, Any]) -> NearDuplicateFinder:
 
 @dataclass
 class BatchState:
-    """What the map step keeps of one batch of documents: no text, a few hundred bytes a document.
+    """What the map step computes of one batch of documents, in the worker, for the batch's part: no text.
 
     `verdicts[i]`: the per-document verdict of document i. `digests`, `signatures` (uint32, (survivors,
     num_perm)) and `kept_chars` are for the survivors (verdict None), in order. `eval_ngrams`: document index
@@ -188,9 +197,9 @@ class BatchCurator:
 
 # The map step's scratch folder, next to the output files. It outlives a killed run: running again continues
 # after the batches whose parts are complete instead of starting over, and it is removed once the outputs are
-# written. Disk: about the corpus's size in texts (lz4) plus 2 KB a kept document of MinHash signatures.
+# written. Disk: about the corpus's size in texts (lz4) plus 8 bytes x near_dedup_bands (512) a kept document.
 SCRATCH_NAME = ".curate-scratch"
-_SCRATCH_FORMAT = 1  # changed whenever a part's files change, so that parts of another dapt are never misread
+_SCRATCH_FORMAT = 2  # changed whenever a part's files change, so that parts of another dapt are never misread
 
 # What the map step keeps of each document of a batch, one row per document, in the batch's order.
 MAP_STATE_SCHEMA = pa.schema(
@@ -201,13 +210,14 @@ MAP_STATE_SCHEMA = pa.schema(
         ("digest", pa.binary()),  # sha1 of the cleaned text of a kept document; null for a dropped one
         ("kept_chars", pa.int64()),  # characters of the cleaned text of a kept document
         ("eval_ngrams", pa.list_(pa.int32())),  # indices into the sorted eval n-grams; null when none
+        ("has_shingles", pa.bool_()),  # whether near dedup can pair a kept document (it has a word)
     ]
 )
 
 
 @dataclass(frozen=True)
 class ScratchPart:
-    """The scratch files of batch `index`: its cleaned texts, its map state, its signatures and, written last by
+    """The scratch files of batch `index`: its cleaned texts, its map state, its band keys and, written last by
     a rename, its marker (JSON: which documents it was made from and the batch's counters). A part whose marker
     is missing was cut short and is made again; files are written under a temporary name and renamed, so a
     name is either complete or absent."""
@@ -227,8 +237,9 @@ class ScratchPart:
         return self.file(".state.parquet")
 
     @property
-    def signatures(self) -> Path:
-        return self.file(".signatures.npy")
+    def band_keys(self) -> Path:
+        """The LSH band keys of the kept documents, uint64 of shape (bands, kept): one band's keys are contiguous."""
+        return self.file(".bands.npy")
 
     @property
     def marker(self) -> Path:
@@ -286,9 +297,12 @@ def _map_state_table(state: BatchState) -> pa.Table:
     n = len(state.verdicts)
     digests: list[bytes | None] = [None] * n
     kept_chars: list[int | None] = [None] * n
+    has_shingles: list[bool | None] = [None] * n
     survivors = [i for i, verdict in enumerate(state.verdicts) if verdict is None]
+    shingled = (state.signatures[:, 0] != PRIME).tolist() if len(state.signatures) else [False] * len(survivors)
     for position, i in enumerate(survivors):
         digests[i], kept_chars[i] = state.digests[position], state.kept_chars[position]
+        has_shingles[i] = shingled[position]
     return pa.table(
         {
             "block": [v[0] if v else None for v in state.verdicts],
@@ -297,23 +311,30 @@ def _map_state_table(state: BatchState) -> pa.Table:
             "digest": digests,
             "kept_chars": kept_chars,
             "eval_ngrams": [list(state.eval_ngrams[i]) if i in state.eval_ngrams else None for i in range(n)],
+            "has_shingles": has_shingles,
         },
         schema=MAP_STATE_SCHEMA,
     )
 
 
-def curate_part(curator: BatchCurator, batch: pa.RecordBatch, part: ScratchPart, fingerprint: str) -> dict[str, Any]:
-    """Curate one batch into its scratch part, the marker last; return the marker."""
+def curate_part(
+    curator: BatchCurator, batch: pa.RecordBatch, part: ScratchPart, fingerprint: str, bands: int
+) -> dict[str, Any]:
+    """Curate one batch into its scratch part, the marker last; return the marker. The signatures are not kept:
+    near dedup needs their `bands` band keys (64 x 8 bytes instead of 512 x 4), and the few documents it pairs
+    have theirs computed again from their cleaned texts."""
     texts = part.file(".parquet.tmp")
     state = curator(batch, texts)
     os.replace(texts, part.texts)
     _write_replacing(part.state, lambda path: pq.write_table(_map_state_table(state), path))
+    if curator.finder is not None:
+        keys = np.ascontiguousarray(band_keys(state.signatures, bands).T)
 
-    def save_signatures(path: Path) -> None:
-        with open(path, "wb") as file:
-            np.save(file, state.signatures)
+        def save_band_keys(path: Path) -> None:
+            with open(path, "wb") as file:
+                np.save(file, keys)
 
-    _write_replacing(part.signatures, save_signatures)
+        _write_replacing(part.band_keys, save_band_keys)
     marker = {
         "fingerprint": fingerprint,
         "rows": len(state.ids),
@@ -324,34 +345,6 @@ def curate_part(curator: BatchCurator, batch: pa.RecordBatch, part: ScratchPart,
     }
     _write_replacing(part.marker, lambda path: path.write_text(json.dumps(marker)))
     return marker
-
-
-def load_batch_state(part: ScratchPart, marker: Mapping[str, Any]) -> BatchState:
-    """A complete part's BatchState, read back from its files."""
-    ids = pq.read_table(part.texts, columns=["id"]).column("id").to_pylist()
-    state = pq.read_table(part.state)
-    verdicts: list[Verdict] = [
-        (block, reason, detail) if block is not None else None
-        for block, reason, detail in zip(
-            state.column("block").to_pylist(),
-            state.column("reason").to_pylist(),
-            state.column("detail").to_pylist(),
-            strict=True,
-        )
-    ]
-    return BatchState(
-        ids=ids,
-        verdicts=verdicts,
-        digests=state.column("digest").drop_null().to_pylist(),
-        signatures=np.load(part.signatures),
-        kept_chars=state.column("kept_chars").drop_null().to_pylist(),
-        eval_ngrams={
-            i: tuple(grams) for i, grams in enumerate(state.column("eval_ngrams").to_pylist()) if grams is not None
-        },
-        chars_in=marker["chars_in"],
-        pii_replaced=Counter(marker["pii_replaced"]),
-        pii_changed=marker["pii_changed"],
-    )
 
 
 # A corpus of fewer batches than this per worker runs in the calling process: starting a worker (a new
@@ -367,9 +360,9 @@ def _start_worker(options: Mapping[str, Any], eval_ngrams: Sequence[tuple[str, .
     _worker_curator = BatchCurator(options, eval_ngrams)
 
 
-def _curate_in_worker(batch: pa.RecordBatch, part: ScratchPart, fingerprint: str) -> dict[str, Any]:
+def _curate_in_worker(batch: pa.RecordBatch, part: ScratchPart, fingerprint: str, bands: int) -> dict[str, Any]:
     assert _worker_curator is not None, "the pool's initializer builds the curator"
-    return curate_part(_worker_curator, batch, part, fingerprint)
+    return curate_part(_worker_curator, batch, part, fingerprint, bands)
 
 
 def document_batches(source: Path | pa.Table, batch_size: int) -> tuple[int, Iterator[pa.RecordBatch]]:
@@ -417,7 +410,7 @@ def map_batches(
                 yield part, marker, True
                 continue
             curator = curator or BatchCurator(options, eval_ngrams)
-            yield part, curate_part(curator, batch, part, fingerprint), False
+            yield part, curate_part(curator, batch, part, fingerprint, options["near_dedup_bands"]), False
         return
     # spawn, not fork: the parent may hold threads (Arrow's pools, torch's), which fork does not copy safely.
     with ProcessPoolExecutor(
@@ -430,7 +423,8 @@ def map_batches(
         for part, fingerprint, batch in parts:
             marker = part.finished(fingerprint)
             if marker is None:
-                pending.append((part, pool.submit(_curate_in_worker, batch, part, fingerprint)))
+                bands = options["near_dedup_bands"]
+                pending.append((part, pool.submit(_curate_in_worker, batch, part, fingerprint, bands)))
             else:
                 pending.append((part, marker))
             # Two batches in flight per worker keep every core busy; more would only hold texts in memory.
@@ -443,81 +437,174 @@ def map_batches(
 
 
 @dataclass
-class CorpusState:
-    """The reduce step's input: the map step's compact state for every document, in input order."""
+class MapSummary:
+    """What the reduce step holds of the map step: per part its marker, per document kept by the per-document blocks
+    (a survivor) its index in the corpus (8 bytes), and the eval n-grams of the few documents that hold any. The
+    rest (verdicts, digests, band keys) stays in the parts' files and is read back step by step."""
 
-    parts: list[tuple[Path, int]] = field(default_factory=list)  # scratch file, its number of documents
-    ids: list[str] = field(default_factory=list)
-    verdicts: list[Verdict] = field(default_factory=list)
-    survivors: list[int] = field(default_factory=list)  # indices of the documents kept by the map step
-    digests: list[bytes] = field(default_factory=list)
-    signatures: list[np.ndarray] = field(default_factory=list)
-    kept_chars: list[int] = field(default_factory=list)
+    parts: list[tuple[ScratchPart, int]] = field(default_factory=list)  # part, its first document's index
+    survivor_chunks: list[np.ndarray] = field(default_factory=list)
     eval_ngrams: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    documents: int = 0
     chars_in: int = 0
     pii_replaced: Counter = field(default_factory=Counter)
     pii_changed: int = 0
 
-    def add(self, path: Path, batch: BatchState) -> None:
-        offset = len(self.ids)
-        self.parts.append((path, len(batch.ids)))
-        self.ids.extend(batch.ids)
-        self.verdicts.extend(batch.verdicts)
-        self.survivors.extend(offset + i for i, verdict in enumerate(batch.verdicts) if verdict is None)
-        self.digests.extend(batch.digests)
-        self.signatures.append(batch.signatures)
-        self.kept_chars.extend(batch.kept_chars)
-        self.eval_ngrams.update({offset + i: grams for i, grams in batch.eval_ngrams.items()})
-        self.chars_in += batch.chars_in
-        self.pii_replaced.update(batch.pii_replaced)
-        self.pii_changed += batch.pii_changed
+    def add(self, part: ScratchPart, marker: Mapping[str, Any]) -> None:
+        state = pq.read_table(part.state, columns=["block", "eval_ngrams"])
+        self.parts.append((part, self.documents))
+        kept = state.column("block").is_null().to_numpy(zero_copy_only=False)
+        self.survivor_chunks.append(np.flatnonzero(kept) + self.documents)
+        grams = state.column("eval_ngrams")
+        for i in np.flatnonzero(grams.is_valid().to_numpy(zero_copy_only=False)).tolist():
+            self.eval_ngrams[self.documents + i] = tuple(grams[i].as_py())
+        self.documents += marker["rows"]
+        self.chars_in += marker["chars_in"]
+        self.pii_replaced.update(marker["pii_replaced"])
+        self.pii_changed += marker["pii_changed"]
+
+    def survivors(self) -> np.ndarray:
+        """The corpus indices of the survivors, int64 of shape (survivors,), ascending."""
+        return np.concatenate([np.empty(0, np.int64), *self.survivor_chunks])
+
+    def survivor_column(self, name: str) -> Iterator[pa.ChunkedArray]:
+        """Part by part, a column of the map state for the survivors only."""
+        for part, _ in self.parts:
+            state = pq.read_table(part.state, columns=["block", name])
+            yield state.filter(state.column("block").is_null()).column(name)
+
+    def read(self, indices: np.ndarray, columns: list[str]) -> pa.Table:
+        """`columns` of the cleaned texts' files for the documents at `indices` (corpus indices, ascending)."""
+        starts = np.array([start for _, start in self.parts], dtype=np.int64)
+        owners = np.searchsorted(starts, indices, side="right") - 1
+        tables = [
+            pq.read_table(self.parts[owner][0].texts, columns=columns).take(indices[owners == owner] - starts[owner])
+            for owner in np.unique(owners).tolist()
+        ]
+        return pa.concat_tables(tables) if tables else DOCUMENT_SCHEMA.empty_table().select(columns)
 
 
-def reduce_corpus(
-    corpus: CorpusState, options: Mapping[str, Any], decontaminator: Decontaminator, contaminated: bool
-) -> NearDedup:
-    """Decontaminate, exact- and near-dedup in input order; fill `corpus.verdicts`; return the near dedup.
+@dataclass
+class ReduceVerdicts:
+    """The reduce step's verdicts, by corpus index: only the dropped documents have one."""
 
-    Each step sees only the documents the steps before it kept, as in a serial run of the blocks.
+    dropped: dict[int, Verdict] = field(default_factory=dict)  # decontaminated and near-duplicate documents
+    exact_copies: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # ascending
+    exact_originals: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # the first copy of each
+
+
+def reduce_parts(
+    summary: MapSummary, options: Mapping[str, Any], decontaminator: Decontaminator, contaminated: bool
+) -> tuple[ReduceVerdicts, NearDedup]:
+    """Decontaminate, exact- and near-dedup the survivors in input order; return their verdicts and the near dedup.
+
+    Each step sees only the documents the steps before it kept, as in a serial run of the blocks. Memory: per
+    survivor its index (8 bytes) and a flag; during exact dedup its 20-byte digest and a sort order; during near
+    dedup one band's keys and their sort order at a time (about 40 bytes); then the signatures of the documents
+    the LSH paired, computed again from their texts (4 x num_perm bytes each).
     """
+    verdicts = ReduceVerdicts()
+    survivors = summary.survivors()
+    kept = np.ones(len(survivors), dtype=bool)  # survivors still kept
     eval_ngrams = decontaminator.eval_ngrams
-    if contaminated and options["decontaminate_max_doc_frequency"] > 0:
-        frequency: Counter = Counter()
-        for grams in corpus.eval_ngrams.values():
-            frequency.update(grams)
-        decontaminator.ignore_frequent(
-            Counter({eval_ngrams[gram]: count for gram, count in frequency.items()}),
-            options["decontaminate_max_doc_frequency"],
-        )
-    exact = ExactDedup()
-    near_survivors: list[int] = []  # positions in corpus.survivors of the documents left for near dedup
-    for position, index in enumerate(corpus.survivors):
-        rejection: Rejection | None = None
-        block = ""
-        if contaminated and index in corpus.eval_ngrams:
-            block, rejection = (
-                "decontaminate",
-                decontaminator.judge_shared(eval_ngrams[gram] for gram in corpus.eval_ngrams[index]),
+    if contaminated:
+        if options["decontaminate_max_doc_frequency"] > 0:
+            frequency: Counter = Counter()
+            for grams in summary.eval_ngrams.values():
+                frequency.update(grams)
+            decontaminator.ignore_frequent(
+                Counter({eval_ngrams[gram]: count for gram, count in frequency.items()}),
+                options["decontaminate_max_doc_frequency"],
             )
-        if rejection is None and options["exact_dedup"]:
-            block, rejection = exact.name, exact.judge_digest(corpus.ids[index], corpus.digests[position])
-        if rejection is None:
-            near_survivors.append(position)
-        else:
-            corpus.verdicts[index] = (block, rejection.reason, rejection.detail)
+        for index in sorted(summary.eval_ngrams):
+            position = int(np.searchsorted(survivors, index))
+            if position == len(survivors) or survivors[position] != index:
+                continue  # dropped by a per-document block (its n-grams were counted all the same)
+            rejection = decontaminator.judge_shared(eval_ngrams[gram] for gram in summary.eval_ngrams[index])
+            if rejection is not None:
+                verdicts.dropped[index] = ("decontaminate", rejection.reason, rejection.detail)
+                kept[position] = False
+
+    if options["exact_dedup"]:
+        digests = np.concatenate(
+            [np.empty(0, "S20")]
+            + [np.array(column.to_pylist(), dtype="S20") for column in summary.survivor_column("digest")]
+        )
+        candidates = np.flatnonzero(kept)
+        order = candidates[np.argsort(digests[candidates], kind="stable")]  # equal texts together, in input order
+        ordered = digests[order]
+        del digests, candidates
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = ordered[1:] != ordered[:-1]
+        del ordered
+        originals = order[np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))][~first]
+        copies = order[~first]
+        by_copy = np.argsort(copies)
+        kept[copies] = False
+        verdicts.exact_copies, verdicts.exact_originals = survivors[copies[by_copy]], survivors[originals[by_copy]]
 
     near = NearDedup(near_dup_finder(options))
     if options["near_dedup"]:
-        num_perm = options["near_dedup_num_perm"]
-        signatures = np.concatenate([np.empty((0, num_perm), np.uint32), *corpus.signatures])
-        corpus.signatures.clear()  # one copy of the signatures at a time: they are the biggest state kept
-        signatures = signatures[near_survivors]
-        near_ids = [corpus.ids[corpus.survivors[position]] for position in near_survivors]
-        near_verdicts = near.judge_signatures(near_ids, signatures)
-        for position, rejection in zip(near_survivors, near_verdicts, strict=True):
+        has_shingles = np.concatenate(
+            [np.empty(0, bool)]
+            + [column.to_numpy(zero_copy_only=False) for column in summary.survivor_column("has_shingles")]
+        )
+        members = np.flatnonzero(kept & has_shingles)
+        del has_shingles
+        with_keys = [part for part, _ in summary.parts if part.band_keys.is_file()]
+
+        def keys_by_band() -> Iterator[np.ndarray]:
+            for band in range(options["near_dedup_bands"]):
+                keys = np.concatenate(
+                    [np.empty(0, np.uint64)] + [np.load(part.band_keys, mmap_mode="r")[band] for part in with_keys]
+                )
+                yield keys[members]
+
+        candidates = banded_candidate_pairs(keys_by_band(), members, len(survivors))
+        paired = np.unique(candidates)  # positions among the survivors, ascending
+        texts = summary.read(survivors[paired], ["id", "text"])
+        signatures = near.finder.signatures(texts.column("text").to_pylist())
+        # Positions among the paired documents keep the input order, so clusters and their first documents are
+        # those found among all survivors.
+        rejections = near.judge_signatures(
+            texts.column("id").to_pylist(), signatures, np.searchsorted(paired, candidates)
+        )
+        for position, rejection in zip(paired.tolist(), rejections, strict=True):
             if rejection is not None:
-                corpus.verdicts[corpus.survivors[position]] = (near.name, rejection.reason, rejection.detail)
-    return near
+                verdicts.dropped[int(survivors[position])] = (near.name, rejection.reason, rejection.detail)
+    return verdicts, near
+
+
+def part_verdicts(summary: MapSummary, reduced: ReduceVerdicts, kept_chars: list[int]) -> Iterator[list[Verdict]]:
+    """Each part's verdicts in order: the per-document blocks' from its map state, then the reduce step's.
+    `kept_chars` gains, part by part, the characters of the documents kept."""
+    originals = np.unique(reduced.exact_originals)
+    original_id = dict(zip(originals.tolist(), summary.read(originals, ["id"]).column("id").to_pylist(), strict=True))
+    dropped = np.array(sorted(reduced.dropped), dtype=np.int64)
+    for part, start in summary.parts:
+        state = pq.read_table(part.state, columns=["block", "reason", "detail", "kept_chars"])
+        verdicts: list[Verdict] = [
+            (block, reason, detail) if block is not None else None
+            for block, reason, detail in zip(
+                state.column("block").to_pylist(),
+                state.column("reason").to_pylist(),
+                state.column("detail").to_pylist(),
+                strict=True,
+            )
+        ]
+        end = start + len(verdicts)
+        low, high = np.searchsorted(reduced.exact_copies, [start, end])
+        for copy, original in zip(
+            reduced.exact_copies[low:high].tolist(), reduced.exact_originals[low:high].tolist(), strict=True
+        ):
+            rejection = ExactDedup.rejection(original_id[original])
+            verdicts[copy - start] = ("exact_dedup", rejection.reason, rejection.detail)
+        low, high = np.searchsorted(dropped, [start, end])
+        for index in dropped[low:high].tolist():
+            verdicts[index - start] = reduced.dropped[index]
+        chars = state.column("kept_chars").to_pylist()
+        kept_chars.append(sum(c for c, verdict in zip(chars, verdicts, strict=True) if verdict is None))
+        yield verdicts
 
 
 def _location(meta_text: str | None) -> tuple[str | None, int | None]:
@@ -561,8 +648,8 @@ def heavy_drops(counts: SourceCounts, max_share: float) -> list[dict[str, Any]]:
 
 
 def write_outputs(
-    parts: Sequence[tuple[Path, int]],
-    verdicts: Sequence[Verdict],
+    parts: Sequence[Path],
+    verdicts_by_part: Iterable[Sequence[Verdict]],
     documents_out: Path,
     ledger_out: Path,
     earlier_rejections: Path | None,
@@ -570,10 +657,9 @@ def write_outputs(
     """Kept documents to `documents_out`, dropped ones (after `earlier_rejections`' rows) to `ledger_out`; return
     the documents of each source and what each rule dropped of them.
 
-    `parts`: the map step's scratch files and their numbers of documents, in input order.
+    `parts`: the map step's files of cleaned texts, in input order; `verdicts_by_part`: each one's verdicts.
     """
     counts = SourceCounts()
-    offset = 0
     with (
         pq.ParquetWriter(documents_out, DOCUMENT_SCHEMA) as documents,
         pq.ParquetWriter(ledger_out, REJECTION_LEDGER_SCHEMA, compression="zstd") as ledger,
@@ -581,10 +667,8 @@ def write_outputs(
         if earlier_rejections is not None:
             for batch in pq.ParquetFile(earlier_rejections).iter_batches():
                 ledger.write_batch(batch)
-        for path, rows in parts:
+        for path, part_verdicts in zip(parts, verdicts_by_part, strict=True):
             part = pq.read_table(path)
-            part_verdicts = verdicts[offset : offset + rows]
-            offset += rows
             kept = pa.array([verdict is None for verdict in part_verdicts])
             documents.write_table(part.filter(kept))
             dropped = part.filter(pc.invert(kept))
@@ -660,7 +744,7 @@ def curate_to_files(
         shutil.rmtree(scratch)
         return stats
     clock = time.perf_counter()
-    corpus = CorpusState()
+    summary = MapSummary()
     workers = options["workers"] or available_cores()
     expected_batches = -(-rows // batch_size)
     resumed_batches = resumed_documents = bytes_in = 0
@@ -675,29 +759,34 @@ def curate_to_files(
             bytes_in += marker["bytes_in"]
             if progress is not None:
                 progress.update(marker["rows"], bytes=marker["bytes_in"])
-        corpus.add(part.texts, load_batch_state(part, marker))
+        summary.add(part, marker)
     if progress is not None:
         progress.close()
     if resumed_batches and log is not None:
         log(
-            f"resumed: {resumed_batches} of {len(corpus.parts)} batches were finished by an earlier run, "
+            f"resumed: {resumed_batches} of {len(summary.parts)} batches were finished by an earlier run, "
             "not curated again"
         )
-    near = reduce_corpus(corpus, options, decontaminator, contaminated)
-    counts = write_outputs(corpus.parts, corpus.verdicts, documents_out, ledger_out, earlier_rejections)
+    reduced, near = reduce_parts(summary, options, decontaminator, contaminated)
+    kept_chars: list[int] = []
+    counts = write_outputs(
+        [part.texts for part, _ in summary.parts],
+        part_verdicts(summary, reduced, kept_chars),
+        documents_out,
+        ledger_out,
+        earlier_rejections,
+    )
     shutil.rmtree(scratch)
-    kept_chars = dict(zip(corpus.survivors, corpus.kept_chars, strict=True))
     stats = corpus_stats(
-        corpus.verdicts,
+        counts,
         options,
         decontaminator,
         contaminated,
-        chars_in=corpus.chars_in,
-        chars_kept=sum(chars for index, chars in kept_chars.items() if corpus.verdicts[index] is None),
-        pii_replaced=corpus.pii_replaced,
-        pii_changed=corpus.pii_changed,
+        chars_in=summary.chars_in,
+        chars_kept=sum(kept_chars),
+        pii_replaced=summary.pii_replaced,
+        pii_changed=summary.pii_changed,
         near=near,
-        counts=counts,
     )
     if show_progress:
         stats["throughput"] = throughput(
@@ -721,7 +810,7 @@ def throughput(seconds: float, documents: int, text_bytes: int, resumed_document
 
 
 def corpus_stats(
-    verdicts: Sequence[Verdict],
+    counts: SourceCounts,
     options: Mapping[str, Any],
     decontaminator: Decontaminator,
     contaminated: bool,
@@ -731,11 +820,15 @@ def corpus_stats(
     pii_replaced: Counter,
     pii_changed: int,
     near: NearDedup,
-    counts: SourceCounts,
 ) -> dict[str, Any]:
     """The counts a report shows. A block saw what every block before it kept (the first to drop wins).
     `heavy_drops`: the rules that dropped more than `max_rule_drop_share` of a source (`heavy_drops`)."""
-    dropped_by_block = Counter(verdict[0] for verdict in verdicts if verdict is not None)
+    dropped_by_block: Counter = Counter()
+    dropped_by_reason: Counter = Counter()
+    for (_, block, reason), dropped in counts.dropped.items():
+        dropped_by_block[block] += dropped
+        dropped_by_reason[reason] += dropped
+    docs_in = sum(counts.documents.values())
     names = [
         *(["pii_scrub"] if options["pii_scrub"] else []),
         *(block.name for block in document_blocks(options)),
@@ -743,7 +836,7 @@ def corpus_stats(
         *(["exact_dedup"] if options["exact_dedup"] else []),
         *(["near_dedup"] if options["near_dedup"] else []),
     ]
-    blocks, remaining = {}, len(verdicts)
+    blocks, remaining = {}, docs_in
     for name in names:
         blocks[name] = {"seen": remaining, "dropped": dropped_by_block[name]}
         remaining -= dropped_by_block[name]
@@ -756,9 +849,9 @@ def corpus_stats(
     replaced = PiiScrubber(kinds=options["pii_kinds"] if options["pii_scrub"] else ()).replaced
     replaced.update(pii_replaced)
     return {
-        "docs_in": len(verdicts),
-        "docs_kept": sum(verdict is None for verdict in verdicts),
-        "dropped_by_reason": dict(sorted(Counter(v[1] for v in verdicts if v is not None).items())),
+        "docs_in": docs_in,
+        "docs_kept": docs_in - sum(dropped_by_reason.values()),
+        "dropped_by_reason": dict(sorted(dropped_by_reason.items())),
         "blocks": blocks,
         "decontaminated_by_task": dict(sorted(decontaminator.by_task.items())),
         "decontamination_ignored_common_ngrams": decontaminator.ignored_common_ngrams,

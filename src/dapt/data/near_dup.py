@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -272,14 +272,24 @@ def bucket_pairs(bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def lsh_candidate_pairs(signatures: np.ndarray, bands: int) -> np.ndarray:
     """Pairs of documents equal in at least one band, int64 of shape (pairs, 2), each (i, j) with i < j,
     sorted and unique. Documents without shingles (signature all PRIME) are never paired."""
-    n_docs = len(signatures)
     keys = band_keys(signatures, bands)
     members = np.flatnonzero(signatures[:, 0] != PRIME)
+    return banded_candidate_pairs((keys[members, band] for band in range(bands)), members, len(signatures))
+
+
+def banded_candidate_pairs(keys_by_band: Iterable[np.ndarray], members: np.ndarray, n_docs: int) -> np.ndarray:
+    """`lsh_candidate_pairs` one band at a time: `members` are the indices (ascending, below `n_docs`) of the
+    documents to pair, `keys_by_band` yields each band's keys of the members (uint64 of shape (len(members),)).
+
+    Memory holds one band's keys and sort order, not the (documents, bands) key matrix, so the keys can be read
+    from disk band by band (`dapt.data.executor`)."""
     pair_codes: list[np.ndarray] = []
-    for band in range(bands):
-        order = members[np.argsort(keys[members, band], kind="stable")]
-        sorted_keys = keys[order, band]
+    for band_keys_of_members in keys_by_band:
+        ranks = np.argsort(band_keys_of_members, kind="stable")
+        sorted_keys, order = band_keys_of_members[ranks], members[ranks]
+        del ranks
         boundaries = np.flatnonzero(np.diff(sorted_keys)) + 1
+        del sorted_keys
         run_starts = np.concatenate(([0], boundaries))
         run_ends = np.concatenate((boundaries, [len(order)]))
         sizes = run_ends - run_starts  # most buckets hold one document, most of the others two

@@ -297,10 +297,11 @@ def curate_with_ray(
             for row, chars in zip(kept_chars["row"].to_pylist(), kept_chars["kept_chars"].to_pylist(), strict=True)
             if verdicts[row] is None
         )
-    parts = [(scratch / f"part-{item['part']:06d}.parquet", item["rows"]) for item in slices]
-    counts = write_outputs(parts, verdicts, documents_out, ledger_out, earlier_rejections)
+    parts = [scratch / f"part-{item['part']:06d}.parquet" for item in slices]
+    verdicts_by_part = (verdicts[item["first_row"] : item["first_row"] + item["rows"]] for item in slices)
+    counts = write_outputs(parts, verdicts_by_part, documents_out, ledger_out, earlier_rejections)
     return corpus_stats(
-        verdicts,
+        counts,
         options,
         decontaminator,
         contaminated,
@@ -309,5 +310,4 @@ def curate_with_ray(
         pii_replaced=pii_replaced,
         pii_changed=pii_changed,
         near=near,
-        counts=counts,
     )
