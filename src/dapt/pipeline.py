@@ -91,6 +91,7 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
             {"curate": {k: v for k, v in dump["curate"].items() if k not in CURATE_EXECUTION_FIELDS}},
             {"corpus": "ingest", **task_inputs},
             summary="clean, dedup, decontaminate",
+            resumable=True,  # a killed run keeps its finished batches
         ),
         StageSpec(
             "base",
