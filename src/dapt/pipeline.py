@@ -28,7 +28,7 @@ from dapt.config import (
     PipelineConfig,
 )
 from dapt.errors import ConfigError, DataError, disk_full_reported
-from dapt.preflight import check_positions, checkpoint_space_mb, disk_warning, model_positions
+from dapt.preflight import check_positions, check_split_lengths, checkpoint_space_mb, disk_warning, model_positions
 from dapt.run_folder import ATTEMPT_NAME, make_current, read_attempt, remove, set_aside, stage_folder
 
 
@@ -336,6 +336,8 @@ def run_stages(
             positions = model_positions(model / "config.json")
             if positions is not None:
                 check_positions(config, positions, f"{spec.name}/model/config.json")
+        if spec.kind == "tokenize":  # before pretraining or evaluation would meet a split shorter than a window
+            check_split_lengths(config, artifacts[spec.name])
     return artifacts
 
 

@@ -4,7 +4,8 @@
   GGUF file, or something shaped like a hub id (`org/name`);
 - the training windows fit the base's positions (`pretrain.seq_len`, each task's `max_length` and
   `tapt_seq_len`), read from the preset, the local folder's config.json or a hub config already in the local
-  cache; for a GGUF file or an uncached hub id, right after the base stage has saved the model;
+  cache; for a GGUF file or an uncached hub id, right after the base stage has saved the model; and
+  `pretrain.seq_len` against each split's tokens, right after tokenization;
 - before pretraining, the disk has room for the checkpoints it keeps (a warning, as the estimate is rough).
 """
 
@@ -15,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from dapt.artifacts import Artifact
 from dapt.config import PipelineConfig
 from dapt.errors import ConfigError, free_megabytes, mount_of
 
@@ -99,6 +101,24 @@ def check_positions(config: PipelineConfig, positions: int, source: str) -> None
                 f"{key}: {length} tokens, but the base model takes at most {positions} positions ({source}); "
                 f"set {key} to {positions} or less"
             )
+
+
+def check_split_lengths(config: PipelineConfig, tokens: Artifact) -> None:
+    """Every split (and training source) of a tokenize artifact holds at least one window of pretrain.seq_len,
+    checked as soon as the counts are known, before pretraining or evaluation would stop on it."""
+    seq_len = config.pretrain.seq_len
+    short = []
+    for split, stats in tokens.metrics.get("splits", {}).items():
+        counts = {split: stats.get("tokens", 0)}
+        counts |= {f"{split} of {name}": s.get("tokens", 0) for name, s in stats.get("sources", {}).items()}
+        short += [(what, count) for what, count in counts.items() if 0 < count <= seq_len]  # a window: seq_len + 1
+    if short:
+        what, count = min(short, key=lambda item: item[1])
+        held_out = "" if what.split()[0].endswith("_train") else ", or raise tokenize.eval_tokens"
+        raise ConfigError(
+            f"pretrain.seq_len: {seq_len} tokens per window, but {what} holds only {count} tokens "
+            f"({tokens.path}), and a window takes seq_len + 1; set pretrain.seq_len to {count - 1} or less{held_out}"
+        )
 
 
 def checkpoint_space_mb(settings: dict[str, Any], model_folder: Path) -> float:
