@@ -10,7 +10,9 @@ with `sharding="fsdp"`, sharded with torch's FSDP2 (`dapt.train.sharding`): each
 weights, gradients and optimizer moments. Launched with a DeepSpeed config, DeepSpeed's engine trains it with
 ZeRO stage 1 or 2 (`dapt.train.zero`): the optimizer state (and gradients) partitioned, the weights whole. Every
 process sees its share of the same global batch, so the loss curve is the one a single process follows, and
-checkpoints hold the full model.
+checkpoints hold the full model. Each of the three is a backend (`dapt.train.backends`), chosen once per launch:
+the `Trainer` calls it and never branches on which it is; its checkpoints go through a `CheckpointManager`
+(`dapt.train.checkpoint_manager`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,19 +39,12 @@ from tqdm.auto import tqdm
 from dapt.artifacts import atomic_write_text
 from dapt.errors import TrainingError, raised_everywhere
 from dapt.train import zero
+from dapt.train.backends import backend_for, start_processes
 from dapt.train.checkpoint import Checkpointer
-from dapt.train.distributed import join, launched_world_size, wait_for_everyone
+from dapt.train.checkpoint_manager import CheckpointManager
 from dapt.train.precision import ACCELERATE_NAMES, PrecisionChoice, choose_precision
 from dapt.train.preemption import StopRequests, TrainingStopped
 from dapt.train.schedule import Schedule, lr_schedule
-from dapt.train.sharding import (
-    as_plain,
-    full_model_state,
-    full_optimizer_state,
-    load_full_optimizer_state,
-    shard_model,
-    shards_over_processes,
-)
 from dapt.train.throughput import model_flops_utilization
 
 # loss_fn(model, batch) -> (mean loss over the batch's counted units, number of units: tokens or examples)
@@ -306,6 +302,317 @@ def adamw(groups: list[dict[str, Any]], lr: float, device_type: str) -> torch.op
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), foreach=True)
 
 
+class MetricsLog:
+    """The run's records (one per step, one per evaluation): `metrics_file` (JSONL, written by the main process)
+    and the experiment trackers. Resumed at `resumed_step`, the lines an interrupted run wrote after that step are
+    dropped (those steps are redone) and the new ones appended; from the start, the file is new."""
+
+    def __init__(
+        self, metrics_file: Path | None, accelerator: Accelerator, report_to: tuple[str, ...], resumed_step: int | None
+    ) -> None:
+        self.accelerator, self.report_to = accelerator, report_to
+        main_process = accelerator.is_main_process
+        if resumed_step is not None and main_process and metrics_file is not None and metrics_file.exists():
+            # the main process alone: it is the one that logs, and another's rewrite could replace the file it has
+            # just opened
+            kept = [line for line in metrics_file.read_text().splitlines() if _logged_step(line) <= resumed_step]
+            atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
+        mode = "a" if resumed_step is not None else "w"  # from the start, what an attempt logged is redone
+        self.handle = metrics_file.open(mode, encoding="utf-8") if metrics_file and main_process else None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self.handle:
+            self.handle.write(json.dumps(record) + "\n")
+            self.handle.flush()
+        if self.report_to:
+            values = record.get("eval", {k: v for k, v in record.items() if k != "step" and isinstance(v, float | int)})
+            self.accelerator.log({k: v for k, v in values.items() if isinstance(v, float | int)}, step=record["step"])
+
+    def close(self) -> None:
+        if self.handle:
+            self.handle.close()
+        # accelerator.end_training() would also destroy the process group, which later stages of a pipeline
+        # launched over several processes still need; finish the trackers only.
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+
+
+class Trainer:
+    """Trains `model`'s trainable parameters for up to `settings.max_steps` optimizer steps, with one backend per
+    launch (`dapt.train.backends`: one process or DDP, FSDP2, DeepSpeed ZeRO) chosen before training starts.
+
+    `evaluate()` runs before the first step, every `eval_every` steps and after the last one;
+    `on_evaluation(step, metrics, is_best)` is called after each. With a `checkpointer`, a checkpoint is
+    written after every evaluation (and every `checkpointer.every` steps), and if the checkpointer's
+    folder already holds a resumable checkpoint, training continues from it exactly: same weights,
+    optimizer moments, schedule, RNG and data position as if it had never stopped.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        next_batch: BatchSource,
+        loss_fn: LossFn,
+        settings: LoopSettings,
+        *,
+        evaluate: Callable[[], dict[str, float]] | None = None,
+        on_evaluation: Callable[[int, dict[str, float], bool], None] | None = None,
+        metrics_file: Path | None = None,
+        checkpointer: Checkpointer | None = None,
+        description: str = "train",
+    ) -> None:
+        self.next_batch, self.loss_fn, self.description = next_batch, loss_fn, description
+        self.evaluator, self.on_evaluation, self.metrics_file = evaluate, on_evaluation, metrics_file
+        check_launch(settings.sharding, settings.compile)
+        launched = start_processes()
+        chosen = choose_precision(settings.precision)
+        precision = ACCELERATE_NAMES[chosen.precision]
+        self.fp16 = precision == "fp16"
+        self.backend = backend_for(settings.sharding, precision, launched, description)
+        # accelerate keeps one global state per process and refuses a second Accelerator with another precision;
+        # the stages of one pipeline may differ (e.g. bf16 pretraining, fp32 classifiers), so start each loop
+        # from a fresh state. The process group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        check_trackers(settings.report_to)
+        self.settings = settings = resolve_accumulation(settings)
+        self.accelerator = self._start_accelerator()
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.main_process = self.accelerator.is_main_process
+        self._build(model)
+        self.checkpoints = (
+            CheckpointManager(checkpointer, self.backend, self.scheduler, next_batch) if checkpointer else None
+        )
+        self.counters = {"bad_evaluations": 0, "last_evaluated": -1, "skipped_in_a_row": 0}
+        self.result = TrainResult(
+            steps=0, units=0, seconds=0.0, processes=self.world, sharding=self.backend.name, precision=chosen
+        )
+        if self.main_process:
+            tqdm.write(f"  {description}: {chosen}")
+
+    def _start_accelerator(self) -> Accelerator:
+        accelerator = self.backend.start(self.settings)
+        if self.fp16 and not self.backend.scales_fp16_loss():
+            raise TrainingError(
+                f"{self.description}: precision fp16 needs a GPU; on a CPU accelerate would train in fp32 without "
+                "saying so. Use precision: auto (bf16 where the CPU computes it natively, else fp32)"
+            )
+        if self.settings.report_to:
+            accelerator.init_trackers(self.description.replace(" ", "_"), config=_flat_settings(self.settings))
+        return accelerator
+
+    def _build(self, model: torch.nn.Module) -> None:
+        """The model, optimizer and LR schedule to train with. The scheduler is not handed to accelerate: it would
+        step it once per process; every process steps it once per optimizer step, as in a single-process run."""
+        settings = self.settings
+        self.backend.shard(model)
+        groups = parameter_groups(model, settings.weight_decay, settings.lr, settings.embedding_lr_ratio)
+        optimizer = adamw(groups, settings.lr, self.accelerator.device.type)
+        self.scheduler = lr_schedule(
+            optimizer,
+            settings.schedule,
+            settings.warmup_steps,
+            settings.max_steps,
+            settings.min_lr_ratio,
+            settings.decay_fraction,
+        )
+        self.model, self.optimizer = self.backend.prepare(model, optimizer)
+        # the compiled module shares the model's parameters: checkpoints, evaluation and export see the same weights
+        self.forward_model = compiled(self.model) if settings.compile else self.model
+
+    def train(self) -> TrainResult:
+        """Train to the last step (or an early stop); with checkpoints, SIGTERM or a first Ctrl-C stops training
+        after the step under way, with a checkpoint of it (`dapt.train.preemption`): the same command then resumes
+        from that step."""
+        resumed = self.resume()
+        self.log = MetricsLog(
+            self.metrics_file, self.accelerator, self.settings.report_to, self.result.steps if resumed else None
+        )
+        with StopRequests(self.description) if self.checkpoints else nullcontext() as requests:
+            self.requests = requests
+            self.model.train()
+            stop = self.result.stopped_early if resumed else self.evaluate(0)
+            self.clock = time.perf_counter() - self.result.seconds
+            self.progress = tqdm(
+                total=self.settings.max_steps,
+                initial=self.result.steps,
+                desc=self.description,
+                unit="step",
+                dynamic_ncols=True,
+                leave=True,
+                disable=not self.main_process,
+            )
+            while not stop and self.result.steps < self.settings.max_steps:
+                self.train_step()
+                stop = self.after_step(self.result.steps)
+            self.progress.close()
+            step = self.result.steps
+            if self.counters["last_evaluated"] != step:
+                self.evaluate(step)
+                self.save_checkpoint(step)
+            self.stop_if_signalled(step)  # a signal during the last evaluation: stop here too, every process alike
+        self.result.seconds = time.perf_counter() - self.clock
+        self.log.close()
+        return self.result
+
+    def forward_backward_step(self) -> tuple[torch.Tensor, int]:
+        """Forward and backward of every micro-batch of one optimizer step: the step's mean loss on this process
+        (a 0-dim tensor) and the units (tokens or examples) trained over all processes."""
+        accumulation = self.settings.grad_accum_steps
+        summed_loss, step_units = torch.zeros((), device=self.accelerator.device), 0
+        for micro_step in range(accumulation):
+            batch = _to_device(_rows_of_rank(self.next_batch(), self.rank, self.world), self.accelerator.device)
+            with self.backend.micro_batch(last=micro_step == accumulation - 1):
+                loss, units = self.loss_fn(self.forward_model, batch)
+                self.backend.backward(loss / accumulation)
+            summed_loss += loss.detach().float() / accumulation
+            step_units += units * self.world
+        return summed_loss, step_units
+
+    def train_step(self) -> None:
+        """One optimizer step: forward and backward, the NaN guard, clipping, the update and the schedule."""
+        step = self.result.steps + 1
+        summed_loss, step_units = self.forward_backward_step()
+        # the loss of the whole global batch (a mean over processes), as a single process would see it, checked
+        # once per step (one collective, one wait for the device): NaN/inf on every process if on any. After
+        # backward: every process has taken part in its gradient collectives, none is left waiting in one;
+        # nothing has been applied yet
+        step_loss = self.accelerator.reduce(summed_loss, "mean").item()
+        _stop_unless_finite(step_loss, "loss", self.description, step, "Lower the learning rate or check the data")
+        grad_norm, skipped = self.backend.clip_and_step(self.settings.grad_clip, partial(self._check_norm, step=step))
+        if self.fp16:
+            _count_skipped_step(skipped, self.counters, self.description, step)
+        if skipped:  # fp16: the loss scaler skipped a step that overflowed (and lowered its scale); the schedule waits
+            grad_norm = None
+        else:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.result.steps, self.result.units = step, self.result.units + step_units
+        self.result.final_train_loss = step_loss
+        self.result.seconds = time.perf_counter() - self.clock
+        self.log_step(step_loss, grad_norm, skipped)
+
+    def _check_norm(self, grad_norm: float | None, step: int) -> None:
+        """The NaN guard on the gradient norm. fp16 aside: its scaler skips a step whose norm is not finite."""
+        if grad_norm is not None and not (self.fp16 and not math.isfinite(grad_norm)):
+            _stop_unless_finite(grad_norm, "gradient norm", self.description, step, "Lower the learning rate")
+
+    def log_step(self, step_loss: float, grad_norm: float | None, skipped: bool) -> None:
+        speed = self.result.units_per_second
+        mfu = model_flops_utilization(self.settings.flops_per_unit, speed, self.settings.peak_tflops, self.world)
+        self.log(
+            {
+                "step": self.result.steps,
+                "loss": step_loss,
+                "lr": max(self.scheduler.get_last_lr()),
+                **({"grad_norm": grad_norm} if grad_norm is not None else {}),
+                **({"skipped": True} if skipped else {}),  # fp16: the loss scaler skipped it
+                "units": self.result.units,
+                "seconds": round(self.result.seconds, 3),
+                "units_per_second": round(speed, 1),  # so far, over all processes
+                **({"mfu": round(mfu, 4)} if mfu is not None else {}),
+            }
+        )
+        self.progress.update(1)
+        shown = {f"{self.settings.unit}/s": f"{speed:.0f}", **({"mfu": f"{mfu:.1%}"} if mfu is not None else {})}
+        self.progress.set_postfix(loss=f"{step_loss:.4f}", **shown)
+
+    def after_step(self, step: int) -> bool:
+        """Evaluate and checkpoint when due, stop when signalled; return whether training should stop early."""
+        evaluated = bool(self.settings.eval_every and step % self.settings.eval_every == 0)
+        stop = self.evaluate(step) if evaluated else False
+        if evaluated or (self.checkpoints and self.checkpoints.due(step)):
+            self.save_checkpoint(step)
+        self.stop_if_signalled(step)
+        return stop
+
+    def evaluate(self, step: int) -> bool:
+        """Evaluate, track the best, and say whether training should stop early."""
+        self.counters["last_evaluated"] = step
+        if self.evaluator is None:
+            return False
+        started = time.perf_counter()
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.evaluator()
+        self.model.train()
+        if step > 0:
+            self.result.eval_seconds += time.perf_counter() - started
+        is_best = self._track_best(step, metrics)
+        self.result.evaluations.append({"step": step, **metrics})
+        self.log({"step": step, "eval": metrics, "is_best": is_best})
+        if self.on_evaluation is not None:
+            self.on_evaluation(step, metrics, is_best)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        if self.main_process:
+            tqdm.write(f"  step {step}: {shown}{' (best)' if is_best else ''}")
+        if self.settings.patience is not None and self.counters["bad_evaluations"] >= self.settings.patience:
+            self.result.stopped_early = True
+            self.result.stop_reason = (
+                f"{self.settings.monitor} did not improve by more than {self.settings.min_delta} for "
+                f"{self.counters['bad_evaluations']} evaluations (best {self.result.best_value:.4f} at step "
+                f"{self.result.best_step})"
+            )
+            return True
+        return False
+
+    def _track_best(self, step: int, metrics: dict[str, float]) -> bool:
+        """Whether `step` is the best so far by the monitored metric (lower is better); counts the evaluations
+        without improvement."""
+        if self.settings.monitor is None:
+            return False
+        value = metrics[self.settings.monitor]
+        if self.result.best_value is None or value < self.result.best_value - self.settings.min_delta:
+            self.result.best_value, self.result.best_step = value, step
+            self.counters["bad_evaluations"] = 0
+            return True
+        self.counters["bad_evaluations"] += 1
+        return False
+
+    def save_checkpoint(self, step: int) -> None:
+        if self.checkpoints is None:
+            return
+        loop_state = {
+            "result": {name: getattr(self.result, name) for name in RESUMED_FIELDS},
+            "counters": self.counters,
+        }
+        self.checkpoints.save(step, loop_state, self.result.best_step)
+
+    def resume(self) -> bool:
+        """Continue from the newest resumable checkpoint, if there is one; say whether there was."""
+        path = self.checkpoints.latest() if self.checkpoints else None
+        if path is None:
+            return False
+        assert self.checkpoints is not None
+        loop_state = self.checkpoints.restore(path)
+        for name in RESUMED_FIELDS:
+            setattr(self.result, name, loop_state["result"].get(name, getattr(self.result, name)))
+        self.counters.update(loop_state["counters"])
+        self.result.resumed_from = self.result.steps
+        if self.main_process:
+            tqdm.write(f"  resuming from {path.name} (step {self.result.steps} of {self.settings.max_steps})")
+        return True
+
+    def stop_if_signalled(self, step: int) -> None:
+        """When any process was signalled, checkpoint `step` (unless it just was) and stop every process."""
+        if self.requests is None:
+            return
+        signum = self.requests.agreed(self.world, self.accelerator.device)
+        if not signum:
+            return
+        assert self.checkpoints is not None
+        self.requests.acted_on = True
+        if self.checkpoints.saved_step != step:
+            self.save_checkpoint(step)
+        self.progress.close()
+        self.log.close()
+        raise TrainingStopped(
+            f"{self.description}: stopped by {signal.Signals(signum).name} after step {step} of "
+            f"{self.settings.max_steps}; checkpoint {self.checkpoints.folder(step)} written: run the same command "
+            "again to resume from it",
+            signum,
+        )
+
+
 def train_loop(
     model: torch.nn.Module,
     next_batch: BatchSource,
@@ -318,345 +625,16 @@ def train_loop(
     checkpointer: Checkpointer | None = None,
     description: str = "train",
 ) -> TrainResult:
-    """Train `model`'s trainable parameters for up to `settings.max_steps` optimizer steps.
-
-    `evaluate()` runs before the first step, every `eval_every` steps and after the last one;
-    `on_evaluation(step, metrics, is_best)` is called after each. With a `checkpointer`, a checkpoint is
-    written after every evaluation (and every `checkpointer.every` steps), and if the checkpointer's
-    folder already holds a resumable checkpoint, training continues from it exactly: same weights,
-    optimizer moments, schedule, RNG and data position as if it had never stopped.
-    """
-    check_launch(settings.sharding, settings.compile)
-    deepspeed = zero.launched_with_deepspeed()
-    launched = launched_world_size()
-    # Several processes without CUDA (torchrun / accelerate launch on CPUs): accelerate only sets up its gloo
-    # process group when told to use the CPU; alone, it picks the best device itself.
-    multi_cpu = not torch.cuda.is_available() and launched > 1
-    if launched > 1:
-        join()  # the process group with dapt's collective timeout (nothing new if the pipeline joined it already)
-    elif deepspeed:
-        zero.one_process_group()
-    sharded = shards_over_processes(settings.sharding)
-    chosen = choose_precision(settings.precision)
-    precision = ACCELERATE_NAMES[chosen.precision]
-    fp16 = precision == "fp16"
-    if sharded and precision == "fp16":
-        raise TrainingError("sharding fsdp: fp16 is not supported (its loss scaler is accelerate's); use bf16")
-    # accelerate keeps one global state per process and refuses a second Accelerator with another precision;
-    # the stages of one pipeline may differ (e.g. bf16 pretraining, fp32 classifiers), so start each loop
-    # from a fresh state. The process group (PartialState) is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    check_trackers(settings.report_to)
-    settings = resolve_accumulation(settings)
-    plugin = None
-    if deepspeed:
-        plugin = zero.plugin_for(
-            rows_per_process=(settings.micro_batch_size or launched) // launched,
-            grad_accum_steps=settings.grad_accum_steps,
-            grad_clip=settings.grad_clip,
-            world=launched,
-            precision=precision,
-        )
-    accelerator = Accelerator(
-        # a DeepSpeed launch on CPUs (tests) finds the gloo group `join()` made: told cpu=True, accelerate would
-        # train without DeepSpeed
-        cpu=multi_cpu and not deepspeed,
-        # sharded, FSDP itself computes in bf16 (MixedPrecisionPolicy), from fp32 master weights
-        mixed_precision="no" if sharded else precision,
-        deepspeed_plugin=plugin,
-        log_with=list(settings.report_to) or None,
-        project_dir=settings.tracking_dir,
+    """Train with a `Trainer` (see there) and return its result."""
+    trainer = Trainer(
+        model,
+        next_batch,
+        loss_fn,
+        settings,
+        evaluate=evaluate,
+        on_evaluation=on_evaluation,
+        metrics_file=metrics_file,
+        checkpointer=checkpointer,
+        description=description,
     )
-    # fp16 needs a loss scaler: accelerate makes none on a CPU (DeepSpeed scales the loss itself, but not on CPUs)
-    if fp16 and (accelerator.device.type == "cpu" if deepspeed else accelerator.scaler is None):
-        raise TrainingError(
-            f"{description}: precision fp16 needs a GPU; on a CPU accelerate would train in fp32 without saying so. "
-            "Use precision: auto (bf16 where the CPU computes it natively, else fp32)"
-        )
-    if settings.report_to:
-        accelerator.init_trackers(description.replace(" ", "_"), config=_flat_settings(settings))
-    rank, world = accelerator.process_index, accelerator.num_processes
-    main_process = accelerator.is_main_process
-    if sharded:  # before the optimizer: it must hold the shards (DTensors), not the full parameters
-        shard_model(model, accelerator.device, world, bf16=precision == "bf16")
-    elif settings.sharding == "fsdp" and main_process:
-        tqdm.write(f"  {description}: sharding fsdp with one process: training unsharded")
-    groups = parameter_groups(model, settings.weight_decay, settings.lr, settings.embedding_lr_ratio)
-    optimizer = adamw(groups, settings.lr, accelerator.device.type)
-    implementation = {key: optimizer.defaults[key] for key in ("fused", "foreach")}
-    scheduler = lr_schedule(
-        optimizer,
-        settings.schedule,
-        settings.warmup_steps,
-        settings.max_steps,
-        settings.min_lr_ratio,
-        settings.decay_fraction,
-    )
-    # The scheduler is not handed to accelerate: it would step it once per process. Every process steps it
-    # once per optimizer step, as in a single-process run. A sharded model is not handed over either:
-    # accelerate would wrap it in DDP. Under DeepSpeed the model becomes its engine (which `engine` names), the
-    # optimizer DeepSpeed's ZeRO optimizer around this one (whose param groups the scheduler keeps setting).
-    if not sharded:
-        model, optimizer = accelerator.prepare(model, optimizer)
-    engine = model if deepspeed else None
-    # sharded or under DeepSpeed, the main process alone reads a checkpoint's optimizer state and sends each
-    # process its shard (or partition)
-    main_reads_state = sharded or deepspeed
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    # the compiled module shares the model's parameters: checkpoints, evaluation and export see the same weights
-    forward_model = compiled(model) if settings.compile else model
-    shown_sharding = f"deepspeed-zero{zero.stage_of(engine)}" if deepspeed else "fsdp" if sharded else "none"
-    result = TrainResult(
-        steps=0,
-        units=0,
-        seconds=0.0,
-        processes=world,
-        sharding=shown_sharding,
-        precision=chosen,
-    )
-    if main_process:
-        tqdm.write(f"  {description}: {chosen}")
-
-    def load_optimizer_state(state: dict[str, Any], where: Path) -> None:
-        # `state` is {} but on the main process when it alone reads it (main_reads_state)
-        if main_reads_state:
-            wait_for_everyone()  # while the main process reads the moments (2× the model): the long-wait group
-        zero.check_resumable(state if main_process or not main_reads_state else None, engine, world, str(where))
-        if deepspeed:
-            zero.load_optimizer_state(engine, state, main_process)
-        elif sharded:
-            load_full_optimizer_state(model, optimizer, state)
-        else:
-            optimizer.load_state_dict(state)
-        # a checkpoint's param groups carry the AdamW implementation it was written with (foreach, before dapt used
-        # fused): keep the one built here, which fp16's loss scaler was set up for
-        for group in optimizer.param_groups:
-            group.update(implementation)
-
-    counters = {"bad_evaluations": 0, "last_evaluated": -1, "skipped_in_a_row": 0}
-    saved = {"step": -1}  # the newest checkpoint this run wrote
-
-    resume_from = checkpointer.latest_resumable() if checkpointer else None
-    if resume_from is not None:
-        assert checkpointer is not None
-        loop_state = checkpointer.restore(
-            resume_from,
-            load_optimizer_state,
-            scheduler,
-            reads_optimizer_state=main_process or not main_reads_state,
-            scaler=accelerator.scaler,  # fp16 without DeepSpeed (DeepSpeed's is in its optimizer state)
-        )
-        for name in RESUMED_FIELDS:
-            setattr(result, name, loop_state["result"].get(name, getattr(result, name)))
-        counters.update(loop_state["counters"])
-        result.resumed_from = result.steps
-        if hasattr(next_batch, "load_state_dict"):
-            next_batch.load_state_dict(loop_state["data"])
-        if main_process and metrics_file is not None and metrics_file.exists():
-            # drop what the interrupted run logged after this checkpoint: those steps are redone. The main process
-            # alone: it is the one that logs, and another's rewrite could replace the file it has just opened
-            kept = [line for line in metrics_file.read_text().splitlines() if _logged_step(line) <= result.steps]
-            atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
-        if accelerator.is_main_process:
-            tqdm.write(f"  resuming from {resume_from.name} (step {result.steps} of {settings.max_steps})")
-    # resumed: appended to the lines kept above; from the start: a new file (what an attempt without a checkpoint
-    # logged is redone)
-    mode = "a" if resume_from is not None else "w"
-    log_handle = metrics_file.open(mode, encoding="utf-8") if metrics_file and main_process else None
-
-    def log(record: dict[str, Any]) -> None:
-        if log_handle:
-            log_handle.write(json.dumps(record) + "\n")
-            log_handle.flush()
-        if settings.report_to:
-            values = record.get("eval", {k: v for k, v in record.items() if k != "step" and isinstance(v, float | int)})
-            accelerator.log({k: v for k, v in values.items() if isinstance(v, float | int)}, step=record["step"])
-
-    def finish() -> None:
-        if log_handle:
-            log_handle.close()
-        # accelerator.end_training() would also destroy the process group, which later stages of a pipeline
-        # launched over several processes still need; finish the trackers only.
-        for tracker in accelerator.trackers:
-            tracker.finish()
-
-    def stop_if_signalled(requests: StopRequests, step: int) -> None:
-        """When any process was signalled, checkpoint `step` (unless it just was) and stop every process."""
-        signum = requests.agreed(world, accelerator.device)
-        if not signum:
-            return
-        requests.acted_on = True
-        if saved["step"] != step:
-            save_checkpoint(step)
-        progress.close()
-        finish()
-        assert checkpointer is not None
-        raise TrainingStopped(
-            f"{description}: stopped by {signal.Signals(signum).name} after step {step} of {settings.max_steps}; "
-            f"checkpoint {checkpointer.step_folder(step)} written: run the same command again to resume from it",
-            signum,
-        )
-
-    def save_checkpoint(step: int) -> None:
-        if checkpointer is None:
-            return
-        loop_state = {
-            "result": {name: getattr(result, name) for name in RESUMED_FIELDS},
-            "counters": counters,
-            "data": next_batch.state_dict() if hasattr(next_batch, "state_dict") else None,
-        }
-        # sharded: every process sends its shards to the main process (collectives: all must take part); under
-        # DeepSpeed in 16 bits, the fp32 master weights instead of the 16-bit ones (gathered the same way)
-        if deepspeed:
-            weights = zero.full_fp32_weights(engine.module, main_process)
-            optimizer_state = zero.gathered_optimizer_state(engine, main_process)
-        elif sharded:
-            weights, optimizer_state = full_model_state(model), full_optimizer_state(model, optimizer)
-        else:
-            weights, optimizer_state = None, optimizer.state_dict()
-        wait_for_everyone()
-        if main_process:
-            scaler = accelerator.scaler  # fp16 without DeepSpeed: its scale resumes too
-            checkpointer.save(step, optimizer_state, scheduler, loop_state, result.best_step, weights, scaler)
-        wait_for_everyone()  # a long wait for a large model: on the waiting group, not a collective's timeout
-        saved["step"] = step
-
-    def run_evaluation(step: int) -> bool:
-        """Evaluate, track the best, and say whether training should stop early."""
-        counters["last_evaluated"] = step
-        if evaluate is None:
-            return False
-        started = time.perf_counter()
-        model.eval()
-        with torch.no_grad():
-            metrics = evaluate()
-        model.train()
-        if step > 0:
-            result.eval_seconds += time.perf_counter() - started
-        is_best = False
-        if settings.monitor is not None:
-            value = metrics[settings.monitor]
-            if result.best_value is None or value < result.best_value - settings.min_delta:
-                result.best_value, result.best_step, is_best = value, step, True
-                counters["bad_evaluations"] = 0
-            else:
-                counters["bad_evaluations"] += 1
-        result.evaluations.append({"step": step, **metrics})
-        log({"step": step, "eval": metrics, "is_best": is_best})
-        if on_evaluation is not None:
-            on_evaluation(step, metrics, is_best)
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        if main_process:
-            tqdm.write(f"  step {step}: {shown}{' (best)' if is_best else ''}")
-        if settings.patience is not None and counters["bad_evaluations"] >= settings.patience:
-            result.stopped_early = True
-            result.stop_reason = (
-                f"{settings.monitor} did not improve by more than {settings.min_delta} for "
-                f"{counters['bad_evaluations']} evaluations (best {result.best_value:.4f} at step {result.best_step})"
-            )
-            return True
-        return False
-
-    # With checkpoints, SIGTERM or a first Ctrl-C stops training after the step under way, with a checkpoint of
-    # it (`dapt.train.preemption`); the same command then resumes from that step.
-    with StopRequests(description) if checkpointer else nullcontext() as requests:
-        model.train()
-        step = result.steps
-        stop = run_evaluation(0) if resume_from is None else result.stopped_early
-        clock = time.perf_counter() - result.seconds
-        progress = tqdm(
-            total=settings.max_steps,
-            initial=step,
-            desc=description,
-            unit="step",
-            dynamic_ncols=True,
-            leave=True,
-            disable=not main_process,
-        )
-        while not stop and step < settings.max_steps:
-            summed_loss, step_units = torch.zeros((), device=accelerator.device), 0
-            for micro_step in range(settings.grad_accum_steps):
-                batch = _to_device(_rows_of_rank(next_batch(), rank, world), accelerator.device)
-                # replicated (DDP), the gradients are averaged over the processes once per step, after the last
-                # micro-batch, not after each (accelerate's no_sync; nothing for one process or FSDP)
-                last = micro_step == settings.grad_accum_steps - 1
-                if deepspeed:  # told which micro-batch ends the step: DeepSpeed steps after it
-                    engine.set_gradient_accumulation_boundary(last)
-                    loss, units = loss_fn(forward_model, batch)
-                    engine.backward(loss / settings.grad_accum_steps, scale_wrt_gas=False)
-                else:
-                    with nullcontext() if last or sharded else accelerator.no_sync(model):
-                        loss, units = loss_fn(forward_model, batch)
-                        accelerator.backward(loss / settings.grad_accum_steps)
-                summed_loss += loss.detach().float() / settings.grad_accum_steps
-                step_units += units * world
-            # the loss of the whole global batch (a mean over processes), as a single process would see it, checked
-            # once per step (one collective, one wait for the device): NaN/inf on every process if on any. After
-            # backward: every process has taken part in its gradient collectives, none is left waiting in one;
-            # nothing has been applied yet
-            step_loss = accelerator.reduce(summed_loss, "mean").item()
-            _stop_unless_finite(step_loss, "loss", description, step + 1, "Lower the learning rate or check the data")
-            grad_norm = None
-            if deepspeed:
-                # DeepSpeed clips and steps in one (skipping a step whose gradients are not finite), so its norm
-                # is checked after it: the weights in memory are then dropped, the last checkpoint is intact
-                norm = zero.step(engine)
-                grad_norm = norm if settings.grad_clip is not None else None
-            elif settings.grad_clip is not None:
-                # sharded gradients (DTensors) give a DTensor norm over all shards: the global norm, gathered
-                grad_norm = float(as_plain(accelerator.clip_grad_norm_(trainable, settings.grad_clip)))
-            if grad_norm is not None and not (fp16 and not math.isfinite(grad_norm)):  # fp16: see below
-                _stop_unless_finite(grad_norm, "gradient norm", description, step + 1, "Lower the learning rate")
-            scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else None  # fp16, not DeepSpeed
-            optimizer.step()  # under DeepSpeed, nothing: its engine has stepped
-            # fp16: the loss scaler skipped a step that overflowed (and lowered its scale); the schedule waits.
-            # accelerate's step_was_skipped misses it with a fused optimizer, which skips the update itself
-            # (accelerate#4242)
-            skipped = fp16 and (
-                accelerator.scaler.get_scale() < scale if scale is not None else optimizer.step_was_skipped
-            )
-            if fp16:
-                _count_skipped_step(skipped, counters, description, step + 1)
-            if not skipped:
-                scheduler.step()
-            else:
-                grad_norm = None
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            result.steps, result.units = step, result.units + step_units
-            result.final_train_loss = step_loss
-            result.seconds = time.perf_counter() - clock
-            speed = result.units_per_second
-            mfu = model_flops_utilization(settings.flops_per_unit, speed, settings.peak_tflops, world)
-            log(
-                {
-                    "step": step,
-                    "loss": step_loss,
-                    "lr": max(scheduler.get_last_lr()),
-                    **({"grad_norm": grad_norm} if grad_norm is not None else {}),
-                    **({"skipped": True} if skipped else {}),  # fp16: the loss scaler skipped it
-                    "units": result.units,
-                    "seconds": round(result.seconds, 3),
-                    "units_per_second": round(speed, 1),  # so far, over all processes
-                    **({"mfu": round(mfu, 4)} if mfu is not None else {}),
-                }
-            )
-            progress.update(1)
-            shown = {f"{settings.unit}/s": f"{speed:.0f}", **({"mfu": f"{mfu:.1%}"} if mfu is not None else {})}
-            progress.set_postfix(loss=f"{step_loss:.4f}", **shown)
-            evaluated = bool(settings.eval_every and step % settings.eval_every == 0)
-            if evaluated:
-                stop = run_evaluation(step)
-            if evaluated or (checkpointer and checkpointer.every and step % checkpointer.every == 0):
-                save_checkpoint(step)
-            if requests is not None:
-                stop_if_signalled(requests, step)
-        progress.close()
-        if counters["last_evaluated"] != step:
-            run_evaluation(step)
-            save_checkpoint(step)
-        if requests is not None:  # a signal during the last evaluation: stop here too, every process alike
-            stop_if_signalled(requests, step)
-    result.seconds = time.perf_counter() - clock
-    finish()
-    return result
+    return trainer.train()
