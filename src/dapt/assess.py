@@ -52,6 +52,7 @@ import heapq
 import json
 import operator
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -66,7 +67,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from dapt.artifacts import atomic_write_text, read_artifact
-from dapt.data.curate import normalize_text
+from dapt.data.curate import curation_options, document_blocks, normalize_text
+from dapt.data.executor import SourceCounts, heavy_drops
 from dapt.data.ingest import iter_file_documents
 from dapt.data.near_dup import NearDuplicateFinder
 from dapt.errors import ConfigError, DataError
@@ -814,6 +816,36 @@ def parse_count(text: str) -> float:
         raise ConfigError(f"--params: {text!r} is not a number; write e.g. 7e9, 7B or 135M") from None
 
 
+# The per-document curation rules are run on at most this many sampled documents (~0.3-1 ms each on 2 cores).
+RULE_CHECK_DOCUMENTS = 5_000
+
+
+def curation_rule_drops(texts: list[str], max_documents: int = RULE_CHECK_DOCUMENTS) -> dict[str, Any]:
+    """What curate's per-document rules, at their defaults, would drop of (a seeded sample of) the domain text, and
+    the rules that would drop more than `curate.max_rule_drop_share` of it, with the setting to change: a corpus
+    unlike the defaults' (a glossary of short entries, tables, code) is caught before a run, not after it."""
+    options = curation_options()
+    blocks = document_blocks(options)
+    checked = [texts[index] for index in _sample_order(len(texts))[:max_documents]]
+    counts = SourceCounts()
+    counts.documents["domain"] = len(checked)
+    for number, raw in enumerate(checked):
+        text = normalize_text(raw, fix_mojibake=options["fix_mojibake"])
+        for block in blocks:
+            rejection = block(str(number), text)
+            if rejection is not None:  # the first rule to drop a document is the one curate names
+                counts.dropped["domain", block.name, rejection.reason] += 1
+                break
+    dropped = Counter()
+    for (_, _, reason), count in counts.dropped.items():
+        dropped[reason] += count
+    return {
+        "checked_documents": len(checked),
+        "dropped_by_reason": dict(sorted(dropped.items())),
+        "heavy_drops": heavy_drops(counts, options["max_rule_drop_share"]) if checked else [],
+    }
+
+
 def assess_corpus(
     domain_paths: list[str],
     *,
@@ -913,6 +945,7 @@ def assess_corpus(
                 "each cluster — what curation's near-dedup drops; exact duplicates not counted again"
             ),
         },
+        "curation_rules": curation_rule_drops(texts),
         "heaps": None,
         "domain_ppl": None,
         "general_ppl": None,
@@ -920,6 +953,11 @@ def assess_corpus(
         "fertility": None,
         "notes": notes,
     }
+    for drop in report["curation_rules"]["heavy_drops"]:
+        notes.append(
+            f"curation at its defaults (on {report['curation_rules']['checked_documents']:,} sampled documents): "
+            + drop["message"]
+        )
     if not corpus.covers_corpus:
         notes.append(
             f"measured on a seeded random sample of {len(texts):,} of the {corpus.documents:,} documents "

@@ -399,3 +399,19 @@ def test_a_path_matching_nothing_is_a_user_error_naming_it(tmp_path, monkeypatch
     assert main(["assess", "no/such/*.txt"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "no/such/*.txt" in error
+
+
+def test_assess_names_a_default_curation_rule_that_would_drop_much_of_the_corpus():
+    terse = [f"Term {n}: a short entry." for n in range(8)]  # under curate.min_chars (50): dropped as too_short
+    prose = [
+        f"Document {n} explains how the solver chooses its step size from the local error estimate, and why a "
+        "smaller tolerance costs more function evaluations but gives a more accurate result in the end."
+        for n in range(12)
+    ]
+    found = assess.curation_rule_drops(terse + prose)
+    assert found["checked_documents"] == 20
+    assert found["dropped_by_reason"] == {"too_short": 8}
+    [drop] = found["heavy_drops"]
+    assert (drop["reason"], drop["setting"], drop["share"]) == ("too_short", "curate.min_chars", 0.4)
+    assert "change curate.min_chars" in drop["message"]
+    assert assess.curation_rule_drops(prose)["heavy_drops"] == []
