@@ -1,0 +1,233 @@
+"""The continued-pretraining law `dapt plan` fits to its pilot runs: domain and general validation loss as a function
+of the tokens trained, the replay fraction and the learning-rate schedule.
+
+The form is the simplest in the spirit of the D-CPT law (Que et al. 2024: domain and general loss each a power law
+in the tokens trained, the mixture ratio entering through the tokens of each kind) that short pilots can pin down.
+Per evaluation of a run with replay fraction r, after `s` optimizer steps:
+
+    D_dom = (1 - r) · S1(s)      domain tokens, in optimizer steps at the peak learning rate
+    D_rep =      r  · S1(s)      replay tokens, likewise
+    S1(s) = Σ_{t<s} η(t)/η_peak  (the "forward area" of Tissue et al. 2024, "Scaling law with learning-rate annealing")
+
+    domain:  L_d = L_d0 - A · (1 - (1 + D_dom)^-α) + C_d · η(s-1)/η_peak
+    general: L_g = L_g0 + F · (1 - (1 + D_dom)^-β) - G · (1 - (1 + D_rep)^-β) + C_g · η(s-1)/η_peak
+
+L_d0 and L_g0 are the base's losses, measured before the first step (the same in every pilot); each saturating
+power law starts at 0 and grows with the tokens of its kind. Domain tokens lower the domain loss (A) and raise the
+general loss (F, forgetting); replay tokens pull the general loss back (G). The last term is the loss a run carries
+because its learning rate is still high (the noise of SGD scales with the step size); it shrinks as the schedule
+decays, so a pilot decayed over its own few steps and a full run decayed over many are on the same footing: the
+pilots' evaluations along the way (at a high learning rate) and at their end (decayed) both inform the fit, and the
+full run's final loss is predicted at its own schedule's end. Why this rather than the full D-CPT form: a plan fits a
+single model size N (no N term) from a handful of pilots at one token budget, and its ratio and token exponents
+cannot be told apart by them; the decayed-LR term is what lets evaluations taken mid-schedule be used at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import least_squares
+
+DOMAIN_PARAMETERS = ("A", "alpha", "C")
+GENERAL_PARAMETERS = ("F", "G", "beta", "C")
+# lower, upper bounds per parameter: exponents kept where a power law in tokens is plausible, amplitudes loose
+BOUNDS = {
+    "domain": ([0.0, 0.01, -5.0], [20.0, 3.0, 5.0]),
+    "general": ([-20.0, 0.0, 0.01, -5.0], [20.0, 20.0, 3.0, 5.0]),
+}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One validation measurement of a run: after `step` optimizer steps of a run with `replay` fraction, whose
+    learning-rate multiplier of the peak at step t is `lr_factors[t]` (its whole schedule)."""
+
+    replay: float
+    step: int
+    lr_factors: tuple[float, ...]
+    domain_loss: float
+    general_loss: float
+
+
+def schedule_terms(lr_factors: Sequence[float], step: int) -> tuple[float, float]:
+    """(S1, the last learning-rate factor) after `step` steps of a schedule: S1 is the sum of the factors so far
+    (steps at the peak learning rate), the factor that of the last step taken (0 before the first)."""
+    if step <= 0:
+        return 0.0, 0.0
+    return float(sum(lr_factors[:step])), float(lr_factors[step - 1])
+
+
+def _features(points: Sequence[Evaluation]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(replay fraction, S1, last LR factor) of each point, as arrays."""
+    terms = np.array([schedule_terms(p.lr_factors, p.step) for p in points]).reshape(-1, 2)
+    return np.array([p.replay for p in points], dtype=float), terms[:, 0], terms[:, 1]
+
+
+def domain_law(params: Sequence[float], start: float, replay: np.ndarray, s1: np.ndarray, lr: np.ndarray) -> np.ndarray:
+    a, alpha, c = params
+    return start - a * (1.0 - (1.0 + (1.0 - replay) * s1) ** -alpha) + c * lr
+
+
+def general_law(
+    params: Sequence[float], start: float, replay: np.ndarray, s1: np.ndarray, lr: np.ndarray
+) -> np.ndarray:
+    f, g, beta, c = params
+    forgetting = f * (1.0 - (1.0 + (1.0 - replay) * s1) ** -beta)
+    recovered = g * (1.0 - (1.0 + replay * s1) ** -beta)
+    return start + forgetting - recovered + c * lr
+
+
+LAWS = {"domain": domain_law, "general": general_law}
+
+
+def _fit_one(split: str, start: float, replay: np.ndarray, s1: np.ndarray, lr: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares from a few starting exponents (the fit is not convex in them); the best one wins."""
+    law = LAWS[split]
+    lower, upper = BOUNDS[split]
+    spread = float(np.ptp(y)) if len(y) else 0.1
+    best = None
+    for exponent in (0.2, 0.5, 1.0):
+        if split == "domain":
+            guess = [max(spread, 0.01), exponent, 0.0]
+        else:
+            guess = [spread, spread / 2, exponent, 0.0]
+        result = least_squares(
+            lambda p: law(p, start, replay, s1, lr) - y,
+            np.clip(guess, lower, upper),
+            bounds=(lower, upper),
+            x_scale="jac",
+        )
+        if best is None or result.cost < best.cost:
+            best = result
+    assert best is not None
+    return best.x
+
+
+@dataclass
+class LawFit:
+    """The fitted law of both splits, the base's losses it starts from, and the fit's residuals."""
+
+    domain_start: float
+    general_start: float
+    domain: np.ndarray  # A, alpha, C
+    general: np.ndarray  # F, G, beta, C
+    domain_residuals: np.ndarray
+    general_residuals: np.ndarray
+    bootstrap: list[tuple[np.ndarray, np.ndarray]]  # refits on resampled residuals, for intervals
+
+    def predict(self, replay: float, lr_factors: Sequence[float], step: int | None = None) -> dict[str, float]:
+        """Domain and general loss after `step` steps (default: the end) of a run with this replay and schedule."""
+        return _predict(self.domain, self.general, self.domain_start, self.general_start, replay, lr_factors, step)
+
+    def interval(
+        self, replay: float, lr_factors: Sequence[float], level: float = 0.9, step: int | None = None
+    ) -> dict[str, tuple[float, float]]:
+        """A `level` prediction interval of each split's loss: the bootstrap refits' predictions plus a residual
+        drawn from the fit (the noise of one measurement)."""
+        rng = np.random.default_rng(0)
+        draws: dict[str, list[float]] = {"domain": [], "general": []}
+        for domain, general in self.bootstrap:
+            predicted = _predict(domain, general, self.domain_start, self.general_start, replay, lr_factors, step)
+            draws["domain"].append(predicted["domain"] + rng.choice(self.domain_residuals))
+            draws["general"].append(predicted["general"] + rng.choice(self.general_residuals))
+        tail = (1.0 - level) / 2 * 100
+        return {
+            split: (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+            for split, values in draws.items()
+        }
+
+    def parameters(self) -> dict[str, dict[str, float]]:
+        domain = dict(zip(DOMAIN_PARAMETERS, map(float, self.domain), strict=True))
+        general = dict(zip(GENERAL_PARAMETERS, map(float, self.general), strict=True))
+        return {"domain": {"L0": self.domain_start, **domain}, "general": {"L0": self.general_start, **general}}
+
+
+def _predict(
+    domain: np.ndarray,
+    general: np.ndarray,
+    domain_start: float,
+    general_start: float,
+    replay: float,
+    lr_factors: Sequence[float],
+    step: int | None,
+) -> dict[str, float]:
+    s1, lr = schedule_terms(lr_factors, len(lr_factors) if step is None else step)
+    r, s1a, lra = np.array([replay]), np.array([s1]), np.array([lr])
+    return {
+        "domain": float(domain_law(domain, domain_start, r, s1a, lra)[0]),
+        "general": float(general_law(general, general_start, r, s1a, lra)[0]),
+    }
+
+
+def fit_law(points: Sequence[Evaluation], bootstrap_rounds: int = 200, seed: int = 0) -> LawFit:
+    """Fit both splits' laws to the pilots' evaluations. The evaluations before the first step give the base's
+    losses (their mean: they are the same model on the same windows); the others are fitted by least squares, then
+    refitted `bootstrap_rounds` times on the fitted values plus resampled residuals, for the intervals."""
+    starts = [p for p in points if p.step == 0]
+    trained = [p for p in points if p.step > 0]
+    if not starts:
+        raise ValueError("no evaluation before the first step: the base's losses are needed")
+    if len(trained) < len(GENERAL_PARAMETERS) + 1:
+        raise ValueError(f"{len(trained)} evaluations after training started; the fit needs at least 5")
+    domain_start = float(np.mean([p.domain_loss for p in starts]))
+    general_start = float(np.mean([p.general_loss for p in starts]))
+    replay, s1, lr = _features(trained)
+    observed = {
+        "domain": np.array([p.domain_loss for p in trained]),
+        "general": np.array([p.general_loss for p in trained]),
+    }
+    start = {"domain": domain_start, "general": general_start}
+    fitted = {split: _fit_one(split, start[split], replay, s1, lr, y) for split, y in observed.items()}
+    predicted = {split: LAWS[split](fitted[split], start[split], replay, s1, lr) for split in observed}
+    residuals = {split: observed[split] - predicted[split] for split in observed}
+    rng = np.random.default_rng(seed)
+    rounds = []
+    for _ in range(bootstrap_rounds):
+        resampled = {split: predicted[split] + rng.choice(residuals[split], len(trained)) for split in observed}
+        refit = {split: _fit_one(split, start[split], replay, s1, lr, resampled[split]) for split in observed}
+        rounds.append((refit["domain"], refit["general"]))
+    return LawFit(
+        domain_start,
+        general_start,
+        fitted["domain"],
+        fitted["general"],
+        residuals["domain"],
+        residuals["general"],
+        rounds,
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A full run the plan could recommend: its replay fraction, steps, and its predicted final losses."""
+
+    replay: float
+    steps: int
+    domain: float
+    general: float
+    within_budget: bool
+
+
+def recommend(
+    fit: LawFit,
+    replays: Sequence[float],
+    schedules: dict[int, Sequence[float]],
+    forgetting_budget: float,
+) -> tuple[Candidate | None, list[Candidate]]:
+    """The candidate with the lowest predicted domain loss whose predicted general loss stays within
+    `forgetting_budget` (a relative rise over the base's, e.g. 0.02: at most 2% above) — None when none does —
+    and every candidate. `schedules`: the learning-rate factors of a run of each candidate length (steps)."""
+    ceiling = fit.general_start * (1.0 + forgetting_budget)
+    candidates = []
+    for replay in replays:
+        for steps, factors in schedules.items():
+            predicted = fit.predict(replay, factors)
+            candidates.append(
+                Candidate(replay, steps, predicted["domain"], predicted["general"], predicted["general"] <= ceiling)
+            )
+    allowed = [c for c in candidates if c.within_budget]
+    best = min(allowed, key=lambda c: (c.domain, c.steps)) if allowed else None
+    return best, candidates
