@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dapt.data.shards import IndexPermutation, TokenShard, WindowMixer, eval_windows, write_shard
+from dapt.errors import DataError
 
 
 def test_shard_round_trips_documents_and_boundaries(tmp_path):
@@ -74,9 +75,9 @@ def test_a_shard_records_its_sources_and_opens_each_alone(tmp_path):
     b = TokenShard(tmp_path / "s", source="b")
     assert b.tokens.tolist() == [3, 3, 3, 0] and b.doc_offsets.tolist() == [0, 4]
     assert TokenShard(tmp_path / "s", source="a").window(0, 3).tolist() == [1, 1, 0, 2]  # never into b
-    with pytest.raises(ValueError, match="not consecutive"):
+    with pytest.raises(DataError, match="not consecutive"):
         write_shard(tmp_path / "t", documents, vocab_size=300, document_sources=["a", "b", "a", "c"])
-    with pytest.raises(ValueError, match="no documents of source 'z'"):
+    with pytest.raises(DataError, match="no documents of source 'z'"):
         TokenShard(tmp_path / "s", source="z")
 
 

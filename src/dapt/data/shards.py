@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dapt.errors import DataError
+
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
@@ -41,7 +43,7 @@ def write_shard(
     for position, name in enumerate(document_sources or ()):
         run = source_runs.setdefault(name, [position, position])
         if run[1] != position:
-            raise ValueError(f"write_shard: the documents of source {name!r} are not consecutive")
+            raise DataError(f"write_shard: the documents of source {name!r} are not consecutive")
         run[1] = position + 1
     lengths = np.fromiter((len(d) for d in documents), dtype=np.int64, count=len(documents))
     offsets = np.zeros(len(documents) + 1, dtype=np.int64)
@@ -79,7 +81,7 @@ class TokenShard:
         if self.source is not None:
             recorded = shard_sources(self.folder)
             if self.source not in recorded:
-                raise ValueError(f"{self.folder} has no documents of source {self.source!r}; it has {sorted(recorded)}")
+                raise DataError(f"{self.folder} has no documents of source {self.source!r}; it has {sorted(recorded)}")
             first = recorded[self.source]["first_document"]
             end = first + recorded[self.source]["documents"]
             start_token = int(self.doc_offsets[first])
@@ -157,7 +159,7 @@ def open_split(folder: Path, source: str | None = None) -> ShardSet:
     chosen = [TokenShard(f, source=source) for f in folders if source in shard_sources(f)]
     if not chosen:
         recorded = sorted({name for f in folders for name in shard_sources(f)})
-        raise ValueError(f"{folder} has no documents of source {source!r}; it has {recorded}")
+        raise DataError(f"{folder} has no documents of source {source!r}; it has {recorded}")
     return ShardSet(folder, chosen)
 
 
@@ -171,7 +173,10 @@ def eval_windows(shard: TokenShard | ShardSet, seq_len: int, max_tokens: int | N
     evaluation; each (seq_len + 1,)."""
     count = shard.num_windows(seq_len)
     if count == 0:
-        raise ValueError(f"shard {shard.folder} has {shard.num_tokens} tokens: fewer than one window of {seq_len}")
+        raise DataError(
+            f"{shard.folder} has {shard.num_tokens} tokens: fewer than one window of {seq_len} (pretrain.seq_len); "
+            "raise tokenize.eval_tokens or lower pretrain.seq_len"
+        )
     if max_tokens is not None:
         count = min(count, max(1, max_tokens // seq_len))
     return [shard.window(index, seq_len) for index in range(count)]
@@ -271,7 +276,10 @@ class WindowMixer:
         self.sources, self.seq_len, self.seed = sources, seq_len, seed
         for name in self.names:
             if sources[name].num_windows(seq_len) == 0:
-                raise ValueError(f"{name}: {sources[name].num_tokens} tokens is less than one window of {seq_len}")
+                raise DataError(
+                    f"{name}: {sources[name].num_tokens} training tokens is less than one window of {seq_len} "
+                    "(pretrain.seq_len); add text to it or lower pretrain.seq_len"
+                )
         probabilities = np.array([weights[name] for name in self.names], dtype=np.float64)
         self.probabilities = probabilities / probabilities.sum()
         self.rng = np.random.default_rng(seed)

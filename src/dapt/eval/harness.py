@@ -21,6 +21,7 @@ from typing import Any
 
 from dapt.artifacts import artifact_id, atomic_write_text, read_artifact, write_manifest
 from dapt.errors import ConfigError
+from dapt.run_folder import run_folder_of
 
 
 def _model_location(model: Path) -> tuple[Path, Any]:
@@ -60,10 +61,10 @@ def _task_manager(task_names: list[str], include_path: Path | None) -> Any:
 def write_harness_artifact(
     artifact: Any, results: dict[str, Any], *, include_path: Path | None, started: datetime, seconds: float
 ) -> Path:
-    """Write `harness-<name>/` next to the model artifact: results.json, then the manifest (inputs: the model,
+    """Write `harness-<name>/` in the model artifact's run folder: results.json, then the manifest (inputs: the model,
     metrics: {task: {metric,filter: value}}); return the path of results.json."""
     name = f"harness-{artifact.manifest['name']}"
-    target = artifact.path.parent / name
+    target = run_folder_of(artifact.path) / name  # the run folder, also when given a path in .artifacts/
     target.mkdir(exist_ok=True)
     (target / "manifest.json").unlink(missing_ok=True)  # unfinished until the new manifest is written
     atomic_write_text(target / "results.json", json.dumps(results, indent=2, default=str) + "\n")
