@@ -224,6 +224,27 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("pipeline", type=Path, help="the pipeline YAML")
         _add_run_options(command)
 
+    planner = commands.add_parser(
+        "plan",
+        help="pilot runs + a fitted law: predict continued pretraining and recommend the replay fraction",
+        description="Run short pilot pretraining runs (one per replay fraction, sized by --budget; cached artifacts "
+        "in the run folder), fit the continued-pretraining law to their domain and general validation losses, "
+        "predict the full run's final losses with 90%% intervals, and recommend the replay fraction (and steps) with "
+        "the lowest predicted domain loss within the forgetting budget. Writes plan/plan.md, plan.json and plan.png; "
+        "`pretrain.replay_fraction: plan` makes `dapt run` use the recommendation.",
+    )
+    planner.add_argument("pipeline", type=Path, help="the pipeline YAML")
+    planner.add_argument(
+        "--budget", default="10%", help="the pilots' tokens, all together, as a share of the full run's (default 10%%)"
+    )
+    planner.add_argument(
+        "--forgetting-budget",
+        default="2%",
+        help="how far the general validation loss may rise above the base's, relative (default 2%%)",
+    )
+    planner.add_argument("--replay", help="the pilots' replay fractions, comma-separated (default 0.05,0.25,0.5)")
+    _add_run_options(planner)
+
     report = commands.add_parser("report", help="rebuild report.html / report.md / report.json of a finished run")
     report.add_argument("run_dir", type=Path, nargs="?", default=Path("runs/demo"), help="the run folder")
 
@@ -404,6 +425,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in STAGES:
             return _run(args.pipeline, args.out, args.overrides, args.command)
+        if args.command == "plan":
+            from dapt.plan_command import run_plan
+
+            return run_plan(
+                args.pipeline,
+                args.out,
+                args.overrides,
+                budget=args.budget,
+                forgetting_budget=args.forgetting_budget,
+                replays=args.replay,
+            )
         if args.command == "report":
             return _rebuild_report(args.run_dir)
         if args.command == "gc":

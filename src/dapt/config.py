@@ -11,7 +11,7 @@ import copy
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -671,13 +671,12 @@ class PretrainConfig(Section):
     warmup_steps: int = Field(2, ge=0, description="Linear warmup steps.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to norms and biases).")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (None: no clipping).")
-    replay_fraction: float = Field(
+    replay_fraction: Annotated[float, Field(ge=0, lt=1)] | Literal["plan"] = Field(
         0.2,
-        ge=0,
-        lt=1,
         description="Share of training sequences drawn from the replay sources, pooled (0: domain only); the "
         "domain sources, pooled, get the rest. Both pools draw in proportion to their sources' tokens. "
-        "Not with `mix`, which sets every source's share.",
+        "Not with `mix`, which sets every source's share. `plan`: the share `dapt plan` recommended for this run "
+        "folder (its plan/plan.json; without one, the run stops and says to run `dapt plan` first).",
     )
     mix: dict[str, float] | None = Field(
         None,

@@ -274,6 +274,27 @@ def run_suffix(seed: int, fraction: float, pipeline_seed: int) -> str:
     return "".join(f"-{part}" for part in parts)
 
 
+PLAN_STAGE = "plan"  # the folder of `dapt plan`'s artifact in the run folder
+
+
+def with_planned_replay(config: PipelineConfig, run_dir: Path) -> PipelineConfig:
+    """`pretrain.replay_fraction: plan` replaced by the replay fraction `dapt plan` recommended in this run folder
+    (the stage's cache key then holds the number, as if it had been written in the YAML)."""
+    if config.pretrain.replay_fraction != "plan":
+        return config
+    planned = read_artifact(run_dir / PLAN_STAGE)
+    recommended = planned.metrics.get("recommendation") if planned is not None else None
+    if not recommended:
+        found = "has no finished plan" if planned is None else "has a plan with no recommendation (see its plan.md)"
+        raise ConfigError(
+            f"pretrain.replay_fraction: plan, but {run_dir / PLAN_STAGE} {found}; run `dapt plan PIPELINE.yaml` "
+            "first (same run folder: --out), or give pretrain.replay_fraction a number"
+        )
+    replay = recommended["replay_fraction"]
+    say(f"dapt: pretrain.replay_fraction {replay:g}, as planned in {run_dir / PLAN_STAGE / 'plan.md'}")
+    return config.model_copy(update={"pretrain": config.pretrain.model_copy(update={"replay_fraction": replay})})
+
+
 def _stale_reason(existing: Artifact | None, stage_id: str, inputs: dict[str, Artifact]) -> str | None:
     """None when `existing` can be reused, else why not."""
     if existing is None:
@@ -289,6 +310,7 @@ def _stale_reason(existing: Artifact | None, stage_id: str, inputs: dict[str, Ar
 
 def run_pipeline(config: PipelineConfig, run_dir: Path, *, until: str | None = None) -> dict[str, Artifact]:
     """Run every stage (or up to and including `until`), skipping finished ones. Returns the artifacts."""
+    config = with_planned_replay(config, run_dir)
     stages = plan(config)
     if until is not None:
         stages = _upstream_of(stages, until)

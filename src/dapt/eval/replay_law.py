@@ -83,17 +83,27 @@ def general_law(
 LAWS = {"domain": domain_law, "general": general_law}
 
 
-def _fit_one(split: str, start: float, replay: np.ndarray, s1: np.ndarray, lr: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares from a few starting exponents (the fit is not convex in them); the best one wins."""
+def _fit_one(
+    split: str,
+    start: float,
+    replay: np.ndarray,
+    s1: np.ndarray,
+    lr: np.ndarray,
+    y: np.ndarray,
+    guesses: list[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Least squares from a few starting exponents (the fit is not convex in them), or from `guesses`; the best
+    one wins."""
     law = LAWS[split]
     lower, upper = BOUNDS[split]
     spread = float(np.ptp(y)) if len(y) else 0.1
-    best = None
-    for exponent in (0.2, 0.5, 1.0):
+    if guesses is None:
         if split == "domain":
-            guess = [max(spread, 0.01), exponent, 0.0]
+            guesses = [np.array([max(spread, 0.01), exponent, 0.0]) for exponent in (0.2, 0.5, 1.0)]
         else:
-            guess = [spread, spread / 2, exponent, 0.0]
+            guesses = [np.array([spread, spread / 2, exponent, 0.0]) for exponent in (0.2, 0.5, 1.0)]
+    best = None
+    for guess in guesses:
         result = least_squares(
             lambda p: law(p, start, replay, s1, lr) - y,
             np.clip(guess, lower, upper),
@@ -162,10 +172,11 @@ def _predict(
     }
 
 
-def fit_law(points: Sequence[Evaluation], bootstrap_rounds: int = 200, seed: int = 0) -> LawFit:
+def fit_law(points: Sequence[Evaluation], bootstrap_rounds: int = 100, seed: int = 0) -> LawFit:
     """Fit both splits' laws to the pilots' evaluations. The evaluations before the first step give the base's
     losses (their mean: they are the same model on the same windows); the others are fitted by least squares, then
-    refitted `bootstrap_rounds` times on the fitted values plus resampled residuals, for the intervals."""
+    refitted `bootstrap_rounds` times (from the fit's parameters) on the fitted values plus resampled residuals,
+    for the intervals."""
     starts = [p for p in points if p.step == 0]
     trained = [p for p in points if p.step > 0]
     if not starts:
@@ -187,7 +198,10 @@ def fit_law(points: Sequence[Evaluation], bootstrap_rounds: int = 200, seed: int
     rounds = []
     for _ in range(bootstrap_rounds):
         resampled = {split: predicted[split] + rng.choice(residuals[split], len(trained)) for split in observed}
-        refit = {split: _fit_one(split, start[split], replay, s1, lr, resampled[split]) for split in observed}
+        refit = {
+            split: _fit_one(split, start[split], replay, s1, lr, resampled[split], [fitted[split]])
+            for split in observed
+        }
         rounds.append((refit["domain"], refit["general"]))
     return LawFit(
         domain_start,
