@@ -233,3 +233,29 @@ def test_adamw_is_fused_where_torch_has_the_kernel_and_foreach_elsewhere():
     assert parameter[0] < 0
     elsewhere = adamw([{"params": [torch.nn.Parameter(torch.zeros(3))]}], lr=0.1, device_type="xla")
     assert elsewhere.defaults["foreach"] and not elsewhere.defaults["fused"]
+
+
+def test_loop_settings_are_read_from_the_pretrain_config_by_name(tmp_path):
+    from dataclasses import fields
+
+    from dapt.config import PretrainConfig
+    from dapt.train.loop import STOPPING_FIELDS
+
+    config = PretrainConfig.model_validate(
+        {
+            "lr": 3e-4,
+            "max_steps": 7,
+            "schedule": "wsd",
+            "report_to": ["tensorboard"],
+            "early_stopping": {"patience": 5, "min_delta": 0.01},
+        }
+    )
+    settings = LoopSettings.from_config(config, tracking_dir=tmp_path, monitor="general_val_loss")
+    assert (settings.lr, settings.max_steps, settings.schedule) == (3e-4, 7, "wsd")
+    assert settings.report_to == ("tensorboard",)
+    assert (settings.monitor, settings.patience, settings.min_delta) == ("general_val_loss", 5, 0.01)
+    assert settings.tracking_dir == tmp_path
+    # a loop setting is the config's, under the same name, or one of these that the stage works out
+    worked_out = {"unit", "tracking_dir", "flops_per_unit"}
+    read = {f.name for f in fields(LoopSettings)} - worked_out
+    assert read <= set(PretrainConfig.model_fields) | set(STOPPING_FIELDS)

@@ -118,12 +118,66 @@ def export_dapt_base(
         link_or_copy_folder(checkpointer.step_folder(best_step), context.out / "model")
 
 
-def run(context: StageContext) -> dict[str, Any]:
-    execution = {field: getattr(context.pipeline.pretrain, field) for field in PRETRAIN_EXECUTION_FIELDS}
-    config = PretrainConfig.model_validate({**context.config["pretrain"], **execution})
-    seed = context.config["seed"]
-    torch.manual_seed(seed)
-    base_folder = context.inputs["base"].path / "model"
+class HeldOutLoss:
+    """`evaluate()` for the loop: the loss on each split's fixed held-out windows (`held_out`: metric name ->
+    windows). Every process evaluates every window (the same numbers everywhere); under FSDP it must: each layer's
+    forward gathers its weights from all processes.
+
+    The first evaluation first checks that the model keeps packed documents apart, as `document_mask` asks (some
+    attention implementations ignore the restarted positions): before any step is trained (resumed: at the first
+    evaluation after resuming, or at the end, `check_leak`)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, held_out: dict[str, Any], eos_id: int | None) -> None:
+        self.model, self.tokenizer, self.held_out, self.eos_id = model, tokenizer, held_out, eos_id
+        # how far packed documents moved each other's logits in the check (0.0: kept apart); None: not checked
+        self.leak: float | None = None
+
+    def check_leak(self) -> None:
+        if self.eos_id is not None and self.leak is None:
+            vocab_size = min(len(self.tokenizer), self.model.get_input_embeddings().num_embeddings)
+            self.leak = check_documents_kept_apart(self.model, self.eos_id, vocab_size)
+
+    def __call__(self) -> dict[str, float]:
+        self.check_leak()
+        return {name: mean_lm_loss(self.model, windows, eos_id=self.eos_id) for name, windows in self.held_out.items()}
+
+
+class CheckpointedModel:
+    """What a checkpoint holds of the model, for the `Checkpointer`: full training saves the model; LoRA only the
+    adapters (and the embeddings, if they train)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, method: str) -> None:
+        self.model, self.tokenizer, self.method = model, tokenizer, method
+
+    def save(self, folder: Path, weights: dict[str, torch.Tensor] | None) -> None:
+        """Write the model and tokenizer to `folder`. Sharded (FSDP), the loop hands over the full `weights` it
+        gathered on the main process; under DeepSpeed in 16 bits, the fp32 master weights; None: the live model."""
+        if weights is None:
+            self.model.save_pretrained(folder, safe_serialization=True)
+        elif self.method == "lora":  # peft picks the adapters (and modules_to_save) out of the full state
+            self.model.save_pretrained(folder, safe_serialization=True, state_dict=weights)
+        else:  # save_pretrained empties the dict it is given; the tied LM head is written once, as unsharded
+            state = without_tied_copies(self.model, weights)
+            self.model.save_pretrained(folder, safe_serialization=True, state_dict=state)
+        self.tokenizer.save_pretrained(folder)
+
+    def load(self, folder: Path) -> None:
+        if self.method == "lora":
+            load_adapter_weights(self.model, folder)
+        else:
+            load_full_weights(self.model, folder)
+
+
+def model_checkpointer(folder: Path, config: PretrainConfig, model: torch.nn.Module, tokenizer: Any) -> Checkpointer:
+    """The checkpoints of the model as `config` trains it, in `folder`."""
+    saved = CheckpointedModel(model, tokenizer, config.method)
+    return Checkpointer(
+        folder, saved.save, saved.load, every=config.checkpoint_every, keep_last=config.keep_checkpoints
+    )
+
+
+def load_model(context: StageContext, config: PretrainConfig, base_folder: Path) -> tuple[torch.nn.Module, Any]:
+    """The base to train, as `config` trains it (gradient checkpointing, LoRA adapters), and its tokenizer."""
     # Sharded, only the main process reads the weights; the others build the model empty and get their shards
     model, tokenizer = load_causal_lm(
         base_folder,
@@ -139,12 +193,15 @@ def run(context: StageContext) -> dict[str, Any]:
         model = add_lora(model, config.lora)
         if config.gradient_checkpointing:
             model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need an input grad
-    eos_id = tokenizer.eos_token_id if config.document_mask else None
-    shard_root = context.inputs["tokens"].path / "shards"
-    shards = {p.name: open_split(p) for p in shard_root.iterdir() if p.is_dir()}
+    return model, tokenizer
 
-    # -- data: the training mixture, fixed held-out windows ----------------------------------------------
-    if config.mix is None:  # two pools: domain sources and replay sources, each in proportion to its tokens
+
+def training_mixture(
+    context: StageContext, config: PretrainConfig, shards: dict[str, ShardSet], shard_root: Path, seed: int
+) -> WindowMixer:
+    """The stream of training windows: two pools (domain and replay sources, each in proportion to its tokens),
+    or each source with its own weight (`pretrain.mix`)."""
+    if config.mix is None:
         weights = {"domain_train": 1.0 - config.replay_fraction, "replay_train": config.replay_fraction}
         if "replay_train" not in shards and config.replay_fraction > 0:
             context.log("no replay text: training on domain text only (replay_fraction ignored)")
@@ -155,85 +212,43 @@ def run(context: StageContext) -> dict[str, Any]:
         weights = config.mix
         total = sum(weights.values())
         context.log("mix: " + ", ".join(f"{name} {weight / total:.1%}" for name, weight in weights.items()))
-    mixer = WindowMixer(training, weights, config.seq_len, seed)
-    batches = PackedBatches(mixer, config.micro_batch_size, eos_id)
+    return WindowMixer(training, weights, config.seq_len, seed)
 
+
+def held_out_windows(context: StageContext, config: PretrainConfig, shards: dict[str, ShardSet]) -> dict[str, Any]:
+    """The fixed held-out windows of each validation split, by the name of their metric (domain_val_loss, ...)."""
     budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
-    held_out = {
+    return {
         f"{split.removesuffix('_val')}_val_loss": eval_windows(shards[split], config.seq_len, max_tokens=budget)
         for split in ("domain_val", "general_val")
         if split in shards
     }
 
-    # Every process evaluates every window (the same numbers everywhere); under FSDP it must: each layer's
-    # forward gathers its weights from all processes.
-    # The first evaluation first checks that the model keeps packed documents apart, as `document_mask` asks
-    # (some attention implementations ignore the restarted positions): before any step is trained (resumed: at
-    # the first evaluation after resuming, or at the end).
-    leak: list[float] = []
 
-    def check_leak() -> None:
-        if eos_id is not None and not leak:
-            vocab_size = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
-            leak.append(check_documents_kept_apart(model, eos_id, vocab_size))
+def run(context: StageContext) -> dict[str, Any]:
+    execution = {field: getattr(context.pipeline.pretrain, field) for field in PRETRAIN_EXECUTION_FIELDS}
+    config = PretrainConfig.model_validate({**context.config["pretrain"], **execution})
+    seed = context.config["seed"]
+    torch.manual_seed(seed)
+    base_folder = context.inputs["base"].path / "model"
+    model, tokenizer = load_model(context, config, base_folder)
+    eos_id = tokenizer.eos_token_id if config.document_mask else None
+    shard_root = context.inputs["tokens"].path / "shards"
+    shards = {p.name: open_split(p) for p in shard_root.iterdir() if p.is_dir()}
 
-    def evaluate() -> dict[str, float]:
-        check_leak()
-        return {name: mean_lm_loss(model, windows, eos_id=eos_id) for name, windows in held_out.items()}
+    # -- data: the training mixture, fixed held-out windows ----------------------------------------------
+    mixer = training_mixture(context, config, shards, shard_root, seed)
+    batches = PackedBatches(mixer, config.micro_batch_size, eos_id)
+    held_out = held_out_windows(context, config, shards)
+    evaluate = HeldOutLoss(model, tokenizer, held_out, eos_id)
 
     # -- checkpoints: after every evaluation and every `checkpoint_every` steps; resumable -----------------
-    # Full training saves the model; LoRA saves only the adapters (and embeddings, if they train).
-    # Sharded (FSDP), the loop hands over the full weights it gathered on the main process; under DeepSpeed in 16
-    # bits, the fp32 master weights.
-    def save_model(folder: Path, weights: dict[str, torch.Tensor] | None) -> None:
-        if weights is None:
-            model.save_pretrained(folder, safe_serialization=True)
-        elif config.method == "lora":  # peft picks the adapters (and modules_to_save) out of the full state
-            model.save_pretrained(folder, safe_serialization=True, state_dict=weights)
-        else:  # save_pretrained empties the dict it is given; the tied LM head is written once, as unsharded
-            model.save_pretrained(folder, safe_serialization=True, state_dict=without_tied_copies(model, weights))
-        tokenizer.save_pretrained(folder)
-
-    def load_weights(folder: Path) -> None:
-        if config.method == "lora":
-            load_adapter_weights(model, folder)
-        else:
-            load_full_weights(model, folder)
-
-    checkpointer = Checkpointer(
-        context.out / "checkpoints",
-        save_model,
-        load_weights,
-        every=config.checkpoint_every,
-        keep_last=config.keep_checkpoints,
-    )
-
+    checkpointer = model_checkpointer(context.out / "checkpoints", config, model, tokenizer)
     monitor = config.early_stopping.monitor
-    if monitor not in held_out:
-        monitor = "domain_val_loss"
-    settings = LoopSettings(
-        precision=config.precision,
-        global_batch_tokens=config.global_batch_tokens,
-        seq_len=config.seq_len,
-        micro_batch_size=config.micro_batch_size,
-        report_to=tuple(config.report_to),
+    settings = LoopSettings.from_config(
+        config,
+        monitor=monitor if monitor in held_out else "domain_val_loss",
         tracking_dir=context.out / "tracking",
-        max_steps=config.max_steps,
-        lr=config.lr,
-        warmup_steps=config.warmup_steps,
-        min_lr_ratio=config.min_lr_ratio,
-        weight_decay=config.weight_decay,
-        grad_clip=config.grad_clip,
-        grad_accum_steps=config.grad_accum_steps,
-        eval_every=config.eval_every,
-        monitor=monitor,
-        patience=config.early_stopping.patience,
-        min_delta=config.early_stopping.min_delta,
-        schedule=config.schedule,
-        decay_fraction=config.decay_fraction,
-        embedding_lr_ratio=config.embedding_lr_ratio,
-        sharding=config.sharding,
-        compile=config.compile,
         flops_per_unit=flops_per_token(model, config.seq_len),
         peak_tflops=device_peak_tflops(config.peak_tflops),
     )
@@ -253,7 +268,7 @@ def run(context: StageContext) -> dict[str, Any]:
         checkpointer=checkpointer,
         description="pretrain",
     )
-    check_leak()  # resumed past its last evaluation: checked now, on the trained model
+    evaluate.check_leak()  # resumed past its last evaluation: checked now, on the trained model
     best_step = result.best_step or 0
     speed = throughput_report(model, config.seq_len, result.units_per_second, config.peak_tflops, result.processes)
 
@@ -284,6 +299,6 @@ def run(context: StageContext) -> dict[str, Any]:
         "trainable_parameters": trainable,
         **speed,
         # how far packed documents moved each other's logits in the check (0.0: kept apart); None: not masked
-        "document_leak": leak[0] if leak else None,
+        "document_leak": evaluate.leak,
         "started_from": context.inputs["base"].id,  # the base artifact, or the extended base with `vocab:`
     }

@@ -26,7 +26,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from dapt.artifacts import atomic_write_text
@@ -78,6 +79,24 @@ class LoopSettings:
     compile: bool = False  # train through torch.compile (evaluation stays eager)
     flops_per_unit: float | None = None  # model FLOPs per trained unit (token), for MFU in the log
     peak_tflops: float | None = None  # one device's peak TFLOP/s; with flops_per_unit, each step logs its MFU
+
+    @classmethod
+    def from_config(cls, section: BaseModel, **given: Any) -> LoopSettings:
+        """The settings a typed config section (`PretrainConfig`) holds, read under the same names (monitor,
+        patience and min_delta from its `early_stopping`), with `given` (what the stage works out: the tracking
+        folder, the model's FLOPs per token, ...) added or put in their place."""
+        declared = type(section).model_fields
+        values = {f.name: getattr(section, f.name) for f in fields(cls) if f.name in declared}
+        stopping = getattr(section, "early_stopping", None)
+        if stopping is not None:
+            values |= {name: getattr(stopping, name) for name in STOPPING_FIELDS}
+        values |= given
+        if "report_to" in values:
+            values["report_to"] = tuple(values["report_to"])
+        return cls(**values)
+
+
+STOPPING_FIELDS = ("monitor", "patience", "min_delta")  # LoopSettings' fields a section holds in its early_stopping
 
 
 @dataclass
@@ -614,27 +633,8 @@ class Trainer:
 
 
 def train_loop(
-    model: torch.nn.Module,
-    next_batch: BatchSource,
-    loss_fn: LossFn,
-    settings: LoopSettings,
-    *,
-    evaluate: Callable[[], dict[str, float]] | None = None,
-    on_evaluation: Callable[[int, dict[str, float], bool], None] | None = None,
-    metrics_file: Path | None = None,
-    checkpointer: Checkpointer | None = None,
-    description: str = "train",
+    model: torch.nn.Module, next_batch: BatchSource, loss_fn: LossFn, settings: LoopSettings, **options: Any
 ) -> TrainResult:
-    """Train with a `Trainer` (see there) and return its result."""
-    trainer = Trainer(
-        model,
-        next_batch,
-        loss_fn,
-        settings,
-        evaluate=evaluate,
-        on_evaluation=on_evaluation,
-        metrics_file=metrics_file,
-        checkpointer=checkpointer,
-        description=description,
-    )
-    return trainer.train()
+    """Train with a `Trainer` (`options`: its keyword arguments, evaluate, checkpointer, ...) and return its
+    result."""
+    return Trainer(model, next_batch, loss_fn, settings, **options).train()
