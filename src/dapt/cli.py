@@ -21,6 +21,7 @@ STAGES = {
     "curate": "clean, deduplicate and decontaminate the documents (with a rejection ledger)",
     "extend-vocab": "add domain tokens to the base's tokenizer and embeddings (set vocab.add or vocab.coverage)",
     "tokenize": "tokenise into packed shards with held-out splits",
+    "extend-context": "write the base with a longer context window (set pretrain.context)",
     "pretrain": "continued pretraining: the DAPT base",
     "adapt": "train each task variant from the DAPT base and from the original base (control)",
     "evaluate": "perplexity of both bases; task metrics of every variant",

@@ -659,6 +659,39 @@ class LoraConfig(Section):
     )
 
 
+class ContextConfig(Section):
+    """A longer context window for the DAPT base: RoPE scaling set in the base's config before pretraining.
+
+    The `extend-context` stage writes the base (the original, or the vocabulary-extended one) with the new window
+    in its config.json (transformers' RoPE parameters and max_position_embeddings; the weights unchanged), and
+    pretraining then teaches it the longer window: set pretrain.seq_len up to `length` (Llama 3 grew 8K → 128K in
+    six such stages; YaRN needs about 10x fewer tokens than position interpolation, Peng et al. 2023). evaluate-lm
+    then measures what it bought and cost: passkey retrieval at several lengths and depths, held-out loss by
+    position, and both bases' loss at the original window (the Llama 3 criterion: short-context quality must
+    recover). The control variants keep the original base and its window.
+    """
+
+    length: int = Field(gt=0, description="The new context window in tokens (max_position_embeddings).")
+    rope_scaling: Literal["yarn", "linear", "dynamic", "llama3"] | None = Field(
+        "yarn",
+        description="How RoPE positions are rescaled (transformers' rope_type): yarn (interpolation by frequency "
+        "band plus attention temperature; the usual choice), linear (position interpolation), dynamic (NTK-aware, "
+        "rescaled as the sequence grows), llama3 (Llama 3.1's). None: only rope_theta changes.",
+    )
+    factor: float | None = Field(
+        None, gt=1, description="The scaling factor; None: length / the base's max_position_embeddings."
+    )
+    rope_theta: float | None = Field(
+        None, gt=0, description="A new RoPE base frequency (e.g. 500000, as Llama 3); None: the base's."
+    )
+
+    @model_validator(mode="after")
+    def _scales_something(self) -> ContextConfig:
+        if self.rope_scaling is None and self.rope_theta is None:
+            raise ValueError("set rope_scaling (yarn, linear, dynamic, llama3) or rope_theta to extend the window")
+        return self
+
+
 class PretrainConfig(Section):
     """Continued pretraining: next-token prediction on domain text with a share of general replay."""
 
@@ -704,6 +737,11 @@ class PretrainConfig(Section):
         "flash_attention_2 (variable-length kernels).",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory.")
+    context: ContextConfig | None = Field(
+        None,
+        description="Extend the base's context window before pretraining (RoPE scaling), e.g. {length: 8192, "
+        "rope_scaling: yarn}; None: the base's window.",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="auto: bf16 autocast (fp32 master weights) where the device computes bf16 natively, else fp32. "

@@ -76,6 +76,13 @@ def _describe(artifact: Artifact, evaluations: dict[str, Artifact], by_id: dict[
             f"extended base — {metrics['added']:,} domain tokens added, vocabulary {metrics['old_vocab_size']:,} → "
             f"{metrics['new_vocab_size']:,}{fertility}"
         )
+    if artifact.kind == "extend_context":
+        window = metrics["context"]
+        rope = window["rope_after"]
+        return (
+            f"longer-window base — context {window['old_window']:,} → {window['new_window']:,} tokens "
+            f"(rope {rope.get('rope_type', 'default')}, factor {rope.get('factor', 1):g})"
+        )
     if artifact.kind == "pretrain":
         tokens_input = by_id.get(artifact.manifest["inputs"].get("tokens", {}).get("id", ""))
         corpus = ""
@@ -157,7 +164,7 @@ def lineage(run_dir: Path) -> list[dict[str, Any]]:
             roots.append(nodes[artifact.id])
     # under each node: the harness scores of the node itself, then the extended or DAPT base, then the variants;
     # the current build of a stage before its earlier ones
-    order = {"harness": 0, "extend_vocab": 1, "pretrain": 1}
+    order = {"harness": 0, "extend_vocab": 1, "extend_context": 1, "pretrain": 1}
     for node in nodes.values():
         node["children"].sort(
             key=lambda child: (order.get(child["kind"], 2), child["name"], not child.get("current", True))

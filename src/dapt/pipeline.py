@@ -72,7 +72,7 @@ class StageSpec:
 
 def plan(config: PipelineConfig) -> list[StageSpec]:
     """The stages of a pipeline, in dependency order."""
-    from dapt.stages import base, curate, evaluate, extend_vocab, ingest, pretrain, tokenize
+    from dapt.stages import base, curate, evaluate, extend_context, extend_vocab, ingest, pretrain, tokenize
 
     dump = config.model_dump(mode="json")
     # how tokenisation runs (workers, batch size, backend) changes no shard: not part of the cache key
@@ -137,6 +137,18 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
                 resumable=True,
             ),
         ]
+    if config.pretrain.context is not None:  # a longer window (RoPE scaling) in the base's config, then pretrain it
+        stages.append(
+            StageSpec(
+                "extend-context",
+                "extend_context",
+                extend_context.run,
+                {"context": dump["pretrain"]["context"]},
+                {"base": pretrain_base},
+                summary="the base with a longer context window (RoPE scaling in its config)",
+            )
+        )
+        pretrain_base = "extend-context"
     stages += [
         StageSpec(
             "pretrain",
@@ -159,6 +171,8 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
                 "seq_len": config.pretrain.seq_len,
                 "document_mask": config.pretrain.document_mask,
                 **precision_config(config.pretrain.precision),
+                # only when set, so that the ids of runs without a context extension stay as they were
+                **({"context": dump["pretrain"]["context"]} if config.pretrain.context is not None else {}),
             },
             {"tokens": "tokenize", "corpus": "curate", "original": "base", "dapt": "pretrain"},
             summary="domain and general perplexity and bits per byte, before and after",
@@ -566,7 +580,8 @@ def _interrupted_note(folder: Path, interrupted: dict[str, Any], attempt: dict[s
     )
 
 
-MODEL_KINDS = ("base", "extend_vocab", "pretrain", "tapt", "adapt")  # artifacts whose files later stages build on
+# artifacts whose files later stages build on
+MODEL_KINDS = ("base", "extend_vocab", "extend_context", "pretrain", "tapt", "adapt")
 
 
 def verify_models_unchanged(inputs: dict[str, Artifact]) -> None:

@@ -89,8 +89,14 @@ def base_positions(config: PipelineConfig) -> tuple[int | None, str]:
 
 
 def check_positions(config: PipelineConfig, positions: int, source: str) -> None:
-    """Every window length the pipeline trains or tests with fits the base's positions."""
-    lengths = [("pretrain.seq_len", config.pretrain.seq_len)]
+    """Every window length the pipeline trains or tests with fits the base's positions (pretraining: the window
+    `pretrain.context` extends it to, when set)."""
+    lengths = [] if config.pretrain.context is not None else [("pretrain.seq_len", config.pretrain.seq_len)]
+    if config.pretrain.context is not None and config.pretrain.seq_len > config.pretrain.context.length:
+        raise ConfigError(
+            f"pretrain.seq_len: {config.pretrain.seq_len} tokens, more than pretrain.context.length "
+            f"({config.pretrain.context.length}); set pretrain.seq_len to {config.pretrain.context.length} or less"
+        )
     for index, task in enumerate(config.tasks):
         lengths.append((f"tasks[{index}].max_length", task.max_length))
         if task.tapt_steps:

@@ -200,6 +200,8 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
             "test_bytes": lm.get("test_bytes", {}),
             "general_heldout_from": tokenize["general_heldout_from"],
             "tokenizer_missing_bytes": base.get("tokenizer_missing_bytes"),
+            # with pretrain.context: passkey retrieval, loss by position and loss at the old window, both bases
+            "long_context": lm.get("long_context"),
             "vocabulary_extension": None
             if extension is None
             else {

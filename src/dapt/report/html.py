@@ -27,6 +27,7 @@ from dapt.report.markdown import (
     change,
     difference_text,
     extension_lines,
+    long_context_lines,
     missing_bytes_lines,
     num,
     per_class_rows,
@@ -246,6 +247,44 @@ def _perplexity(report: dict[str, Any]) -> str:
     parts += [
         f"<p>{_e(line.replace('`', ''))}</p>" for line in (*extension_lines(base), *missing_bytes_lines(base)) if line
     ]
+    if base.get("long_context"):
+        parts.append(_long_context(base["long_context"]))
+    return "\n".join(parts)
+
+
+def _long_context(window: dict[str, Any]) -> str:
+    """A context extension's passkey table, loss-by-position plot and short-context retention (report.md's
+    tables, and the plot)."""
+    parts = [f"<h3>Long context: {window['old_window']:,} → {window['new_window']:,} tokens</h3>"]
+    original, dapt = window["original"], window["dapt"]
+    if "domain_loss_by_position" in original:
+        parts.append(
+            _image(
+                plots.loss_by_position(
+                    original["domain_loss_by_position"]["buckets"],
+                    dapt["domain_loss_by_position"]["buckets"],
+                    window["old_window"],
+                ),
+                "held-out domain loss by position in the document, original and DAPT base",
+                "Held-out domain loss by position in the document: past the old window (dashed), a model that uses "
+                "the longer context keeps predicting better, or at least no worse.",
+            )
+        )
+    depths = original["passkey"]["depths"]
+    rows = [
+        [f"{length:,}"]
+        + [f"{accuracy:.0%}" for accuracy in original["passkey"]["accuracy"][number]]
+        + [f"{accuracy:.0%}" for accuracy in dapt["passkey"]["accuracy"][number]]
+        for number, length in enumerate(original["passkey"]["lengths"])
+    ]
+    header = ["prompt tokens"] + [f"original, depth {d:.0%}" for d in depths] + [f"DAPT, depth {d:.0%}" for d in depths]
+    parts.append(
+        f"<p>Passkey retrieval: a 5-digit key hidden in filler text, asked for at the end "
+        f"({original['passkey']['trials']} keys per cell, greedy answers).</p>"
+    )
+    parts.append(_table(header, rows, numeric=set(range(1, len(header)))))
+    retention = [line for line in long_context_lines({"long_context": window}) if line.startswith("Short-context")]
+    parts += [f"<p>{_e(line)}</p>" for line in retention]
     return "\n".join(parts)
 
 

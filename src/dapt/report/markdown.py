@@ -119,6 +119,60 @@ def extension_lines(base: dict[str, Any]) -> list[str]:
 PER_CLASS_NOTE = "the main run of each variant: the pipeline's seed, all the training data; P precision, R recall"
 
 
+def long_context_lines(base: dict[str, Any]) -> list[str]:
+    """The context extension's section of report.md: what the longer window bought and cost (empty without one)."""
+    window = base.get("long_context")
+    if not window:
+        return []
+    original, dapt = window["original"], window["dapt"]
+    lines = [
+        "",
+        f"### Long context: {window['old_window']:,} → {window['new_window']:,} tokens",
+        "",
+        "Passkey retrieval (a 5-digit key hidden at 10%, 50% and 90% depth of filler text, asked for at the end; "
+        f"{original['passkey']['trials']} keys per length and depth, greedy answers), accuracy:",
+        "",
+        "| prompt tokens | original base | DAPT base |",
+        "|---|---|---|",
+    ]
+    for number, length in enumerate(original["passkey"]["lengths"]):
+        before = sum(original["passkey"]["accuracy"][number]) / len(original["passkey"]["depths"])
+        after = sum(dapt["passkey"]["accuracy"][number]) / len(dapt["passkey"]["depths"])
+        lines.append(f"| {length:,} | {before:.0%} | {after:.0%} |")
+    if "domain_loss_by_position" in original:
+        lines += [
+            "",
+            "Held-out domain loss by position in the document (windows of the new length):",
+            "",
+            "| positions | tokens | original base | DAPT base |",
+            "|---|---|---|---|",
+        ]
+        for before, after in zip(
+            original["domain_loss_by_position"]["buckets"], dapt["domain_loss_by_position"]["buckets"], strict=True
+        ):
+            lines.append(
+                f"| {before['from']:,}–{before['to']:,} | {before['tokens']:,} | {num(before['loss'], 4)} | "
+                f"{num(after['loss'], 4)} |"
+            )
+    recovered = window["short_context_recovered"]
+    verdicts = [
+        f"{name} {num(result['original'], 4)} → {num(result['dapt'], 4)} ({result['change']:+.1%}, "
+        + ("recovered" if result["recovered"] else "not recovered")
+        + ")"
+        for name, result in recovered.items()
+        if isinstance(result, dict)
+    ]
+    if verdicts:
+        lines += [
+            "",
+            f"Short-context retention, loss at the original {window['old_window']:,}-token window: "
+            + "; ".join(verdicts)
+            + f". Recovered means at most {recovered['tolerance']:.0%} above the original base (Llama 3's criterion "
+            "for accepting a context-extension stage).",
+        ]
+    return lines
+
+
 def per_class_rows(task: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(class, control's scores, DAPT's scores) for each class of a classification task, in label order."""
     return [(label, task["per_class"]["control"][label], task["per_class"]["dapt"][label]) for label in task["labels"]]
@@ -216,6 +270,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             if base["general_heldout_from"] == "replay"
             else ", not the replay source."
         ),
+        *long_context_lines(base),
         "",
         "## Continued pretraining",
         "",

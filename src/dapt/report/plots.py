@@ -174,3 +174,22 @@ def data_efficiency(
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     return _png(figure)
+
+
+def loss_by_position(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]], old_window: int) -> bytes:
+    """Mean held-out loss per bucket of positions in the document (`{"from", "to", "loss"}` each, loss None when no
+    token fell in it) for the original (grey) and the DAPT base (blue), the old window's end dashed."""
+    figure, axes = _figure()
+    for buckets, colour, label in ((before, GREY, "original base"), (after, BLUE, "DAPT base")):
+        points = [((b["from"] + b["to"]) / 2, b["loss"]) for b in buckets if b["loss"] is not None]
+        if points:
+            positions, losses = zip(*points, strict=True)
+            axes.plot(positions, losses, color=colour, marker="o", markersize=5, linewidth=1.5, label=label)
+    axes.axvline(old_window, color="black", linestyle="--", linewidth=1, label=f"old window ({old_window:,})")
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("position in the document (tokens)")
+    axes.set_ylabel("loss (nats / token)")
+    axes.set_title("Held-out domain loss by position")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return _png(figure)

@@ -15,18 +15,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from dapt.data.shards import packed_windows
+from dapt.data.shards import document_position_ids, packed_windows
 from dapt.errors import DataError
 from dapt.eval.judge import endpoint, rate
 from dapt.eval.judge import score as judge_score
+from dapt.eval.long_context import (
+    loss_by_position,
+    passkey_accuracy,
+    passkey_lengths,
+    position_edges,
+    short_context_recovered,
+)
 from dapt.eval.metrics import classification_report
 from dapt.eval.text_metrics import exact_match, rouge_l, token_f1
 from dapt.model.chat import encode_pair, prompt_ids
 from dapt.model.classifier import encode_right_padded
 from dapt.model.load import load_causal_lm
+from dapt.model.packed_attention import packed_attention
 from dapt.pipeline import StageContext
 from dapt.stages.adapt import pair_logps, precision_setting
 from dapt.stages.tasks import read_examples
@@ -56,6 +65,54 @@ def first_characters(texts: list[str], max_chars: int) -> list[str]:
         kept.append(text[: max_chars - total])
         total += len(kept[-1])
     return kept
+
+
+@torch.no_grad()
+def token_losses(
+    model: torch.nn.Module, tokens: np.ndarray, window: int, eos_id: int, max_windows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each predicted token's loss and its position in its document, over packed windows of `window` tokens
+    (documents kept apart: positions restart after every end-of-text token). Both (windows * window,)."""
+    count = min(max_windows, max(0, (len(tokens) - 1) // window))
+    device = next(model.parameters()).device
+    losses, positions = [], []
+    for index in range(count):
+        chunk = torch.from_numpy(np.asarray(tokens[index * window : index * window + window + 1], dtype=np.int64))
+        input_ids, targets = chunk[:-1].unsqueeze(0).to(device), chunk[1:].to(device)
+        position_ids = document_position_ids(input_ids, eos_id)
+        with packed_attention(model, input_ids, position_ids):
+            logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[0].float()
+        losses.append(F.cross_entropy(logits, targets, reduction="none").cpu().numpy())
+        positions.append(position_ids[0].cpu().numpy())
+    if not losses:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    return np.concatenate(losses), np.concatenate(positions)
+
+
+def long_context_report(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    test_tokens: dict[str, np.ndarray],
+    *,
+    old_window: int,
+    new_window: int,
+    max_tokens: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One base's passkey accuracy, domain loss by position (windows of the new length) and loss at the old window
+    for each held-out split in `test_tokens` (name -> packed token ids, each document ending in end-of-text)."""
+    eos_id = tokenizer.eos_token_id
+    lengths = passkey_lengths(old_window, new_window)
+    report: dict[str, Any] = {"passkey": passkey_accuracy(model, tokenizer, lengths, seed)}
+    if "domain" in test_tokens:
+        losses, positions = token_losses(
+            model, test_tokens["domain"], new_window, eos_id, max(1, -(-max_tokens // new_window))
+        )
+        report["domain_loss_by_position"] = loss_by_position(losses, positions, position_edges(old_window, new_window))
+    for name, tokens in test_tokens.items():
+        losses, _ = token_losses(model, tokens, old_window, eos_id, max(1, max_tokens // old_window))
+        report[f"{name}_loss_at_old_window"] = float(losses.mean()) if len(losses) else None
+    return report
 
 
 def run_lm(context: StageContext) -> dict[str, Any]:
@@ -94,6 +151,21 @@ def run_lm(context: StageContext) -> dict[str, Any]:
         },
     }
     tokenizers = {}
+    # with pretrain.context: the original base's window and the extended one
+    window = None
+    if context.config.get("context"):
+        from transformers import AutoConfig
+
+        from dapt.config import ContextConfig
+        from dapt.model.context import rope_settings
+
+        original_config = AutoConfig.from_pretrained(context.inputs["original"].path / "model")
+        old = rope_settings(original_config).get("original_max_position_embeddings")
+        window = {
+            "old": int(old or original_config.max_position_embeddings),
+            "new": ContextConfig.model_validate(context.config["context"]).length,
+        }
+    long_context: dict[str, Any] = {}
     precision = choose_precision(precision_setting(context))  # both bases alike, as the pretraining computed
     context.log(str(precision))
     metrics |= precision.record()
@@ -129,6 +201,26 @@ def run_lm(context: StageContext) -> dict[str, Any]:
                 for n in test_texts
             )
         )
+        if window is not None:  # a context extension: what it bought (long) and cost (short), for each base
+            test_tokens = {
+                name: np.concatenate(tokenize_texts(tokenizer, documents, eos_id, f"tokenize {name} test"))
+                for name, documents in test_texts.items()
+            }
+            with autocast(precision):
+                long_context[role] = long_context_report(
+                    model, tokenizer, test_tokens, old_window=window["old"], new_window=window["new"], max_tokens=budget
+                )
+            context.log(
+                f"{role}: passkey accuracy {long_context[role]['passkey']['mean']:.0%} over "
+                f"{', '.join(map(str, long_context[role]['passkey']['lengths']))} tokens"
+            )
+    if window is not None:
+        metrics["long_context"] = {
+            "old_window": window["old"],
+            "new_window": window["new"],
+            **long_context,
+            "short_context_recovered": short_context_recovered(long_context["original"], long_context["dapt"]),
+        }
     metrics["same_tokenizer"] = same_tokenizer(tokenizers["original"], tokenizers["dapt"])
     if not metrics["same_tokenizer"]:
         context.log("the bases' tokenizers differ: compare bits per byte; per-token perplexity is not comparable")
