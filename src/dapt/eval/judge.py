@@ -60,20 +60,24 @@ def judge_messages(prompt: str, reference: str, answer: str) -> list[dict[str, s
 
 def rate(judge: dict[str, Any], task_name: str, prompt: str, reference: str, answer: str) -> int:
     """The judge's rating (1-5) of one answer; a clear error naming the task and the URL when it cannot say."""
+    where = f"tasks.{task_name}.judge ({endpoint(judge['url'])})"
+    content = complete(judge, where, judge_messages(prompt, reference, answer))
+    match = RATING.search(content)
+    if match is None:
+        raise DataError(f"{where}: the judge's reply holds no rating from 1 to 5: {str(content)[:200]!r}")
+    return int(match.group(1))
+
+
+def complete(judge: dict[str, Any], where: str, messages: list[dict[str, str]]) -> str:
+    """The judge's reply to `messages` at temperature 0 (`where` names the config key in errors)."""
     url = endpoint(judge["url"])
-    where = f"tasks.{task_name}.judge ({url})"
     headers = {"Content-Type": "application/json"}
     if judge.get("api_key_env"):
         key = os.environ.get(judge["api_key_env"])
         if not key:
             raise ConfigError(f"{where}: environment variable {judge['api_key_env']} (api_key_env) is not set")
         headers["Authorization"] = f"Bearer {key}"
-    body = {
-        "model": judge["model"],
-        "messages": judge_messages(prompt, reference, answer),
-        "temperature": 0,
-        "max_tokens": judge["max_tokens"],
-    }
+    body = {"model": judge["model"], "messages": messages, "temperature": 0, "max_tokens": judge["max_tokens"]}
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
     try:
         with _OPENER.open(request, timeout=judge["timeout_seconds"]) as response:
@@ -98,10 +102,7 @@ def rate(judge: dict[str, Any], task_name: str, prompt: str, reference: str, ans
             f"{where}: not an OpenAI-style chat-completions reply (expected choices[0].message.content): "
             f"{raw[:200].decode(errors='replace')!r}"
         ) from None
-    match = RATING.search(content or "")
-    if match is None:
-        raise DataError(f"{where}: the judge's reply holds no rating from 1 to 5: {str(content)[:200]!r}")
-    return int(match.group(1))
+    return str(content or "")
 
 
 def score(rating: int) -> float:

@@ -1,4 +1,5 @@
-"""Task metrics for classification: accuracy, macro-F1, per-class report, confusion matrix."""
+"""Task metrics for classification (accuracy, macro-F1, per-class report, confusion matrix), and the paired
+bootstrap interval every control-vs-DAPT difference in the report is given with."""
 
 from __future__ import annotations
 
@@ -34,3 +35,15 @@ def classification_report(truth: list[int], predicted: list[int], labels: list[s
         "labels": labels,
         "examples": int(matrix.sum()),
     }
+
+
+BOOTSTRAP_SAMPLES = 2000
+
+
+def paired_bootstrap(control_correct: np.ndarray, dapt_correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean-score difference (dapt − control), resampling test examples with replacement."""
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(0, len(control_correct), size=(BOOTSTRAP_SAMPLES, len(control_correct)))
+    differences = dapt_correct[samples].mean(axis=1) - control_correct[samples].mean(axis=1)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return float(low), float(high)

@@ -17,22 +17,11 @@ import pyarrow.parquet as pq
 
 from dapt.artifacts import Artifact, atomic_write_text, read_artifact
 from dapt.config import PipelineConfig, TaskConfig
+from dapt.eval.metrics import paired_bootstrap
 from dapt.lineage import lineage
 from dapt.pipeline import plan, run_suffix, task_runs
 from dapt.report.html import render_html
 from dapt.report.markdown import METRIC_LABELS, render_markdown
-
-BOOTSTRAP_SAMPLES = 2000
-
-
-def paired_bootstrap(control_correct: np.ndarray, dapt_correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95% interval of the mean-score difference (dapt − control), resampling test examples with replacement."""
-    rng = np.random.default_rng(seed)
-    samples = rng.integers(0, len(control_correct), size=(BOOTSTRAP_SAMPLES, len(control_correct)))
-    differences = dapt_correct[samples].mean(axis=1) - control_correct[samples].mean(axis=1)
-    low, high = np.percentile(differences, [2.5, 97.5])
-    return float(low), float(high)
-
 
 # The metric that decides the verdict, and a second one shown beside it, per task type.
 TASK_METRICS = {
