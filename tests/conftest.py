@@ -1,9 +1,11 @@
-"""Shared test helpers: a tiny OpenAI-compatible chat-completions server for the LLM judge's tests."""
+"""Shared test helpers: a fake OpenAI-compatible chat server for the LLM judge's tests; a local Ray runtime."""
 
 import json
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 # `precision: auto` picks bf16 on CPUs that compute it natively (dapt.train.precision): the suite (and the commands it
 # launches) computes in fp32 on every machine, so its numbers and tolerances do not depend on the CPU it runs on.
@@ -62,3 +64,12 @@ def overlap_rating(body: dict) -> str:
     reference = text.split("Reference answer:\n")[1].split("\n\nCandidate answer:")[0]
     candidate = text.split("Candidate answer:\n")[1].split("\n\nRating")[0]
     return "Rating: 5" if candidate == reference else "2 - mostly wrong"
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local Ray runtime on 2 CPUs, started once for every test of the Ray backends (starting one takes seconds)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

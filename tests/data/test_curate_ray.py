@@ -9,14 +9,7 @@ from dapt.data.curate import curate_documents, curation_options
 from dapt.data.executor import curate_to_files
 from helpers.corpora import mixed_corpus
 
-ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytest.importorskip("ray")
 
 
 def test_ray_backend_equals_the_local_backend(local_ray, tmp_path) -> None:

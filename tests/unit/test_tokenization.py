@@ -138,15 +138,10 @@ def test_one_and_two_workers_write_the_same_bytes(tmp_path, tokenizer_folder):
     assert one_files and one_files == files_of(tmp_path / "two")
 
 
-def test_ray_tasks_write_the_same_bytes_as_one_process(tmp_path, tokenizer_folder):
-    ray = pytest.importorskip("ray")
+def test_ray_tasks_write_the_same_bytes_as_one_process(local_ray, tmp_path, tokenizer_folder):
     documents = corpus(tmp_path / "documents.parquet", documents=120)
     tokenize(documents, tmp_path / "one", tokenizer_folder, workers=1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        on_ray = tokenize(documents, tmp_path / "ray", tokenizer_folder, workers=2, backend="ray")
-    finally:
-        ray.shutdown()
+    on_ray = tokenize(documents, tmp_path / "ray", tokenizer_folder, workers=2, backend="ray")
     assert on_ray["work"]["parts"] == 6
     one_files = files_of(tmp_path / "one")
     assert one_files and one_files == files_of(tmp_path / "ray")
