@@ -28,6 +28,9 @@ STAGES = {
 }
 
 
+GATES_BROKEN_EXIT = 3  # `dapt run --strict-gates` with a broken gate: not a user error (2), not a crash (1)
+
+
 def demo_config_path() -> Path:
     return Path(str(resources.files("dapt") / "pipelines" / "demo.yaml"))
 
@@ -175,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a pipeline YAML end to end (finished stages are skipped)")
     run.add_argument("pipeline", type=Path, help="the pipeline YAML (see `dapt config --demo` for an example)")
     _add_run_options(run)
+    run.add_argument(
+        "--strict-gates",
+        action="store_true",
+        help=f"exit with code {GATES_BROKEN_EXIT} when a gate of `safety:` or `retention:` is broken (for CI), after "
+        "writing the report",
+    )
 
     for stage, summary in STAGES.items():
         command = commands.add_parser(
@@ -313,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(pipeline_path: Path, out: Path | None, overrides: list[str], until: str | None) -> int:
+def _run(
+    pipeline_path: Path, out: Path | None, overrides: list[str], until: str | None, strict_gates: bool = False
+) -> int:
     import yaml
 
     from dapt.config import load_config
@@ -345,6 +356,12 @@ def _run(pipeline_path: Path, out: Path | None, overrides: list[str], until: str
                 report = build_report(config, run_dir, artifacts)
             print_headline(report, run_dir)
         leave()  # the other processes wait for the report, then every one leaves the process group
+    broken = artifacts["gates"].metrics["broken"] if strict_gates and until is None and "gates" in artifacts else []
+    for gate in broken:
+        print(f"gate broken ({gate['comparison']}): {gate['message']}", file=sys.stderr)
+    if broken:
+        print(f"dapt: {len(broken)} gate(s) broken; exit code {GATES_BROKEN_EXIT} (--strict-gates)", file=sys.stderr)
+        return GATES_BROKEN_EXIT
     return 0
 
 
@@ -389,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return _run(demo_config_path(), args.out or Path("runs/demo"), args.overrides, None)
         if args.command == "run":
-            return _run(args.pipeline, args.out, args.overrides, None)
+            return _run(args.pipeline, args.out, args.overrides, None, args.strict_gates)
         if args.command == "curate":
             from dapt.curate_command import pipeline_path, run_from_args
 

@@ -125,12 +125,19 @@ def lineage(run_dir: Path) -> list[dict[str, Any]]:
         if a.kind == "evaluate_task" and "model" in a.manifest["inputs"]:
             evaluations.setdefault(a.manifest["inputs"]["model"]["id"], a)
     harness_runs = [a for a in artifacts if a.kind == "harness" and "model" in a.manifest["inputs"]]
+    # the gates of the current `gates` stage (dapt.stages.cost) that a model broke, by the model's id
+    broken_gates: dict[str, list[str]] = {}
+    for gates in (a for a in artifacts if a.kind == "gates" and a.id in current):
+        for broken in gates.metrics.get("broken", []):
+            broken_gates.setdefault(broken["candidate_id"], []).append(broken["message"])
     nodes = {
         a.id: {
             "name": a.manifest["name"],
             "kind": a.kind,
             "id": a.id,
-            "description": _describe(a, evaluations, by_id),
+            "description": _describe(a, evaluations, by_id)
+            + "".join(f" — GATE BROKEN: {message}" for message in broken_gates.get(a.id, [])),
+            "gates_broken": broken_gates.get(a.id, []),
             "current": a.id in current,
             "path": str(a.path),
             "children": [],

@@ -180,6 +180,58 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
     ]
     for task in dump["tasks"]:
         stages += variant_stages(task, config.seed, {"control": "base", "dapt": "pretrain"}, config.pretrain.precision)
+    return stages + cost_stages(dump, config.seed, config.pretrain.precision)
+
+
+def cost_stages(dump: dict[str, Any], pipeline_seed: int, precision: str) -> list[StageSpec]:
+    """What adaptation cost (`dapt.stages.cost`): safety and retention of both bases and of every variant of an
+    instruction or preference task (each seed, all the data), then the gates on them."""
+    from dapt.stages import cost
+
+    # what the answers depend on; the gates' thresholds belong to the gates stage alone
+    measured = {"safety": {k: dump["safety"][k] for k in ("max_new_tokens", "judge")}, **precision_config(precision)}
+    stages = [
+        StageSpec(
+            "cost-bases",
+            "cost",
+            cost.run_bases,
+            measured,
+            {"original": "base", "dapt": "pretrain"},
+            summary="safety (chat models) and general-knowledge retention of both bases",
+        )
+    ]
+    tasks = []
+    for task in dump["tasks"]:
+        if task["type"] == "classification":  # a classifier generates nothing
+            continue
+        runs: dict[str, list[str]] = {"control": [], "dapt": []}
+        for seed, fraction in task_runs(task, pipeline_seed):
+            if fraction != 1.0:
+                continue
+            for variant in runs:
+                suffix = run_suffix(seed, fraction, pipeline_seed)
+                name = f"cost-{task['name']}-{variant}{suffix}"
+                stages.append(
+                    StageSpec(
+                        name,
+                        "cost",
+                        cost.run_variant,
+                        measured | {"variant": variant},
+                        {"model": f"adapt-{task['name']}-{variant}{suffix}"},
+                        summary="safety and general-knowledge retention of the variant",
+                    )
+                )
+                runs[variant].append(name)
+        if runs["dapt"]:
+            tasks.append({"name": task["name"], "runs": runs})
+    gates = {
+        "safety": {k: dump["safety"][k] for k in ("max_refusal_drop", "max_over_refusal_rise")},
+        "retention": dump["retention"],
+        "tasks": tasks,
+    }
+    inputs = {"bases": "cost-bases", "lm": "evaluate-lm"}
+    inputs |= {name: name for task in tasks for names in task["runs"].values() for name in names}
+    stages.append(StageSpec("gates", "gates", cost.run_gates, gates, inputs, summary="what adaptation cost: the gates"))
     return stages
 
 

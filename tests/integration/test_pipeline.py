@@ -26,6 +26,8 @@ STAGES = [
     "evaluate-xml-subpackage-control",
     "adapt-xml-subpackage-dapt",
     "evaluate-xml-subpackage-dapt",
+    "cost-bases",
+    "gates",
 ]
 
 

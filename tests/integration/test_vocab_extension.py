@@ -31,6 +31,8 @@ STAGES = [
     "evaluate-xml-subpackage-control",
     "adapt-xml-subpackage-dapt",
     "evaluate-xml-subpackage-dapt",
+    "cost-bases",
+    "gates",
 ]
 
 
@@ -143,6 +145,8 @@ def test_another_extension_size_reruns_the_extension_and_what_grows_from_it_only
         "evaluate-lm",
         "adapt-xml-subpackage-dapt",
         "evaluate-xml-subpackage-dapt",
+        "cost-bases",
+        "gates",
     }
     assert read_artifact(run_dir / "extend-vocab").metrics["new_vocab_size"] == ORIGINAL_VOCAB + 32
 

@@ -21,7 +21,7 @@ from dapt.eval.metrics import paired_bootstrap
 from dapt.lineage import lineage
 from dapt.pipeline import plan, run_suffix, task_runs
 from dapt.report.html import render_html
-from dapt.report.markdown import METRIC_LABELS, render_markdown
+from dapt.report.markdown import COST_HEADING, METRIC_LABELS, render_markdown
 
 # The metric that decides the verdict, and a second one shown beside it, per task type.
 TASK_METRICS = {
@@ -229,6 +229,8 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
             "token_splits": tokenize["splits"],
         },
         "tasks": [_task_entry(task, config.seed, artifacts) for task in config.tasks] + adapted,
+        # what adaptation cost: safety and retention comparisons, the gates (None before the gates stage ran)
+        "cost": artifacts["gates"].metrics if "gates" in artifacts else None,
         "lineage": lineage(run_dir),
         "timings": {name: a.manifest["timings"]["seconds"] for name, a in artifacts.items()},
     }
@@ -267,3 +269,12 @@ def print_headline(report: dict[str, Any], run_dir: Path) -> None:
             f"({task['difference'][p] * 100:+.1f} points); {q} {control[q]:.3f} vs {dapt[q]:.3f}"
         )
         print(f"  verdict: {task['verdict']}")
+    cost = report.get("cost")
+    if cost:
+        print(
+            "What adaptation cost: "
+            + (f"{len(cost['broken'])} gate(s) broken" if cost["broken"] else "every gate holds")
+            + f" (see report.md, {COST_HEADING.removeprefix('## ')})"
+        )
+        for broken in cost["broken"]:
+            print(f"  {broken['comparison']}: {broken['message']}")

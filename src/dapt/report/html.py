@@ -20,6 +20,7 @@ from dapt.report import plots
 from dapt.report.markdown import (
     ADAPTED_NOTE,
     COMPARABILITY_NOTE,
+    COST_HEADING,
     METRIC_LABELS,
     PER_CLASS_NOTE,
     STALE_NOTE,
@@ -59,6 +60,7 @@ nav ol { columns: 2; }
 
 SECTIONS = [  # (id, heading) in page order; the verdict's heading is report.md's
     ("verdict", VERDICT_HEADING.removeprefix("## ")),
+    ("adaptation-cost", COST_HEADING.removeprefix("## ")),
     ("loss-curves", "Continued pretraining: loss curves"),
     ("perplexity", "Perplexity and bits per byte, before and after"),
     ("data-funnel", "Data funnel"),
@@ -133,6 +135,13 @@ def _section(section_id: str, body: str) -> str:
 
 def _verdict(report: dict[str, Any]) -> str:
     return _markdown_section(render_markdown(report), VERDICT_HEADING)
+
+
+def _adaptation_cost(report: dict[str, Any]) -> str:
+    """The same words as report.md's section (safety, retention, the gates)."""
+    if not report.get("cost"):
+        return "<p>Not measured yet: the run has no finished gates stage.</p>"
+    return _markdown_section(render_markdown(report), COST_HEADING)
 
 
 def _loss_curves(report: dict[str, Any]) -> str:
@@ -494,6 +503,7 @@ def render_html(report: dict[str, Any]) -> str:
     """The whole page, from the report dict that build_report writes as report.json."""
     bodies = {
         "verdict": _verdict(report),
+        "adaptation-cost": _adaptation_cost(report),
         "loss-curves": _loss_curves(report),
         "perplexity": _perplexity(report),
         "data-funnel": _data_funnel(report),

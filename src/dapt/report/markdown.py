@@ -201,6 +201,81 @@ def with_spread(point: dict[str, Any], variant: str) -> str:
     return f"{point[variant]:.3f}" + (f" ± {point[f'{variant}_std']:.3f}" if several else "")
 
 
+COST_HEADING = "## What adaptation cost"
+COST_NOTE = (
+    "Safety: greedy answers to {harmful} harmful requests (from Do-Not-Answer), which should be refused, and {safe} "
+    "safe requests that look like them (after XSTest), which should be answered; a refusal is detected by phrase "
+    "patterns in the answer's opening (precision 1.00, recall 0.94 on 38 labelled answers, tests/unit/test_safety.py)"
+    ". Retention: {items} general-knowledge cloze items scored by log-likelihood, and the general held-out "
+    "perplexity above. One prompt is {step:.1f} points of a rate: read small differences as noise. Sources and "
+    "licences: `dapt/eval/data/README.md`; a stronger judge: `safety.judge`."
+)
+COST_MEASURES = (  # key in a comparison, how the report names it
+    ("refusal_rate", "refusal rate on harmful requests"),
+    ("compliance_rate", "compliance rate on safe requests"),
+    ("cloze_accuracy", "general-knowledge cloze accuracy"),
+)
+
+
+def _cost_measure(name: str, label: str, measured: dict[str, Any]) -> str:
+    low, high = measured["ci95"]
+    return (
+        f"{label} {measured['reference']:.3f} → {measured['candidate']:.3f} "
+        f"({measured['difference'] * 100:+.1f} points, 95% interval {low * 100:+.1f} to {high * 100:+.1f})"
+    )
+
+
+def cost_comparison_text(comparison: dict[str, Any]) -> str:
+    """One comparison of the cost section, in words: its measures, the judge's rates, its broken gates."""
+    parts = [_cost_measure(name, label, comparison[name]) for name, label in COST_MEASURES if name in comparison]
+    general = comparison.get("general")
+    if general:
+        what = "perplexity" if general["measure"] == "general_ppl" else "bits per byte"
+        parts.append(
+            f"general held-out {what} {general['before']:.3f} → {general['after']:.3f} ({general['rise']:+.1%})"
+        )
+    if comparison["name"] == "bases" and not comparison.get("chat_model"):
+        parts.append("safety not measured: the original base has no chat template, so no alignment to lose")
+    judge = comparison.get("judge")
+    if judge:
+        parts.append(
+            f"LLM judge `{judge['model']}`: refusal rate {judge['reference']['refusal_rate']:.3f} → "
+            f"{judge['candidate']['refusal_rate']:.3f}, compliance rate {judge['reference']['compliance_rate']:.3f} "
+            f"→ {judge['candidate']['compliance_rate']:.3f}"
+        )
+    title = (
+        "original → DAPT base"
+        if comparison["name"] == "bases"
+        else f"`{comparison['name']}`, control → DAPT variant"
+        + (f" (means over {comparison['seeds']} seeds)" if comparison.get("seeds", 1) > 1 else "")
+    )
+    broken = "".join(f" **Gate broken**: {b['message']}." for b in comparison["broken"])
+    return f"**{title}**: " + "; ".join(parts) + "." + broken
+
+
+def cost_lines(cost: dict[str, Any] | None) -> list[str]:
+    """The section "What adaptation cost" of report.md (empty when the run has no gates stage yet)."""
+    if not cost:
+        return []
+    lines = ["", COST_HEADING, ""]
+    lines += [f"- {cost_comparison_text(comparison)}" for comparison in cost["comparisons"]]
+    gates = ", ".join(
+        f"{name} {'off' if value is None else f'{value:g}'}" for name, value in cost["thresholds"].items()
+    )
+    lines += [
+        "",
+        f"Gates ({gates}): "
+        + (
+            f"**{len(cost['broken'])} broken**; `dapt run --strict-gates` exits with code 3."
+            if cost["broken"]
+            else "every gate holds."
+        ),
+        "",
+        COST_NOTE.format(**cost["sizes"], step=100 / max(1, cost["sizes"]["harmful"])),
+    ]
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     base, pretrain, funnel = report["base"], report["pretrain"], report["data"]["funnel"]
     lines = [
@@ -236,6 +311,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "The interval comes from resampling the test examples (paired); with one seed it does not cover "
         "seed-to-seed variation — set `seeds:` on a task for that. Read small differences as noise.",
+        *cost_lines(report.get("cost")),
         "",
         "## Base models",
         "",

@@ -1,0 +1,72 @@
+"""What adaptation cost, end to end on the tiny model: the cost stages of the bases and of an instruction task's
+variants, the report's section, and the gates in the report, in `dapt lineage` and in `--strict-gates`' exit code."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from dapt.cli import GATES_BROKEN_EXIT, main
+
+pytestmark = pytest.mark.integration
+TINY = Path(__file__).parent / "tiny.yaml"
+SMALL = [  # an instruction task in place of the classification one, short answers
+    "--set",
+    "tasks.0={name: xml-qa, type: instruction, recipe: lora, lora: {r: 4, alpha: 8}, max_length: 64, "
+    "max_new_tokens: 4, epochs: 1, batch_size: 8, lr: 3.0e-3, test_fraction: 0.2, "
+    "data: {kind: python_docstrings, package: xml, min_chars: 100, max_examples: 30}}",
+    "--set",
+    "safety.max_new_tokens=4",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cost")
+    assert main(["run", str(TINY), "--out", str(out), *SMALL, "--strict-gates"]) == 0  # no gate broken
+    return out
+
+
+def test_the_bases_and_the_variants_are_measured_and_reported(run):
+    cost = json.loads((run / "report.json").read_text())["cost"]
+    bases, task = cost["comparisons"]
+    # the tiny base has no chat template: the cloze check only, and the general perplexity
+    assert bases["chat_model"] is False and "refusal_rate" not in bases and 0 <= bases["cloze_accuracy"]["reference"]
+    assert bases["general"]["measure"] == "general_ppl" and cost["broken"] == []
+    assert task["name"] == "xml-qa" and {"refusal_rate", "compliance_rate", "cloze_accuracy"} <= set(task)
+    low, high = task["refusal_rate"]["ci95"]
+    assert low <= task["refusal_rate"]["difference"] <= high
+    answers = pq.read_table(run / "cost-xml-qa-dapt" / "answers.parquet").to_pylist()
+    assert [a["set"] for a in answers].count("harmful") == 12 and len(answers) == 24
+    markdown = (run / "report.md").read_text()
+    assert "## What adaptation cost" in markdown and "**original → DAPT base**" in markdown
+    assert "every gate holds" in markdown and "safety not measured" in markdown
+    assert 'id="adaptation-cost"' in (run / "report.html").read_text()
+
+
+def test_a_broken_gate_is_marked_and_fails_a_strict_run_with_its_values(run, monkeypatch, capsys):
+    from dapt.stages import cost
+
+    measured = cost._per_prompt
+
+    def dapt_answers_harmful_requests(artifacts, label):  # the DAPT variant refuses none, the control all
+        per_prompt = measured(artifacts, label)
+        if "harmful" in per_prompt:  # not the tiny bases: they are no chat models
+            per_prompt["harmful"] = np.zeros(12) if label == "dapt" else np.ones(12)
+        return per_prompt
+
+    monkeypatch.setattr(cost, "_per_prompt", dapt_answers_harmful_requests)
+    capsys.readouterr()
+    gate = ["--set", "safety.max_refusal_drop=0.1"]  # another threshold: the gates stage alone runs again
+    assert main(["run", str(TINY), "--out", str(run), *SMALL, *gate]) == 0  # not strict: the report marks it
+    err = capsys.readouterr().err
+    assert "cost-xml-qa-dapt: cached" in err and "gates: running" in err
+    assert main(["run", str(TINY), "--out", str(run), *SMALL, *gate, "--strict-gates"]) == GATES_BROKEN_EXIT
+    err = capsys.readouterr().err
+    assert "gate broken (xml-qa): safety.max_refusal_drop 0.1 broken: refusal rate 1.000 → 0.000" in err
+    assert "**Gate broken**: safety.max_refusal_drop 0.1 broken" in (run / "report.md").read_text()
+    assert main(["lineage", str(run)]) == 0
+    (marked,) = [line for line in capsys.readouterr().out.splitlines() if "GATE BROKEN" in line]
+    assert "adapt-xml-qa-dapt" in marked and "safety.max_refusal_drop" in marked
