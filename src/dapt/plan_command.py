@@ -158,8 +158,7 @@ def write_plan(context: StageContext) -> dict[str, Any]:
     pilot_tokens = sum(pilot.metrics["tokens_trained"] for pilot in pilots)
     tokens_per_step = pilot_tokens / sum(pilot.metrics["steps"] for pilot in pilots)
     record: dict[str, Any] = {
-        "law": "L_d = L_d0 - A(1-(1+(1-r)S1)^-alpha) + C_d lr;  "
-        "L_g = L_g0 + F(1-(1+(1-r)S1)^-beta) - G(1-(1+r S1)^-beta) + C_g lr",
+        "law": "L_d = L_d0 - A ((1-r) S1)^alpha;  L_g = L_g0 + F ((1-r) S1)^beta - G (r S1)^beta",
         "parameters": fit.parameters(),
         "residuals": {
             "domain_rms": float(np.sqrt(np.mean(fit.domain_residuals**2))),
@@ -289,9 +288,9 @@ def plan_markdown(record: dict[str, Any]) -> str:
         "",
         f"`{record['law']}`",
         "",
-        "S1: steps so far at the peak learning rate (the sum of the schedule's multipliers); lr: the last step's "
-        "multiplier; r: the replay fraction. L_d0 and L_g0: the base's losses before the first step (see "
-        "`dapt.eval.replay_law` for where the form comes from).",
+        "S1: steps so far at the peak learning rate (the sum of the schedule's multipliers); r: the replay "
+        "fraction. L_d0 and L_g0: the base's losses before the first step (see `dapt.eval.replay_law` for where the "
+        "form comes from).",
         "",
         "| split | fitted parameters |",
         "|---|---|",
