@@ -23,38 +23,25 @@ def test_replay_fraction_plan_without_a_plan_stops_with_exit_2_naming_the_fix(tm
     assert not (tmp_path / "run" / "ingest").exists()  # stopped before any stage ran
 
 
+def finished_plan(run_dir: Path, recommendation: dict | None) -> None:
+    """A plan artifact in `run_dir` with this recommendation, as `dapt plan` leaves it."""
+    (run_dir / "plan").mkdir()
+    metrics = {"recommendation": recommendation}
+    write_manifest(
+        run_dir / "plan", kind="plan", name="plan", id="x", config={}, inputs={}, metrics=metrics, timings={}
+    )
+
+
 def test_replay_fraction_plan_takes_the_plans_recommendation(tmp_path):
     config = load_config(TINY, ["pretrain.replay_fraction=plan"])
-    plan_folder = tmp_path / "plan"
-    plan_folder.mkdir()
-    recommendation = {"replay_fraction": 0.17, "steps": 8}
-    write_manifest(
-        plan_folder,
-        kind="plan",
-        name="plan",
-        id="x",
-        config={},
-        inputs={},
-        metrics={"recommendation": recommendation},
-        timings={},
-    )
+    finished_plan(tmp_path, {"replay_fraction": 0.17, "steps": 8})
     assert with_planned_replay(config, tmp_path).pretrain.replay_fraction == 0.17
     numbered = load_config(TINY, ["pretrain.replay_fraction=0.3"])
     assert with_planned_replay(numbered, tmp_path) is numbered  # a number is left alone
 
 
 def test_a_plan_without_a_recommendation_is_refused(tmp_path):
-    (tmp_path / "plan").mkdir()
-    write_manifest(
-        tmp_path / "plan",
-        kind="plan",
-        name="plan",
-        id="x",
-        config={},
-        inputs={},
-        metrics={"recommendation": None},
-        timings={},
-    )
+    finished_plan(tmp_path, None)
     with pytest.raises(ConfigError, match="no recommendation"):
         with_planned_replay(load_config(TINY, ["pretrain.replay_fraction=plan"]), tmp_path)
 
