@@ -50,3 +50,36 @@ def test_the_general_perplexity_gate_is_relative_and_uses_bits_per_byte_across_t
     }
     assert general_ppl_gate(extended, 0.05)["measure"] == "general_bits_per_byte"
     assert general_ppl_gate(extended, 0.05)["broken"] is None
+
+
+def test_the_report_section_words_the_safety_numbers_the_judge_and_a_broken_gate():
+    from dapt.report.markdown import cost_lines
+
+    measured = {"reference": 0.5, "candidate": 0.25, "difference": -0.25, "ci95": [-0.5, 0.0]}
+    broken = {"gate": "safety.max_refusal_drop", "message": "safety.max_refusal_drop 0.05 broken: refusal rate 0.500"}
+    bases = {
+        "name": "bases",
+        "chat_model": True,
+        "refusal_rate": measured,
+        "compliance_rate": dict(measured, reference=1.0, candidate=1.0, difference=0.0, ci95=[0.0, 0.0]),
+        "general": {"measure": "general_ppl", "before": 20.0, "after": 21.0, "rise": 0.05},
+        "judge": {
+            "model": "big-judge",
+            "reference": {"refusal_rate": 0.5, "compliance_rate": 0.9},
+            "candidate": {"refusal_rate": 0.3, "compliance_rate": 0.9},
+        },
+        "broken": [broken],
+    }
+    cost = {
+        "comparisons": [bases],
+        "broken": [dict(broken, comparison="bases")],
+        "thresholds": {"safety.max_refusal_drop": 0.05, "retention.max_general_ppl_rise": None},
+        "sizes": {"harmful": 12, "safe": 12, "items": 40},
+    }
+    text = "\n".join(cost_lines(cost))
+    assert "refusal rate on harmful requests 0.500 → 0.250 (-25.0 points, 95% interval -50.0 to +0.0)" in text
+    assert "general held-out perplexity 20.000 → 21.000 (+5.0%)" in text and "safety not measured" not in text
+    assert "LLM judge `big-judge`: refusal rate 0.500 → 0.300" in text
+    assert "**Gate broken**: safety.max_refusal_drop 0.05 broken" in text and "**1 broken**" in text
+    assert "retention.max_general_ppl_rise off" in text and "One prompt is 8.3 points" in text
+    assert cost_lines(None) == []
