@@ -790,6 +790,20 @@ class PretrainConfig(Section):
     keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept besides the best one.")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
+    @field_validator("replay_fraction", mode="before")
+    @classmethod
+    def _fraction_or_plan(cls, value: Any) -> Any:
+        """One message for a bad value, rather than one per member of the union."""
+        if value == "plan":
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not 0 <= number < 1:
+            raise ValueError("a share from 0 to below 1, or plan (dapt plan's recommendation)")
+        return number
+
     @field_validator("mix")
     @classmethod
     def _positive_weights(cls, mix: dict[str, float] | None) -> dict[str, float] | None:

@@ -60,3 +60,11 @@ def test_pilots_share_the_budget():
     assert parse_share("5%", "--budget") == parse_share("0.05", "--budget") == 0.05
     with pytest.raises(ConfigError, match="--budget 'lots'"):
         parse_share("lots", "--budget")
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "lots"])
+def test_a_bad_replay_fraction_gets_one_message_naming_plan(value):
+    with pytest.raises(ConfigError) as error:
+        load_config(TINY, [f"pretrain.replay_fraction={value}"])
+    assert "pretrain.replay_fraction: a share from 0 to below 1, or plan" in str(error.value)
+    assert "literal" not in str(error.value)
