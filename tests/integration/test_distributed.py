@@ -372,7 +372,9 @@ def test_lora_pretraining_under_deepspeed_matches_one_process(tmp_path):
     command = [*LAUNCH, "pretrain", str(TINY), "--out", str(tmp_path / "zero2"), *lora]
     done = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert weights_difference(tmp_path / "one" / "pretrain" / "model", tmp_path / "zero2" / "pretrain" / "model") < 1e-5
+    # fp32 reduction-order differences of two processes, grown over 12 steps at lr 3e-3 (1.5e-5 measured on the
+    # streamed shards' windows; the full-model ZeRO tests allow 1e-4)
+    assert weights_difference(tmp_path / "one" / "pretrain" / "model", tmp_path / "zero2" / "pretrain" / "model") < 5e-5
     metrics = json.loads((tmp_path / "zero2" / "pretrain" / "manifest.json").read_text())["metrics"]
     assert (metrics["method"], metrics["sharding"]) == ("lora", "deepspeed-zero2")
 
