@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dapt.data.executor import available_cores
 from dapt.data.progress import Progress
 from dapt.data.shards import token_dtype
 from dapt.errors import ConfigError, DataError
@@ -181,13 +182,6 @@ def document_batches(documents_file: Path, batch_size: int) -> tuple[int, Iterat
             yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
     return rows, batches()
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def tokenize_parts(
