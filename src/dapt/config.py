@@ -386,7 +386,7 @@ class C4Config(Section):
 CURATE_EXECUTION_FIELDS = ("workers", "batch_size", "backend")  # CurateConfig: how it runs, not what it keeps
 # PretrainConfig: how training runs, not what it trains (the same weights within float noise; checkpoints are
 # interchangeable), so neither is part of the pretrain stage's cache key, like the number of processes.
-PRETRAIN_EXECUTION_FIELDS = ("sharding", "compile")
+PRETRAIN_EXECUTION_FIELDS = ("sharding", "compile", "max_logits_mb")
 TOKENIZE_EXECUTION_FIELDS = ("workers", "batch_size", "backend")  # TokenizeConfig: how it runs, not its shards
 
 
@@ -779,6 +779,16 @@ class PretrainConfig(Section):
         "the first steps wait for the compile, tens of seconds). Evaluation runs uncompiled. On 2 CPU cores it "
         "gained 2-6% over eager (bench/train_throughput.py); needs a C++ compiler on CPUs. Not part of the "
         "stage's cache key.",
+    )
+    max_logits_mb: int = Field(
+        256,
+        ge=0,
+        description="Above this many MB of fp32 logits in one forward pass, the loss is computed a chunk of "
+        "positions at a time and the window's logits (tokens × vocabulary) are never held whole: in backward each "
+        "chunk's logits are recomputed (the LM head's forward once more). An 8k-token window with a 49k vocabulary "
+        "has 1.6 GB of them; the demo's 4 × 256-token micro-batch 0.2 GB (not chunked). 0: never chunk. Models "
+        "that soft-cap or scale their logits after the LM head (Gemma 2, Cohere, Granite) need 0. Evaluation "
+        "passes (no backward) chunk above 256 MB whatever this says. Not part of the stage's cache key.",
     )
     peak_tflops: float | None = Field(
         None, gt=0, description="The device's peak TFLOP/s for MFU; None: looked up for known GPUs, else no MFU."

@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -35,12 +34,11 @@ from dapt.eval.text_metrics import exact_match, rouge_l, token_f1
 from dapt.model.chat import encode_pair, prompt_ids
 from dapt.model.classifier import encode_right_padded
 from dapt.model.load import load_causal_lm
-from dapt.model.packed_attention import packed_attention
 from dapt.pipeline import StageContext
 from dapt.stages.adapt import pair_logps, precision_setting
 from dapt.stages.tasks import read_examples
 from dapt.stages.tokenize import split_texts, tokenize_texts
-from dapt.train.objectives import bits_per_byte, mean_lm_loss, perplexity, text_nats
+from dapt.train.objectives import bits_per_byte, lm_token_losses, mean_lm_loss, perplexity, text_nats
 from dapt.train.precision import autocast, choose_precision
 
 BATCH = 16
@@ -78,11 +76,9 @@ def token_losses(
     losses, positions = [], []
     for index in range(count):
         chunk = torch.from_numpy(np.asarray(tokens[index * window : index * window + window + 1], dtype=np.int64))
-        input_ids, targets = chunk[:-1].unsqueeze(0).to(device), chunk[1:].to(device)
+        input_ids, targets = chunk[:-1].unsqueeze(0).to(device), chunk[1:].unsqueeze(0).to(device)
         position_ids = document_position_ids(input_ids, eos_id)
-        with packed_attention(model, input_ids, position_ids):
-            logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[0].float()
-        losses.append(F.cross_entropy(logits, targets, reduction="none").cpu().numpy())
+        losses.append(lm_token_losses(model, input_ids, position_ids, targets)[0].cpu().numpy())
         positions.append(position_ids[0].cpu().numpy())
     if not losses:
         return np.zeros(0), np.zeros(0, dtype=np.int64)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +262,7 @@ def run(context: StageContext) -> dict[str, Any]:
     result = train_loop(
         model,
         batches,
-        causal_lm_loss,
+        partial(causal_lm_loss, max_logits_bytes=config.max_logits_mb * 2**20),
         settings,
         evaluate=evaluate,
         metrics_file=context.out / "metrics.jsonl",

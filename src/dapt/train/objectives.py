@@ -9,7 +9,13 @@ import torch.nn.functional as F
 
 from dapt.data.shards import document_position_ids
 from dapt.errors import ConfigError, raised_everywhere
+from dapt.model.chunked_loss import chunk_positions, head_returns_losses, logit_transform, logits_bytes
 from dapt.model.packed_attention import packed_attention, transformers_model
+
+# Above this size a forward pass's fp32 logits are not materialised whole: the loss is computed a chunk of positions
+# at a time (dapt.model.chunked_loss). 256 MiB keeps the demo's windows (4 × 256 tokens × 49,152) in one piece and
+# cuts an 8k-token window of the same vocabulary into 6 (pretrain.max_logits_mb sets it for training).
+MAX_LOGITS_BYTES = 256 * 2**20
 
 
 def lm_batch(windows: torch.Tensor, eos_id: int | None) -> dict[str, torch.Tensor]:
@@ -73,12 +79,36 @@ def check_documents_kept_apart(model: torch.nn.Module, eos_id: int, vocab_size: 
     return leak
 
 
-def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def lm_token_losses(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    targets: torch.Tensor,
+    max_logits_bytes: int = MAX_LOGITS_BYTES,
+) -> torch.Tensor:
+    """Each position's next-token loss (batch, seq) in fp32, 0 where the target is -100. When the batch's fp32
+    logits would exceed `max_logits_bytes` (0: never), they are computed a chunk of positions at a time and never
+    held whole (dapt.model.chunked_loss); a model that changes its logits after the LM head is refused then in
+    training and evaluated on whole logits."""
+    inner = transformers_model(model)
+    head = inner.get_output_embeddings() if inner is not None else None
+    vocab_size = getattr(head, "out_features", None) or getattr(getattr(inner, "config", None), "vocab_size", 0)
+    chunked = max_logits_bytes and logits_bytes(targets.numel(), vocab_size) > max_logits_bytes
+    if chunked and (torch.is_grad_enabled() or logit_transform(model) is None):  # evaluation: whole logits if it must
+        with head_returns_losses(model, targets, chunk_positions(vocab_size, max_logits_bytes)):
+            return _lm_logits(model, input_ids, position_ids)
+    logits = _lm_logits(model, input_ids, position_ids)
+    flat = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none")
+    return flat.view(targets.shape)
+
+
+def causal_lm_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], max_logits_bytes: int = MAX_LOGITS_BYTES
+) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over a batch made by `lm_batch`."""
-    logits = _lm_logits(model, batch["input_ids"], batch.get("position_ids"))
     targets = batch["targets"]
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-    return loss, targets.numel()
+    losses = lm_token_losses(model, batch["input_ids"], batch.get("position_ids"), targets, max_logits_bytes)
+    return losses.mean(), targets.numel()
 
 
 @torch.no_grad()
@@ -90,9 +120,8 @@ def mean_lm_loss(
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
         batch = lm_batch(torch.stack(windows[start : start + batch_size]).to(device), eos_id)
-        logits = _lm_logits(model, batch["input_ids"], batch.get("position_ids"))
         targets = batch["targets"]
-        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
+        total += lm_token_losses(model, batch["input_ids"], batch.get("position_ids"), targets).sum().item()
         count += targets.numel()
     return total / count
 
@@ -129,9 +158,8 @@ def text_nats(
     for start in range(0, windows, batch_size):
         batch = inputs[start : start + batch_size].to(device)
         position_ids = document_position_ids(batch, eos_id) if document_mask else None
-        logits = _lm_logits(model, batch, position_ids)
-        batch_targets = targets[start : start + batch_size].to(device).flatten()
-        total += F.cross_entropy(logits.flatten(0, 1).float(), batch_targets, ignore_index=-100, reduction="sum").item()
+        batch_targets = targets[start : start + batch_size].to(device)
+        total += lm_token_losses(model, batch, position_ids, batch_targets).sum().item()
     return total, int(is_text.sum())
 
 
