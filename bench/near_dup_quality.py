@@ -45,7 +45,8 @@ import numpy as np
 import scipy.sparse
 
 from dapt.data.curate import normalize_text
-from dapt.data.near_dup import DEFAULT_BANDS, DEFAULT_NUM_PERM, DEFAULT_SHINGLE, PRIME, NearDuplicateFinder
+from dapt.curation_defaults import DEFAULT_BANDS, DEFAULT_NUM_PERM, DEFAULT_SHINGLE
+from dapt.data.near_dup import PRIME, NearDuplicateFinder
 from dapt.data.pydocs import docstring_documents
 
 RESULTS = Path(__file__).parent / "results" / "near_dup_quality.json"

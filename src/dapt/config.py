@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dapt.data import curate, langid, quality, toxicity
+from dapt import curation_defaults as defaults
 from dapt.errors import ConfigError
 
 
@@ -170,19 +170,19 @@ class LanguageConfig(Section):
 
     enabled: bool = Field(True, description="Run language identification.")
     languages: list[str] = Field(
-        default_factory=lambda: list(langid.DEFAULT_LANGUAGES),
+        default_factory=lambda: list(defaults.DEFAULT_LANGUAGES),
         description="ISO 639-1 codes of the languages to keep (default [en]: the demo and the Gopher stop-word "
         "rule are English); [] keeps every language. A corpus in German sets [de].",
     )
     min_confidence: float = Field(
-        langid.DEFAULT_MIN_CONFIDENCE,
+        defaults.DEFAULT_MIN_CONFIDENCE,
         ge=0,
         le=1,
         description="A paragraph votes for its language only when the identifier's probability is at least this; "
         "code and numbers fall below and do not vote. A document with no voting paragraph is kept.",
     )
     min_language_share: float = Field(
-        langid.DEFAULT_MIN_LANGUAGE_SHARE,
+        defaults.DEFAULT_MIN_LANGUAGE_SHARE,
         gt=0,
         le=1,
         description="Drop a document when the kept languages hold less than this share of its voting characters. "
@@ -190,7 +190,7 @@ class LanguageConfig(Section):
         "language (0.5: 54%), and drops 99.9% of documents in other languages.",
     )
     min_paragraph_chars: int = Field(
-        langid.DEFAULT_MIN_PARAGRAPH_CHARS,
+        defaults.DEFAULT_LANGID_MIN_PARAGRAPH_CHARS,
         ge=1,
         description="Paragraphs shorter than this (titles, a lone parameter line) are not labelled.",
     )
@@ -212,14 +212,16 @@ class ToxicityConfig(Section):
         "needs `pip install 'dapt-lm[toxicity]'` (scikit-learn and SciPy, ~165 MB, exact version pins).",
     )
     max_score: float = Field(
-        toxicity.DEFAULT_MAX_SCORE,
+        defaults.DEFAULT_TOXICITY_MAX_SCORE,
         ge=0,
         le=1,
         description="Drop a document whose most toxic paragraph scores above this (0..1). 0.95 drops none of the "
         "demo's docstrings (highest: 0.87, a doctest printing 'hell'); insults score 0.99-1.0.",
     )
     min_paragraph_chars: int = Field(
-        toxicity.DEFAULT_MIN_PARAGRAPH_CHARS, ge=1, description="Shorter paragraphs are not scored on their own."
+        defaults.DEFAULT_TOXICITY_MIN_PARAGRAPH_CHARS,
+        ge=1,
+        description="Shorter paragraphs are not scored on their own.",
     )
 
 
@@ -229,51 +231,51 @@ class GopherQualityConfig(Section):
 
     enabled: bool = Field(True, description="Run these rules.")
     min_words: int | None = Field(
-        quality.DEFAULT_GOPHER_MIN_WORDS,
+        defaults.DEFAULT_GOPHER_MIN_WORDS,
         ge=0,
         description="Drop documents with fewer words (published: 50, which drops 29% of SciPy/stdlib docstrings; "
         "default null: off, the length block's min_words applies).",
     )
     max_words: int | None = Field(
-        quality.DEFAULT_GOPHER_MAX_WORDS, gt=0, description="Drop documents with more words (published: 100000)."
+        defaults.DEFAULT_GOPHER_MAX_WORDS, gt=0, description="Drop documents with more words (published: 100000)."
     )
     min_mean_word_chars: float | None = Field(
-        quality.DEFAULT_GOPHER_MIN_MEAN_WORD_CHARS,
+        defaults.DEFAULT_GOPHER_MIN_MEAN_WORD_CHARS,
         ge=0,
         description="Drop documents whose mean word length is lower (published: 3).",
     )
     max_mean_word_chars: float | None = Field(
-        quality.DEFAULT_GOPHER_MAX_MEAN_WORD_CHARS,
+        defaults.DEFAULT_GOPHER_MAX_MEAN_WORD_CHARS,
         gt=0,
         description="Drop documents whose mean word length is higher (published: 10, which drops 75 docstrings "
         "listing long dotted names; default 15 drops 12).",
     )
     max_symbol_word_ratio: float | None = Field(
-        quality.DEFAULT_GOPHER_MAX_SYMBOL_WORD_RATIO,
+        defaults.DEFAULT_GOPHER_MAX_SYMBOL_WORD_RATIO,
         ge=0,
         description="Drop documents with more '#' and '...' per word (published: 0.1).",
     )
     max_bullet_lines_ratio: float | None = Field(
-        quality.DEFAULT_GOPHER_MAX_BULLET_LINES_RATIO,
+        defaults.DEFAULT_GOPHER_MAX_BULLET_LINES_RATIO,
         ge=0,
         le=1,
         description="Drop documents where a larger share of lines starts with a bullet (published: 0.9).",
     )
     max_ellipsis_lines_ratio: float | None = Field(
-        quality.DEFAULT_GOPHER_MAX_ELLIPSIS_LINES_RATIO,
+        defaults.DEFAULT_GOPHER_MAX_ELLIPSIS_LINES_RATIO,
         ge=0,
         le=1,
         description="Drop documents where a larger share of lines ends with '...' or '…' (published: 0.3).",
     )
     min_alpha_words_ratio: float | None = Field(
-        quality.DEFAULT_GOPHER_MIN_ALPHA_WORDS_RATIO,
+        defaults.DEFAULT_GOPHER_MIN_ALPHA_WORDS_RATIO,
         ge=0,
         le=1,
         description="Drop documents where a smaller share of words has a letter (published: 0.8, which drops 13% of "
         "the docstrings, whose examples print arrays; default null: curate.min_alpha_words_ratio applies).",
     )
     min_stop_words: int | None = Field(
-        quality.DEFAULT_GOPHER_MIN_STOP_WORDS,
+        defaults.DEFAULT_GOPHER_MIN_STOP_WORDS,
         ge=0,
         description="Drop documents with fewer occurrences of the, be, to, of, and, that, have, with (published: 2, "
         "which drops 3.3% of the docstrings; default 1 drops 0.7%). English only: null for other languages.",
@@ -303,36 +305,36 @@ class GopherRepetitionConfig(Section):
 
     enabled: bool = Field(True, description="Run these rules.")
     max_dup_line_fraction: float | None = Field(
-        quality.DEFAULT_MAX_DUP_LINE_FRACTION,
+        defaults.DEFAULT_MAX_DUP_LINE_FRACTION,
         ge=0,
         le=1,
         description="Share of lines equal to an earlier line (published 0.3).",
     )
     max_dup_paragraph_fraction: float | None = Field(
-        quality.DEFAULT_MAX_DUP_PARAGRAPH_FRACTION,
+        defaults.DEFAULT_MAX_DUP_PARAGRAPH_FRACTION,
         ge=0,
         le=1,
         description="Share of paragraphs equal to an earlier paragraph (published 0.3).",
     )
     max_dup_line_char_fraction: float | None = Field(
-        quality.DEFAULT_MAX_DUP_LINE_CHAR_FRACTION,
+        defaults.DEFAULT_MAX_DUP_LINE_CHAR_FRACTION,
         ge=0,
         le=1,
         description="Share of characters in lines equal to an earlier line (published 0.2).",
     )
     max_dup_paragraph_char_fraction: float | None = Field(
-        quality.DEFAULT_MAX_DUP_PARAGRAPH_CHAR_FRACTION,
+        defaults.DEFAULT_MAX_DUP_PARAGRAPH_CHAR_FRACTION,
         ge=0,
         le=1,
         description="Share of characters in paragraphs equal to an earlier paragraph (published 0.2).",
     )
     max_top_ngram_char_fraction: dict[int, float] = Field(
-        default_factory=lambda: dict(quality.DEFAULT_MAX_TOP_NGRAM_CHAR_FRACTION),
+        default_factory=lambda: dict(defaults.DEFAULT_MAX_TOP_NGRAM_CHAR_FRACTION),
         description="n: the most frequent word n-gram's share of characters. Published {2: 0.2, 3: 0.18, 4: 0.16} "
         "drops 9% of the demo's docstrings (numpydoc repeats phrases); default 3x that drops 0.1%.",
     )
     max_dup_ngram_char_fraction: dict[int, float] = Field(
-        default_factory=lambda: dict(quality.DEFAULT_MAX_DUP_NGRAM_CHAR_FRACTION),
+        default_factory=lambda: dict(defaults.DEFAULT_MAX_DUP_NGRAM_CHAR_FRACTION),
         description="n: share of characters covered by word n-grams seen earlier in the document. Published "
         "{5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10} drops 8% of the docstrings; default 3x that, 0.6%.",
     )
@@ -349,34 +351,34 @@ class C4Config(Section):
     a document, so its line rules become shares of lines (as FineWeb did)."""
 
     enabled: bool = Field(True, description="Run these rules.")
-    lorem_ipsum: bool = Field(quality.DEFAULT_C4_LOREM_IPSUM, description="Drop documents containing 'lorem ipsum'.")
+    lorem_ipsum: bool = Field(defaults.DEFAULT_C4_LOREM_IPSUM, description="Drop documents containing 'lorem ipsum'.")
     curly_bracket: bool = Field(
-        quality.DEFAULT_C4_CURLY_BRACKET,
+        defaults.DEFAULT_C4_CURLY_BRACKET,
         description="Drop documents containing '{' (C4's rule against code). Off: it drops 19% of SciPy/stdlib "
         "docstrings; turn on only for a prose-only corpus.",
     )
     max_javascript_lines_ratio: float | None = Field(
-        quality.DEFAULT_C4_MAX_JAVASCRIPT_LINES_RATIO,
+        defaults.DEFAULT_C4_MAX_JAVASCRIPT_LINES_RATIO,
         ge=0,
         le=1,
         description="Drop documents where a larger share of lines mentions 'javascript' (a 'please enable "
         "javascript' page).",
     )
     max_policy_lines_ratio: float | None = Field(
-        quality.DEFAULT_C4_MAX_POLICY_LINES_RATIO,
+        defaults.DEFAULT_C4_MAX_POLICY_LINES_RATIO,
         ge=0,
         le=1,
         description="Drop documents where a larger share of lines is a cookie / privacy-policy / terms-of-use notice.",
     )
     min_terminal_punct_lines_ratio: float | None = Field(
-        quality.DEFAULT_C4_MIN_TERMINAL_PUNCT_LINES_RATIO,
+        defaults.DEFAULT_C4_MIN_TERMINAL_PUNCT_LINES_RATIO,
         ge=0,
         le=1,
         description="Drop documents where a smaller share of lines ends in . ! ? : or a quote (FineWeb: 0.12, which "
         "drops 6% of the docstrings, whose parameter lines end in none). Default null: off.",
     )
     min_sentences: int | None = Field(
-        quality.DEFAULT_C4_MIN_SENTENCES,
+        defaults.DEFAULT_C4_MIN_SENTENCES,
         ge=0,
         description="Drop documents with fewer sentences (C4: 3, which drops 15% of the docstrings; a parameter list "
         "has none). Default null: off.",
@@ -404,15 +406,17 @@ class CurateConfig(Section):
         "docstrings (ftfy on every document: 3.9 s), which it leaves unchanged.",
     )
     min_chars: int = Field(
-        curate.DEFAULT_MIN_CHARS,
+        defaults.DEFAULT_MIN_CHARS,
         ge=0,
         description="Drop documents shorter than this (characters). 50: short domain texts (a glossary entry) still "
         "teach the vocabulary in continued pretraining; 200 dropped 42% of a glossary's entries.",
     )
-    max_chars: int = Field(curate.DEFAULT_MAX_CHARS, gt=0, description="Drop documents longer than this (characters).")
-    min_words: int = Field(curate.DEFAULT_MIN_WORDS, ge=0, description="Drop documents with fewer words than this.")
+    max_chars: int = Field(
+        defaults.DEFAULT_MAX_CHARS, gt=0, description="Drop documents longer than this (characters)."
+    )
+    min_words: int = Field(defaults.DEFAULT_MIN_WORDS, ge=0, description="Drop documents with fewer words than this.")
     max_rule_drop_share: float = Field(
-        curate.DEFAULT_MAX_RULE_DROP_SHARE,
+        defaults.DEFAULT_MAX_RULE_DROP_SHARE,
         ge=0,
         le=1,
         description="Warn (curate's summary, its manifest, the report) when one rule drops more than this share of "
@@ -420,27 +424,27 @@ class CurateConfig(Section):
         "of a source likely misfits it (min_chars 200 dropped 42% of a glossary of short entries). Drops nothing.",
     )
     max_symbol_ratio: float = Field(
-        curate.DEFAULT_MAX_SYMBOL_RATIO,
+        defaults.DEFAULT_MAX_SYMBOL_RATIO,
         ge=0,
         le=1,
         description="Drop documents whose share of characters that are not letters, digits, spaces or prose "
         "punctuation is higher.",
     )
     min_alpha_words_ratio: float = Field(
-        curate.DEFAULT_MIN_ALPHA_WORDS_RATIO,
+        defaults.DEFAULT_MIN_ALPHA_WORDS_RATIO,
         ge=0,
         le=1,
         description="Drop documents where a smaller share of the words contain a letter.",
     )
     max_mean_word_chars: float = Field(
-        curate.DEFAULT_MAX_MEAN_WORD_CHARS, gt=0, description="Drop documents whose mean word length is higher."
+        defaults.DEFAULT_MAX_MEAN_WORD_CHARS, gt=0, description="Drop documents whose mean word length is higher."
     )
     exact_dedup: bool = Field(True, description="Drop exact duplicates of normalised text (the first one is kept).")
     decontaminate_ngram: int = Field(
         13, gt=0, description="Drop documents sharing a word n-gram of this length with any task's test text."
     )
     decontaminate_max_doc_frequency: int = Field(
-        curate.DEFAULT_DECONTAMINATE_MAX_DOC_FREQUENCY,
+        defaults.DEFAULT_DECONTAMINATE_MAX_DOC_FREQUENCY,
         ge=0,
         description="An n-gram found in more than this many documents is boilerplate (a licence line, a "
         "templated parameter description), not a leak of the test text, and is ignored. 0: never ignore.",
@@ -453,7 +457,7 @@ class CurateConfig(Section):
         "numbers) it replaced 33 e-mail addresses and 2 IPs and nothing else.",
     )
     pii_kinds: list[Literal["secret", "email", "iban", "card", "ip", "phone"]] = Field(
-        default_factory=lambda: list(curate.PII_KINDS),
+        default_factory=lambda: list(defaults.PII_KINDS),
         description="Which kinds pii_scrub replaces (default all). Card numbers must pass Luhn's check, IBANs "
         "the mod-97 check; documentation-only IPs (192.0.2.0/24, 2001:db8::/32, loopback) and example.com "
         "addresses are kept.",
@@ -464,13 +468,13 @@ class CurateConfig(Section):
         "first document of each cluster in input order; the ledger names the kept one.",
     )
     near_dedup_shingle: int = Field(
-        curate.DEFAULT_SHINGLE,
+        defaults.DEFAULT_SHINGLE,
         gt=0,
         description="Words per shingle. 5: long enough that unrelated texts sharing common phrases score low, "
         "short enough that one changed word alters only 5 shingles.",
     )
     near_dedup_num_perm: int = Field(
-        curate.DEFAULT_NUM_PERM,
+        defaults.DEFAULT_NUM_PERM,
         gt=0,
         description="MinHash signature length (one-permutation hashing: bins of one hash per shingle). 512: the "
         "Jaccard estimate's standard error is 0.018 at 0.8 (0.015 measured on bench/near_dup_quality.py's true "
@@ -478,7 +482,7 @@ class CurateConfig(Section):
         "signatures take less time than 128 separate permutations did, and 4 bytes × num_perm per document.",
     )
     near_dedup_bands: int = Field(
-        curate.DEFAULT_BANDS,
+        defaults.DEFAULT_BANDS,
         gt=0,
         description="LSH bands; num_perm must be a multiple. 64 bands of 8 rows make a pair of Jaccard 0.8 a "
         "candidate with probability 1.0 (0.66 at 0.6, 0.22 at 0.5); candidates are then verified against "
@@ -486,7 +490,7 @@ class CurateConfig(Section):
         "time and verify more unrelated pairs.",
     )
     near_dedup_threshold: float = Field(
-        curate.DEFAULT_THRESHOLD,
+        defaults.DEFAULT_THRESHOLD,
         gt=0,
         le=1,
         description="Estimated Jaccard similarity of shingle sets at or above which two documents are "

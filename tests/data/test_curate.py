@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dapt.config import CurateConfig
-from dapt.data.curate import curate_documents, normalize_text
+from dapt.data.curate import normalize_text
 from dapt.data.documents import DOCUMENT_SCHEMA
+from dapt.data.executor import curate_documents
 
 WORDS = "model data signal filter matrix sparse kernel estimate sample integral spline vector".split()
 

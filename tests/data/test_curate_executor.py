@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dapt.data.curate import curate_documents, curation_options
-from dapt.data.executor import curate_to_files
+from dapt.data.curate import curation_options
+from dapt.data.executor import curate_documents, curate_to_files
 from dapt.errors import DataError
 from helpers.corpora import mixed_corpus
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from dapt.data.curate import curate_documents, curation_options
-from dapt.data.executor import curate_to_files
+from dapt.data.curate import curation_options
+from dapt.data.executor import curate_documents, curate_to_files
 from helpers.corpora import mixed_corpus
 
 pytest.importorskip("ray")

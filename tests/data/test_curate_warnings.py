@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dapt.config import CurateConfig
-from dapt.data.curate import REASON_SETTINGS, curate_documents
+from dapt.data.curate import REASON_SETTINGS
 from dapt.data.documents import DOCUMENT_SCHEMA
+from dapt.data.executor import curate_documents
 from dapt.stages.curate import curate_corpus
 from helpers.corpora import prose
 

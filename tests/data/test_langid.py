@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from dapt.config import LanguageConfig
-from dapt.data.curate import curate_documents
 from dapt.data.documents import DOCUMENT_SCHEMA
+from dapt.data.executor import curate_documents
 from dapt.data.langid import LanguageFilter, language_block
 from dapt.errors import ConfigError
 

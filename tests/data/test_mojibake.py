@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from dapt.data.curate import curate_documents, normalize_text
+from dapt.data.curate import normalize_text
 from dapt.data.documents import DOCUMENT_SCHEMA
+from dapt.data.executor import curate_documents
 from dapt.data.mojibake import fix_mojibake
 
 

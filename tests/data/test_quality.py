@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 
 from dapt.config import CurateConfig, GopherRepetitionConfig, config_from_dict
-from dapt.data.curate import curate_documents
 from dapt.data.documents import DOCUMENT_SCHEMA
+from dapt.data.executor import curate_documents
 from dapt.data.quality import C4Filter, GopherQualityFilter, GopherRepetitionFilter, quality_blocks
 from dapt.errors import ConfigError
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 
 from dapt.config import ToxicityConfig
-from dapt.data.curate import curate_documents
 from dapt.data.documents import DOCUMENT_SCHEMA
+from dapt.data.executor import curate_documents
 from dapt.data.toxicity import ToxicityFilter, toxicity_block
 
 pytest.importorskip("profanity_check", reason="alt-profanity-check is the [toxicity] extra (in [dev])")

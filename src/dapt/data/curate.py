@@ -21,31 +21,33 @@ what it finds are copies with a few words changed, templated texts and re-flowed
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import re
-import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from dapt.data import mojibake
-from dapt.data.near_dup import (  # noqa: F401  (the DEFAULT_* are CurateConfig's defaults)
-    DEFAULT_BANDS,
-    DEFAULT_NUM_PERM,
-    DEFAULT_SHINGLE,
-    DEFAULT_THRESHOLD,
-    NearDuplicateFinder,
+from dapt.config import CurateConfig
+from dapt.curation_defaults import (
+    DEFAULT_MAX_CHARS,
+    DEFAULT_MAX_MEAN_WORD_CHARS,
+    DEFAULT_MAX_SYMBOL_RATIO,
+    DEFAULT_MIN_ALPHA_WORDS_RATIO,
+    DEFAULT_MIN_CHARS,
+    DEFAULT_MIN_WORDS,
 )
-from dapt.data.pii import PII_KINDS, PiiScrubber  # noqa: F401
+from dapt.data import mojibake
+from dapt.data.blocks import CurationBlock, Rejection, whitespace_tokens
+from dapt.data.langid import language_block
+from dapt.data.near_dup import NearDuplicateFinder
+from dapt.data.quality import quality_blocks
+from dapt.data.toxicity import toxicity_block
 
 logger = logging.getLogger(__name__)
 
@@ -59,32 +61,6 @@ LEDGER_SCHEMA = pa.schema(
     ]
 )
 
-# Defaults measured on SciPy 1.17 and Python 3.11 stdlib docstrings (>= 200 chars, ~5.1k docs), which are
-# the documentation we want to keep, code examples included:
-# - length floor: low, for continued pretraining, where a short domain text still teaches the field's vocabulary.
-#   At 200 chars and 20 words (a web-crawl floor) a glossary of a technical field lost 42% of its entries ("Hessian:
-#   the matrix of second partial derivatives." is 50 chars, 7 words). Below 50 chars and 5 words are fragments
-#   ("See also.", "Deprecated."); the quality and Gopher rules still drop short junk (symbol soup, no stop word).
-#   0.1% of SciPy's docstrings of >= 200 chars have < 20 words (bare lists of names); the floor now keeps them.
-# - the largest SciPy docstring (scipy.stats' module doc) is 30k chars; 100k leaves room and stops dumps.
-# - symbol ratio: SciPy's 99.9th percentile is 0.18, its maximum 0.30 (an rst title block of `=`).
-# - alpha-word ratio: the lowest SciPy docstring is at 0.39 (a 0/1 array printed in an example); a
-#   table of numbers is below 0.1.
-# - mean word length: SciPy's maximum is 13.5 chars; base64 lines are single 76-char "words".
-DEFAULT_MIN_CHARS = 50
-DEFAULT_MAX_CHARS = 100_000
-DEFAULT_MIN_WORDS = 5
-DEFAULT_MAX_SYMBOL_RATIO = 0.3
-DEFAULT_MIN_ALPHA_WORDS_RATIO = 0.3
-DEFAULT_MAX_MEAN_WORD_CHARS = 20.0
-# Decontamination: SciPy's docstrings share templated paragraphs (the `seed` / RandomState text, the
-# distributions' shape-parameter text). Counting those as leaks removed 44% of the corpus for a 20% test
-# split; a test example's own text occurs in one or two documents. GPT-3 likewise ignored frequent 13-grams.
-DEFAULT_DECONTAMINATE_MAX_DOC_FREQUENCY = 10
-# One rule dropping more than this share of one source's documents is reported with the setting to change. A rule
-# meant to remove noise that takes a fifth of a source more likely misfits that source than cleans it (min_chars
-# 200 dropped 42% of a glossary); on the demo's docstrings no rule drops more than a few percent of a source.
-DEFAULT_MAX_RULE_DROP_SHARE = 0.2
 
 # The setting (under `curate.`) that governs each reason a block gives, named when a rule drops much of a source;
 # a reason not listed names its block's section. tests/data/test_curate_warnings.py checks that each is a field.
@@ -141,14 +117,6 @@ _ASCII_SPACES_AS_SPACE = bytes(ord(" ") if chr(code).isspace() else code for cod
 _WORD = re.compile(r"[^\W_]+")
 
 
-@functools.lru_cache(maxsize=1)
-def whitespace_tokens(text: str) -> list[str]:
-    """`text.split()`, remembered for the last text: the length, quality and Gopher quality blocks all read the
-    whitespace tokens of the document they judge; one split instead of three took 0.1 s off the 3.7 s that
-    bench/curation_speed.py's 20k documents take in one process. The list is shared: never change it."""
-    return text.split()
-
-
 def normalize_text(text: str, *, fix_mojibake: bool = True) -> str:
     """Canonical form for training and for exact dedup: texts differing only in layout noise become equal.
 
@@ -165,36 +133,6 @@ def normalize_text(text: str, *, fix_mojibake: bool = True) -> str:
     if "\n\n\n\n" in text:
         text = _EXTRA_BLANK_LINES.sub("\n\n\n", text)
     return text.strip()
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """Why a block dropped a document: `reason` is a stable key to count by, `detail` is for a person."""
-
-    reason: str
-    detail: str
-
-
-@dataclass
-class CurationBlock:
-    """A filter over single documents that counts what it saw and dropped.
-
-    Subclasses implement `judge`; callers use `__call__`, which keeps the counters.
-    """
-
-    name: str = field(init=False, default="block")
-    seen: int = field(init=False, default=0)
-    dropped: int = field(init=False, default=0)
-
-    def judge(self, doc_id: str, text: str) -> Rejection | None:
-        raise NotImplementedError
-
-    def __call__(self, doc_id: str, text: str) -> Rejection | None:
-        self.seen += 1
-        rejection = self.judge(doc_id, text)
-        if rejection is not None:
-            self.dropped += 1
-        return rejection
 
 
 @dataclass
@@ -428,25 +366,8 @@ class NearDedup:
         return verdicts
 
 
-@dataclass
-class CurateResult:
-    """The kept documents (text normalized), the rejection ledger and the counts a report shows.
-
-    `stats`: docs_in, docs_kept, dropped_by_reason {reason: n}, blocks {name: {seen, dropped}},
-    decontaminated_by_task {task: n}, chars_in (raw), chars_kept (normalized), pii_replaced {kind: n}
-    (over every input document, kept or not), pii_documents_changed, near_dedup {candidate_pairs,
-    verified_pairs} (the LSH's candidates and those whose estimated Jaccard passed the threshold).
-    """
-
-    kept: pa.Table
-    ledger: pa.Table
-    stats: dict
-
-
 def curation_options(**options: Any) -> dict[str, Any]:
     """CurateConfig's fields with `options` applied and checked: the one source of curation defaults."""
-    from dapt.config import CurateConfig  # dapt.config reads this module's DEFAULT_* constants
-
     return CurateConfig(**options).model_dump()
 
 
@@ -458,10 +379,6 @@ def document_blocks(options: Mapping[str, Any]) -> list[CurationBlock]:
     text alone and keeps no state between documents: each worker process builds its own copies, and the
     `seen` / `dropped` counts a report shows are recomputed from the verdicts.
     """
-    from dapt.data.langid import language_block  # these import this module's CurationBlock
-    from dapt.data.quality import quality_blocks
-    from dapt.data.toxicity import toxicity_block
-
     return [
         LengthFilter(min_chars=options["min_chars"], max_chars=options["max_chars"], min_words=options["min_words"]),
         QualityFilter(
@@ -475,24 +392,3 @@ def document_blocks(options: Mapping[str, Any]) -> list[CurationBlock]:
         *quality_blocks(options["gopher_quality"], options["gopher_repetition"], options["c4"]),
         *toxicity_block(options["toxicity"]),
     ]
-
-
-def curate_documents(
-    documents: pa.Table, *, contamination: dict[str, list[str]] | None = None, **options: Any
-) -> CurateResult:
-    """Normalize, scrub, filter and deduplicate `documents` (DOCUMENT_SCHEMA); see the module docstring.
-
-    `options` are CurateConfig's fields (`dapt config --explain curate`); those not given take its defaults.
-    `contamination` maps a task name to its eval/test texts; documents sharing a `decontaminate_ngram`-word
-    sequence with any of them are dropped and counted for that task, except for n-grams found in more than
-    `decontaminate_max_doc_frequency` documents of the corpus (boilerplate, not a leak).
-    """
-    from dapt.data.executor import curate_to_files  # the executor runs this module's blocks
-
-    options = curation_options(**options)
-    with tempfile.TemporaryDirectory(prefix="dapt-curate-") as folder:
-        documents_out, ledger_out = Path(folder) / "documents.parquet", Path(folder) / "ledger.parquet"
-        stats = curate_to_files(documents, documents_out, ledger_out, options=options, contamination=contamination)
-        kept = pq.read_table(documents_out)
-        ledger = pq.read_table(ledger_out).select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)
-    return CurateResult(kept=kept, ledger=ledger, stats=stats)

@@ -49,6 +49,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -63,10 +64,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dapt.data.curate import (
+    LEDGER_SCHEMA,
     REASON_SETTINGS,
     Decontaminator,
     ExactDedup,
     NearDedup,
+    curation_options,
     document_blocks,
     normalize_text,
     word_ngrams,
@@ -707,7 +710,7 @@ def curate_to_files(
     show_progress: bool = False,
 ) -> dict[str, Any]:
     """Curate a document file (or table) into `documents_out` and `ledger_out` (REJECTION_LEDGER_SCHEMA,
-    the rows of `earlier_rejections` first); return the stats (see `dapt.data.curate.CurateResult`).
+    the rows of `earlier_rejections` first); return the stats (see `CurateResult`).
 
     `options` are CurateConfig's fields, execution ones (`workers`, `batch_size`, `backend`) included.
     The map step's parts are written to a scratch folder next to `documents_out` (SCRATCH_NAME), removed at the
@@ -862,3 +865,37 @@ def corpus_stats(
         "near_dedup": {"candidate_pairs": near.finder.candidate_pairs, "verified_pairs": near.finder.verified_pairs},
         "heavy_drops": heavy_drops(counts, options["max_rule_drop_share"]),
     }
+
+
+@dataclass
+class CurateResult:
+    """The kept documents (text normalized), the rejection ledger and the counts a report shows.
+
+    `stats`: docs_in, docs_kept, dropped_by_reason {reason: n}, blocks {name: {seen, dropped}},
+    decontaminated_by_task {task: n}, chars_in (raw), chars_kept (normalized), pii_replaced {kind: n}
+    (over every input document, kept or not), pii_documents_changed, near_dedup {candidate_pairs,
+    verified_pairs} (the LSH's candidates and those whose estimated Jaccard passed the threshold).
+    """
+
+    kept: pa.Table
+    ledger: pa.Table
+    stats: dict
+
+
+def curate_documents(
+    documents: pa.Table, *, contamination: dict[str, list[str]] | None = None, **options: Any
+) -> CurateResult:
+    """Normalize, scrub, filter and deduplicate `documents` (DOCUMENT_SCHEMA); see the module docstring.
+
+    `options` are CurateConfig's fields (`dapt config --explain curate`); those not given take its defaults.
+    `contamination` maps a task name to its eval/test texts; documents sharing a `decontaminate_ngram`-word
+    sequence with any of them are dropped and counted for that task, except for n-grams found in more than
+    `decontaminate_max_doc_frequency` documents of the corpus (boilerplate, not a leak).
+    """
+    options = curation_options(**options)
+    with tempfile.TemporaryDirectory(prefix="dapt-curate-") as folder:
+        documents_out, ledger_out = Path(folder) / "documents.parquet", Path(folder) / "ledger.parquet"
+        stats = curate_to_files(documents, documents_out, ledger_out, options=options, contamination=contamination)
+        kept = pq.read_table(documents_out)
+        ledger = pq.read_table(ledger_out).select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)
+    return CurateResult(kept=kept, ledger=ledger, stats=stats)

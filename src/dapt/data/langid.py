@@ -25,26 +25,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dapt.data.curate import CurationBlock, Rejection
+from dapt.curation_defaults import (
+    DEFAULT_LANGID_MIN_PARAGRAPH_CHARS,
+    DEFAULT_LANGUAGES,
+    DEFAULT_MIN_CONFIDENCE,
+    DEFAULT_MIN_LANGUAGE_SHARE,
+)
+from dapt.data.blocks import CurationBlock, Rejection
 from dapt.errors import ConfigError
-
-# Measured by bench/langid_choice.py (py3langid, per-paragraph rule). Kept share of: the demo's 5,106 SciPy +
-# stdlib docstrings (English with code), 300 of them with a quarter of their length in another language
-# appended ("mixed", should be kept), 40 English documents (kept) and 1,160 in 29 other languages (dropped):
-#   min_confidence 0.5, min_language_share 0.5:  demo 0.999   mixed 0.54   English 1.0   other 0.0009
-#   min_confidence 0.5, min_language_share 0.3:  demo 1.0     mixed 0.89   English 1.0   other 0.0009
-#   min_confidence 0.5, min_language_share 0.2:  demo 1.0     mixed 0.95   English 1.0   other 0.0009
-#   min_confidence 0.8, min_language_share 0.2:  demo 1.0     mixed 0.92   English 1.0   other 0.021
-# A docstring's English is in a few prose paragraphs among code, so a quarter of foreign text can outvote it:
-# 0.2 keeps a document when a fifth of its clear text is in a kept language. Higher confidence lets more
-# foreign documents through (no paragraph passes, so nothing is decided).
-# English by default: the demo, and the Gopher stop-word rule, are English; a corpus in another language sets
-# `languages` (and gopher_quality.min_stop_words: null), and `languages: []` keeps every language.
-DEFAULT_LANGUAGES: tuple[str, ...] = ("en",)
-DEFAULT_MIN_CONFIDENCE = 0.5
-DEFAULT_MIN_LANGUAGE_SHARE = 0.2
-# Paragraphs shorter than this (titles, "Returns", a lone `x : int`) are too short to label reliably.
-DEFAULT_MIN_PARAGRAPH_CHARS = 30
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +62,7 @@ def py3langid_detector(languages: tuple[str, ...] = ()) -> Detector:
 
 
 def paragraph_labels(
-    detect: Detector, text: str, min_paragraph_chars: int = DEFAULT_MIN_PARAGRAPH_CHARS
+    detect: Detector, text: str, min_paragraph_chars: int = DEFAULT_LANGID_MIN_PARAGRAPH_CHARS
 ) -> list[tuple[str, float, int]]:
     """(language, confidence, characters) of each paragraph of `text` long enough to label."""
     labels = []
@@ -107,7 +95,7 @@ class LanguageFilter(CurationBlock):
     languages: tuple[str, ...] | list[str] = DEFAULT_LANGUAGES
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     min_language_share: float = DEFAULT_MIN_LANGUAGE_SHARE
-    min_paragraph_chars: int = DEFAULT_MIN_PARAGRAPH_CHARS
+    min_paragraph_chars: int = DEFAULT_LANGID_MIN_PARAGRAPH_CHARS
     name: str = field(init=False, default="language")
     # The model, loaded on the first document (a worker process builds the block cheaply, then loads once).
     _detect: Detector | None = field(init=False, default=None, repr=False, compare=False)

@@ -51,10 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DEFAULT_SHINGLE = 5
-DEFAULT_NUM_PERM = 512
-DEFAULT_BANDS = 64
-DEFAULT_THRESHOLD = 0.8
+from dapt.curation_defaults import DEFAULT_BANDS, DEFAULT_NUM_PERM, DEFAULT_SHINGLE, DEFAULT_THRESHOLD
 
 PRIME = 4_294_967_291  # the largest prime below 2**32
 _WORD = re.compile(r"[^\W_]+")

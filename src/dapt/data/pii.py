@@ -33,8 +33,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-# The order is the order in which kinds are scrubbed (see the module docstring).
-PII_KINDS: tuple[str, ...] = ("secret", "email", "iban", "card", "ip", "phone")
+from dapt.curation_defaults import PII_KINDS  # the order is the order in which kinds are scrubbed
+
 PLACEHOLDERS: dict[str, str] = {
     "secret": "<SECRET>",
     "email": "<EMAIL>",

@@ -22,61 +22,32 @@ from dataclasses import dataclass, field
 from itertools import compress, count, islice, repeat
 from typing import Any
 
-from dapt.data.curate import CurationBlock, Rejection, whitespace_tokens
+from dapt.curation_defaults import (
+    DEFAULT_C4_CURLY_BRACKET,
+    DEFAULT_C4_LOREM_IPSUM,
+    DEFAULT_C4_MAX_JAVASCRIPT_LINES_RATIO,
+    DEFAULT_C4_MAX_POLICY_LINES_RATIO,
+    DEFAULT_C4_MIN_SENTENCES,
+    DEFAULT_C4_MIN_TERMINAL_PUNCT_LINES_RATIO,
+    DEFAULT_GOPHER_MAX_BULLET_LINES_RATIO,
+    DEFAULT_GOPHER_MAX_ELLIPSIS_LINES_RATIO,
+    DEFAULT_GOPHER_MAX_MEAN_WORD_CHARS,
+    DEFAULT_GOPHER_MAX_SYMBOL_WORD_RATIO,
+    DEFAULT_GOPHER_MAX_WORDS,
+    DEFAULT_GOPHER_MIN_ALPHA_WORDS_RATIO,
+    DEFAULT_GOPHER_MIN_MEAN_WORD_CHARS,
+    DEFAULT_GOPHER_MIN_STOP_WORDS,
+    DEFAULT_GOPHER_MIN_WORDS,
+    DEFAULT_MAX_DUP_LINE_CHAR_FRACTION,
+    DEFAULT_MAX_DUP_LINE_FRACTION,
+    DEFAULT_MAX_DUP_NGRAM_CHAR_FRACTION,
+    DEFAULT_MAX_DUP_PARAGRAPH_CHAR_FRACTION,
+    DEFAULT_MAX_DUP_PARAGRAPH_FRACTION,
+    DEFAULT_MAX_TOP_NGRAM_CHAR_FRACTION,
+)
+from dapt.data.blocks import CurationBlock, Rejection, whitespace_tokens
 
-# --- Gopher quality rules (Rae et al. 2021, appendix A.1.1). "drops N" = documents of the 5,106 demo
-# docstrings (2,908 SciPy + 2,198 stdlib) that the rule alone drops.
-# Word count in [50, 100000]: published. 50 words drops 1,502 (29%): short docstrings of one function are
-# real documentation, and the length block's min_words (20) already drops bare lists of names. Off.
-DEFAULT_GOPHER_MIN_WORDS: int | None = None
-DEFAULT_GOPHER_MAX_WORDS: int | None = 100_000  # drops 0
-# Mean word length in [3, 10]: published. 10 drops 75 (module indexes of long dotted names,
-# `__array_namespace_info__.capabilities`); 15 drops 12 (all from the stdlib). 3 drops 1.
-DEFAULT_GOPHER_MIN_MEAN_WORD_CHARS: float | None = 3.0
-DEFAULT_GOPHER_MAX_MEAN_WORD_CHARS: float | None = 15.0
-# '#' and '...' per word <= 0.1: published; drops 11 (doctests, where `...` is the continuation prompt). Kept.
-DEFAULT_GOPHER_MAX_SYMBOL_WORD_RATIO: float | None = 0.1
-# Share of lines starting with a bullet <= 0.9, ending with an ellipsis <= 0.3: published; each drops 0.
-DEFAULT_GOPHER_MAX_BULLET_LINES_RATIO: float | None = 0.9
-DEFAULT_GOPHER_MAX_ELLIPSIS_LINES_RATIO: float | None = 0.3
-# Share of words with a letter >= 0.8: published; drops 681 (13%) whose examples print arrays of numbers.
-# Off: the quality block's min_alpha_words_ratio (0.3) is the one set for this domain.
-DEFAULT_GOPHER_MIN_ALPHA_WORDS_RATIO: float | None = None
-# At least 2 of the 8 stop words: published (counted as occurrences, as datatrove does; the paper's wording
-# allows "2 different ones"); drops 166 (3.3%), terse but real English (`Survival function of X.
-# Parameters x : array_like ...`). At least 1 drops 36 (9 SciPy, 27 stdlib) and still catches keyword soup.
-DEFAULT_GOPHER_MIN_STOP_WORDS: int | None = 1
 GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
-
-# --- Gopher repetition rules (Rae et al. 2021, table A1).
-# Lines / paragraphs: published thresholds; drop 11 / 1 (by count) and 16 / 1 (by characters).
-DEFAULT_MAX_DUP_LINE_FRACTION: float | None = 0.3
-DEFAULT_MAX_DUP_PARAGRAPH_FRACTION: float | None = 0.3
-DEFAULT_MAX_DUP_LINE_CHAR_FRACTION: float | None = 0.2
-DEFAULT_MAX_DUP_PARAGRAPH_CHAR_FRACTION: float | None = 0.2
-# n-grams: the published thresholds (top 2/3/4-gram 0.20/0.18/0.16; repeated 5..10-grams 0.15 down to 0.10)
-# drop 461 and 433 (9% and 8%): numpydoc repeats a parameter's description in its Returns section, and in a
-# 60-word docstring one phrase said twice ('probability density function') is 20% of the characters. Three
-# times the published values (same slope over n) drop 5 and 30, and still drop degenerate text ("buy now
-# buy now ...", a sentence pasted twice into a short text: tests/data/test_quality.py).
-DEFAULT_MAX_TOP_NGRAM_CHAR_FRACTION: dict[int, float] = {2: 0.60, 3: 0.54, 4: 0.48}
-DEFAULT_MAX_DUP_NGRAM_CHAR_FRACTION: dict[int, float] = {5: 0.45, 6: 0.42, 7: 0.39, 8: 0.36, 9: 0.33, 10: 0.30}
-
-# --- C4 rules (Raffel et al. 2020, section 2.2), made document-level as FineWeb (Penedo et al. 2024) did:
-# C4 deletes lines; a block here keeps or drops whole documents, so a line rule becomes a share of lines.
-DEFAULT_C4_LOREM_IPSUM = True  # drops 0
-# C4 drops any page with '{' (to remove code): 976 (19%) of a code-documentation corpus. Off.
-DEFAULT_C4_CURLY_BRACKET = False
-# Lines mentioning javascript / cookie or terms-of-use notices: C4 deletes them; we drop a document when
-# they are more than half its lines (a notice page, not a page that mentions one). Each drops 0.
-DEFAULT_C4_MAX_JAVASCRIPT_LINES_RATIO: float | None = 0.5
-DEFAULT_C4_MAX_POLICY_LINES_RATIO: float | None = 0.5
-# Share of lines ending in terminal punctuation: C4 keeps only such lines; FineWeb drops a document below
-# 0.12. Parameter lists (`x : array_like`) end in none: 0.12 drops 329 (6%). Off.
-DEFAULT_C4_MIN_TERMINAL_PUNCT_LINES_RATIO: float | None = None
-# Pages with fewer than 3 sentences (a '.', '!' or '?' before a space or the end): published; drops 784 (15%),
-# 2 drops 335, 1 drops 55: a docstring's parameter list has no sentences. Off.
-DEFAULT_C4_MIN_SENTENCES: int | None = None
 
 _WORD = re.compile(r"[^\W_]+")
 # Each ASCII byte lowercased if it is a _WORD character, else a space: split() on an ASCII text's bytes put

@@ -22,11 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dapt.data.curate import CurationBlock, Rejection
+from dapt.curation_defaults import (
+    DEFAULT_TOXICITY_MAX_SCORE,
+    DEFAULT_TOXICITY_MIN_PARAGRAPH_CHARS,
+)
+from dapt.data.blocks import CurationBlock, Rejection
 from dapt.errors import ConfigError
 
-DEFAULT_MAX_SCORE = 0.95
-DEFAULT_MIN_PARAGRAPH_CHARS = 30
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 Scorer = Callable[[Sequence[str]], Sequence[float]]
@@ -48,8 +50,8 @@ def profanity_scorer() -> Scorer:
 class ToxicityFilter(CurationBlock):
     """Drops documents whose most toxic paragraph scores above `max_score` (0..1)."""
 
-    max_score: float = DEFAULT_MAX_SCORE
-    min_paragraph_chars: int = DEFAULT_MIN_PARAGRAPH_CHARS
+    max_score: float = DEFAULT_TOXICITY_MAX_SCORE
+    min_paragraph_chars: int = DEFAULT_TOXICITY_MIN_PARAGRAPH_CHARS
     name: str = field(init=False, default="toxicity")
     # Loaded on the first document, once per process.
     _score: Scorer | None = field(init=False, default=None, repr=False, compare=False)
