@@ -53,28 +53,23 @@ import json
 import operator
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import yaml
 from tqdm.auto import tqdm
 
-from dapt.artifacts import atomic_write_text, read_artifact
+from dapt.artifacts import atomic_write_text
+from dapt.data.corpus_texts import SEED, iter_texts, sample_order
 from dapt.data.curate import curation_options, document_blocks, normalize_text
 from dapt.data.executor import SourceCounts, heavy_drops
-from dapt.data.ingest import iter_file_documents
 from dapt.data.near_dup import NearDuplicateFinder
-from dapt.errors import ConfigError, DataError
+from dapt.errors import ConfigError
+from dapt.tokenizer.fertility import FERTILITY_SAMPLE_WORDS, SPLIT_WORD_TOKENS, tokenizer_fertility
 from dapt.train.throughput import PEAK_TFLOPS, training_flops_per_token
-
-SEED = 0  # every sample below is drawn with this seed: the same corpus gives the same report
 
 # -- thresholds of the recommendation rules ------------------------------------------------------------------
 
@@ -107,8 +102,6 @@ FERTILITY_GAP_RATIO = 1.25
 # document costs about 100 bytes beside its text).
 SAMPLE_MAX_CHARS = 50_000_000
 SAMPLE_MAX_DOCUMENTS = 100_000
-FERTILITY_SAMPLE_WORDS = 100_000  # a random 100k words: a few hundred documents, enough for a stable ratio
-SPLIT_WORD_TOKENS = 3  # a word cut into 3+ pieces is the "split" word counted in the fertility section
 # Per side (domain, general): 32 windows of 512. A 135M model on 2 busy CPU cores scores about 100 tokens/s
 # (so --ppl-tokens 4096 for a quick look); a GPU takes seconds.
 PPL_TOKENS = 16_384
@@ -338,101 +331,6 @@ def recommend(evidence: Evidence) -> dict[str, Any]:
     return {"choice": choice, "reasons": reasons}
 
 
-# -- reading the texts ---------------------------------------------------------------------------------------
-
-
-def _source_roles(pipeline_yaml: Path) -> dict[str, str]:
-    """Source name → role from a run's pipeline.yaml; empty when there is none."""
-    if not pipeline_yaml.is_file():
-        return {}
-    sources = (yaml.safe_load(pipeline_yaml.read_text(encoding="utf-8")) or {}).get("sources") or []
-    return {source["name"]: source.get("role", "domain") for source in sources if isinstance(source, dict)}
-
-
-def _artifact_texts(folder: Path, side: str, notes: list[str]) -> Iterator[str]:
-    """The texts of a dapt artifact folder, batch by batch; inside a run, only the sources whose role fits `side`.
-
-    A run's `curate/` holds domain, replay and general documents together; the run's pipeline.yaml says
-    which is which. Domain takes the `domain` sources, general the `general_eval` ones (else `replay`).
-    A note saying which documents were taken is appended to `notes` once the folder has been read.
-    """
-    if read_artifact(folder) is None:
-        raise DataError(
-            f"{folder}: holds documents.parquet but no manifest.json, so the stage that writes it did not finish; "
-            f"rerun that stage, or pass {folder / 'documents.parquet'} to read the file as it is"
-        )
-    path = folder / "documents.parquet"
-    parquet = pq.ParquetFile(path)
-    missing = [name for name in ("text", "source") if name not in parquet.schema_arrow.names]
-    if missing:
-        raise DataError(f"{path}: not a document table, missing column(s) {', '.join(missing)}")
-    roles = _source_roles(folder.parent / "pipeline.yaml")
-    wanted: set[str] | None = None  # the sources to take; None: all
-    if roles:
-        # A first pass over the small `source` column only: which roles are present decides general's side.
-        sources: set[str] = set()
-        for batch in parquet.iter_batches(columns=["source"], batch_size=65_536):
-            sources.update(pc.unique(batch.column(0)).to_pylist())
-        present = {roles.get(source, "domain") for source in sources}  # unknown sources count as domain
-        role = "domain" if side == "domain" else next((r for r in ("general_eval", "replay") if r in present), None)
-        wanted = {source for source in sources if roles.get(source, "domain") == role}
-        if not wanted:
-            raise DataError(f"{folder}: no documents of a {side} source (roles here: {', '.join(sorted(present))})")
-    total = taken = 0
-    for batch in parquet.iter_batches(columns=["text", "source"], batch_size=1024):
-        texts = batch.column(0).to_pylist()
-        total += len(texts)
-        if wanted is not None:
-            keep = pc.is_in(batch.column(1), value_set=pa.array(sorted(wanted), pa.string())).to_pylist()
-            texts = [text for text, kept in zip(texts, keep, strict=True) if kept]
-        taken += len(texts)
-        yield from texts
-    if wanted is None:
-        notes.append(f"{folder}: all {total:,} documents (no pipeline.yaml beside it to tell sources apart)")
-    else:
-        notes.append(f"{folder}: {taken:,} of {total:,} documents (role {role})")
-
-
-def iter_texts(
-    paths: list[str], *, side: str, text_field: str, base_dir: Path, notes: list[str] | None = None
-) -> Iterator[str]:
-    """The non-empty texts the paths name, one at a time, in a stable order.
-
-    A folder holding `documents.parquet` is read as a dapt artifact (a note per folder goes to `notes`);
-    anything else (files, globs, folders of files, Parquet datasets, `save_to_disk` folders) goes through
-    `iter_file_documents`, which names the path in its error when nothing matches. A DataError when the
-    paths hold no non-empty document.
-    """
-    notes = [] if notes is None else notes
-    found = False
-    for path in paths:
-        folder = Path(path).expanduser()
-        folder = folder if folder.is_absolute() else base_dir / folder
-        if folder.is_dir() and (folder / "documents.parquet").is_file():
-            texts: Iterable[str] = _artifact_texts(folder, side, notes)
-        else:
-            documents = iter_file_documents([path], source=side, text_field=text_field, base_dir=base_dir)
-            texts = (document["text"] for document in documents)
-        for text in texts:
-            if text and text.strip():
-                found = True
-                yield text
-    if not found:
-        raise DataError(f"{side} text: {', '.join(paths)} hold no non-empty document")
-
-
-def read_texts(paths: list[str], *, side: str, text_field: str, base_dir: Path) -> tuple[list[str], list[str]]:
-    """All the texts the paths name, in memory, and the notes of `iter_texts`: for tools that need every
-    document at once (tokenizer training); assess itself streams them through `scan_corpus`."""
-    notes: list[str] = []
-    texts = list(iter_texts(paths, side=side, text_field=text_field, base_dir=base_dir, notes=notes))
-    return texts, notes
-
-
-def _sample_order(count: int, seed: int = SEED) -> np.ndarray:
-    return np.random.default_rng(seed).permutation(count)
-
-
 # -- one pass over the corpus: exact counts and a bounded sample ---------------------------------------------------
 
 
@@ -626,7 +524,7 @@ def near_duplicate_share(texts: list[str], *, max_words: int = NEAR_DUP_MAX_WORD
     """
     sample: list[str] = []
     words = 0
-    for index in _sample_order(len(texts)):
+    for index in sample_order(len(texts)):
         sample.append(texts[index])
         words += len(texts[index].split())
         if words >= max_words:
@@ -668,7 +566,7 @@ def vocabulary_growth(texts: list[str], max_words: int = HEAPS_MAX_WORDS) -> tup
     seen: set[str] = set()
     words_seen, distinct = [], []
     total = 0
-    for index in _sample_order(len(texts)):
+    for index in sample_order(len(texts)):
         words = _WORD.findall(texts[index].lower())
         seen.update(words)
         total += len(words)
@@ -696,49 +594,6 @@ def fit_heaps(words_seen: np.ndarray, distinct: np.ndarray) -> HeapsFit | None:
 
 
 # -- tokenizer and base model ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fertility:
-    """Tokens per whitespace word, and the share of words cut into ≥ SPLIT_WORD_TOKENS tokens (None: slow tokenizer)."""
-
-    words: int
-    tokens: int
-    split_share: float | None
-
-    @property
-    def tokens_per_word(self) -> float:
-        return self.tokens / max(self.words, 1)
-
-
-def tokenizer_fertility(tokenizer: Any, texts: list[str], max_words: int = FERTILITY_SAMPLE_WORDS) -> Fertility:
-    """Fertility on documents in a seeded random order until `max_words` words.
-
-    Each token belongs to the word holding its last character (a byte-level BPE's "Ġword" token starts on
-    the space before the word); tokens that cover only whitespace count in the total but in no word.
-    """
-    fast = bool(getattr(tokenizer, "is_fast", False))
-    words = tokens = split = 0
-    for index in _sample_order(len(texts)):
-        text = texts[index]
-        spans = [match.span() for match in re.finditer(r"\S+", text)]
-        if not spans:
-            continue
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
-        tokens += len(encoded["input_ids"])
-        words += len(spans)
-        if fast:
-            owner = np.full(len(text), -1, dtype=np.int64)
-            for word, (start, end) in enumerate(spans):
-                owner[start:end] = word
-            offsets = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-            offsets = offsets[offsets[:, 1] > offsets[:, 0]]  # zero-width tokens belong to no word
-            owners = owner[offsets[:, 1] - 1]
-            pieces = np.bincount(owners[owners >= 0], minlength=len(spans))
-            split += int((pieces >= SPLIT_WORD_TOKENS).sum())
-        if words >= max_words:
-            break
-    return Fertility(words=words, tokens=tokens, split_share=split / max(words, 1) if fast else None)
 
 
 def count_tokens(tokenizer: Any, texts: list[str], batch: int = 256) -> int:
@@ -770,7 +625,7 @@ def sample_windows(tokenizer: Any, texts: list[str], max_tokens: int, seq_len: i
 
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     ids: list[int] = []
-    for index in _sample_order(len(texts)):
+    for index in sample_order(len(texts)):
         ids += tokenizer(texts[index], add_special_tokens=False)["input_ids"] + eos
         if len(ids) > max_tokens:
             break
@@ -826,7 +681,7 @@ def curation_rule_drops(texts: list[str], max_documents: int = RULE_CHECK_DOCUME
     unlike the defaults' (a glossary of short entries, tables, code) is caught before a run, not after it."""
     options = curation_options()
     blocks = document_blocks(options)
-    checked = [texts[index] for index in _sample_order(len(texts))[:max_documents]]
+    checked = [texts[index] for index in sample_order(len(texts))[:max_documents]]
     counts = SourceCounts()
     counts.documents["domain"] = len(checked)
     for number, raw in enumerate(checked):

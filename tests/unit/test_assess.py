@@ -22,22 +22,22 @@ from dapt.assess import (
     cost_row,
     fit_heaps,
     near_duplicate_share,
-    read_texts,
     recommend,
     render_markdown,
     sample_windows,
     scan_corpus,
     shape_from_params,
     text_digest,
-    tokenizer_fertility,
     training_flops,
     vocabulary_growth,
 )
 from dapt.cli import main
 from dapt.config import load_config
+from dapt.data.corpus_texts import read_texts
 from dapt.data.documents import write_documents
 from dapt.errors import DataError
 from dapt.tokenizer.byte_level import byte_level_tokenizer
+from dapt.tokenizer.fertility import tokenizer_fertility
 from dapt.tokenizer.train import train_tokenizer
 
 

@@ -7,7 +7,7 @@ pieces costs sequence length and is harder for the model to learn as a unit. Com
 extended (or newly trained) tokenizer, the numbers say what an extension bought on the domain and what it
 cost on general text (a merge-based extension never costs anything there; see `extend.py`).
 
-The counting is `dapt assess`'s own (`tokenizer_fertility`), so the numbers agree with its report.
+The counting is `dapt assess`'s own (`dapt.tokenizer.fertility`), so the numbers agree with its report.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from dapt.assess import SEED, SPLIT_WORD_TOKENS, tokenizer_fertility
+from dapt.data.corpus_texts import sample_order
 from dapt.errors import ConfigError, DataError
+from dapt.tokenizer.fertility import SPLIT_WORD_TOKENS, tokenizer_fertility
 from dapt.tokenizer.train import read_corpus
 
 # Up to 2M words per side (about 14 MB of English; ~10 s per tokenizer at the ~1.4 MB/s that offset-tracking
@@ -34,7 +34,7 @@ def fertility_sample(texts: list[str], max_words: int = MEASURE_MAX_WORDS) -> li
     """Whole documents in a seeded random order until `max_words` words: all of them when the corpus is smaller."""
     sample: list[str] = []
     words = 0
-    for index in np.random.default_rng(SEED).permutation(len(texts)):
+    for index in sample_order(len(texts)):
         sample.append(texts[index])
         words += len(texts[index].split())
         if words >= max_words:

@@ -21,8 +21,10 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from dapt.data.corpus_texts import read_texts
 from dapt.errors import ConfigError, DataError
 from dapt.tokenizer.byte_level import END_OF_TEXT, PAD
+from dapt.tokenizer.fertility import tokenizer_fertility
 
 SPECIAL_TOKENS = (END_OF_TEXT, PAD)
 # A pair seen once is noise in the corpus, not a unit of the language: merging it spends a vocabulary slot on
@@ -39,8 +41,6 @@ def read_corpus(paths: list[str], *, text_field: str = "text", side: str = "doma
     read as an artifact, as `dapt assess` reads it (inside a run, only the sources whose role fits `side`).
     Every path that exists nowhere is named in one DataError, rather than the first one only.
     """
-    from dapt.assess import read_texts
-
     missing = [path for path in paths if not glob.glob(os.path.expanduser(path), recursive=True)]
     if missing:
         raise DataError(
@@ -102,8 +102,6 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 def run_train(paths: list[str], *, vocab_size: int, out: Path, text_field: str = "text") -> int:
     """The CLI's entry point: train, save the folder, print what came out."""
-    from dapt.assess import tokenizer_fertility
-
     texts = read_corpus(paths, text_field=text_field)
     started = time.perf_counter()
     tokenizer = train_tokenizer(texts, vocab_size)
