@@ -8,13 +8,16 @@ nan-gradient, the gradients of step 3 are NaN while its loss stays finite; with 
 is NaN on the second process only; with crash-and-resume, training checkpoints every 4 steps (next to METRICS_FILE),
 every process crashes in step 5, and a fresh model resumes from step 4 to the end; the rank file then also counts
 the checkpoint files this process read in full (`reads`); -deeper resumes a model with one layer more, which the
-checkpoint does not fit; with accumulate, each step accumulates the gradients of 2 micro-batches.
+checkpoint does not fit; with accumulate, each step accumulates the gradients of 2 micro-batches. With
+DDP_TRAIN_MAX_LOGITS_BYTES set, the loss is computed a chunk of positions at a time above that many bytes of logits
+(dapt.model.chunked_loss).
 """
 
 import json
 import os
 import sys
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,6 +29,7 @@ from dapt.model.load import load_original_base
 from dapt.train.checkpoint import Checkpointer, load_full_weights
 from dapt.train.distributed import leave
 from dapt.train.loop import LoopSettings, train_loop
+from dapt.train.objectives import MAX_LOGITS_BYTES as MAX_LOGITS_BYTES_DEFAULT
 from dapt.train.objectives import causal_lm_loss, lm_batch
 from dapt.train.sharding import without_tied_copies
 
@@ -68,6 +72,8 @@ def crash_in_step_5(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
 
 crash_in_step_5.calls = 0
 MICRO_BATCHES = int(os.environ.get("DDP_TRAIN_MICRO_BATCHES", "1"))  # per step (accumulate: 2)
+# the loss a chunk of positions at a time above this many bytes of logits (dapt.model.chunked_loss); default: never here
+MAX_LOGITS_BYTES = int(os.environ.get("DDP_TRAIN_MAX_LOGITS_BYTES", str(MAX_LOGITS_BYTES_DEFAULT)))
 
 
 class Batches:
@@ -165,7 +171,7 @@ def main(metrics_file: Path, sharding: str, fault: str | None) -> None:
         assert result.resumed_from == 4
     else:
         loss_fn = {"nan-gradient": nan_gradient_at_step_3, "nan-loss-rank-1": nan_loss_on_rank_1_at_step_3}.get(
-            fault, causal_lm_loss
+            fault, partial(causal_lm_loss, max_logits_bytes=MAX_LOGITS_BYTES)
         )
         result = train_loop(model, next_batch, loss_fn, settings, metrics_file=metrics_file, description="ddp")
     if torch.distributed.is_initialized():

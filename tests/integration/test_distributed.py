@@ -35,10 +35,11 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def layout(name: str) -> tuple[str, dict[str, str]]:
-    """ddp_train.py's sharding argument and the environment for a layout: none (DDP), fsdp, or
+    """ddp_train.py's sharding argument and the environment for a layout: none (DDP), fsdp[-chunked], or
     zeroN[-offload][-bf16][-accumulate] (DeepSpeed ZeRO stage N, told as `accelerate launch` with a DeepSpeed config
     tells it; -offload: the optimizer state in host memory; -bf16: trained in bf16; -accumulate: 2 micro-batches
-    a step)."""
+    a step). -chunked: the loss over 48 positions' logits at a time (dapt.model.chunked_loss), 3 chunks per process
+    and step with the preset's byte-level vocabulary of 258 entries."""
     if name.startswith("zero"):
         stage, *options = name.removeprefix("zero").split("-")
         deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": stage}
@@ -49,6 +50,8 @@ def layout(name: str) -> tuple[str, dict[str, str]]:
         if "accumulate" in options:
             deepspeed["DDP_TRAIN_MICRO_BATCHES"] = "2"
         return "none", {**ENV, **deepspeed}
+    if name.endswith("-chunked"):
+        return name.removesuffix("-chunked"), {**ENV, "DDP_TRAIN_MAX_LOGITS_BYTES": str(48 * 258 * 4)}
     return name, ENV
 
 
@@ -59,7 +62,7 @@ def single_process_metrics(tmp_path_factory) -> Path:
     return single
 
 
-@pytest.mark.parametrize("sharding", ["none", "fsdp", "zero1", "zero2", "zero2-offload"])
+@pytest.mark.parametrize("sharding", ["none", "fsdp", "fsdp-chunked", "zero1", "zero2", "zero2-offload"])
 def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
     double = tmp_path / "double.jsonl"
     argument, env = layout(sharding)
