@@ -60,7 +60,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from dapt.data.pydocs import docstring_documents
-from dapt.tokenizer.byte_level import byte_level_tokenizer
+from dapt.model.byte_level import byte_level_tokenizer
 from dapt.train.loop import LoopSettings, train_loop
 from dapt.train.objectives import causal_lm_loss, lm_batch
 from dapt.train.precision import cpu_computes_bf16

@@ -36,7 +36,7 @@ from dapt.config import load_config
 from dapt.data.corpus_texts import read_texts
 from dapt.data.documents import write_documents
 from dapt.errors import DataError
-from dapt.tokenizer.byte_level import byte_level_tokenizer
+from dapt.model.byte_level import byte_level_tokenizer
 from dapt.tokenizer.fertility import tokenizer_fertility
 from dapt.tokenizer.train import train_tokenizer
 

@@ -6,10 +6,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from dapt.config import BaseConfig, PresetConfig, config_from_dict
+from dapt.model.byte_level import BYTE_DECODER, END_OF_TEXT, byte_level_tokenizer, missing_bytes
 from dapt.model.load import load_original_base, save_model_folder
 from dapt.pipeline import StageContext
 from dapt.stages import base as base_stage
-from dapt.tokenizer.byte_level import BYTE_DECODER, END_OF_TEXT, byte_level_tokenizer, missing_bytes
 
 DROPPED = (0x04, 0x1D, 0xF1, 0xFF)  # 0xFF never occurs in UTF-8 text; the others do
 

@@ -13,8 +13,8 @@ from dapt.eval.long_context import (
     position_edges,
     short_context_recovered,
 )
+from dapt.model.byte_level import byte_level_tokenizer
 from dapt.model.context import extend_context, rope_settings
-from dapt.tokenizer.byte_level import byte_level_tokenizer
 
 
 @pytest.mark.parametrize("kind", ["yarn", "linear", "dynamic", "llama3"])

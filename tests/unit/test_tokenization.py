@@ -23,8 +23,8 @@ from dapt.data.tokenization import (
     read_index,
     tokenize_parts,
 )
+from dapt.model.byte_level import byte_level_tokenizer
 from dapt.stages.tokenize import split_texts
-from dapt.tokenizer.byte_level import byte_level_tokenizer
 
 SOURCES = ["dom", "rep", "gen"]
 
@@ -160,7 +160,7 @@ KILLED_RUN = textwrap.dedent(
         return real(self, batch, part)
 
     tokenization.BatchTokenizer.__call__ = slow
-    from dapt.tokenizer.byte_level import byte_level_tokenizer
+    from dapt.model.byte_level import byte_level_tokenizer
     tokenizer = byte_level_tokenizer()
     settings = tokenization.PartSettings(sys.argv[3], tokenizer.eos_token_id, len(tokenizer), seed=0)
     tokenization.tokenize_parts(Path(sys.argv[1]), Path(sys.argv[2]), settings, batch_size=20, workers=1)

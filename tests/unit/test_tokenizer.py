@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from dapt.cli import main
 from dapt.config import BaseConfig, PresetConfig
 from dapt.errors import ConfigError
+from dapt.model.byte_level import byte_level_tokenizer
 from dapt.model.load import load_original_base, save_model_folder
-from dapt.tokenizer.byte_level import byte_level_tokenizer
 from dapt.tokenizer.compare import compare_tokenizers, measure, render_table
 from dapt.tokenizer.extend import PAD_MULTIPLE, check_extendable, extend_base, token_text
 from dapt.tokenizer.train import train_tokenizer

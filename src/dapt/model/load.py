@@ -26,7 +26,7 @@ from transformers import (
 
 from dapt.config import BaseConfig, PresetConfig
 from dapt.errors import ConfigError
-from dapt.tokenizer.byte_level import byte_level_tokenizer
+from dapt.model.byte_level import byte_level_tokenizer
 
 
 def find_package_file(spec: str) -> Path:

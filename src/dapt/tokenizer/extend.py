@@ -56,7 +56,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dapt.artifacts import atomic_write_text
 from dapt.errors import ConfigError, DataError
-from dapt.tokenizer.byte_level import BYTE_DECODER, has_type
+from dapt.model.byte_level import BYTE_DECODER, has_type
 from dapt.tokenizer.compare import check_model_spec, measure
 from dapt.tokenizer.train import byte_level_bpe, read_corpus
 

@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerFast
 
 from dapt.data.corpus_texts import read_texts
 from dapt.errors import ConfigError, DataError
-from dapt.tokenizer.byte_level import END_OF_TEXT, PAD
+from dapt.model.byte_level import END_OF_TEXT, PAD
 from dapt.tokenizer.fertility import tokenizer_fertility
 
 SPECIAL_TOKENS = (END_OF_TEXT, PAD)
