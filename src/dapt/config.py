@@ -550,7 +550,25 @@ class TokenizeConfig(Section):
     eval_tokens: int = Field(
         4096,
         gt=0,
-        description="Tokens per held-out split (domain val, domain test, general val, general test), by document.",
+        description="Tokens per held-out split (domain val, domain test, general val, general test) at least, by "
+        "document: each split takes documents in a seeded random order until it holds this many tokens and "
+        "eval_min_documents documents, but stops at eval_max_tokens.",
+    )
+    eval_min_documents: int = Field(
+        50,
+        ge=0,
+        description="Documents per held-out split at least, when the corpus has them: a loss over a few documents "
+        "moves with which ones they are (the demo's general validation split held 3 with eval_tokens alone), and "
+        "its standard error, over documents, needs many. Capped at a tenth of a training role's documents (domain, "
+        "replay: 80% stay for training) and half of a general_eval source's (never trained on), and by "
+        "eval_max_tokens. 0: by tokens alone.",
+    )
+    eval_max_tokens: int = Field(
+        32_768,
+        gt=0,
+        description="Tokens per held-out split at most (the document that crosses it included): pretraining "
+        "evaluates both validation splits whole at every evaluation, so this bounds an evaluation's cost (2 × "
+        "32,768 tokens: 256 windows of 256). Must be at least eval_tokens.",
     )
     max_train_tokens: int | None = Field(
         None,
@@ -586,6 +604,15 @@ class TokenizeConfig(Section):
         "cluster `ray.init()` connects to, e.g. through RAY_ADDRESS; needs pip install 'dapt-lm[ray]'); the run "
         "folder must then be on storage every node sees. Same shards either way.",
     )
+
+    @model_validator(mode="after")
+    def _eval_cap_holds_the_floor(self) -> TokenizeConfig:
+        if self.eval_max_tokens < self.eval_tokens:
+            raise ValueError(
+                f"eval_max_tokens ({self.eval_max_tokens}) is below eval_tokens ({self.eval_tokens}); raise "
+                "eval_max_tokens or lower eval_tokens"
+            )
+        return self
 
 
 class VocabConfig(Section):

@@ -17,6 +17,7 @@ from dapt.data.documents import write_documents
 from dapt.data.shards import eval_windows, open_split
 from dapt.data.tokenization import (
     SPLIT_CODE,
+    HeldOutSize,
     PartSettings,
     assemble_shards,
     choose_splits,
@@ -39,6 +40,29 @@ def test_held_out_documents_are_taken_in_key_order_until_the_budget():
     assert np.flatnonzero(splits == SPLIT_CODE["domain_val"]).tolist() == [0, 3]
     assert np.flatnonzero(splits == SPLIT_CODE["domain_train"]).tolist() == [2, 4, 6]
     assert general_from == "replay"
+
+
+def test_held_out_splits_take_a_floor_of_documents_capped_by_share_and_tokens():
+    # 1000 domain documents of 10 tokens and 20 general_eval ones of 100, keys in document order
+    lengths = np.array([10] * 1000 + [100] * 20, dtype=np.int64)
+    keys = np.arange(1020, dtype=np.uint64)
+    roles = np.array([0] * 1000 + [2] * 20, dtype=np.int8)
+
+    def counts(size):
+        splits, _ = choose_splits(keys, lengths, roles, size, max_train_tokens=None)
+        return {name: int((splits == SPLIT_CODE[name]).sum()) for name in ("domain_test", "domain_val", "general_val")}
+
+    # by tokens alone: 40 tokens are 4 short documents, or one long one
+    assert counts(HeldOutSize(40)) == {"domain_test": 4, "domain_val": 4, "general_val": 1}
+    # at least 50 documents: the domain has 1000 (a tenth is 100), the general source 20 (half is 10)
+    assert counts(HeldOutSize(40, 50)) == {"domain_test": 50, "domain_val": 50, "general_val": 10}
+    # the token cap wins over the floor: 300 tokens are 30 short documents, 3 long ones
+    assert counts(HeldOutSize(40, 50, 300)) == {"domain_test": 30, "domain_val": 30, "general_val": 3}
+    # and the same documents, in key order, whatever the floor: the first 4 of the 50
+    small, _ = choose_splits(keys, lengths, roles, HeldOutSize(40), None)
+    large, _ = choose_splits(keys, lengths, roles, HeldOutSize(40, 50), None)
+    assert np.flatnonzero(small == SPLIT_CODE["domain_test"]).tolist() == [0, 1, 2, 3]
+    assert np.flatnonzero(large == SPLIT_CODE["domain_test"]).tolist() == list(range(50))
 
 
 def test_general_held_out_comes_from_replay_without_a_general_source_and_max_train_tokens_caps():

@@ -16,12 +16,13 @@ took about 53 bytes per token) and never as text. Two passes:
    (`choose_splits`), plans the shards, then reads the parts once, in order, appending each document's
    tokens to its split's shard files. Shards hold at most about `shard_tokens` tokens each; a training
    split's shards never mix sources, so pretraining can weight sources (pretrain.mix). Held-out splits are
-   small (`eval_tokens` each) and are written last, in key order. The parts are deleted once the shards are
-   complete; until then the stage needs about twice the shards' size on disk.
+   small (about `eval_max_tokens` each at most) and are written last, in key order. The parts are deleted once
+   the shards are complete; until then the stage needs about twice the shards' size on disk.
 
 Held-out splits are chosen by document, in key order: the first documents of a role until `eval_tokens`
-tokens are in (the test split), then the next ones (validation). A document's key depends on the seed and
-its id only, so adding documents to a corpus does not reshuffle which old ones are held out.
+tokens and `eval_min_documents` documents are in, but no more than `eval_max_tokens` tokens (the test split),
+then the next ones (validation). A document's key depends on the seed and its id only, so adding documents to
+a corpus does not reshuffle which old ones are held out.
 """
 
 from __future__ import annotations
@@ -336,25 +337,55 @@ def _take_until(order: np.ndarray, lengths: np.ndarray, budget: int) -> int:
     return int(np.argmax(reached)) + 1 if reached.any() else len(order)
 
 
+@dataclass(frozen=True)
+class HeldOutSize:
+    """How large each held-out split is: documents in key order until it holds `tokens` tokens and `documents`
+    documents (the document floor capped at `share` of the role's documents), but never past `max_tokens`."""
+
+    tokens: int
+    documents: int = 0
+    max_tokens: int | None = None
+
+    def count(self, order: np.ndarray, lengths: np.ndarray, share: float, role_documents: int) -> int:
+        """How many documents from the front of `order` the split takes (at least one when there is one)."""
+        taken = max(_take_until(order, lengths, self.tokens), min(self.documents, int(share * role_documents)))
+        if self.max_tokens is not None:
+            taken = min(taken, _take_until(order, lengths, self.max_tokens))
+        return min(taken, len(order))
+
+
+# The document floor of a held-out split is at most this share of its role's documents: a role that trains
+# (domain, replay) keeps at least 80% of its documents for training; a general_eval source is never trained on,
+# so its two splits may share all of its documents.
+HELD_OUT_SHARE = {"domain": 0.1, "replay": 0.1, "general_eval": 0.5}
+
+
 def choose_splits(
-    keys: np.ndarray, lengths: np.ndarray, roles: np.ndarray, eval_tokens: int, max_train_tokens: int | None
+    keys: np.ndarray,
+    lengths: np.ndarray,
+    roles: np.ndarray,
+    eval_tokens: int | HeldOutSize,
+    max_train_tokens: int | None,
 ) -> tuple[np.ndarray, str]:
     """The split code of every document (-1: in none) and where the general held-out text came from.
 
-    Per role, documents are taken in key order: test until `eval_tokens` tokens, then validation likewise; the
-    rest train. With no general_eval document, general val/test are held-out replay documents.
+    Per role, documents are taken in key order: test until it holds `eval_tokens` tokens and (a `HeldOutSize`)
+    its floor of documents, never past its cap of tokens; then validation likewise; the rest train. With no
+    general_eval document, general val/test are held-out replay documents.
     """
+    size = eval_tokens if isinstance(eval_tokens, HeldOutSize) else HeldOutSize(eval_tokens)
     splits = np.full(len(keys), -1, dtype=np.int8)
 
     def in_key_order(role: str) -> np.ndarray:
         members = np.flatnonzero(roles == ROLE_CODE[role])
         return members[np.argsort(keys[members], kind="stable")]
 
-    def hold_out(order: np.ndarray, test: str, val: str) -> np.ndarray:
-        taken = _take_until(order, lengths, eval_tokens)
+    def hold_out(order: np.ndarray, role: str, test: str, val: str) -> np.ndarray:
+        members = len(order)
+        taken = size.count(order, lengths, HELD_OUT_SHARE[role], members)
         splits[order[:taken]] = SPLIT_CODE[test]
         order = order[taken:]
-        taken = _take_until(order, lengths, eval_tokens)
+        taken = size.count(order, lengths, HELD_OUT_SHARE[role], members)
         splits[order[:taken]] = SPLIT_CODE[val]
         return order[taken:]
 
@@ -363,9 +394,9 @@ def choose_splits(
             order = order[: _take_until(order, lengths, max_train_tokens)]
         splits[order] = SPLIT_CODE[split]
 
-    train(hold_out(in_key_order("domain"), "domain_test", "domain_val"), "domain_train")
+    train(hold_out(in_key_order("domain"), "domain", "domain_test", "domain_val"), "domain_train")
     general_from = "general_eval" if (roles == ROLE_CODE["general_eval"]).any() else "replay"
-    rest = hold_out(in_key_order(general_from), "general_test", "general_val")
+    rest = hold_out(in_key_order(general_from), general_from, "general_test", "general_val")
     train(rest if general_from == "replay" else in_key_order("replay"), "replay_train")
     return splits, general_from
 
@@ -564,7 +595,7 @@ def assemble_shards(
             )
             first += size
             progress.update(size)
-        for name, documents in held_out.items():  # small (eval_tokens each): written in key order
+        for name, documents in held_out.items():  # small (eval_max_tokens each at most): in key order
             plan = plans[name]
             by_document = dict(documents)
             for number, shard in zip(plan.order, plan.shard_of, strict=True):

@@ -39,6 +39,7 @@ from dapt.data.tokenization import (
     ROLE_CODE,
     SPLIT_CODE,
     SPLITS,
+    HeldOutSize,
     PartSettings,
     assemble_shards,
     choose_splits,
@@ -151,7 +152,8 @@ def run(context: StageContext) -> dict[str, Any]:
     role_of = {s.name: s.role for s in context.pipeline.sources}
     source_roles = np.array([ROLE_CODE[role_of.get(name, "domain")] for name in index.source_names], dtype=np.int8)
     roles = source_roles[index.sources] if len(index.sources) else np.zeros(0, dtype=np.int8)
-    splits, general_from = choose_splits(index.keys, index.lengths, roles, config.eval_tokens, config.max_train_tokens)
+    size = HeldOutSize(config.eval_tokens, config.eval_min_documents, config.eval_max_tokens)
+    splits, general_from = choose_splits(index.keys, index.lengths, roles, size, config.max_train_tokens)
     same = None
     if "splits" in context.inputs:  # an extended tokenizer: the original tokenization's documents, split for split
         same = SameSplits(context.inputs["splits"].path / "splits.parquet", len(splits))
@@ -163,8 +165,8 @@ def run(context: StageContext) -> dict[str, Any]:
     if train_tokens == 0:
         raise DataError(
             f"the domain corpus has {int(index.lengths[roles == ROLE_CODE['domain']].sum())} tokens after curation; "
-            f"nothing is left for training after holding out 2 × tokenize.eval_tokens ({config.eval_tokens}). Add "
-            "domain text or lower tokenize.eval_tokens"
+            f"nothing is left for training after holding out 2 × tokenize.eval_tokens ({config.eval_tokens}) for "
+            "test and validation. Add domain text or lower tokenize.eval_tokens"
         )
     stats = assemble_shards(
         scratch,
