@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
+from dapt.adapted_record import adapted_stages, read_adapted, run_stages_found
 from dapt.artifacts import Artifact, atomic_write_text, read_artifact
 from dapt.config import PipelineConfig, TaskConfig, _explain, load_config, read_yaml_mapping
 from dapt.errors import ConfigError, DataError, disk_full_reported
-from dapt.pipeline import StageSpec, run_stages, say, task_data_stage, variant_stages
+from dapt.pipeline import run_stages, say
+from dapt.report.build import build_report, print_headline
 from dapt.run_folder import ADAPTED_NAME, absolute, locate, locked, run_artifacts, run_folder_of
 
-ADAPTED_FILE = ADAPTED_NAME  # in a run folder: the tasks `dapt adapt` branched there, and from which bases
 ADAPTABLE_KINDS = ("pretrain", "tapt")  # an adapted base: it has an original base to compare with
 
 
@@ -106,19 +106,6 @@ def read_task_file(path: Path) -> list[TaskConfig]:
     return tasks
 
 
-def read_adapted(run_dir: Path) -> list[dict[str, Any]]:
-    """The entries of a run folder's adapted.json (none when `dapt adapt` never wrote there)."""
-    path = run_dir / ADAPTED_FILE
-    return json.loads(path.read_text())["adapted"] if path.is_file() else []
-
-
-def adapted_stages(entry: dict[str, Any], seed: int, precision: str) -> list[StageSpec]:
-    """The planned stages of one adapted.json entry: the task's examples, then its variants and evaluations."""
-    task = entry["task"]
-    bases = {"control": entry["original_base"]["name"], "dapt": entry["dapt_base"]["name"]}
-    return [task_data_stage(task, seed), *variant_stages(task, seed, bases, precision)]
-
-
 def source_config(dapt_base: Artifact) -> PipelineConfig:
     """The pipeline config of the run that made the base (its run folder's pipeline.yaml)."""
     pipeline_file = run_folder_of(dapt_base.path) / "pipeline.yaml"
@@ -131,8 +118,6 @@ def source_config(dapt_base: Artifact) -> PipelineConfig:
 
 
 def run_adapt(base: str, task_file: Path, out: Path | None) -> int:
-    from dapt.report.build import build_report, print_headline
-
     dapt_base = resolve_base(base, out)
     chain = base_chain(dapt_base)
     original = chain[-1]
@@ -196,59 +181,9 @@ def run_adapt(base: str, task_file: Path, out: Path | None) -> int:
         artifacts = run_stages(stages, config, run_dir, given=given)
         # record the branch (replacing an earlier entry of the same task name), then rebuild the report
         kept = [e for e in read_adapted(run_dir) if e["task"]["name"] not in names]
-        atomic_write_text(run_dir / ADAPTED_FILE, json.dumps({"adapted": kept + entries}, indent=2) + "\n")
+        atomic_write_text(run_dir / ADAPTED_NAME, json.dumps({"adapted": kept + entries}, indent=2) + "\n")
         pipeline_artifacts = run_stages_found(config, source_run)
         with disk_full_reported(run_dir, "write the report (every stage is finished)"):
             report = build_report(config, run_dir, {**pipeline_artifacts, **artifacts})
     print_headline(report, run_dir)
     return 0
-
-
-def run_stages_found(config: PipelineConfig, source_run: Path) -> dict[str, Artifact]:
-    """The finished artifacts of a pipeline's planned stages in its run folder."""
-    from dapt.pipeline import plan
-
-    found = {spec.name: read_artifact(source_run / spec.name) for spec in plan(config)}
-    return {name: artifact for name, artifact in found.items() if artifact is not None}
-
-
-def adapted_sources(run_dir: Path) -> Path | None:
-    """The run folder the adapted bases of `run_dir` come from, when `run_dir` has no pipeline of its own."""
-    sources = {entry["source_run"] for entry in read_adapted(run_dir)}
-    if len(sources) > 1:
-        raise ConfigError(f"{run_dir}: its adapted tasks come from several runs ({', '.join(sorted(sources))})")
-    return Path(sources.pop()) if sources else None
-
-
-def adapted_tasks(
-    run_dir: Path, seed: int, precision: str
-) -> tuple[list[tuple[TaskConfig, dict[str, Any], dict[str, Artifact]]], list[str]]:
-    """The tasks `dapt adapt` branched into `run_dir`: (task, its adapted.json entry, its finished artifacts) each,
-    and the names of those left out because a base was rebuilt since (their variants are of the old base)."""
-    found, stale = [], []
-    for entry in read_adapted(run_dir):
-        current = {key: read_artifact(Path(entry[key]["path"])) for key in ("dapt_base", "original_base")}
-        if any(a is None or a.id != entry[key]["id"] for key, a in current.items()):
-            stale.append(entry["task"]["name"])
-            continue
-        stages = adapted_stages(entry, seed, precision)
-        artifacts = {spec.name: read_artifact(run_dir / spec.name) for spec in stages}
-        found.append(
-            (
-                TaskConfig.model_validate(entry["task"]),
-                entry,
-                {name: artifact for name, artifact in artifacts.items() if artifact is not None},
-            )
-        )
-    return found, stale
-
-
-def external_models(run_dir: Path) -> list[Artifact]:
-    """The bases outside `run_dir` that its adapted tasks were branched from (for the lineage tree)."""
-    models = {}
-    for entry in read_adapted(run_dir):
-        for folder in entry["chain"]:
-            artifact = read_artifact(Path(folder))
-            if artifact is not None and run_folder_of(Path(folder)).resolve() != run_dir.resolve():
-                models[artifact.id] = artifact
-    return list(models.values())

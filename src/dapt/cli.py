@@ -366,7 +366,7 @@ def _run(
 
 
 def _rebuild_report(run_dir: Path) -> int:
-    from dapt.adapt_command import adapted_sources, run_stages_found
+    from dapt.adapted_record import adapted_sources, run_stages_found
     from dapt.config import load_config
     from dapt.errors import ConfigError, disk_full_reported
     from dapt.report.build import build_report, print_headline

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dapt.adapted_record import external_models
 from dapt.artifacts import Artifact
 from dapt.errors import ConfigError
 from dapt.pipeline import MODEL_KINDS

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from dapt.adapted_record import adapted_tasks
 from dapt.artifacts import Artifact, atomic_write_text, read_artifact
 from dapt.config import PipelineConfig, TaskConfig
 from dapt.eval.metrics import paired_bootstrap
@@ -135,8 +136,6 @@ def _task_entry(task: TaskConfig, pipeline_seed: int, artifacts: dict[str, Artif
 
 def _adapted_task_entries(config: PipelineConfig, run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Report entries of the tasks `dapt adapt` branched into this run folder (finished ones), and the stale ones."""
-    from dapt.adapt_command import adapted_tasks
-
     found, stale = adapted_tasks(run_dir, config.seed, config.pretrain.precision)
     entries = []
     own = {task.name for task in config.tasks}
