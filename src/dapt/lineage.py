@@ -29,8 +29,6 @@ def read_run(run_dir: Path) -> list[Found]:
     .artifacts/, and, first, the bases in another run folder that its adapted tasks came from."""
     if not run_dir.is_dir():
         raise ConfigError(f"run folder {str(run_dir)!r} not found (looked in {run_dir.resolve()})")
-    from dapt.adapt_command import external_models
-
     found = run_artifacts(run_dir)
     ids = {item.artifact.id for item in found}
     # bases in another run folder that `dapt adapt` branched this folder's tasks from
