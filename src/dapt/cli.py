@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_adapt(args.base, args.task, args.out)
         if args.command == "evaluate" and (args.harness or args.model or args.pipeline is None):
             from dapt.errors import ConfigError
-            from dapt.eval.harness import run_harness
+            from dapt.harness_command import run_harness
 
             if not (args.harness and args.model) or args.pipeline is not None or args.overrides:
                 raise ConfigError(

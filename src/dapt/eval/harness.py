@@ -1,4 +1,4 @@
-"""`dapt evaluate --harness TASKS --model FOLDER`: EleutherAI's lm-evaluation-harness on a checkpoint.
+"""EleutherAI's lm-evaluation-harness on a checkpoint: what `dapt evaluate --harness` runs (`dapt.harness_command`).
 
 Runs lm-eval (the optional extra `dapt-lm[harness]`) through its Python API — `simple_evaluate` with the
 `hf` model on the folder, and a `TaskManager` that also reads task YAMLs from `--include-path` — so a
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -24,7 +25,7 @@ from dapt.errors import ConfigError
 from dapt.run_folder import run_folder_of
 
 
-def _model_location(model: Path) -> tuple[Path, Any]:
+def model_location(model: Path) -> tuple[Path, Any]:
     """(the HF model folder, the dapt artifact holding it or None)."""
     if not model.is_dir():
         raise ConfigError(f"--model {model}: not a folder (looked in {model.resolve()})")
@@ -37,7 +38,7 @@ def _model_location(model: Path) -> tuple[Path, Any]:
     return model, None
 
 
-def _task_manager(task_names: list[str], include_path: Path | None) -> Any:
+def task_manager(task_names: list[str], include_path: Path | None) -> Any:
     """A TaskManager that knows the tasks; lm-eval's ~15k built-in task configs are only indexed when needed."""
     from lm_eval.tasks import TaskManager
 
@@ -91,27 +92,19 @@ def write_harness_artifact(
     return target / "results.json"
 
 
-def run_harness(
-    tasks: str,
-    model: Path,
-    *,
-    include_path: Path | None = None,
-    num_fewshot: int | None = None,
-    limit: float | None = None,
-    batch_size: int = 8,
-    device: str | None = None,
-    out: Path | None = None,
-) -> dict[str, Any]:
-    """Evaluate the model folder on the harness tasks; write and return {"results": {task: {metric: value}}, ...}."""
+def load_lm_eval() -> Callable[..., dict[str, Any]]:
+    """lm-eval's `simple_evaluate`; a ConfigError naming the extra to install when lm-eval is missing."""
     try:
-        from lm_eval import simple_evaluate
+        from lm_eval import simple_evaluate  # an optional extra, imported only when the harness is asked for
     except ImportError:
         raise ConfigError(
             "--harness needs EleutherAI's lm-evaluation-harness: pip install 'dapt-lm[harness]' (or lm-eval)"
         ) from None
-    from dapt.pipeline import say, verify_models_unchanged
+    return simple_evaluate
 
-    folder, artifact = _model_location(model)
+
+def refuse_classifier(folder: Path, model: Path) -> None:
+    """A ConfigError when the folder holds a classifier: the harness scores language models."""
     architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
     if any(name.endswith(("ForSequenceClassification", "ForTokenClassification")) for name in architectures):
         raise ConfigError(
@@ -119,18 +112,29 @@ def run_harness(
             "base (e.g. runs/<name>/pretrain) or an instruction variant, and score classifiers with `dapt evaluate "
             "PIPELINE.yaml`"
         )
-    if artifact is not None:
-        verify_models_unchanged({"model": artifact})  # a finished model is evaluated as it was written
+
+
+def harness_task_names(tasks: str) -> list[str]:
+    """The comma-separated task names of --harness; a ConfigError when there are none."""
     task_names = [name.strip() for name in tasks.split(",") if name.strip()]
     if not task_names:
         raise ConfigError("--harness: give one or more lm-eval task names, comma-separated (e.g. hellaswag,arc_easy)")
-    manager = _task_manager(task_names, include_path)
-    import torch
+    return task_names
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    say(f"dapt evaluate: lm-eval {', '.join(task_names)} on {folder} ({device})")
+
+def evaluate_on_harness(
+    simple_evaluate: Callable[..., dict[str, Any]],
+    folder: Path,
+    task_names: list[str],
+    manager: Any,
+    *,
+    num_fewshot: int | None,
+    limit: float | None,
+    batch_size: int,
+    device: str,
+) -> tuple[dict[str, Any], float]:
+    """Score the model folder on the tasks with lm-eval's `hf` model: (the results dict that is written, seconds)."""
     clock = time.perf_counter()
-    started = datetime.now(timezone.utc)
     output = simple_evaluate(
         model="hf",
         model_args={"pretrained": str(folder.resolve()), "dtype": "float32" if device == "cpu" else "auto"},
@@ -159,17 +163,4 @@ def run_harness(
         "n_samples": output.get("n-samples", {}),
         "seconds": round(seconds, 1),
     }
-    text = json.dumps(results, indent=2, default=str) + "\n"
-    if out is not None:
-        atomic_write_text(out, text)
-        where = out
-    elif artifact is not None:
-        where = write_harness_artifact(artifact, results, include_path=include_path, started=started, seconds=seconds)
-    else:
-        where = folder / "lm_eval_results.json"
-        atomic_write_text(where, text)
-    for task, values in results["results"].items():
-        shown = ", ".join(f"{k.split(',')[0]} {v:.4f}" for k, v in values.items() if "stderr" not in k)
-        print(f"{task}: {shown}")
-    say(f"dapt evaluate: results in {where} ({seconds:.1f}s)")
-    return results
+    return results, seconds
