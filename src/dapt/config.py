@@ -1064,6 +1064,53 @@ class RetentionConfig(Section):
     )
 
 
+class RestoreConfig(Section):
+    """Restoring what adaptation cost, by parameter arithmetic on the DAPT base (`dapt.model.merge`); off unless given.
+
+    The `restore` stage writes the restored base (a model folder in the lineage, under the DAPT base); `cost-restored`
+    measures it on the same checks as the bases (domain and general perplexity, safety, cloze retention), and the
+    gates and the report compare it with the original and the DAPT base. Variants are not branched from it."""
+
+    method: Literal["merge", "chat_vector"] = Field(
+        description="merge: (1 - weight) x DAPT base + weight x original base, for a DAPT base continued from a chat "
+        "model itself (the demo's SmolLM2-Instruct). chat_vector: DAPT base + weight x (instruct - base_of_instruct), "
+        "re-applying the instruction tuning to a DAPT base continued from the instruct model's pretrained base."
+    )
+    weight: float | None = Field(
+        None,
+        gt=0,
+        description="merge: the original base's share, in (0, 1] (default 0.5). chat_vector: the scale of the "
+        "instruction delta (default 1.0, the whole delta).",
+    )
+    instruct: str | None = Field(
+        None,
+        description="chat_vector only: the instruction-tuned model (a local Hugging Face folder, a hub id, a .gguf "
+        "file or 'package:PKG/FILE.gguf', as base.model). Its chat template goes to the restored base when the DAPT "
+        "base's tokenizer has none.",
+    )
+    base_of_instruct: str | None = Field(
+        None,
+        description="chat_vector only: the pretrained model `instruct` was tuned from (same forms as `instruct`). "
+        "None: the pipeline's original base (base.model), the usual case.",
+    )
+    revision: str | None = Field(None, description="Hub revision of `instruct` and `base_of_instruct` when hub ids.")
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> RestoreConfig:
+        if self.method == "merge":
+            given = [name for name in ("instruct", "base_of_instruct") if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for method chat_vector; a merge uses the original base")
+            if self.weight is not None and self.weight > 1:
+                raise ValueError(f"weight {self.weight:g}: a merge's weight (the original base's share) is in (0, 1]")
+            self.weight = 0.5 if self.weight is None else self.weight
+        else:
+            if self.instruct is None:
+                raise ValueError("method chat_vector needs `instruct:`, the instruction-tuned model whose delta to add")
+            self.weight = 1.0 if self.weight is None else self.weight
+        return self
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the pipeline
 
@@ -1082,6 +1129,9 @@ class PipelineConfig(Section):
     tasks: list[TaskConfig] = Field(default_factory=list, description="Downstream tasks to adapt and evaluate.")
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    restore: RestoreConfig | None = Field(
+        None, description="Restore what adaptation cost by merging or a chat vector (`restore` stage). None: off."
+    )
 
     _folder_name = field_validator("name")(folder_name)
 
@@ -1190,9 +1240,15 @@ def _resolve_paths(config: PipelineConfig, root: Path) -> PipelineConfig:
             task.data.train = resolve(task.data.train)
         if task.data.test:
             task.data.test = resolve(task.data.test)
-    model = config.base.model
-    if model and not model.startswith("package:") and (model.startswith((".", "/")) or (root / model).exists()):
-        config.base.model = resolve(model)
+
+    def resolve_model(model: str | None) -> str | None:  # a hub id stays as it is; a path is resolved
+        local = model and not model.startswith("package:") and (model.startswith((".", "/")) or (root / model).exists())
+        return resolve(model) if local and model else model
+
+    config.base.model = resolve_model(config.base.model)
+    if config.restore is not None:
+        config.restore.instruct = resolve_model(config.restore.instruct)
+        config.restore.base_of_instruct = resolve_model(config.restore.base_of_instruct)
     return config
 
 
