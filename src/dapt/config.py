@@ -830,6 +830,51 @@ class PretrainConfig(Section):
     )
     keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept besides the best one.")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    forgetting_budget: float | None = Field(
+        None,
+        gt=0,
+        description="The forgetting guard: how far the general validation loss may rise over the original base's "
+        "(measured before the first step), as a share, e.g. 0.02 for 2%. At every evaluation a step is over the "
+        "budget when the rise exceeds it by more than forgetting_significance standard errors (paired over the "
+        "general validation documents); such a step is never the best checkpoint, and on_forgetting says what "
+        "else happens. Needs general validation text (a general_eval or replay source). None: no guard.",
+    )
+    on_forgetting: Literal["stop", "remix", "warn"] = Field(
+        "stop",
+        description="What the guard does at an evaluation over forgetting_budget. stop: end training; the DAPT base "
+        "is the best checkpoint within the budget (the original base if none was). remix: multiply the replay "
+        "share by remix_factor (up to remix_max_replay) for the steps that follow; the new share is logged, "
+        "recorded in the manifest and kept in checkpoints, so a resumed run draws as an uninterrupted one. warn: "
+        "log it and train on.",
+    )
+    forgetting_significance: float = Field(
+        2.0,
+        ge=0,
+        description="Standard errors by which the rise must exceed forgetting_budget before the guard acts: 2 "
+        "leaves about a 2% chance per evaluation of acting on noise when the true rise is exactly the budget. "
+        "0: act on the measured rise alone.",
+    )
+    remix_factor: float = Field(
+        2.0,
+        gt=1,
+        description="on_forgetting remix: the replay share is multiplied by this at each evaluation over the budget.",
+    )
+    remix_max_replay: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="on_forgetting remix: the replay share is never raised above this (0.5: half the windows stay "
+        "domain text; Ibrahim et al. 2024 found 25% replay enough against a strong distribution shift).",
+    )
+    average_last: int = Field(
+        0,
+        ge=0,
+        description="Average the weights of the last N checkpoints at the end of training (Llama 3 averaged "
+        "checkpoints of its annealing stage), e.g. 3 with eval_every or checkpoint_every spacing them; checkpoints "
+        "kept: at least N. The average is evaluated like a checkpoint and becomes the DAPT base when its monitored "
+        "validation loss is lower than the best checkpoint's and it is within forgetting_budget. method full only. "
+        "0 or 1: no averaging.",
+    )
 
     @field_validator("replay_fraction", mode="before")
     @classmethod
@@ -868,6 +913,11 @@ class PretrainConfig(Section):
             )
         if self.sharding == "fsdp" and self.precision == "fp16":
             raise ValueError("sharding 'fsdp' with precision 'fp16' is not supported; use precision: bf16 (or auto)")
+        if self.average_last > 1 and self.method == "lora":
+            raise ValueError(
+                "average_last with method 'lora' is not supported (averaging the A and B factors is not averaging "
+                "the adapters' updates); use method: full, or average_last: 0"
+            )
         return self
 
 

@@ -182,6 +182,23 @@ def eval_windows(shard: TokenShard | ShardSet, seq_len: int, max_tokens: int | N
     return [shard.window(index, seq_len) for index in range(count)]
 
 
+def target_documents(shard: TokenShard | ShardSet, count: int, seq_len: int) -> np.ndarray:
+    """The document (numbered over the whole split, in order) of every target of the split's first `count` windows:
+    (count, seq_len) int64. Window i of a shard predicts its tokens i*seq_len + 1 ... i*seq_len + seq_len."""
+    shards = shard.shards if isinstance(shard, ShardSet) else [shard]
+    documents = np.empty((count, seq_len), dtype=np.int64)
+    filled, first_document = 0, 0
+    for part in shards:
+        windows = min(part.num_windows(seq_len), count - filled)
+        positions = np.arange(windows)[:, None] * seq_len + np.arange(1, seq_len + 1)[None, :]
+        documents[filled : filled + windows] = (
+            first_document + np.searchsorted(part.doc_offsets, positions, "right") - 1
+        )
+        filled += windows
+        first_document += part.num_documents
+    return documents
+
+
 def packed_windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None = None) -> list[torch.Tensor]:
     """Non-overlapping windows of seq_len inputs (+1 target token each) over packed tokens, up to max_tokens
     (at least one window), in order; each (seq_len + 1,). Empty when there are too few tokens for one."""
@@ -315,14 +332,35 @@ class WindowMixer:
     def __iter__(self) -> WindowMixer:
         return self
 
+    def share(self, names: set[str]) -> float:
+        """The probability that a window comes from one of `names`."""
+        return float(sum(p for name, p in zip(self.names, self.probabilities, strict=True) if name in names))
+
+    def raise_share(self, names: set[str], factor: float, ceiling: float) -> tuple[float, float]:
+        """Multiply the share of `names` by `factor`, up to `ceiling`, the other sources' shrinking in proportion;
+        return the share before and after. Each source keeps its place in its pass, and the draws that follow use
+        the new shares; `state_dict` holds them, so a run resumed after the change draws as it would have."""
+        before = self.share(names)
+        after = min(before * factor, max(ceiling, before))
+        if before <= 0 or before >= 1 or after == before:
+            return before, before
+        chosen = np.array([name in names for name in self.names])
+        self.probabilities = np.where(
+            chosen, self.probabilities * after / before, self.probabilities * (1 - after) / (1 - before)
+        )
+        return before, after
+
     def state_dict(self) -> dict:
         return {
             "rng": self.rng.bit_generator.state,
             "passes": dict(self.passes),
             "positions": dict(self.positions),
             "drawn": dict(self.drawn),
+            "probabilities": dict(zip(self.names, self.probabilities.tolist(), strict=True)),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.passes, self.positions, self.drawn = dict(state["passes"]), dict(state["positions"]), dict(state["drawn"])
+        if "probabilities" in state:  # remixed by the forgetting guard (checkpoints of older dapt lack it)
+            self.probabilities = np.array([state["probabilities"][name] for name in self.names], dtype=np.float64)

@@ -7,9 +7,14 @@ Recipe:
 3. measure domain and general validation loss before training (the original base's numbers) and
    every `eval_every` steps; save a checkpoint at each evaluation (and every `checkpoint_every` steps),
    keep the last K and the best; a run killed midway resumes from its newest checkpoint exactly;
-4. stop early when the domain validation loss stops improving;
-5. the best checkpoint becomes the DAPT base (`model/`), a new versioned base whose manifest points
-   at the original. If no step beat the original, the DAPT base is the original, and the manifest says so.
+   each validation loss comes with its standard error over the split's documents (`dapt.train.forgetting`);
+4. stop early when the domain validation loss stops improving; with `forgetting_budget`, judge every evaluation
+   against it (the forgetting guard): a step over it is never the best, and `on_forgetting` stops, remixes the
+   replay share or warns;
+5. with `average_last`, average the last checkpoints' weights and evaluate the average like a checkpoint;
+6. the best checkpoint (or the average, if it is better and within the budget) becomes the DAPT base (`model/`),
+   a new versioned base whose manifest points at the original. If no step beat the original, the DAPT base is the
+   original, and the manifest says so.
 """
 
 from __future__ import annotations
@@ -20,18 +25,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dapt.config import PRETRAIN_EXECUTION_FIELDS, PretrainConfig
-from dapt.data.shards import ShardSet, WindowMixer, eval_windows, open_split, split_sources
-from dapt.errors import DataError
+from dapt.data.shards import ShardSet, WindowMixer, eval_windows, open_split, split_sources, target_documents
+from dapt.errors import ConfigError, DataError
 from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
 from dapt.model.lora import add_lora, load_adapter_weights, merged_model
 from dapt.pipeline import StageContext
-from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, load_full_weights
-from dapt.train.distributed import is_main_process
+from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, average_checkpoints, load_full_weights
+from dapt.train.distributed import is_main_process, wait_for_everyone
+from dapt.train.forgetting import DocumentLosses, ForgettingGuard, ForgettingSettings
 from dapt.train.loop import LoopSettings, train_loop
-from dapt.train.objectives import causal_lm_loss, check_documents_kept_apart, lm_batch, mean_lm_loss, perplexity
+from dapt.train.objectives import causal_lm_loss, check_documents_kept_apart, lm_batch, lm_token_losses, perplexity
 from dapt.train.sharding import shards_over_processes, without_tied_copies
 from dapt.train.throughput import device_peak_tflops, flops_per_token, throughput_report
 
@@ -99,11 +106,15 @@ def export_dapt_base(
     checkpointer: Checkpointer,
     model: torch.nn.Module,
     tokenizer: Any,
+    averaged: Path | None = None,
 ) -> None:
-    """Write `model/` (and, for LoRA, `adapter/`): the best checkpoint, or the original base if nothing beat it."""
+    """Write `model/` (and, for LoRA, `adapter/`): the best checkpoint, the `averaged` checkpoints when given (they
+    won), or the original base if nothing beat it."""
     for partial_export in ("model", "adapter"):  # left by an attempt killed while exporting
         shutil.rmtree(context.out / partial_export, ignore_errors=True)
-    if best_step == 0:
+    if averaged is not None:
+        link_or_copy_folder(averaged, context.out / "model")
+    elif best_step == 0:
         context.log("no step improved the domain validation loss: the DAPT base is the base it started from")
         link_or_copy_folder(base_folder, context.out / "model")
     elif config.method == "lora":
@@ -119,19 +130,52 @@ def export_dapt_base(
         link_or_copy_folder(checkpointer.step_folder(best_step), context.out / "model")
 
 
+class HeldOutSplit:
+    """A validation split's fixed windows, each (seq_len + 1,), and the document of each of their targets,
+    (windows, seq_len), numbered 0 .. documents - 1 over the split."""
+
+    def __init__(self, shard: ShardSet, seq_len: int, max_tokens: int) -> None:
+        self.windows = eval_windows(shard, seq_len, max_tokens=max_tokens)
+        self.target_documents = target_documents(shard, len(self.windows), seq_len)
+        self.documents = shard.num_documents
+
+
+@torch.no_grad()
+def document_losses(
+    model: torch.nn.Module, split: HeldOutSplit, eos_id: int | None, batch_size: int = 4
+) -> DocumentLosses:
+    """The summed next-token loss and the scored tokens of each document of `split` (fixed windows, as in
+    training: packed, documents kept apart with `eos_id`)."""
+    device = next(model.parameters()).device
+    sums = np.zeros(split.documents, dtype=np.float64)
+    tokens = np.zeros(split.documents, dtype=np.int64)
+    for start in range(0, len(split.windows), batch_size):
+        batch = lm_batch(torch.stack(split.windows[start : start + batch_size]).to(device), eos_id)
+        losses = lm_token_losses(model, batch["input_ids"], batch.get("position_ids"), batch["targets"])
+        documents = split.target_documents[start : start + batch_size].ravel()
+        sums += np.bincount(documents, weights=losses.double().cpu().numpy().ravel(), minlength=split.documents)
+        tokens += np.bincount(documents, minlength=split.documents)
+    return DocumentLosses(sums, tokens)
+
+
 class HeldOutLoss:
-    """`evaluate()` for the loop: the loss on each split's fixed held-out windows (`held_out`: metric name ->
-    windows). Every process evaluates every window (the same numbers everywhere); under FSDP it must: each layer's
-    forward gathers its weights from all processes.
+    """`evaluate()` for the loop: the loss on each validation split's fixed windows (`held_out`: metric name ->
+    split), its standard error over the split's documents (`<name>_se`) and how many documents were scored
+    (`<split>_documents`); each split's `DocumentLosses` stay in `documents` for the forgetting guard. Every process
+    evaluates every window (the same numbers everywhere); under FSDP it must: each layer's forward gathers its
+    weights from all processes.
 
     The first evaluation first checks that the model keeps packed documents apart, as `document_mask` asks (some
     attention implementations ignore the restarted positions): before any step is trained (resumed: at the first
     evaluation after resuming, or at the end, `check_leak`)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, held_out: dict[str, Any], eos_id: int | None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: Any, held_out: dict[str, HeldOutSplit], eos_id: int | None
+    ) -> None:
         self.model, self.tokenizer, self.held_out, self.eos_id = model, tokenizer, held_out, eos_id
         # how far packed documents moved each other's logits in the check (0.0: kept apart); None: not checked
         self.leak: float | None = None
+        self.documents: dict[str, DocumentLosses] = {}  # of the last evaluation, by metric name
 
     def check_leak(self) -> None:
         if self.eos_id is not None and self.leak is None:
@@ -140,7 +184,16 @@ class HeldOutLoss:
 
     def __call__(self) -> dict[str, float]:
         self.check_leak()
-        return {name: mean_lm_loss(self.model, windows, eos_id=self.eos_id) for name, windows in self.held_out.items()}
+        metrics: dict[str, float] = {}
+        for name, split in self.held_out.items():
+            losses = self.documents[name] = document_losses(self.model, split, self.eos_id)
+            error = losses.standard_error
+            metrics |= {
+                name: losses.mean,
+                **({f"{name}_se": error} if error is not None else {}),
+                f"{name.removesuffix('_loss')}_documents": losses.documents,
+            }
+        return metrics
 
 
 class CheckpointedModel:
@@ -216,13 +269,95 @@ def training_mixture(
     return WindowMixer(training, weights, config.seq_len, seed)
 
 
-def held_out_windows(context: StageContext, config: PretrainConfig, shards: dict[str, ShardSet]) -> dict[str, Any]:
-    """The fixed held-out windows of each validation split, by the name of their metric (domain_val_loss, ...)."""
-    budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
+def held_out_splits(
+    context: StageContext, config: PretrainConfig, shards: dict[str, ShardSet]
+) -> dict[str, HeldOutSplit]:
+    """Each validation split's fixed windows, by the name of its metric (domain_val_loss, ...): the whole split, up
+    to tokenize.eval_max_tokens (a corpus tokenized by an older dapt: its eval_tokens)."""
+    tokenize = context.inputs["tokens"].manifest["config"]["tokenize"]
+    budget = tokenize.get("eval_max_tokens", tokenize["eval_tokens"])
     return {
-        f"{split.removesuffix('_val')}_val_loss": eval_windows(shards[split], config.seq_len, max_tokens=budget)
+        f"{split.removesuffix('_val')}_val_loss": HeldOutSplit(shards[split], config.seq_len, budget)
         for split in ("domain_val", "general_val")
         if split in shards
+    }
+
+
+def forgetting_guard(
+    context: StageContext, config: PretrainConfig, evaluate: HeldOutLoss, mixer: WindowMixer
+) -> ForgettingGuard | None:
+    """The forgetting guard `forgetting_budget` asks for (None without one), watching the general validation loss;
+    with on_forgetting remix, it raises the share of the replay sources in `mixer`."""
+    if config.forgetting_budget is None:
+        return None
+    if "general_val_loss" not in evaluate.held_out:
+        raise ConfigError(
+            "pretrain.forgetting_budget: there is no general validation text to measure forgetting on; add a "
+            "source with role general_eval (or replay), or remove forgetting_budget"
+        )
+    remix = None
+    if config.on_forgetting == "remix":
+        role_of = {s.name: s.role for s in context.pipeline.sources}
+        replay = {"replay_train"} if config.mix is None else {n for n in config.mix if role_of.get(n) == "replay"}
+        if mixer.share(replay) <= 0:
+            raise ConfigError(
+                "pretrain.on_forgetting: remix raises the replay share, but this run trains on no replay text; set "
+                "replay_fraction above 0 (or give a replay source a weight in mix), or use on_forgetting: stop"
+            )
+        remix = partial(mixer.raise_share, replay)
+    settings = ForgettingSettings(
+        budget=config.forgetting_budget,
+        action=config.on_forgetting,
+        significance=config.forgetting_significance,
+        remix_factor=config.remix_factor,
+        remix_max_replay=config.remix_max_replay,
+    )
+    return ForgettingGuard(settings, lambda: evaluate.documents["general_val_loss"], remix)
+
+
+def evaluate_average(
+    context: StageContext,
+    config: PretrainConfig,
+    checkpointer: Checkpointer,
+    model: torch.nn.Module,
+    evaluate: HeldOutLoss,
+    guard: ForgettingGuard | None,
+) -> tuple[dict[str, Any], Path] | None:
+    """With average_last: the last checkpoints' weights averaged (`checkpoints/average/`), loaded into `model` and
+    evaluated like a checkpoint; its record and folder. None when averaging is off or there are fewer than two
+    checkpoints."""
+    steps = checkpointer.saved_steps()[-config.average_last :] if config.average_last > 1 else []
+    if len(steps) < 2:
+        if config.average_last > 1:
+            context.log(f"average_last {config.average_last}: only {len(steps)} checkpoint(s); nothing averaged")
+        return None
+    folder = checkpointer.folder / "average"
+    if is_main_process():
+        average_checkpoints([checkpointer.step_folder(step) for step in steps], folder)
+    wait_for_everyone()
+    load_full_weights(model, folder)
+    model.eval()
+    metrics = evaluate()
+    record: dict[str, Any] = {"steps": steps, **metrics}
+    if guard is not None:
+        record["forgetting"] = guard.judge(evaluate.documents["general_val_loss"])
+    context.log(
+        f"average of steps {', '.join(map(str, steps))}: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in evaluate.held_out)
+    )
+    return record, folder
+
+
+def forgetting_record(config: PretrainConfig, guard: ForgettingGuard | None) -> dict[str, Any] | None:
+    """The forgetting guard's settings and every check it made (None without a guard), for the manifest."""
+    if guard is None:
+        return None
+    return {
+        "budget": config.forgetting_budget,
+        "on_forgetting": config.on_forgetting,
+        "significance": config.forgetting_significance,
+        "checks": guard.checks,
+        "actions": [check for check in guard.checks if check["action"]],
     }
 
 
@@ -240,11 +375,13 @@ def run(context: StageContext) -> dict[str, Any]:
     # -- data: the training mixture, fixed held-out windows ----------------------------------------------
     mixer = training_mixture(context, config, shards, shard_root, seed)
     batches = PackedBatches(mixer, config.micro_batch_size, eos_id)
-    held_out = held_out_windows(context, config, shards)
+    held_out = held_out_splits(context, config, shards)
     evaluate = HeldOutLoss(model, tokenizer, held_out, eos_id)
+    guard = forgetting_guard(context, config, evaluate, mixer)
 
     # -- checkpoints: after every evaluation and every `checkpoint_every` steps; resumable -----------------
     checkpointer = model_checkpointer(context.out / "checkpoints", config, model, tokenizer)
+    checkpointer.keep_last = max(checkpointer.keep_last, config.average_last)  # the checkpoints to average
     monitor = config.early_stopping.monitor
     settings = LoopSettings.from_config(
         config,
@@ -267,16 +404,33 @@ def run(context: StageContext) -> dict[str, Any]:
         evaluate=evaluate,
         metrics_file=context.out / "metrics.jsonl",
         checkpointer=checkpointer,
+        guard=guard,
         description="pretrain",
     )
     evaluate.check_leak()  # resumed past its last evaluation: checked now, on the trained model
     best_step = result.best_step or 0
     speed = throughput_report(model, config.seq_len, result.units_per_second, config.peak_tflops, result.processes)
+    initial, best = result.evaluations[0], next(e for e in result.evaluations if e["step"] == best_step)
+
+    # -- with average_last: the last checkpoints averaged; the DAPT base if it beats the best within the budget --
+    average = evaluate_average(context, config, checkpointer, model, evaluate, guard)
+    averaged_folder = None
+    if average is not None:
+        record, folder = average
+        within = not record.get("forgetting", {}).get("over_budget", False)
+        record["exported"] = within and record[settings.monitor] < best[settings.monitor]
+        averaged_folder = folder if record["exported"] else None
+        context.log(
+            f"the average {'is' if record['exported'] else 'is not'} the DAPT base: {settings.monitor} "
+            f"{record[settings.monitor]:.4f} vs the best step's {best[settings.monitor]:.4f}"
+            + ("" if within else "; over the forgetting budget")
+        )
+        if record["exported"]:
+            best = {"step": result.steps, **{k: v for k, v in record.items() if k not in ("forgetting", "exported")}}
 
     # -- the DAPT base: the best checkpoint (or the original, if nothing beat it), by the main process -----
     if is_main_process():
-        export_dapt_base(context, config, best_step, base_folder, checkpointer, model, tokenizer)
-    initial, best = result.evaluations[0], next(e for e in result.evaluations if e["step"] == best_step)
+        export_dapt_base(context, config, best_step, base_folder, checkpointer, model, tokenizer, averaged_folder)
     context.log(f"best step {best_step}: " + ", ".join(f"{k} {initial[k]:.4f} → {best[k]:.4f}" for k in held_out))
     return {
         "method": config.method,
@@ -295,6 +449,8 @@ def run(context: StageContext) -> dict[str, Any]:
         "initial": {**initial, **{k.replace("_loss", "_ppl"): perplexity(initial[k]) for k in held_out}},
         "best": {**best, **{k.replace("_loss", "_ppl"): perplexity(best[k]) for k in held_out}},
         "evaluations": result.evaluations,
+        "forgetting": forgetting_record(config, guard),
+        "average": average[0] if average is not None else None,  # with average_last: the averaged checkpoints
         "final_train_loss": result.final_train_loss,
         "parameters": parameter_count(model),
         "trainable_parameters": trainable,

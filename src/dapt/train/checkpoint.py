@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.core_model_loading import revert_weight_conversion
 
@@ -190,6 +190,38 @@ class Checkpointer:
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"])
         return json.loads((path / LOOP_STATE).read_text())
+
+
+def average_checkpoints(folders: list[Path], out: Path) -> Path:
+    """Write `out`: the weights of `folders` (checkpoints of one model) averaged, tensor by tensor in fp64 and stored
+    in each tensor's saved dtype, next to the other files (config, tokenizer) of the last of them. The training
+    state is not copied: the average is a model, not a point to resume from."""
+    if len(folders) < 2:
+        raise CheckpointError(f"averaging needs two checkpoints or more; got {[str(f) for f in folders]}")
+    shutil.rmtree(out, ignore_errors=True)
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for file in folders[-1].iterdir():
+        if file.name not in (WEIGHTS, TRAINING_STATE, LOOP_STATE):
+            shutil.copy2(file, partial / file.name)
+    summed: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for folder in folders:
+        try:
+            weights = load_file(folder / WEIGHTS)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError.unreadable(folder / WEIGHTS, error) from error
+        if summed and weights.keys() != summed.keys():
+            raise CheckpointError(f"{folder}: its tensors are not those of {folders[0]}; they cannot be averaged")
+        for name, tensor in weights.items():
+            dtypes.setdefault(name, tensor.dtype)
+            summed[name] = summed[name] + tensor.double() if name in summed else tensor.double()
+    averaged = {name: (total / len(folders)).to(dtypes[name]).contiguous() for name, total in summed.items()}
+    save_file(averaged, partial / WEIGHTS, metadata={"format": "pt"})
+    fsync_tree(partial)
+    partial.rename(out)
+    return out
 
 
 def saved_shapes(path: Path) -> dict[str, tuple[int, ...]]:

@@ -43,6 +43,7 @@ from dapt.train import zero
 from dapt.train.backends import backend_for, start_processes
 from dapt.train.checkpoint import Checkpointer
 from dapt.train.checkpoint_manager import CheckpointManager
+from dapt.train.forgetting import ForgettingGuard
 from dapt.train.precision import ACCELERATE_NAMES, PrecisionChoice, choose_precision
 from dapt.train.preemption import StopRequests, TrainingStopped
 from dapt.train.schedule import Schedule, lr_schedule
@@ -361,9 +362,11 @@ class Trainer:
     launch (`dapt.train.backends`: one process or DDP, FSDP2, DeepSpeed ZeRO) chosen before training starts.
 
     `evaluate()` runs before the first step, every `eval_every` steps and after the last one;
-    `on_evaluation(step, metrics, is_best)` is called after each. With a `checkpointer`, a checkpoint is
-    written after every evaluation (and every `checkpointer.every` steps), and if the checkpointer's
-    folder already holds a resumable checkpoint, training continues from it exactly: same weights,
+    `on_evaluation(step, metrics, is_best)` is called after each. With a forgetting `guard`
+    (`dapt.train.forgetting`), each evaluation is also judged against the forgetting budget: a step over it is
+    never the best, and the guard's action follows (stop here, remix the data, or a warning). With a
+    `checkpointer`, a checkpoint is written after every evaluation (and every `checkpointer.every` steps), and if
+    the checkpointer's folder already holds a resumable checkpoint, training continues from it exactly: same weights,
     optimizer moments, schedule, RNG and data position as if it had never stopped.
     """
 
@@ -378,9 +381,10 @@ class Trainer:
         on_evaluation: Callable[[int, dict[str, float], bool], None] | None = None,
         metrics_file: Path | None = None,
         checkpointer: Checkpointer | None = None,
+        guard: ForgettingGuard | None = None,
         description: str = "train",
     ) -> None:
-        self.next_batch, self.loss_fn, self.description = next_batch, loss_fn, description
+        self.next_batch, self.loss_fn, self.description, self.guard = next_batch, loss_fn, description, guard
         self.evaluator, self.on_evaluation, self.metrics_file = evaluate, on_evaluation, metrics_file
         check_launch(settings.sharding, settings.compile)
         launched = start_processes()
@@ -556,14 +560,25 @@ class Trainer:
         self.model.train()
         if step > 0:
             self.result.eval_seconds += time.perf_counter() - started
-        is_best = self._track_best(step, metrics)
+        check = self.guard.check(step) if self.guard is not None else None
+        is_best = self._track_best(step, metrics, within_budget=not (check and check["over_budget"]))
         self.result.evaluations.append({"step": step, **metrics})
-        self.log({"step": step, "eval": metrics, "is_best": is_best})
+        self.log({"step": step, "eval": metrics, "is_best": is_best, **({"forgetting": check} if check else {})})
         if self.on_evaluation is not None:
             self.on_evaluation(step, metrics, is_best)
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
         if self.main_process:
             tqdm.write(f"  step {step}: {shown}{' (best)' if is_best else ''}")
+            if check is not None and self.guard is not None and (step > 0 or check["over_budget"]):
+                tqdm.write(f"  {self.guard.describe(check)}")
+        if check is not None and check["action"] == "stop":
+            self.result.stopped_early = True
+            self.result.stop_reason = (
+                f"the general validation loss rose {check['rise']:.2%} over the original base's, more than the "
+                f"forgetting budget of {check['budget']:.2%} (on_forgetting: stop); the best step within the budget "
+                f"is {self.result.best_step}"
+            )
+            return True
         if self.settings.patience is not None and self.counters["bad_evaluations"] >= self.settings.patience:
             self.result.stopped_early = True
             self.result.stop_reason = (
@@ -574,13 +589,14 @@ class Trainer:
             return True
         return False
 
-    def _track_best(self, step: int, metrics: dict[str, float]) -> bool:
-        """Whether `step` is the best so far by the monitored metric (lower is better); counts the evaluations
-        without improvement."""
+    def _track_best(self, step: int, metrics: dict[str, float], within_budget: bool = True) -> bool:
+        """Whether `step` is the best so far by the monitored metric (lower is better); a step over the forgetting
+        budget never is. Counts the evaluations without improvement."""
         if self.settings.monitor is None:
             return False
         value = metrics[self.settings.monitor]
-        if self.result.best_value is None or value < self.result.best_value - self.settings.min_delta:
+        improved = self.result.best_value is None or value < self.result.best_value - self.settings.min_delta
+        if within_budget and improved:
             self.result.best_value, self.result.best_step = value, step
             self.counters["bad_evaluations"] = 0
             return True
@@ -593,6 +609,7 @@ class Trainer:
         loop_state = {
             "result": {name: getattr(self.result, name) for name in RESUMED_FIELDS},
             "counters": self.counters,
+            **({"guard": self.guard.state_dict()} if self.guard is not None else {}),
         }
         self.checkpoints.save(step, loop_state, self.result.best_step)
 
@@ -606,6 +623,8 @@ class Trainer:
         for name in RESUMED_FIELDS:
             setattr(self.result, name, loop_state["result"].get(name, getattr(self.result, name)))
         self.counters.update(loop_state["counters"])
+        if self.guard is not None and "guard" in loop_state:
+            self.guard.load_state_dict(loop_state["guard"])
         self.result.resumed_from = self.result.steps
         if self.main_process:
             tqdm.write(f"  resuming from {path.name} (step {self.result.steps} of {self.settings.max_steps})")
