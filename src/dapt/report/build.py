@@ -213,7 +213,9 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
                 "stop_reason",
                 "evaluations",
             )
-        },
+        }
+        # the forgetting guard's checks and the averaged checkpoints (None when off or made by an older dapt)
+        | {key: pretrain.get(key) for key in ("forgetting", "average")},
         "data": {
             "funnel": {
                 "documents_in": curate["docs_in"],

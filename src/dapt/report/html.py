@@ -28,11 +28,13 @@ from dapt.report.markdown import (
     change,
     difference_text,
     extension_lines,
+    forgetting_text,
     long_context_lines,
     missing_bytes_lines,
     num,
     per_class_rows,
     render_markdown,
+    val_loss_text,
     with_spread,
 )
 
@@ -159,13 +161,31 @@ def _loss_curves(report: dict[str, Any]) -> str:
         "Training loss at every optimizer step (on the domain + replay mix) and held-out validation loss at each "
         "evaluation; step 0 is the original base. The dashed line marks the best step.",
     )
+    guard, average = pretrain.get("forgetting"), pretrain.get("average")
+    checks = {check["step"]: check for check in guard["checks"]} if guard else {}
     rows = [
-        [str(e["step"]), num(e.get("domain_val_loss"), 4), num(e.get("general_val_loss"), 4)]
+        [str(e["step"]), val_loss_text(e, "domain"), val_loss_text(e, "general")]
+        + ([forgetting_text(checks.get(e["step"]))] if guard else [])
         + ["best" if e["step"] == pretrain["best_step"] else ""]
         for e in pretrain["evaluations"]
     ]
-    table = _table(["step", "domain val loss", "general val loss", ""], rows, numeric={0, 1, 2})
-    return "\n".join([summary, figure, table])
+    if average:
+        rows.append(
+            [f"average of {', '.join(map(str, average['steps']))}"]
+            + [val_loss_text(average, "domain"), val_loss_text(average, "general")]
+            + ([forgetting_text({**average["forgetting"], "action": ""})] if guard else [])
+            + ["DAPT base" if average["exported"] else ""]
+        )
+    headers = ["step", "domain val loss ± SE (documents)", "general val loss ± SE (documents)"]
+    table = _table(headers + (["rise vs. forgetting budget"] if guard else []) + [""], rows, numeric={0})
+    budget = (
+        f"<p>Forgetting budget {guard['budget']:.1%} (on_forgetting: {_e(guard['on_forgetting'])}); a step is over "
+        f"it when the rise of the general validation loss exceeds it by more than {guard['significance']:g} "
+        "standard errors, and is then never the best.</p>"
+        if guard
+        else ""
+    )
+    return "\n".join([summary, budget, figure, table])
 
 
 def _heldout_sources(report: dict[str, Any]) -> list[tuple[str, str, str]]:

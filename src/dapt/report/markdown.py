@@ -276,6 +276,67 @@ def cost_lines(cost: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def val_loss_text(evaluation: dict[str, Any], split: str) -> str:
+    """A validation loss with its standard error over documents and their number, e.g. `2.4181 ± 0.0312 (50 docs)`."""
+    loss, error = evaluation.get(f"{split}_val_loss"), evaluation.get(f"{split}_val_loss_se")
+    documents = evaluation.get(f"{split}_val_documents")
+    return (
+        num(loss, 4)
+        + (f" ± {error:.4f}" if error is not None else "")
+        + (f" ({documents} docs)" if documents is not None else "")
+    )
+
+
+def forgetting_text(check: dict[str, Any] | None) -> str:
+    """One evaluation against the forgetting budget: the rise, its standard error and what the guard did."""
+    if check is None:
+        return ""
+    error = f" ± {check['rise_se']:.2%}" if check.get("rise_se") is not None else ""
+    action = check["action"] or ("over" if check["over_budget"] else "within")
+    if "replay_share" in check:
+        action += f": replay {check['replay_share'][0]:.1%} → {check['replay_share'][1]:.1%}"
+    return f"{check['rise']:+.2%}{error} ({action})"
+
+
+def training_lines(pretrain: dict[str, Any]) -> list[str]:
+    """The evaluations of continued pretraining (and, with them, the forgetting guard's checks and the average of
+    the last checkpoints), for the section "Continued pretraining"."""
+    guard, average = pretrain.get("forgetting"), pretrain.get("average")
+    checks = {check["step"]: check for check in guard["checks"]} if guard else {}
+    lines = []
+    if guard:
+        lines += [
+            f"Forgetting budget {guard['budget']:.1%}: the general validation loss may rise that much over the "
+            f"original base's (step 0); a step is over it when the rise exceeds it by more than "
+            f"{guard['significance']:g} standard errors (paired over the general validation documents). Over it, "
+            f"`on_forgetting: {guard['on_forgetting']}`; such a step is never the best. Actions taken: "
+            + (", ".join(f"step {c['step']} {forgetting_text(c)}" for c in guard["actions"]) or "none")
+            + ".",
+            "",
+        ]
+    header = "| step | domain val loss ± SE (documents) | general val loss ± SE (documents) |"
+    lines += [header + (" rise vs. budget |" if guard else ""), "|---|---|---|" + ("---|" if guard else "")]
+    for evaluation in pretrain["evaluations"]:
+        row = (
+            f"| {evaluation['step']} | {val_loss_text(evaluation, 'domain')} | {val_loss_text(evaluation, 'general')} |"
+        )
+        lines.append(row + (f" {forgetting_text(checks.get(evaluation['step']))} |" if guard else ""))
+    if average:
+        steps = ", ".join(map(str, average["steps"]))
+        row = f"| average of {steps} | {val_loss_text(average, 'domain')} | {val_loss_text(average, 'general')} |"
+        lines.append(row + (f" {forgetting_text({**average['forgetting'], 'action': ''})} |" if guard else ""))
+        lines += [
+            "",
+            f"The weights of the last checkpoints (steps {steps}) averaged: "
+            + (
+                "it is the DAPT base (better than the best step, within the budget)."
+                if average["exported"]
+                else "not the DAPT base (no better than the best step, or over the forgetting budget)."
+            ),
+        ]
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     base, pretrain, funnel = report["base"], report["pretrain"], report["data"]["funnel"]
     lines = [
@@ -354,14 +415,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"tokens/s ({pretrain['train_seconds']:.0f} s of training); best step {pretrain['best_step']}."
         + (f" Stopped early: {pretrain['stop_reason']}." if pretrain["stopped_early"] else ""),
         "",
-        "| step | domain val loss | general val loss |",
-        "|---|---|---|",
+        *training_lines(pretrain),
     ]
-    for evaluation in pretrain["evaluations"]:
-        lines.append(
-            f"| {evaluation['step']} | {num(evaluation.get('domain_val_loss'), 4)} | "
-            f"{num(evaluation.get('general_val_loss'), 4)} |"
-        )
     lines += [
         "",
         "## Tasks",
