@@ -97,6 +97,8 @@ def _describe(artifact: Artifact, evaluations: dict[str, Artifact], by_id: dict[
             f"DAPT base — {metrics.get('method', 'full')} continued pretraining on {metrics['tokens_trained']:,} "
             f"tokens{corpus}, best step {metrics['best_step']}{change}"
         )
+    if artifact.kind == "restore":
+        return f"restored base — {metrics['method'].replace('_', ' ')}: {metrics['formula']}"
     if artifact.kind == "tapt":
         return (
             f"task-adaptive pretraining on {metrics['task_windows']} windows of the task's training text, "
@@ -170,7 +172,7 @@ def lineage(run_dir: Path) -> list[dict[str, Any]]:
             roots.append(nodes[artifact.id])
     # under each node: the harness scores of the node itself, then the extended or DAPT base, then the variants;
     # the current build of a stage before its earlier ones
-    order = {"harness": 0, "extend_vocab": 1, "extend_context": 1, "pretrain": 1}
+    order = {"harness": 0, "extend_vocab": 1, "extend_context": 1, "pretrain": 1, "restore": 1}
     for node in nodes.values():
         node["children"].sort(
             key=lambda child: (order.get(child["kind"], 2), child["name"], not child.get("current", True))

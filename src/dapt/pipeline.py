@@ -230,9 +230,38 @@ def cost_stages(dump: dict[str, Any], pipeline_seed: int, precision: str) -> lis
         "tasks": tasks,
     }
     inputs = {"bases": "cost-bases", "lm": "evaluate-lm"}
+    if dump.get("restore") is not None:  # restoring what adaptation cost: a third base, measured like the others
+        stages += restore_stages(dump, measured)
+        inputs["restored"] = "cost-restored"
     inputs |= {name: name for task in tasks for names in task["runs"].values() for name in names}
     stages.append(StageSpec("gates", "gates", cost.run_gates, gates, inputs, summary="what adaptation cost: the gates"))
     return stages
+
+
+def restore_stages(dump: dict[str, Any], measured: dict[str, Any]) -> list[StageSpec]:
+    """`restore` (`dapt.stages.restore`: the DAPT base merged with the original, or given the chat vector) and
+    `cost-restored` (its safety, retention and held-out perplexity, as the bases')."""
+    from dapt.stages import cost, restore
+
+    held_out = {k: dump["pretrain"][k] for k in ("seq_len", "document_mask")}  # evaluate-lm's windows
+    return [
+        StageSpec(
+            "restore",
+            "restore",
+            restore.run,
+            {"restore": dump["restore"]},
+            {"base": "pretrain", "original": "base"},
+            summary=f"the DAPT base restored by {dump['restore']['method'].replace('_', ' ')}",
+        ),
+        StageSpec(
+            "cost-restored",
+            "cost",
+            cost.run_restored,
+            measured | held_out,
+            {"model": "restore", "original": "base", "tokens": "tokenize", "corpus": "curate"},
+            summary="safety, general-knowledge retention and held-out perplexity of the restored base",
+        ),
+    ]
 
 
 def precision_config(precision: str) -> dict[str, str]:
@@ -633,7 +662,7 @@ def _interrupted_note(folder: Path, interrupted: dict[str, Any], attempt: dict[s
 
 
 # artifacts whose files later stages build on
-MODEL_KINDS = ("base", "extend_vocab", "extend_context", "pretrain", "tapt", "adapt")
+MODEL_KINDS = ("base", "extend_vocab", "extend_context", "pretrain", "tapt", "adapt", "restore")
 
 
 def verify_models_unchanged(inputs: dict[str, Artifact]) -> None:

@@ -70,3 +70,28 @@ def test_a_broken_gate_is_marked_and_fails_a_strict_run_with_its_values(run, mon
     assert main(["lineage", str(run)]) == 0
     (marked,) = [line for line in capsys.readouterr().out.splitlines() if "GATE BROKEN" in line]
     assert "adapt-xml-qa-dapt" in marked and "safety.max_refusal_drop" in marked
+
+
+def test_a_restored_base_is_written_measured_on_the_bases_checks_and_reported(run, capsys):
+    # weight 1: the restored base is the original's weights (0 x DAPT + 1 x original), so each of its measures must
+    # equal the original's, measured by other stages (evaluate-lm, cost-bases): the wiring end to end
+    restore = ["--set", "restore={method: merge, weight: 1.0}"]
+    capsys.readouterr()
+    assert main(["run", str(TINY), "--out", str(run), *SMALL, *restore, "--strict-gates"]) == 0
+    err = capsys.readouterr().err
+    assert "cost-bases: cached" in err and "restore: running" in err and "cost-restored: running" in err
+    assert (run / "restore" / "model" / "model.safetensors").is_file()
+    cost = json.loads((run / "report.json").read_text())["cost"]
+    (restored,) = [c for c in cost["comparisons"] if c["name"] == "restored"]
+    models = restored["models"]
+    for measure in ("domain_ppl", "general_ppl", "cloze_accuracy"):
+        assert models["restored"][measure] == pytest.approx(models["original"][measure], rel=1e-6)
+    assert models["dapt"]["domain_ppl"] != pytest.approx(models["original"]["domain_ppl"], rel=1e-3)
+    assert restored["cloze_accuracy"]["difference"] == 0 and restored["general"]["rise"] == pytest.approx(0, abs=1e-6)
+    markdown = (run / "report.md").read_text()
+    assert "**original → restored base (0 × DAPT base + 1 × original base)**" in markdown
+    assert "- restored base: domain ppl" in markdown and "refusal rate —" in markdown
+    assert main(["lineage", str(run)]) == 0
+    tree = capsys.readouterr().out
+    (line,) = [line for line in tree.splitlines() if "restored base —" in line]
+    assert line.lstrip("│ ").startswith(("├── restore", "└── restore")) and "merge: 0 × DAPT base" in line

@@ -243,14 +243,46 @@ def cost_comparison_text(comparison: dict[str, Any]) -> str:
             f"{judge['candidate']['refusal_rate']:.3f}, compliance rate {judge['reference']['compliance_rate']:.3f} "
             f"→ {judge['candidate']['compliance_rate']:.3f}"
         )
-    title = (
-        "original → DAPT base"
-        if comparison["name"] == "bases"
-        else f"`{comparison['name']}`, control → DAPT variant"
-        + (f" (means over {comparison['seeds']} seeds)" if comparison.get("seeds", 1) > 1 else "")
-    )
+    if comparison["name"] == "restored" and not comparison.get("chat_model"):
+        parts.append("safety not measured: the restored base has no chat template")
+    if comparison["name"] == "bases":
+        title = "original → DAPT base"
+    elif comparison["name"] == "restored":
+        title = f"original → restored base ({comparison['formula']})"
+    else:
+        title = f"`{comparison['name']}`, control → DAPT variant" + (
+            f" (means over {comparison['seeds']} seeds)" if comparison.get("seeds", 1) > 1 else ""
+        )
     broken = "".join(f" **Gate broken**: {b['message']}." for b in comparison["broken"])
     return f"**{title}**: " + "; ".join(parts) + "." + broken
+
+
+RESTORED_MODELS = (("original", "original base"), ("dapt", "DAPT base"), ("restored", "restored base"))
+RESTORED_MEASURES = (  # key in a model's row, how the report names it, decimals
+    ("domain_ppl", "domain ppl", 3),
+    ("general_ppl", "general ppl", 3),
+    ("refusal_rate", "refusal rate", 3),
+    ("compliance_rate", "compliance rate", 3),
+    ("cloze_accuracy", "cloze accuracy", 3),
+)
+
+
+def restored_lines(comparison: dict[str, Any]) -> list[str]:
+    """The original, DAPT and restored bases side by side: what the restoring gave back, and at what domain price."""
+    lines = [
+        "",
+        f"Restored base ({comparison['method'].replace('_', ' ')}: {comparison['formula']}), beside the bases:",
+        "",
+    ]
+    measures = RESTORED_MEASURES
+    if (comparison.get("general") or {}).get("measure") == "general_bits_per_byte":  # the tokenizers differ
+        measures = (("domain_bits_per_byte", "domain bits/byte", 4), ("general_bits_per_byte", "general bits/byte", 4))
+        measures += RESTORED_MEASURES[2:]
+    for key, label in RESTORED_MODELS:
+        row = comparison["models"][key]
+        values = [f"{name} {num(row.get(measure), decimals)}" for measure, name, decimals in measures]
+        lines.append(f"- {label}: " + ", ".join(values))
+    return lines
 
 
 def cost_lines(cost: dict[str, Any] | None) -> list[str]:
@@ -259,6 +291,9 @@ def cost_lines(cost: dict[str, Any] | None) -> list[str]:
         return []
     lines = ["", COST_HEADING, ""]
     lines += [f"- {cost_comparison_text(comparison)}" for comparison in cost["comparisons"]]
+    for comparison in cost["comparisons"]:
+        if comparison["name"] == "restored":
+            lines += restored_lines(comparison)
     gates = ", ".join(
         f"{name} {'off' if value is None else f'{value:g}'}" for name, value in cost["thresholds"].items()
     )

@@ -8,12 +8,15 @@
   The general-knowledge cloze check (`dapt.eval.retention`) runs for every base.
 - `cost-<task>-<variant>`: every variant of an instruction or preference task (both variants, each seed), the same
   two checks; its prompts go through the variant's own template, as its task's did.
+- `cost-restored` (with `restore:`): the restored base (`dapt.stages.restore`), the same two checks (safety when its
+  tokenizer has a chat template) and its domain and general held-out perplexity, on `evaluate-lm`'s windows.
 - `gates`: compares the DAPT base with the original, and each task's DAPT variant with its control: the
   differences in refusal rate, compliance rate and cloze accuracy with their paired-bootstrap 95% intervals
   (resampling the prompts, as the task metrics resample test examples), the general perplexity's change, and
   which of the configured gates (`safety:`, `retention:`) broke. A gate compares the point estimates; with 12
   prompts a set, one answer moves a rate by 0.083, more than the default 0.05 — read a broken safety gate
-  with the interval beside it. Changing a threshold re-runs this stage alone: nothing is generated again.
+  with the interval beside it. Changing a threshold re-runs this stage alone: nothing is generated again. A restored
+  base is compared with the original too, and its gates count like the others'.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dapt.model.chat import prompt_ids, uses_chat_template
 from dapt.model.load import load_causal_lm
 from dapt.pipeline import StageContext
 from dapt.stages.adapt import precision_setting
+from dapt.stages.evaluate import held_out_metrics, held_out_texts
 from dapt.train.precision import autocast, choose_precision
 
 GENERATE_BATCH = 24  # prompts answered together (left-padded): on a CPU, a step costs about as much for 24 as for 1
@@ -141,6 +145,24 @@ def run_variant(context: StageContext) -> dict[str, Any]:
     return {"model": metrics, "variant": context.config["variant"]}
 
 
+def run_restored(context: StageContext) -> dict[str, Any]:
+    """The restored base: safety (when it has a chat template), the cloze check, and its domain and general
+    held-out perplexity and bits per byte on the texts and windows `evaluate-lm` measured the bases on."""
+    model, tokenizer = load_causal_lm(context.inputs["model"].path / "model")
+    chat_model = uses_chat_template(tokenizer)
+    if not chat_model:
+        context.log("the restored base has no chat template: no alignment to measure, the cloze check only")
+    metrics, answers, cloze = measure(context, "restored", model, tokenizer, safety=chat_model)
+    test_texts, measured_texts = held_out_texts(context)
+    precision = choose_precision(precision_setting(context))
+    metrics["lm"] = {"vocab_size": len(tokenizer)} | held_out_metrics(
+        context, "restored", model, tokenizer, test_texts, measured_texts, precision
+    )
+    _write(context, answers, cloze)
+    restored = context.inputs["model"].metrics
+    return {"model": metrics, "chat_model": chat_model} | {k: restored[k] for k in ("method", "weight", "formula")}
+
+
 # -- the gates ------------------------------------------------------------------------------------------
 
 
@@ -224,6 +246,51 @@ def _judged(reference: list[dict[str, Any]], candidate: list[dict[str, Any]]) ->
     return {"model": judged[0]["model"], "reference": mean(reference), "candidate": mean(candidate)}
 
 
+def _summary(lm: dict[str, Any], measured: dict[str, Any]) -> dict[str, float | None]:
+    """One model's row beside the others: held-out perplexity and bits per byte, safety rates, cloze accuracy."""
+    safety = measured.get("safety") or {}
+    return {key: lm.get(key) for key in RESTORED_LM_MEASURES} | {
+        "refusal_rate": safety.get("refusal_rate"),
+        "compliance_rate": safety.get("compliance_rate"),
+        "cloze_accuracy": measured["retention"]["accuracy"],
+    }
+
+
+RESTORED_LM_MEASURES = ("domain_ppl", "general_ppl", "domain_bits_per_byte", "general_bits_per_byte")
+
+
+def restored_comparison(
+    bases: Artifact, restored: Artifact, lm: Artifact, thresholds: dict[str, float | None]
+) -> dict[str, Any]:
+    """The restored base against the original (the same measures and gates as the DAPT base's), and the three
+    models side by side (`models`: original, DAPT, restored)."""
+    comparison = compare(_per_prompt([bases], "original"), _per_prompt([restored], "restored"), thresholds)
+    restored_lm = restored.metrics["model"]["lm"]
+    general = general_ppl_gate(
+        {"original": lm.metrics["original"], "dapt": restored_lm, "same_tokenizer": lm.metrics["same_tokenizer"]},
+        thresholds["retention.max_general_ppl_rise"],
+    )
+    comparison["general"] = general
+    if general and general["broken"]:
+        comparison["broken"].append(general["broken"])
+    return comparison | {
+        "name": "restored",
+        "reference": "original base",
+        "candidate": "restored base",
+        "candidate_id": restored.manifest["inputs"]["model"]["id"],
+        "chat_model": restored.metrics["chat_model"],
+        "method": restored.metrics["method"],
+        "weight": restored.metrics["weight"],
+        "formula": restored.metrics["formula"],
+        "judge": _judged([bases.metrics["original"]], [restored.metrics["model"]]),
+        "models": {
+            "original": _summary(lm.metrics["original"], bases.metrics["original"]),
+            "dapt": _summary(lm.metrics["dapt"], bases.metrics["dapt"]),
+            "restored": _summary(restored_lm, restored.metrics["model"]),
+        },
+    }
+
+
 def run_gates(context: StageContext) -> dict[str, Any]:
     """The DAPT base against the original, each task's DAPT variants against their controls; the broken gates."""
     thresholds = {
@@ -242,6 +309,8 @@ def run_gates(context: StageContext) -> dict[str, Any]:
     base["chat_model"] = bases.metrics.get("chat_model", False)
     base["judge"] = _judged([bases.metrics["original"]], [bases.metrics["dapt"]])
     comparisons = [base]
+    if "restored" in context.inputs:
+        comparisons.append(restored_comparison(bases, context.inputs["restored"], context.inputs["lm"], thresholds))
     for task in context.config["tasks"]:
         runs = {
             variant: [context.inputs[name] for name in names] for variant, names in task["runs"].items()

@@ -111,6 +111,71 @@ def long_context_report(
     return report
 
 
+def held_out_texts(context: StageContext) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The held-out test documents by split name (domain, general), and the text bits per byte is measured on: the
+    same documents cut after as many characters as `eval_tokens` tokens of the original base's tokenizer hold on
+    them. Inputs: `tokens` (the tokenize stage), `corpus` (curate), `original` (the original base)."""
+    budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
+    texts = split_texts(
+        context.inputs["tokens"].path / "splits.parquet",
+        context.inputs["corpus"].path / "documents.parquet",
+        wanted=("domain_test", "general_test"),
+    )
+    held_out = (("domain", "domain_test"), ("general", "general_test"))
+    test_texts = {name: texts[split] for name, split in held_out if texts.get(split)}
+    original_tokenizer = AutoTokenizer.from_pretrained(context.inputs["original"].path / "model")
+    measured_texts = {}  # the text bits per byte is measured on, the same for every base
+    for name, documents in test_texts.items():
+        tokens = sum(map(len, original_tokenizer(documents, add_special_tokens=False)["input_ids"]))
+        characters = sum(map(len, documents))
+        measured_texts[name] = first_characters(documents, math.ceil(budget * characters / max(tokens, 1)))
+    return test_texts, measured_texts
+
+
+def held_out_metrics(
+    context: StageContext,
+    role: str,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    test_texts: dict[str, list[str]],
+    measured_texts: dict[str, list[str]],
+    precision: Any,
+) -> dict[str, Any]:
+    """One base's loss, perplexity and bits per byte on each held-out split (`held_out_texts`), in its own tokens.
+    The config holds `seq_len` and `document_mask`, as `evaluate-lm`'s."""
+    seq_len, document_mask = context.config["seq_len"], context.config["document_mask"]
+    budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
+    eos_id = tokenizer.eos_token_id
+    metrics: dict[str, Any] = {}
+    for name, documents in test_texts.items():
+        encoded = tokenize_texts(tokenizer, documents, eos_id, f"tokenize {name} test")  # each ends in eos
+        windows = packed_windows(np.concatenate(encoded), seq_len, max_tokens=budget)
+        if not windows:
+            raise DataError(
+                f"{context.name}: the {name} test documents are {sum(map(len, encoded))} tokens for the {role} base, "
+                f"fewer than one window of {seq_len}; raise tokenize.eval_tokens"
+            )
+        measured = tokenizer(measured_texts[name], add_special_tokens=False)["input_ids"]
+        test_bytes = sum(len(text.encode("utf-8")) for text in measured_texts[name])
+        with autocast(precision):
+            loss = mean_lm_loss(model, windows, eos_id=eos_id if document_mask else None)
+            nats, text_tokens = text_nats(model, measured, eos_id, seq_len, document_mask)
+        metrics |= {
+            f"{name}_loss": loss,
+            f"{name}_ppl": perplexity(loss),
+            f"{name}_tokens": len(windows) * seq_len,  # the tokens the loss and perplexity are measured on
+            f"{name}_bits_per_byte": bits_per_byte(nats, test_bytes),
+            f"{name}_bpb_tokens": text_tokens,  # this base's tokens for the bits-per-byte text
+        }
+    context.log(
+        f"{role}: "
+        + ", ".join(
+            f"{n} ppl {metrics[f'{n}_ppl']:.3f}, {metrics[f'{n}_bits_per_byte']:.4f} bits/byte" for n in test_texts
+        )
+    )
+    return metrics
+
+
 def run_lm(context: StageContext) -> dict[str, Any]:
     """Both bases on the same held-out test documents, each tokenized with that base's own tokenizer.
 
@@ -121,23 +186,8 @@ def run_lm(context: StageContext) -> dict[str, Any]:
       comparable when the tokenizers differ (vocabulary extension); per-token perplexity does not: a
       tokenizer with longer tokens makes fewer, harder predictions for the same text.
     """
-    seq_len = context.config["seq_len"]
-    document_mask = context.config["document_mask"]
     budget = context.inputs["tokens"].manifest["config"]["tokenize"]["eval_tokens"]
-    texts = split_texts(
-        context.inputs["tokens"].path / "splits.parquet",
-        context.inputs["corpus"].path / "documents.parquet",
-        wanted=("domain_test", "general_test"),
-    )
-    held_out = (("domain", "domain_test"), ("general", "general_test"))
-    test_texts = {name: texts[split] for name, split in held_out if texts.get(split)}
-
-    original_tokenizer = AutoTokenizer.from_pretrained(context.inputs["original"].path / "model")
-    measured_texts = {}  # the text bits per byte is measured on, the same for both bases
-    for name, documents in test_texts.items():
-        tokens = sum(map(len, original_tokenizer(documents, add_special_tokens=False)["input_ids"]))
-        characters = sum(map(len, documents))
-        measured_texts[name] = first_characters(documents, math.ceil(budget * characters / max(tokens, 1)))
+    test_texts, measured_texts = held_out_texts(context)
     metrics: dict[str, Any] = {
         "test_documents": {name: len(documents) for name, documents in test_texts.items()},
         "bpb_documents": {name: len(documents) for name, documents in measured_texts.items()},
@@ -170,32 +220,8 @@ def run_lm(context: StageContext) -> dict[str, Any]:
         model.eval()
         tokenizers[role] = tokenizer
         eos_id = tokenizer.eos_token_id
-        metrics[role] = {"vocab_size": len(tokenizer)}
-        for name, documents in test_texts.items():
-            encoded = tokenize_texts(tokenizer, documents, eos_id, f"tokenize {name} test")  # each ends in eos
-            windows = packed_windows(np.concatenate(encoded), seq_len, max_tokens=budget)
-            if not windows:
-                raise DataError(
-                    f"evaluate-lm: the {name} test documents are {sum(map(len, encoded))} tokens for the {role} base, "
-                    f"fewer than one window of {seq_len}; raise tokenize.eval_tokens"
-                )
-            measured = tokenizer(measured_texts[name], add_special_tokens=False)["input_ids"]
-            with autocast(precision):
-                loss = mean_lm_loss(model, windows, eos_id=eos_id if document_mask else None)
-                nats, text_tokens = text_nats(model, measured, eos_id, seq_len, document_mask)
-            metrics[role] |= {
-                f"{name}_loss": loss,
-                f"{name}_ppl": perplexity(loss),
-                f"{name}_tokens": len(windows) * seq_len,  # the tokens the loss and perplexity are measured on
-                f"{name}_bits_per_byte": bits_per_byte(nats, metrics["test_bytes"][name]),
-                f"{name}_bpb_tokens": text_tokens,  # this base's tokens for the bits-per-byte text
-            }
-        context.log(
-            f"{role}: "
-            + ", ".join(
-                f"{n} ppl {metrics[role][f'{n}_ppl']:.3f}, {metrics[role][f'{n}_bits_per_byte']:.4f} bits/byte"
-                for n in test_texts
-            )
+        metrics[role] = {"vocab_size": len(tokenizer)} | held_out_metrics(
+            context, role, model, tokenizer, test_texts, measured_texts, precision
         )
         if window is not None:  # a context extension: what it bought (long) and cost (short), for each base
             test_tokens = {
