@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from dapt.cli import main
@@ -45,3 +46,39 @@ def test_lora_pretraining_exports_a_merged_model_and_the_adapters(tmp_path):
     ]
     assert lrs[2] == lrs[4] == pytest.approx(1.0e-2), "WSD holds the peak lr in its stable phase"
     assert lrs[-1] < lrs[4]
+
+
+def test_the_guard_checks_every_evaluation_and_the_averaged_checkpoints_are_evaluated(tmp_path):
+    options = {
+        "pretrain.forgetting_budget": 0.02,
+        "pretrain.on_forgetting": "remix",
+        "pretrain.average_last": 2,
+        "pretrain.early_stopping.patience": 10,
+    }
+    overrides = [arg for key, value in options.items() for arg in ("--set", f"{key}={value}")]
+    assert main(["pretrain", str(TINY), "--out", str(tmp_path), *overrides]) == 0
+    metrics = json.loads((tmp_path / "pretrain" / "manifest.json").read_text())["metrics"]
+    evaluations = metrics["evaluations"]
+    for evaluation in evaluations:  # every loss with its documents and its standard error over them
+        assert evaluation["domain_val_documents"] >= 2 and evaluation["domain_val_loss_se"] > 0
+    guard = metrics["forgetting"]
+    assert guard["budget"] == 0.02 and [c["step"] for c in guard["checks"]] == [e["step"] for e in evaluations]
+    assert all(c["base_general_val_loss"] == evaluations[0]["general_val_loss"] for c in guard["checks"])
+    assert guard["actions"] == [], "a from-scratch model learns general text too: no forgetting"
+    average = metrics["average"]
+    assert average["steps"] == [4, 8] and average["forgetting"]["over_budget"] is False
+    exported = load_file(tmp_path / "pretrain" / "model" / "model.safetensors")
+    chosen = "checkpoints/average" if average["exported"] else f"checkpoints/step-{metrics['best_step']:06d}"
+    expected = load_file(tmp_path / "pretrain" / chosen / "model.safetensors")
+    assert all(torch.equal(exported[name], expected[name]) for name in expected)
+    steps = [load_file(tmp_path / "pretrain" / f"checkpoints/step-{s:06d}" / "model.safetensors") for s in (4, 8)]
+    averaged = load_file(tmp_path / "pretrain" / "checkpoints" / "average" / "model.safetensors")
+    name = next(iter(averaged))
+    assert torch.allclose(averaged[name], (steps[0][name] + steps[1][name]) / 2, atol=1e-6)
+
+
+def test_remix_without_replay_text_is_a_config_error(tmp_path, capsys):
+    overrides = ["--set", "pretrain.forgetting_budget=0.02", "--set", "pretrain.on_forgetting=remix"]
+    overrides += ["--set", "pretrain.replay_fraction=0"]
+    assert main(["pretrain", str(TINY), "--out", str(tmp_path), *overrides]) == 2
+    assert "pretrain.on_forgetting: remix raises the replay share" in capsys.readouterr().err
