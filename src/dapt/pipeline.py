@@ -11,8 +11,6 @@ stops and says what differs (deleting the folder is the user's call).
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,28 +28,7 @@ from dapt.config import (
 from dapt.errors import ConfigError, DataError, disk_full_reported
 from dapt.preflight import check_positions, check_split_lengths, checkpoint_space_mb, disk_warning, model_positions
 from dapt.run_folder import ATTEMPT_NAME, make_current, read_attempt, remove, set_aside, stage_folder
-
-
-def say(message: str) -> None:
-    """Progress for people: stderr, flushed, so it interleaves correctly with progress bars; once per run, from
-    the main process, when launched over several."""
-    if os.environ.get("RANK", "0") == "0":
-        print(message, file=sys.stderr, flush=True)
-
-
-@dataclass
-class StageContext:
-    """What a running stage sees: its output folder, its config section, its finished inputs."""
-
-    name: str
-    out: Path
-    config: dict[str, Any]
-    inputs: dict[str, Artifact]
-    pipeline: PipelineConfig
-
-    def log(self, message: str) -> None:
-        say(f"  {message}")
-
+from dapt.stages.context import StageContext, say
 
 StageFunction = Callable[[StageContext], dict[str, Any]]
 

@@ -28,7 +28,7 @@ from dapt.model.classifier import (
 )
 from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
 from dapt.model.lora import add_lora, merged_model
-from dapt.pipeline import StageContext
+from dapt.stages.context import StageContext
 from dapt.stages.tasks import read_examples
 from dapt.train.loop import LoopSettings, TrainResult, train_loop
 from dapt.train.objectives import classification_loss, dpo_loss, response_only_loss, sequence_logps

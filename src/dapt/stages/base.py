@@ -15,7 +15,7 @@ from dapt.config import BaseConfig
 from dapt.data.documents import read_documents
 from dapt.model.byte_level import NOT_IN_UTF8, describe_bytes, missing_bytes
 from dapt.model.load import check_vocab, load_original_base, parameter_count, save_model_folder
-from dapt.pipeline import StageContext
+from dapt.stages.context import StageContext
 from dapt.tokenizer.train import train_tokenizer
 
 

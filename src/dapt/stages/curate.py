@@ -18,7 +18,7 @@ from typing import Any
 from dapt.config import CURATE_EXECUTION_FIELDS
 from dapt.data.curate import curation_options
 from dapt.data.executor import curate_to_files
-from dapt.pipeline import StageContext
+from dapt.stages.context import StageContext
 from dapt.stages.ingest import DOCUMENTS_NAME, LEDGER_NAME
 from dapt.stages.tasks import example_text, read_examples
 

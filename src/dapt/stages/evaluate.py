@@ -34,8 +34,8 @@ from dapt.eval.text_metrics import exact_match, rouge_l, token_f1
 from dapt.model.chat import encode_pair, prompt_ids
 from dapt.model.classifier import encode_right_padded
 from dapt.model.load import load_causal_lm
-from dapt.pipeline import StageContext
 from dapt.stages.adapt import pair_logps, precision_setting
+from dapt.stages.context import StageContext
 from dapt.stages.tasks import read_examples
 from dapt.stages.tokenize import split_texts, tokenize_texts
 from dapt.train.objectives import bits_per_byte, lm_token_losses, mean_lm_loss, perplexity, text_nats

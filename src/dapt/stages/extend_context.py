@@ -16,7 +16,7 @@ from transformers import AutoConfig
 
 from dapt.config import ContextConfig
 from dapt.model.context import extend_context
-from dapt.pipeline import StageContext
+from dapt.stages.context import StageContext
 from dapt.stages.pretrain import link_or_copy_folder
 
 

@@ -23,7 +23,7 @@ from dapt.artifacts import atomic_write_text
 from dapt.config import VocabConfig
 from dapt.errors import DataError
 from dapt.model.load import load_causal_lm, save_model_folder
-from dapt.pipeline import StageContext
+from dapt.stages.context import StageContext
 from dapt.stages.tokenize import split_texts
 from dapt.tokenizer.compare import measure
 from dapt.tokenizer.extend import extend_base

@@ -18,7 +18,7 @@ from dapt.config import SourceConfig
 from dapt.data.documents import write_documents
 from dapt.data.ingest import IngestLedger, iter_file_documents
 from dapt.data.pydocs import docstring_documents, pydoc_topic_documents
-from dapt.pipeline import StageContext
+from dapt.stages.context import StageContext
 
 DOCUMENTS_NAME = "documents.parquet"
 LEDGER_NAME = "rejection_ledger.parquet"

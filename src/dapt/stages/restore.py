@@ -26,7 +26,7 @@ from dapt.config import BaseConfig, RestoreConfig
 from dapt.errors import ConfigError
 from dapt.model.load import load_original_base, save_model_folder
 from dapt.model.merge import chat_vector, merge
-from dapt.pipeline import StageContext
+from dapt.stages.context import StageContext
 
 MODEL_FILES = ("config.json", "generation_config.json")  # copied from the DAPT base: the restored model is one too
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # weights, config, tokenizer; no .bin

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
-from dapt.pipeline import StageContext
+from dapt.stages.context import StageContext
 from dapt.stages.tasks import example_text, read_examples
 from dapt.train.loop import LoopSettings, train_loop
 from dapt.train.objectives import causal_lm_loss, lm_batch

@@ -22,7 +22,7 @@ from dapt.data.tasks import (
     split_examples,
 )
 from dapt.errors import DataError
-from dapt.pipeline import StageContext
+from dapt.stages.context import StageContext
 
 
 def write_examples(examples: list[dict[str, Any]], path: Path) -> None:

@@ -1,0 +1,37 @@
+"""What a running stage sees (`StageContext`), and `say`, the progress line every stage and command prints.
+
+The pipeline (`dapt.pipeline`) builds a context for each stage it runs; the stages import it from here, below
+the pipeline, so that no stage imports the module that imports every stage.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dapt.artifacts import Artifact
+from dapt.config import PipelineConfig
+
+
+def say(message: str) -> None:
+    """Progress for people: stderr, flushed, so it interleaves correctly with progress bars; once per run, from
+    the main process, when launched over several."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class StageContext:
+    """What a running stage sees: its output folder, its config section, its finished inputs."""
+
+    name: str
+    out: Path
+    config: dict[str, Any]
+    inputs: dict[str, Artifact]
+    pipeline: PipelineConfig
+
+    def log(self, message: str) -> None:
+        say(f"  {message}")
