@@ -204,7 +204,12 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ["pretrain.seq_len: 32 tokens", "at most 16 positions"],
     ),
     "seq_len past a held-out split": (
-        lambda f: run(f, "--set", "tokenize.eval_tokens=40", "--set", "pretrain.seq_len=200", command="pretrain"),
+        lambda f: run(
+            f,
+            *("--set", "tokenize.eval_tokens=40", "--set", "tokenize.eval_min_documents=0"),
+            *("--set", "pretrain.seq_len=200"),
+            command="pretrain",
+        ),
         ["pretrain.seq_len: 200 tokens per window, but domain_", "raise tokenize.eval_tokens"],
     ),
     "task length past the positions": (

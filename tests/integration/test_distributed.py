@@ -413,7 +413,8 @@ def test_one_process_with_deepspeed_builds_the_same_base(tmp_path, single_pretra
 
 
 def test_an_error_on_the_main_process_stops_every_process_with_that_error(tmp_path):
-    too_much_held_out = ["--set", "tokenize.eval_tokens=100000000"]  # the tokenize stage (main process) fails
+    # the tokenize stage (main process) fails
+    too_much_held_out = ["--set", "tokenize.eval_tokens=100000000", "--set", "tokenize.eval_max_tokens=100000000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     failed = subprocess.run(
         [*LAUNCH, "run", str(TINY), "--out", str(tmp_path / "run"), *too_much_held_out],
