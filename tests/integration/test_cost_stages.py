@@ -2,6 +2,7 @@
 variants, the report's section, and the gates in the report, in `dapt lineage` and in `--strict-gates`' exit code."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +96,26 @@ def test_a_restored_base_is_written_measured_on_the_bases_checks_and_reported(ru
     tree = capsys.readouterr().out
     (line,) = [line for line in tree.splitlines() if "restored base —" in line]
     assert line.lstrip("│ ").startswith(("├── restore", "└── restore")) and "merge: 0 × DAPT base" in line
+
+
+def test_a_chat_vector_of_an_unchanged_model_gives_the_dapt_base_and_the_instruct_template(run, tmp_path, capsys):
+    # "instruct" = the original base with a chat template, and it is its own base: the delta is exactly zero, so the
+    # restored base measures as the DAPT base; the template goes to the restored base, so safety is measured on it
+    from transformers import AutoTokenizer
+
+    instruct = tmp_path / "instruct"
+    shutil.copytree(run / "base" / "model", instruct)
+    tokenizer = AutoTokenizer.from_pretrained(instruct)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    tokenizer.save_pretrained(instruct)
+    restore = ["--set", f"restore={{method: chat_vector, instruct: {instruct}}}"]
+    assert main(["run", str(TINY), "--out", str(run), *SMALL, *restore]) == 0
+    assert json.loads((run / "restore" / "manifest.json").read_text())["metrics"]["chat_template_from_instruct"]
+    (restored,) = [
+        c for c in json.loads((run / "report.json").read_text())["cost"]["comparisons"] if c["name"] == "restored"
+    ]
+    models = restored["models"]
+    assert models["restored"]["domain_ppl"] == pytest.approx(models["dapt"]["domain_ppl"], rel=1e-6)
+    assert restored["chat_model"] and 0 <= models["restored"]["refusal_rate"] <= 1
+    assert models["original"]["refusal_rate"] is None  # the tiny original has no template: nothing to compare with
+    assert "(DAPT base + 1 × (instruct − base of instruct))" in (run / "report.md").read_text()

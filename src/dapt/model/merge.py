@@ -174,8 +174,8 @@ def combine(
     out.mkdir(parents=True, exist_ok=True)
     counts = {"tensors": 0, "tensors_with_added_rows": 0, "added_rows_kept": 0, "copied": 0, "parameters": 0}
     with opened([dapt_folder] + [term.folder for term in terms]) as (dapt, *others):
-        labelled = [(weights, term.label) for weights, term in zip(others, terms, strict=True)]
-        extra_rows = check_compatible(dapt, labelled, vocabulary_rows(dapt_folder))
+        pairs = list(zip(others, terms, strict=True))
+        extra_rows = check_compatible(dapt, [(w, term.label) for w, term in pairs], vocabulary_rows(dapt_folder))
         shards = _shards(dapt, shard_bytes)
         names = (
             [SINGLE_FILE]
@@ -187,22 +187,23 @@ def combine(
             written = {}
             for name in shard:
                 weight_map[name] = file
-                original = dapt.tensor(name)
-                counts["parameters"] += original.numel()
-                if not original.is_floating_point():
-                    written[name] = original
+                dapt_tensor = dapt.tensor(name)
+                counts["parameters"] += dapt_tensor.numel()
+                if not dapt_tensor.is_floating_point():
+                    written[name] = dapt_tensor
                     counts["copied"] += 1
                     continue
-                rows = extra_rows.get(name, original.shape[0] if original.dim() else 0)
-                result = original.to(torch.float32) * dapt_coefficient
-                shared = result[:rows] if original.dim() else result
-                for weights, term in zip(others, terms, strict=True):
-                    shared += term.coefficient * weights.tensor(name).to(torch.float32)
+                rows = extra_rows.get(name, dapt_tensor.shape[0] if dapt_tensor.dim() else 0)
+                result = dapt_tensor.to(torch.float32) * dapt_coefficient
+                # the other models' sum first, then added: a chat vector's delta (instruct - base, small beside
+                # either) is not rounded at the scale of the weights, and is exactly 0 where the two are equal
+                others_sum = sum(term.coefficient * w.tensor(name).to(torch.float32) for w, term in pairs)
+                (result[:rows] if dapt_tensor.dim() else result).add_(others_sum)
                 if name in extra_rows:
-                    result[rows:] = original[rows:].to(torch.float32)  # the added tokens: the DAPT base's own rows
+                    result[rows:] = dapt_tensor[rows:].to(torch.float32)  # the added tokens: the DAPT base's own rows
                     counts["tensors_with_added_rows"] += 1
-                    counts["added_rows_kept"] += original.shape[0] - rows
-                written[name] = result.to(original.dtype).contiguous()
+                    counts["added_rows_kept"] += dapt_tensor.shape[0] - rows
+                written[name] = result.to(dapt_tensor.dtype).contiguous()
                 counts["tensors"] += 1
             save_file(written, out / file, metadata={"format": "pt"})
         if len(shards) > 1:
