@@ -60,9 +60,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from dapt.artifacts import atomic_write_text
+from dapt.config import BaseConfig
 from dapt.data.corpus_texts import SEED, iter_texts, sample_order
 from dapt.data.curate import curation_options, document_blocks, normalize_text
 from dapt.data.executor import SourceCounts, heavy_drops
@@ -621,8 +623,6 @@ def sample_windows(tokenizer: Any, texts: list[str], max_tokens: int, seq_len: i
     documents is not penalised for the unrelated text before each of them.
     Returns [] when the texts hold less than one window of 2 tokens.
     """
-    import torch
-
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     ids: list[int] = []
     for index in sample_order(len(texts)):
@@ -725,15 +725,7 @@ def assess_corpus(
     and `sample_chars` characters (`Reservoir`), which the report names. Memory is that sample plus 12
     bytes per document.
     """
-    gpu_name = {name.lower(): name for name in GPUS}.get(gpu.lower())
-    if gpu_name is None:
-        raise ConfigError(f"--gpu: unknown GPU type {gpu!r}; known: {', '.join(GPUS)} (edit dapt.assess.GPUS to add)")
-    if not 0 < mfu <= 1:
-        raise ConfigError(f"--mfu: {mfu} is not a fraction in (0, 1]; 0.4 is typical for well-tuned training")
-    if params is not None and params <= 0:
-        raise ConfigError(f"--params: {params:g} must be positive")
-    if seq_len < 1 or ppl_tokens < 1:
-        raise ConfigError("--seq-len and --ppl-tokens must be positive")
+    gpu_name = _check_options(gpu, mfu, params, seq_len, ppl_tokens)
     base_dir = Path.cwd() if base_dir is None else base_dir
     price = GPUS[gpu_name].usd_per_hour if price_per_hour is None else price_per_hour
 
@@ -754,20 +746,65 @@ def assess_corpus(
         )
     loaded = None
     if base is not None:  # loaded before the measurements, so a wrong --base fails in seconds
-        from dapt.config import BaseConfig
-        from dapt.model.load import load_original_base
+        from dapt.model.load import load_original_base  # transformers: seconds to import, only with --base
 
         loaded = load_original_base(BaseConfig(model=base))
+    report = _corpus_report(corpus, general, notes, sample_documents=sample_documents, sample_chars=sample_chars)
+    report["inputs"] = {"domain": domain_paths, "general": general_paths or [], "base": base}
+    report["heaps"] = _vocabulary_saturation(corpus, saturation_new_words_per_1k, notes)
+
+    # -- the base: tokens, fertility, perplexity on domain vs general -----------------------------------------
+    shape: ModelShape | None = None
+    if loaded is not None:
+        shape = _measure_base(report, loaded, base, corpus, general, ppl_tokens)
+        del loaded  # the model's memory is freed before the rest
+    elif general is not None:
+        notes.append("--general is only used with --base (for the perplexity and fertility comparison)")
+
+    # -- cost --------------------------------------------------------------------------------------------------
+    if params is not None:
+        shape = shape_from_params(params)
+    report["cost"] = _cost_report(shape, report["tokens"], gpu_name=gpu_name, mfu=mfu, price=price, seq_len=seq_len)
+
+    # -- the verdict -------------------------------------------------------------------------------------------
+    evidence = Evidence(
+        domain_tokens=int(report["tokens"]),
+        ppl_ratio=report["ppl_ratio"],
+        fertility_ratio=(report["fertility"] or {}).get("ratio"),
+        new_words_per_1k=report["heaps"]["new_words_per_1k"] if report["heaps"] else None,
+        saturation_new_words_per_1k=saturation_new_words_per_1k,
+    )
+    report["recommendation"] = recommend(evidence)
+    report["rules"] = [{"choice": rule.choice, "when": rule.when, "meaning": rule.meaning} for rule in RULES]
+    return report
+
+
+def _check_options(gpu: str, mfu: float, params: float | None, seq_len: int, ppl_tokens: int) -> str:
+    """The GPU's name as GPUS spells it; a ConfigError naming the option for any value out of range."""
+    gpu_name = {name.lower(): name for name in GPUS}.get(gpu.lower())
+    if gpu_name is None:
+        raise ConfigError(f"--gpu: unknown GPU type {gpu!r}; known: {', '.join(GPUS)} (edit dapt.assess.GPUS to add)")
+    if not 0 < mfu <= 1:
+        raise ConfigError(f"--mfu: {mfu} is not a fraction in (0, 1]; 0.4 is typical for well-tuned training")
+    if params is not None and params <= 0:
+        raise ConfigError(f"--params: {params:g} must be positive")
+    if seq_len < 1 or ppl_tokens < 1:
+        raise ConfigError("--seq-len and --ppl-tokens must be positive")
+    return gpu_name
+
+
+def _corpus_report(
+    corpus: CorpusScan, general: CorpusScan | None, notes: list[str], *, sample_documents: int, sample_chars: int
+) -> dict[str, Any]:
+    """The report's measurements of the corpus itself: size, sample, duplicates, what curation's rules would drop;
+    the base's measurements start empty (no --base). Notes on the sample and on heavy rule drops go to `notes`."""
     texts, words = corpus.sample, corpus.words
     near_share, near_sample = near_duplicate_share(corpus.distinct_sample)
     finder = NearDuplicateFinder()  # its settings, for the report's definition
-    words_seen, distinct_words = vocabulary_growth(texts)
-    heaps = fit_heaps(words_seen, distinct_words)
     distinct_documents = corpus.documents - corpus.duplicate_documents
-
     report: dict[str, Any] = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "inputs": {"domain": domain_paths, "general": general_paths or [], "base": base},
+        "inputs": None,
         "documents": corpus.documents,
         "chars": corpus.chars,
         "words": words,
@@ -820,76 +857,90 @@ def assess_corpus(
             "near-duplicates, vocabulary growth and perplexity are estimates from it; the counts of documents, "
             "words and exact duplicates are exact"
         )
-    if heaps is not None:
-        # Heaps' law counts _WORD words; the corpus's size in them, from its whitespace words and the sample's
-        # ratio of the two (exact when the sample is the corpus).
-        sample_heaps_words = sum(len(_WORD.findall(text.lower())) for text in texts)
-        corpus_heaps_words = words * sample_heaps_words / max(corpus.sample_words, 1)
-        report["heaps"] = {
-            **asdict(heaps),
-            "distinct_words": int(distinct_words[-1]),
-            "corpus_words": round(corpus_heaps_words),
-            "new_words_per_1k": heaps.new_words_per_1k(corpus_heaps_words),
-            "threshold_new_words_per_1k": saturation_new_words_per_1k,
-            "saturation_words": heaps.words_until(saturation_new_words_per_1k),
-        }
-    else:
+    return report
+
+
+def _vocabulary_saturation(
+    corpus: CorpusScan, saturation_new_words_per_1k: float, notes: list[str]
+) -> dict[str, Any] | None:
+    """Heaps' law fitted on the sample and read at the corpus's size; None (and a note) when too few words."""
+    words_seen, distinct_words = vocabulary_growth(corpus.sample)
+    heaps = fit_heaps(words_seen, distinct_words)
+    if heaps is None:
         notes.append(
             f"vocabulary saturation not fitted: {corpus.sample_words:,} words is too few (needs well over "
             f"{HEAPS_MIN_WORDS:,})"
         )
+        return None
+    # Heaps' law counts _WORD words; the corpus's size in them, from its whitespace words and the sample's
+    # ratio of the two (exact when the sample is the corpus).
+    sample_heaps_words = sum(len(_WORD.findall(text.lower())) for text in corpus.sample)
+    corpus_heaps_words = corpus.words * sample_heaps_words / max(corpus.sample_words, 1)
+    return {
+        **asdict(heaps),
+        "distinct_words": int(distinct_words[-1]),
+        "corpus_words": round(corpus_heaps_words),
+        "new_words_per_1k": heaps.new_words_per_1k(corpus_heaps_words),
+        "threshold_new_words_per_1k": saturation_new_words_per_1k,
+        "saturation_words": heaps.words_until(saturation_new_words_per_1k),
+    }
 
-    # -- the base: tokens, fertility, perplexity on domain vs general -----------------------------------------
-    shape: ModelShape | None = None
-    if loaded is not None:
-        from dapt.model.load import parameter_count
 
-        model, tokenizer, origin = loaded
-        domain_fertility = tokenizer_fertility(tokenizer, texts)
-        report["tokens"], report["sample"]["tokens"] = corpus_tokens(tokenizer, corpus)
-        report["tokens_exact"] = corpus.covers_corpus
-        report["tokens_counted_with"] = f"the base's tokenizer ({origin})"
-        fertility: dict[str, Any] = {
-            "domain": {**asdict(domain_fertility), "tokens_per_word": domain_fertility.tokens_per_word}
-        }
-        import torch
+def _measure_base(
+    report: dict[str, Any],
+    loaded: tuple[Any, Any, str],
+    base: str | None,
+    corpus: CorpusScan,
+    general: CorpusScan | None,
+    ppl_tokens: int,
+) -> ModelShape:
+    """Fill the report's tokens (the base's tokenizer), fertility and perplexities, domain and general; the base's
+    shape, for the cost."""
+    from dapt.model.load import parameter_count  # transformers: seconds to import, only with --base
 
-        model.eval()
-        if torch.cuda.is_available():
-            model.to("cuda")
-        domain = _model_perplexity(model, tokenizer, texts, ppl_tokens, "domain")
-        report["domain_ppl"], report["domain_ppl_tokens"] = domain["ppl"], domain["tokens"]
-        if general is not None:
-            general_fertility = tokenizer_fertility(tokenizer, general.sample)
-            fertility["general"] = {**asdict(general_fertility), "tokens_per_word": general_fertility.tokens_per_word}
-            fertility["ratio"] = domain_fertility.tokens_per_word / general_fertility.tokens_per_word
-            general_ppl = _model_perplexity(model, tokenizer, general.sample, ppl_tokens, "general")
-            report["general_ppl"], report["general_ppl_tokens"] = general_ppl["ppl"], general_ppl["tokens"]
-            if domain["ppl"] is not None and general_ppl["ppl"] is not None:
-                report["ppl_ratio"] = domain["ppl"] / general_ppl["ppl"]
-        else:
-            notes.append("no --general text: the domain gap (perplexity and fertility ratios) was not measured")
-        report["fertility"] = fertility
-        config = model.config
-        shape = ModelShape(
-            name=f"the base ({base})",
-            params=float(parameter_count(model)),
-            layers=int(config.num_hidden_layers),
-            d_model=int(config.hidden_size),
-        )
-        del model, loaded
-    elif general is not None:
-        notes.append("--general is only used with --base (for the perplexity and fertility comparison)")
+    model, tokenizer, origin = loaded
+    notes = report["notes"]
+    domain_fertility = tokenizer_fertility(tokenizer, corpus.sample)
+    report["tokens"], report["sample"]["tokens"] = corpus_tokens(tokenizer, corpus)
+    report["tokens_exact"] = corpus.covers_corpus
+    report["tokens_counted_with"] = f"the base's tokenizer ({origin})"
+    fertility: dict[str, Any] = {
+        "domain": {**asdict(domain_fertility), "tokens_per_word": domain_fertility.tokens_per_word}
+    }
+    model.eval()
+    if torch.cuda.is_available():
+        model.to("cuda")
+    domain = _model_perplexity(model, tokenizer, corpus.sample, ppl_tokens, "domain")
+    report["domain_ppl"], report["domain_ppl_tokens"] = domain["ppl"], domain["tokens"]
+    if general is not None:
+        general_fertility = tokenizer_fertility(tokenizer, general.sample)
+        fertility["general"] = {**asdict(general_fertility), "tokens_per_word": general_fertility.tokens_per_word}
+        fertility["ratio"] = domain_fertility.tokens_per_word / general_fertility.tokens_per_word
+        general_ppl = _model_perplexity(model, tokenizer, general.sample, ppl_tokens, "general")
+        report["general_ppl"], report["general_ppl_tokens"] = general_ppl["ppl"], general_ppl["tokens"]
+        if domain["ppl"] is not None and general_ppl["ppl"] is not None:
+            report["ppl_ratio"] = domain["ppl"] / general_ppl["ppl"]
+    else:
+        notes.append("no --general text: the domain gap (perplexity and fertility ratios) was not measured")
+    report["fertility"] = fertility
+    return ModelShape(
+        name=f"the base ({base})",
+        params=float(parameter_count(model)),
+        layers=int(model.config.num_hidden_layers),
+        d_model=int(model.config.hidden_size),
+    )
 
-    # -- cost --------------------------------------------------------------------------------------------------
-    if params is not None:
-        shape = shape_from_params(params)
+
+def _cost_report(
+    shape: ModelShape | None, tokens: float, *, gpu_name: str, mfu: float, price: float, seq_len: int
+) -> dict[str, Any]:
+    """FLOPs, GPU-hours and money for one and three epochs of the corpus, on each GPU type, and the 7B sanity row;
+    without a shape (no --base, no --params), for the 7B reference model."""
     model_note = ""
     if shape is None:
         shape = REFERENCE_MODEL
         model_note = "no --base or --params: costed for the 7B reference model"
-    tokens = report["tokens"]
-    report["cost"] = {
+    return {
         "assumptions": {
             "gpu": gpu_name,
             "gpu_tflops_bf16_dense": GPUS[gpu_name].tflops,
@@ -909,19 +960,6 @@ def assess_corpus(
         ],
         "sanity": cost_row(REFERENCE_MODEL, REFERENCE_TOKENS, seq_len, gpu_name, mfu, price),
     }
-
-    # -- the verdict -------------------------------------------------------------------------------------------
-    fertility_ratio = (report["fertility"] or {}).get("ratio")
-    evidence = Evidence(
-        domain_tokens=int(tokens),
-        ppl_ratio=report["ppl_ratio"],
-        fertility_ratio=fertility_ratio,
-        new_words_per_1k=report["heaps"]["new_words_per_1k"] if report["heaps"] else None,
-        saturation_new_words_per_1k=saturation_new_words_per_1k,
-    )
-    report["recommendation"] = recommend(evidence)
-    report["rules"] = [{"choice": rule.choice, "when": rule.when, "meaning": rule.meaning} for rule in RULES]
-    return report
 
 
 # -- writing it down ---------------------------------------------------------------------------------------------
@@ -964,12 +1002,7 @@ def _sample_sentence(report: dict[str, Any]) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """assess.md: the verdict first, then each measurement with what it means."""
-    recommendation, duplicates, heaps, cost = (
-        report["recommendation"],
-        report["duplicates"],
-        report["heaps"],
-        report["cost"],
-    )
+    recommendation = report["recommendation"]
     lines = [
         "# Is domain-adaptive pretraining worth it here?",
         "",
@@ -977,6 +1010,34 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *(f"- {reason}" for reason in recommendation["reasons"]),
         "",
+        *_corpus_lines(report),
+        "",
+        *_guidance_lines(report),
+        "",
+        *_domain_gap_lines(report),
+        "",
+        *_cost_lines(report["cost"]),
+        "",
+        "## The rules",
+        "",
+        "Checked in order; the first that matches decides. A rule whose measure is missing is skipped.",
+        "",
+        "| # | when | choice | why |",
+        "|---|---|---|---|",
+        *(
+            f"| {number} | {rule['when']} | {rule['choice']} | {rule['meaning']} |"
+            for number, rule in enumerate(report["rules"], start=1)
+        ),
+    ]
+    if report["notes"]:
+        lines += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
+    return "\n".join(lines) + "\n"
+
+
+def _corpus_lines(report: dict[str, Any]) -> list[str]:
+    """assess.md's corpus section: size, duplicates, and what the figures were measured on."""
+    duplicates = report["duplicates"]
+    return [
         "## The corpus",
         "",
         "| | |",
@@ -1003,7 +1064,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             if duplicates["near_covers_corpus"]
             else " Checked on a random sample: a near-duplicate outside the sample is missed, so the corpus has more."
         ),
-        "",
+    ]
+
+
+def _guidance_lines(report: dict[str, Any]) -> list[str]:
+    """assess.md's comparison with published guidance: the corpus's size, and its vocabulary's saturation."""
+    lines = [
         "## Against published guidance",
         "",
         f"- Size: {report['tokens']:,} tokens "
@@ -1011,6 +1077,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         + f" {MIN_DAPT_TOKENS:,}, the rule-of-thumb least amount of good domain text for a measurable DAPT gain "
         "(Gururangan et al. 2020 used 2–8B tokens per domain).",
     ]
+    heaps = report["heaps"]
     if heaps:
         saturation = heaps["saturation_words"]
         lines += [
@@ -1027,7 +1094,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                 else "β ≥ 1: the vocabulary does not saturate at any size (not natural-language text?)."
             ),
         ]
-    lines += ["", "## Domain gap (the base on domain vs general text)", ""]
+    return lines
+
+
+def _domain_gap_lines(report: dict[str, Any]) -> list[str]:
+    """assess.md's domain gap: the base's perplexity and its tokenizer's fertility, domain against general."""
+    lines = ["## Domain gap (the base on domain vs general text)", ""]
     fertility = report["fertility"]
     if fertility is None:
         lines.append("Not measured: pass `--base MODEL` (and `--general PATH` for the comparison).")
@@ -1052,10 +1124,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             "good as the general sample: use text like what the base was pretrained on (or the replay text you "
             "would mix in), with documents of similar length — short documents have more hard-to-predict starts.",
         ]
+    return lines
+
+
+def _cost_lines(cost: dict[str, Any]) -> list[str]:
+    """assess.md's cost of continued pretraining: the assumptions, the runs, the sanity row, each GPU type."""
     assumptions = cost["assumptions"]
     model = assumptions["model"]
-    lines += [
-        "",
+    lines = [
         "## Cost of continued pretraining",
         "",
         f"FLOPs = 6·N·D + 12·L·d_model·T·D (PaLM appendix B) with N = {_count(model['params'])} parameters, "
@@ -1089,21 +1165,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {row['gpu']} | {GPUS[row['gpu']].tflops:g} | {row['gpu_hours']:.3g} | {_money(row['usd'])} |"
             for row in cost["one_epoch_by_gpu"]
         ),
-        "",
-        "## The rules",
-        "",
-        "Checked in order; the first that matches decides. A rule whose measure is missing is skipped.",
-        "",
-        "| # | when | choice | why |",
-        "|---|---|---|---|",
-        *(
-            f"| {number} | {rule['when']} | {rule['choice']} | {rule['meaning']} |"
-            for number, rule in enumerate(report["rules"], start=1)
-        ),
     ]
-    if report["notes"]:
-        lines += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_assessment(report: dict[str, Any], out: Path) -> None:
