@@ -490,6 +490,62 @@ class ShardWriter:
         return stats
 
 
+class _Assembly:
+    """The shards of every split being written: which are open, how many documents each still awaits (a shard is
+    finished, its files renamed into place, when its last document arrives), and the per-split stats."""
+
+    def __init__(self, plans: dict[str, ShardPlan], shards_root: Path, dtype: np.dtype) -> None:
+        self.plans, self.shards_root, self.dtype = plans, shards_root, dtype
+        self.writers: dict[tuple[str, int], ShardWriter] = {}
+        self.remaining = {
+            (name, shard): count for name, plan in plans.items() for shard, count in enumerate(plan.shard_documents)
+        }
+        self.stats: dict[str, dict[str, Any]] = {
+            name: {"tokens": 0, "documents": 0, "shards": len(plan.shard_tokens)} for name, plan in plans.items()
+        }
+
+    def append(self, split: str, shard: int, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Append documents (their tokens back to back, and each one's length) to a shard, in corpus order."""
+        key = (split, shard)
+        if key not in self.writers:
+            plan = self.plans[split]
+            self.writers[key] = ShardWriter(
+                self.shards_root / split / f"{shard:05d}",
+                plan.shard_tokens[shard],
+                plan.shard_documents[shard],
+                self.dtype,
+                plan.shard_source[shard],
+            )
+        self.writers[key].append(tokens, lengths)
+        self.remaining[key] -= len(lengths)
+        if self.remaining[key] == 0:
+            self._finish(key)
+
+    def _finish(self, key: tuple[str, int]) -> None:
+        finished = self.writers.pop(key).finish()
+        stats = self.stats[key[0]]
+        stats["tokens"] += finished["tokens"]
+        stats["documents"] += finished["documents"]
+        for name, counts in finished.get("sources", {}).items():
+            recorded = stats.setdefault("sources", {}).setdefault(name, {"documents": 0, "tokens": 0})
+            recorded["documents"] += counts["documents"]
+            recorded["tokens"] += counts["tokens"]
+
+    def check_finished(self) -> None:
+        if self.writers:
+            raise DataError(f"tokenize: shards left unfinished: {sorted(self.writers)} (a bug: please report it)")
+
+
+def _document_positions(plans: dict[str, ShardPlan], documents: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per document: its shard number in its split's plan, and its position in the split's order (-1: no split)."""
+    shard_of = np.full(documents, -1, dtype=np.int32)
+    position = np.full(documents, -1, dtype=np.int32)
+    for plan in plans.values():
+        shard_of[plan.order] = plan.shard_of
+        position[plan.order] = np.arange(len(plan.order))
+    return shard_of, position
+
+
 def assemble_shards(
     scratch: Path,
     index: CorpusIndex,
@@ -507,49 +563,14 @@ def assemble_shards(
     `check_ids(first_document, ids)` sees every part's ids (to check them against another tokenization's)."""
     shards_root = out / "shards"
     shutil.rmtree(shards_root, ignore_errors=True)  # an assembly cut short is redone whole (it is the cheap pass)
-    dtype = token_dtype(vocab_size)
     plans = {
         name: plan_shards(name, np.flatnonzero(splits == code), index, source_order, shard_tokens)
         for code, name in enumerate(SPLITS)
         if (splits == code).any()
     }
-    # per document: its split's plan, shard number and position in the split's order
-    shard_of = np.full(len(splits), -1, dtype=np.int32)
-    position = np.full(len(splits), -1, dtype=np.int32)
-    for plan in plans.values():
-        shard_of[plan.order] = plan.shard_of
-        position[plan.order] = np.arange(len(plan.order))
-    writers: dict[tuple[str, int], ShardWriter] = {}
+    shard_of, position = _document_positions(plans, len(splits))
+    assembly = _Assembly(plans, shards_root, token_dtype(vocab_size))
     held_out: dict[str, list[tuple[int, np.ndarray]]] = {name: [] for name in HELD_OUT if name in plans}
-    stats: dict[str, dict[str, Any]] = {
-        name: {"tokens": 0, "documents": 0, "shards": len(plan.shard_tokens)} for name, plan in plans.items()
-    }
-
-    def writer(split: str, shard: int) -> ShardWriter:
-        key = (split, shard)
-        if key not in writers:
-            plan = plans[split]
-            writers[key] = ShardWriter(
-                shards_root / split / f"{shard:05d}",
-                plan.shard_tokens[shard],
-                plan.shard_documents[shard],
-                dtype,
-                plan.shard_source[shard],
-            )
-        return writers[key]
-
-    def finish(split: str, shard: int) -> None:
-        finished = writers.pop((split, shard)).finish()
-        stats[split]["tokens"] += finished["tokens"]
-        stats[split]["documents"] += finished["documents"]
-        for name, counts in finished.get("sources", {}).items():
-            recorded = stats[split].setdefault("sources", {}).setdefault(name, {"documents": 0, "tokens": 0})
-            recorded["documents"] += counts["documents"]
-            recorded["tokens"] += counts["tokens"]
-
-    remaining = {
-        (name, shard): count for name, plan in plans.items() for shard, count in enumerate(plan.shard_documents)
-    }
     first = 0
     progress = Progress("write shards", len(splits), "documents")
     with pq.ParquetWriter(out / "splits.parquet", SPLITS_SCHEMA) as splits_file:
@@ -564,47 +585,40 @@ def assemble_shards(
             lengths = index.lengths[numbers]
             ends = np.cumsum(lengths)
             part_splits = splits[numbers]
-            for code in np.unique(part_splits):
-                if code < 0:
-                    continue
-                name = SPLITS[code]
-                local = np.flatnonzero(part_splits == code)
-                if name in held_out:
+            for code in np.unique(part_splits[part_splits >= 0]):
+                name, local = SPLITS[code], np.flatnonzero(part_splits == code)
+                if name in held_out:  # written after the training splits, in the split's key order
                     held_out[name] += [(int(first + i), tokens[ends[i] - lengths[i] : ends[i]].copy()) for i in local]
                     continue
                 destinations = shard_of[first + local]
                 for shard in np.unique(destinations):  # corpus order within a source: appends, in order
                     chosen = local[destinations == shard]
                     mask = np.repeat(np.isin(np.arange(size), chosen), lengths)
-                    writer(name, int(shard)).append(tokens[mask], lengths[chosen])
-                    remaining[(name, int(shard))] -= len(chosen)
-                    if remaining[(name, int(shard))] == 0:
-                        finish(name, int(shard))
-            names = [SPLITS[c] if c >= 0 else None for c in part_splits]
-            splits_file.write_table(
-                pa.table(
-                    {
-                        "id": ids,
-                        "source": table.column("source"),
-                        "split": pa.array(names, pa.string()),
-                        "tokens": pa.array(lengths, pa.int64()),
-                        "position": pa.array(position[numbers], pa.int64(), mask=part_splits < 0),
-                    },
-                    schema=SPLITS_SCHEMA,
-                )
-            )
+                    assembly.append(name, int(shard), tokens[mask], lengths[chosen])
+            splits_file.write_table(_splits_rows(ids, table.column("source"), part_splits, lengths, position[numbers]))
             first += size
             progress.update(size)
         for name, documents in held_out.items():  # small (eval_max_tokens each at most): in key order
-            plan = plans[name]
             by_document = dict(documents)
-            for number, shard in zip(plan.order, plan.shard_of, strict=True):
+            for number, shard in zip(plans[name].order, plans[name].shard_of, strict=True):
                 piece = by_document[int(number)]
-                writer(name, int(shard)).append(piece, np.array([len(piece)], dtype=np.int64))
-                remaining[(name, int(shard))] -= 1
-                if remaining[(name, int(shard))] == 0:
-                    finish(name, int(shard))
+                assembly.append(name, int(shard), piece, np.array([len(piece)], dtype=np.int64))
     progress.close()
-    if writers:
-        raise DataError(f"tokenize: shards left unfinished: {sorted(writers)} (a bug: please report it)")
-    return stats
+    assembly.check_finished()
+    return assembly.stats
+
+
+def _splits_rows(
+    ids: list[str], sources: pa.ChunkedArray, part_splits: np.ndarray, lengths: np.ndarray, positions: np.ndarray
+) -> pa.Table:
+    """One part's rows of splits.parquet: each document's split (null: in none), tokens and place in its split."""
+    return pa.table(
+        {
+            "id": ids,
+            "source": sources,
+            "split": pa.array([SPLITS[c] if c >= 0 else None for c in part_splits], pa.string()),
+            "tokens": pa.array(lengths, pa.int64()),
+            "position": pa.array(positions, pa.int64(), mask=part_splits < 0),
+        },
+        schema=SPLITS_SCHEMA,
+    )
