@@ -168,6 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_pipeline_commands(commands)
+    _add_plan_command(commands)
+    report = commands.add_parser("report", help="rebuild report.html / report.md / report.json of a finished run")
+    report.add_argument("run_dir", type=Path, nargs="?", default=Path("runs/demo"), help="the run folder")
+    _add_assess_command(commands)
+    _add_inspection_commands(commands)
+    _add_tokenizer_commands(commands)
+
+    config = commands.add_parser("config", help="explain the config keys, or print the demo pipeline")
+    group = config.add_mutually_exclusive_group(required=True)
+    group.add_argument("--explain", action="store_true", help="every config key with its default and meaning")
+    group.add_argument("--demo", action="store_true", help="print the demo pipeline YAML (a starting point)")
+    return parser
+
+
+def _add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
+    """`dapt demo`, `dapt run` and one command per stage (with `curate PATH...`, `adapt --base` and `evaluate
+    --harness`, which need no pipeline)."""
     demo = commands.add_parser(
         "demo",
         help="the offline demo: SmolLM2-135M adapted to SciPy's documentation (about 5-10 minutes on 2 cores)",
@@ -196,44 +214,57 @@ def build_parser() -> argparse.ArgumentParser:
 
             add_arguments(command)
         elif stage == "adapt":  # also `dapt adapt --base ARTIFACT --task TASK.yaml`: a new task on a finished base
-            command.description = (
-                "Two uses. `dapt adapt PIPELINE.yaml`: run the pipeline's adapt stages (and the stages they need). "
-                "`dapt adapt --base ARTIFACT --task TASK.yaml [--out RUN_DIR]`: branch a finished DAPT base (e.g. "
-                "runs/x/pretrain) into a new task without touching it — its files are hashed again first — with the "
-                "control from the original base its manifest names; the variants and evaluations land in RUN_DIR "
-                "(default: the base's run folder) and appear in its lineage and report."
-            )
-            command.add_argument("pipeline", type=Path, nargs="?", help="the pipeline YAML (without --base)")
-            command.add_argument(
-                "--base",
-                help="a finished DAPT base: its artifact folder, its run folder (uses its pretrain), or its id",
-            )
-            command.add_argument(
-                "--task",
-                type=Path,
-                help="with --base: a YAML of one task (the keys of a `tasks:` entry) or `tasks: [...]`",
-            )
+            _add_adapt_arguments(command)
         elif stage == "evaluate":  # also `dapt evaluate --harness TASKS --model FOLDER`: lm-evaluation-harness
-            command.description = (
-                "Two uses. `dapt evaluate PIPELINE.yaml`: run the pipeline's evaluations (and the stages they need). "
-                "`dapt evaluate --harness TASKS --model FOLDER`: EleutherAI's lm-evaluation-harness (pip install "
-                "'dapt-lm[harness]') on a model folder or dapt artifact; the results go to a harness-<name> artifact "
-                "next to an artifact, or lm_eval_results.json in a plain model folder, or --out FILE."
-            )
-            command.add_argument("pipeline", type=Path, nargs="?", help="the pipeline YAML (without --harness)")
-            command.add_argument("--harness", metavar="TASKS", help="lm-eval task names, comma-separated")
-            command.add_argument("--model", type=Path, help="with --harness: a HF model folder or a dapt artifact")
-            command.add_argument("--include-path", type=Path, help="with --harness: a folder of your own task YAMLs")
-            command.add_argument("--num-fewshot", type=int, help="with --harness: few-shot examples per prompt")
-            command.add_argument(
-                "--limit", type=float, help="with --harness: examples per task (a share if below 1), for a quick look"
-            )
-            command.add_argument("--batch-size", type=int, default=8, help="with --harness: batch size (default 8)")
-            command.add_argument("--device", help="with --harness: cpu, cuda, cuda:1, ... (default: cuda if present)")
+            _add_harness_arguments(command)
         else:
             command.add_argument("pipeline", type=Path, help="the pipeline YAML")
         _add_run_options(command)
 
+
+def _add_adapt_arguments(command: argparse.ArgumentParser) -> None:
+    """`dapt adapt`'s second use: `--base ARTIFACT --task TASK.yaml`, a new task on a finished base."""
+    command.description = (
+        "Two uses. `dapt adapt PIPELINE.yaml`: run the pipeline's adapt stages (and the stages they need). "
+        "`dapt adapt --base ARTIFACT --task TASK.yaml [--out RUN_DIR]`: branch a finished DAPT base (e.g. "
+        "runs/x/pretrain) into a new task without touching it — its files are hashed again first — with the "
+        "control from the original base its manifest names; the variants and evaluations land in RUN_DIR "
+        "(default: the base's run folder) and appear in its lineage and report."
+    )
+    command.add_argument("pipeline", type=Path, nargs="?", help="the pipeline YAML (without --base)")
+    command.add_argument(
+        "--base",
+        help="a finished DAPT base: its artifact folder, its run folder (uses its pretrain), or its id",
+    )
+    command.add_argument(
+        "--task",
+        type=Path,
+        help="with --base: a YAML of one task (the keys of a `tasks:` entry) or `tasks: [...]`",
+    )
+
+
+def _add_harness_arguments(command: argparse.ArgumentParser) -> None:
+    """`dapt evaluate`'s second use: `--harness TASKS --model FOLDER`, lm-evaluation-harness on a checkpoint."""
+    command.description = (
+        "Two uses. `dapt evaluate PIPELINE.yaml`: run the pipeline's evaluations (and the stages they need). "
+        "`dapt evaluate --harness TASKS --model FOLDER`: EleutherAI's lm-evaluation-harness (pip install "
+        "'dapt-lm[harness]') on a model folder or dapt artifact; the results go to a harness-<name> artifact "
+        "next to an artifact, or lm_eval_results.json in a plain model folder, or --out FILE."
+    )
+    command.add_argument("pipeline", type=Path, nargs="?", help="the pipeline YAML (without --harness)")
+    command.add_argument("--harness", metavar="TASKS", help="lm-eval task names, comma-separated")
+    command.add_argument("--model", type=Path, help="with --harness: a HF model folder or a dapt artifact")
+    command.add_argument("--include-path", type=Path, help="with --harness: a folder of your own task YAMLs")
+    command.add_argument("--num-fewshot", type=int, help="with --harness: few-shot examples per prompt")
+    command.add_argument(
+        "--limit", type=float, help="with --harness: examples per task (a share if below 1), for a quick look"
+    )
+    command.add_argument("--batch-size", type=int, default=8, help="with --harness: batch size (default 8)")
+    command.add_argument("--device", help="with --harness: cpu, cuda, cuda:1, ... (default: cuda if present)")
+
+
+def _add_plan_command(commands: argparse._SubParsersAction) -> None:
+    """`dapt plan PIPELINE.yaml`: pilot runs, the fitted law's prediction, the replay fraction it recommends."""
     planner = commands.add_parser(
         "plan",
         help="pilot runs + a fitted law: predict continued pretraining and recommend the replay fraction",
@@ -255,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--replay", help="the pilots' replay fractions, comma-separated (default 0.05,0.25,0.5)")
     _add_run_options(planner)
 
-    report = commands.add_parser("report", help="rebuild report.html / report.md / report.json of a finished run")
-    report.add_argument("run_dir", type=Path, nargs="?", default=Path("runs/demo"), help="the run folder")
 
+def _add_assess_command(commands: argparse._SubParsersAction) -> None:
+    """`dapt assess PATH...`: is domain-adaptive pretraining worth it, before any compute is spent."""
     assess = commands.add_parser(
         "assess",
         help="before spending compute: is domain-adaptive pretraining worth it for this corpus and base?",
@@ -284,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     assess.add_argument("--seq-len", type=int, help="training context length for the cost (default 2048)")
     assess.add_argument("--ppl-tokens", type=int, help="tokens per side for the perplexities (default 16384)")
 
+
+def _add_inspection_commands(commands: argparse._SubParsersAction) -> None:
+    """The commands that look at what a run wrote: generate, lineage, gc."""
     generate = commands.add_parser("generate", help="a quick look: let a base or an LM variant answer a prompt")
     generate.add_argument("prompt", help="the prompt (sent through the model's chat template when it has one)")
     generate.add_argument(
@@ -312,14 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gc.add_argument("run_dir", type=Path, help="the run folder, e.g. runs/demo")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
-
-    _add_tokenizer_commands(commands)
-
-    config = commands.add_parser("config", help="explain the config keys, or print the demo pipeline")
-    group = config.add_mutually_exclusive_group(required=True)
-    group.add_argument("--explain", action="store_true", help="every config key with its default and meaning")
-    group.add_argument("--demo", action="store_true", help="print the demo pipeline YAML (a starting point)")
-    return parser
 
 
 def _run(
@@ -403,105 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in ("config", "lineage", "gc"):
         quiet_libraries()
     try:
-        if args.command == "demo":
-            return _run(demo_config_path(), args.out or Path("runs/demo"), args.overrides, None)
-        if args.command == "run":
-            return _run(args.pipeline, args.out, args.overrides, None, args.strict_gates)
-        if args.command == "curate":
-            from dapt.curate_command import pipeline_path, run_from_args
-
-            args.pipeline = pipeline_path(args)
-            if args.pipeline is None:
-                return run_from_args(args)
-        if args.command == "adapt" and (args.base or args.task or args.pipeline is None):
-            from dapt.adapt_command import run_adapt
-            from dapt.errors import ConfigError
-
-            if not (args.base and args.task) or args.pipeline is not None or args.overrides:
-                raise ConfigError(
-                    "dapt adapt: give a pipeline YAML, or --base ARTIFACT --task TASK.yaml (then no pipeline, no --set)"
-                )
-            return run_adapt(args.base, args.task, args.out)
-        if args.command == "evaluate" and (args.harness or args.model or args.pipeline is None):
-            from dapt.errors import ConfigError
-            from dapt.harness_command import run_harness
-
-            if not (args.harness and args.model) or args.pipeline is not None or args.overrides:
-                raise ConfigError(
-                    "dapt evaluate: give a pipeline YAML, or --harness TASKS --model FOLDER (then no pipeline or --set)"
-                )
-            run_harness(
-                args.harness,
-                args.model,
-                include_path=args.include_path,
-                num_fewshot=args.num_fewshot,
-                limit=args.limit,
-                batch_size=args.batch_size,
-                device=args.device,
-                out=args.out,
-            )
-            return 0
-        if args.command in STAGES:
-            return _run(args.pipeline, args.out, args.overrides, args.command)
-        if args.command == "plan":
-            from dapt.plan_command import run_plan
-
-            return run_plan(
-                args.pipeline,
-                args.out,
-                args.overrides,
-                budget=args.budget,
-                forgetting_budget=args.forgetting_budget,
-                replays=args.replay,
-            )
-        if args.command == "report":
-            return _rebuild_report(args.run_dir)
-        if args.command == "gc":
-            from dapt.run_folder import collect_garbage
-
-            collect_garbage(args.run_dir, dry_run=args.dry_run)
-            return 0
-        if args.command == "assess":
-            from dapt.assess import parse_count, run_assess
-            from dapt.run_folder import writable_folder
-
-            writable_folder(args.out, "--out")  # before measuring anything
-
-            options = {
-                "base": args.base,
-                "general_paths": args.general,
-                "gpu": args.gpu,
-                "mfu": args.mfu,
-                "price_per_hour": args.price_per_hour,
-                "params": None if args.params is None else parse_count(args.params),
-                "seq_len": args.seq_len,
-                "ppl_tokens": args.ppl_tokens,
-            }
-            given = {name: value for name, value in options.items() if value is not None}  # else assess's defaults
-            return run_assess(args.paths, out=args.out, text_field=args.text_field, **given)
-        if args.command == "tokenizer":
-            return _run_tokenizer(args)
-        if args.command == "generate":
-            from dapt.model.chat import generate_answer
-
-            print(generate_answer(args.model, args.prompt, max_new_tokens=args.max_new_tokens, raw=args.raw))
-            return 0
-        if args.command == "lineage":
-            import json
-
-            from dapt.lineage import lineage, render_tree
-
-            roots = lineage(args.run_dir)
-            print(json.dumps(roots, indent=2) if args.json else "\n".join(render_tree(roots)))
-            return 0
-        if args.command == "config":
-            if args.demo:
-                print(demo_config_path().read_text(), end="")
-            else:
-                from dapt.config import explain_fields
-
-                print("\n".join(explain_fields()))
-            return 0
+        return _dispatch(args)
     except DaptError as error:
         if args.debug:
             raise
@@ -518,6 +446,137 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command the arguments name; its exit code."""
+    if args.command == "demo":
+        return _run(demo_config_path(), args.out or Path("runs/demo"), args.overrides, None)
+    if args.command == "run":
+        return _run(args.pipeline, args.out, args.overrides, None, args.strict_gates)
+    if args.command == "curate":
+        from dapt.curate_command import pipeline_path, run_from_args
+
+        args.pipeline = pipeline_path(args)
+        if args.pipeline is None:
+            return run_from_args(args)
+    if args.command == "adapt" and (args.base or args.task or args.pipeline is None):
+        return _adapt_a_finished_base(args)
+    if args.command == "evaluate" and (args.harness or args.model or args.pipeline is None):
+        return _evaluate_on_harness(args)
+    if args.command in STAGES:
+        return _run(args.pipeline, args.out, args.overrides, args.command)
+    commands = {
+        "plan": _plan,
+        "report": lambda args: _rebuild_report(args.run_dir),
+        "gc": _collect_garbage,
+        "assess": _assess,
+        "tokenizer": _run_tokenizer,
+        "generate": _generate,
+        "lineage": _lineage,
+        "config": _config,
+    }
+    return commands[args.command](args)
+
+
+def _adapt_a_finished_base(args: argparse.Namespace) -> int:
+    """`dapt adapt --base ARTIFACT --task TASK.yaml`."""
+    from dapt.adapt_command import run_adapt
+    from dapt.errors import ConfigError
+
+    if not (args.base and args.task) or args.pipeline is not None or args.overrides:
+        raise ConfigError(
+            "dapt adapt: give a pipeline YAML, or --base ARTIFACT --task TASK.yaml (then no pipeline, no --set)"
+        )
+    return run_adapt(args.base, args.task, args.out)
+
+
+def _evaluate_on_harness(args: argparse.Namespace) -> int:
+    """`dapt evaluate --harness TASKS --model FOLDER`."""
+    from dapt.errors import ConfigError
+    from dapt.harness_command import run_harness
+
+    if not (args.harness and args.model) or args.pipeline is not None or args.overrides:
+        raise ConfigError(
+            "dapt evaluate: give a pipeline YAML, or --harness TASKS --model FOLDER (then no pipeline or --set)"
+        )
+    run_harness(
+        args.harness,
+        args.model,
+        include_path=args.include_path,
+        num_fewshot=args.num_fewshot,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        device=args.device,
+        out=args.out,
+    )
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from dapt.plan_command import run_plan
+
+    return run_plan(
+        args.pipeline,
+        args.out,
+        args.overrides,
+        budget=args.budget,
+        forgetting_budget=args.forgetting_budget,
+        replays=args.replay,
+    )
+
+
+def _collect_garbage(args: argparse.Namespace) -> int:
+    from dapt.run_folder import collect_garbage
+
+    collect_garbage(args.run_dir, dry_run=args.dry_run)
+    return 0
+
+
+def _assess(args: argparse.Namespace) -> int:
+    from dapt.assess import parse_count, run_assess
+    from dapt.run_folder import writable_folder
+
+    writable_folder(args.out, "--out")  # before measuring anything
+
+    options = {
+        "base": args.base,
+        "general_paths": args.general,
+        "gpu": args.gpu,
+        "mfu": args.mfu,
+        "price_per_hour": args.price_per_hour,
+        "params": None if args.params is None else parse_count(args.params),
+        "seq_len": args.seq_len,
+        "ppl_tokens": args.ppl_tokens,
+    }
+    given = {name: value for name, value in options.items() if value is not None}  # else assess's defaults
+    return run_assess(args.paths, out=args.out, text_field=args.text_field, **given)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from dapt.model.chat import generate_answer
+
+    print(generate_answer(args.model, args.prompt, max_new_tokens=args.max_new_tokens, raw=args.raw))
+    return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    import json
+
+    from dapt.lineage import lineage, render_tree
+
+    roots = lineage(args.run_dir)
+    print(json.dumps(roots, indent=2) if args.json else "\n".join(render_tree(roots)))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.demo:
+        print(demo_config_path().read_text(), end="")
+    else:
+        from dapt.config import explain_fields
+
+        print("\n".join(explain_fields()))
     return 0
 
 
