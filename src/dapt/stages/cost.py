@@ -35,8 +35,8 @@ from dapt.eval.retention import cloze_items, score_cloze
 from dapt.eval.safety import SETS, is_refusal, judge_refusal, prompt_set, rates
 from dapt.model.chat import prompt_ids, uses_chat_template
 from dapt.model.load import load_causal_lm
-from dapt.pipeline import StageContext
 from dapt.stages.adapt import precision_setting
+from dapt.stages.context import StageContext
 from dapt.stages.evaluate import held_out_metrics, held_out_texts
 from dapt.train.precision import autocast, choose_precision
 
