@@ -172,20 +172,14 @@ def curate_with_ray(
     contaminated: bool,
     earlier_rejections: Path | None,
 ) -> dict[str, Any]:
-    """`dapt.data.executor.curate_to_files` on Ray; `source` is a Parquet document file."""
+    """`dapt.data.executor.curate_to_files` on Ray; `source` is a Parquet document file.
+
+    A map step runs the per-document blocks on slices of the file (each writes its kept documents to `scratch`);
+    the driver then gathers the verdicts, row by row, of decontamination, exact and near dedup, and the writer
+    keeps the documents without one."""
     ray = _import_ray()
-    parquet = pq.ParquetFile(source)
-    batch_size = options["batch_size"]
-    slices, first_row = [], 0
-    for row_group in range(parquet.num_row_groups):
-        group_rows = parquet.metadata.row_group(row_group).num_rows
-        for start in range(0, group_rows, batch_size):
-            rows = min(batch_size, group_rows - start)
-            slices.append(
-                {"part": len(slices), "row_group": row_group, "start": start, "rows": rows, "first_row": first_row}
-            )
-            first_row += rows
-    n_docs = first_row
+    slices = _slices(pq.ParquetFile(source), options["batch_size"])
+    n_docs = sum(item["rows"] for item in slices)
     workers = options["workers"] or max(1, int(ray.cluster_resources().get("CPU", 1)))
     eval_ngrams = decontaminator.eval_ngrams if contaminated else []
     partitions = 2 * workers  # of the shuffles; Ray's default (200) is meant for far bigger inputs than a worker's
@@ -206,8 +200,56 @@ def curate_with_ray(
         .materialize()
     )
 
-    # Counters of the map step, and the verdicts of the per-document blocks (dropped documents only).
     verdicts: list[Verdict] = [None] * n_docs
+    small, text_stats = _map_step_verdicts(ray, state, verdicts)
+    if contaminated and small.num_rows:
+        _decontaminate(small, decontaminator, eval_ngrams, options["decontaminate_max_doc_frequency"], verdicts)
+    survivors = _survivors(state, verdicts, ["row", "id", "digest", "signature"])
+    if options["exact_dedup"]:
+        groups = survivors.groupby("digest", num_partitions=partitions).map_groups(
+            _first_of_each_digest, batch_format="pyarrow"
+        )
+        duplicates = _collect(ray, groups)
+        for row in duplicates.to_pylist() if duplicates.num_rows else []:
+            verdicts[row["row"]] = ("exact_dedup", "exact_duplicate", f"same text as {row['kept_id']}")
+        survivors = _survivors(state, verdicts, ["row", "id", "signature"])
+    near = NearDedup(near_dup_finder(options))
+    if options["near_dedup"]:
+        _near_duplicates(ray, survivors, near, options["near_dedup_bands"], partitions, verdicts)
+
+    chars_kept = _kept_chars(ray, state, verdicts)
+    parts = [scratch / f"part-{item['part']:06d}.parquet" for item in slices]
+    verdicts_by_part = (verdicts[item["first_row"] : item["first_row"] + item["rows"]] for item in slices)
+    counts = write_outputs(parts, verdicts_by_part, documents_out, ledger_out, earlier_rejections)
+    return corpus_stats(
+        counts,
+        options,
+        decontaminator,
+        contaminated,
+        chars_kept=chars_kept,
+        near=near,
+        **text_stats,
+    )
+
+
+def _slices(parquet: pq.ParquetFile, batch_size: int) -> list[dict[str, int]]:
+    """The map step's work items: up to `batch_size` rows of one row group each, with their first row in the file."""
+    slices, first_row = [], 0
+    for row_group in range(parquet.num_row_groups):
+        group_rows = parquet.metadata.row_group(row_group).num_rows
+        for start in range(0, group_rows, batch_size):
+            rows = min(batch_size, group_rows - start)
+            slices.append(
+                {"part": len(slices), "row_group": row_group, "start": start, "rows": rows, "first_row": first_row}
+            )
+            first_row += rows
+    return slices
+
+
+def _map_step_verdicts(ray: Any, state: Any, verdicts: list[Verdict]) -> tuple[pa.Table, dict[str, Any]]:
+    """The map step's rows that matter on the driver (dropped, holding eval n-grams, or carrying a batch's counters),
+    sorted by row; the per-document blocks' verdicts go into `verdicts`. Also the counters: characters read, PII
+    replacements and documents PII scrubbing changed."""
     small = _collect(
         ray,
         state.select_columns(["row", "id", "block", "reason", "detail", "eval_ngrams", "batch_stats"]).map_batches(
@@ -227,87 +269,81 @@ def curate_with_ray(
             pii_changed += batch_stats["pii_changed"]
         for row in small.filter(pc.is_valid(small["block"])).to_pylist():
             verdicts[row["row"]] = (row["block"], row["reason"], row["detail"])
+    return small, {"chars_in": chars_in, "pii_replaced": pii_replaced, "pii_changed": pii_changed}
 
-    # Decontamination on the driver: the documents with eval n-grams, counted (dropped ones too) and judged.
-    if contaminated and small.num_rows:
-        with_ngrams = small.filter(pc.is_valid(small["eval_ngrams"])).to_pylist()
-        max_doc_frequency = options["decontaminate_max_doc_frequency"]
-        if max_doc_frequency > 0:
-            frequency = Counter(gram for row in with_ngrams for gram in row["eval_ngrams"])
-            decontaminator.ignore_frequent(
-                Counter({eval_ngrams[gram]: count for gram, count in frequency.items()}), max_doc_frequency
-            )
-        for row in with_ngrams:
-            if verdicts[row["row"]] is None:
-                rejection = decontaminator.judge_shared(eval_ngrams[gram] for gram in row["eval_ngrams"])
-                if rejection is not None:
-                    verdicts[row["row"]] = ("decontaminate", rejection.reason, rejection.detail)
-    decided = np.array([row for row, verdict in enumerate(verdicts) if verdict is not None], dtype=np.int64)
+
+def _decontaminate(
+    small: pa.Table,
+    decontaminator: Decontaminator,
+    eval_ngrams: list[Any],
+    max_doc_frequency: int,
+    verdicts: list[Verdict],
+) -> None:
+    """Decontamination on the driver: the documents with eval n-grams, counted (dropped ones too) and judged."""
+    with_ngrams = small.filter(pc.is_valid(small["eval_ngrams"])).to_pylist()
+    if max_doc_frequency > 0:
+        frequency = Counter(gram for row in with_ngrams for gram in row["eval_ngrams"])
+        decontaminator.ignore_frequent(
+            Counter({eval_ngrams[gram]: count for gram, count in frequency.items()}), max_doc_frequency
+        )
+    for row in with_ngrams:
+        if verdicts[row["row"]] is None:
+            rejection = decontaminator.judge_shared(eval_ngrams[gram] for gram in row["eval_ngrams"])
+            if rejection is not None:
+                verdicts[row["row"]] = ("decontaminate", rejection.reason, rejection.detail)
+
+
+def _survivors(state: Any, verdicts: list[Verdict], columns: list[str]) -> Any:
+    """The map step's rows (those columns) without a verdict yet, as a lazy Ray dataset."""
+    decided = pa.array([row for row, verdict in enumerate(verdicts) if verdict is not None], pa.int64())
 
     def still_kept(table: pa.Table) -> pa.Table:
-        return table.filter(pc.invert(pc.is_in(table["row"], value_set=pa.array(decided, pa.int64()))))
+        return table.filter(pc.invert(pc.is_in(table["row"], value_set=decided)))
 
-    survivors = state.select_columns(["row", "id", "digest", "signature"]).map_batches(
-        still_kept, batch_format="pyarrow"
+    return state.select_columns(columns).map_batches(still_kept, batch_format="pyarrow")
+
+
+def _near_duplicates(
+    ray: Any, survivors: Any, near: NearDedup, bands: int, partitions: int, verdicts: list[Verdict]
+) -> None:
+    """Near dedup: candidate pairs from LSH buckets shuffled by (band, key), judged on the driver by `near`."""
+    n_docs = len(verdicts)
+    pairs = _collect(
+        ray,
+        survivors.map_batches(_band_rows(bands), batch_format="pyarrow")
+        .groupby(["band", "key"], num_partitions=partitions)
+        .map_groups(_bucket_pairs, batch_format="pyarrow"),
     )
-    if options["exact_dedup"]:
-        groups = survivors.groupby("digest", num_partitions=partitions).map_groups(
-            _first_of_each_digest, batch_format="pyarrow"
-        )
-        duplicates = _collect(ray, groups)
-        for row in duplicates.to_pylist() if duplicates.num_rows else []:
-            verdicts[row["row"]] = ("exact_dedup", "exact_duplicate", f"same text as {row['kept_id']}")
-        decided = np.array([row for row, verdict in enumerate(verdicts) if verdict is not None], dtype=np.int64)
-        survivors = state.select_columns(["row", "id", "signature"]).map_batches(still_kept, batch_format="pyarrow")
+    if not pairs.num_rows:
+        return
+    codes = np.unique(pairs.column("left").to_numpy() * n_docs + pairs.column("right").to_numpy())
+    left, right = codes // n_docs, codes % n_docs
+    involved = np.unique(np.concatenate((left, right)))
+    paired = _collect(ray, survivors.map_batches(lambda t: _rows_in(t, involved), batch_format="pyarrow"))
+    paired = paired.sort_by("row")
+    signatures = np.frombuffer(b"".join(paired.column("signature").to_pylist()), dtype="<u4")
+    signatures = signatures.reshape(paired.num_rows, -1).astype(np.uint32)
+    # Positions among the paired documents keep the input order, so clusters and their first
+    # documents are those the local backend finds among all survivors.
+    candidates = np.stack((np.searchsorted(involved, left), np.searchsorted(involved, right)), axis=1)
+    rejections = near.judge_signatures(paired.column("id").to_pylist(), signatures, candidates)
+    for row, rejection in zip(involved.tolist(), rejections, strict=True):
+        if rejection is not None:
+            verdicts[row] = (near.name, rejection.reason, rejection.detail)
 
-    near = NearDedup(near_dup_finder(options))
-    if options["near_dedup"]:
-        pairs = _collect(
-            ray,
-            survivors.map_batches(_band_rows(options["near_dedup_bands"]), batch_format="pyarrow")
-            .groupby(["band", "key"], num_partitions=partitions)
-            .map_groups(_bucket_pairs, batch_format="pyarrow"),
-        )
-        if pairs.num_rows:
-            codes = np.unique(pairs.column("left").to_numpy() * n_docs + pairs.column("right").to_numpy())
-            left, right = codes // n_docs, codes % n_docs
-            involved = np.unique(np.concatenate((left, right)))
-            paired = _collect(ray, survivors.map_batches(lambda t: _rows_in(t, involved), batch_format="pyarrow"))
-            paired = paired.sort_by("row")
-            signatures = np.frombuffer(b"".join(paired.column("signature").to_pylist()), dtype="<u4")
-            signatures = signatures.reshape(paired.num_rows, -1).astype(np.uint32)
-            # Positions among the paired documents keep the input order, so clusters and their first
-            # documents are those the local backend finds among all survivors.
-            candidates = np.stack((np.searchsorted(involved, left), np.searchsorted(involved, right)), axis=1)
-            rejections = near.judge_signatures(paired.column("id").to_pylist(), signatures, candidates)
-            for row, rejection in zip(involved.tolist(), rejections, strict=True):
-                if rejection is not None:
-                    verdicts[row] = (near.name, rejection.reason, rejection.detail)
 
+def _kept_chars(ray: Any, state: Any, verdicts: list[Verdict]) -> int:
+    """Characters of the documents kept in the end."""
     kept_chars = _collect(
         ray,
         state.select_columns(["row", "kept_chars"]).map_batches(
             lambda t: t.filter(pc.is_valid(t["kept_chars"])), batch_format="pyarrow"
         ),
     )
-    chars_kept = 0
-    if kept_chars.num_rows:
-        chars_kept = sum(
-            chars
-            for row, chars in zip(kept_chars["row"].to_pylist(), kept_chars["kept_chars"].to_pylist(), strict=True)
-            if verdicts[row] is None
-        )
-    parts = [scratch / f"part-{item['part']:06d}.parquet" for item in slices]
-    verdicts_by_part = (verdicts[item["first_row"] : item["first_row"] + item["rows"]] for item in slices)
-    counts = write_outputs(parts, verdicts_by_part, documents_out, ledger_out, earlier_rejections)
-    return corpus_stats(
-        counts,
-        options,
-        decontaminator,
-        contaminated,
-        chars_in=chars_in,
-        chars_kept=chars_kept,
-        pii_replaced=pii_replaced,
-        pii_changed=pii_changed,
-        near=near,
+    if not kept_chars.num_rows:
+        return 0
+    return sum(
+        chars
+        for row, chars in zip(kept_chars["row"].to_pylist(), kept_chars["kept_chars"].to_pylist(), strict=True)
+        if verdicts[row] is None
     )
