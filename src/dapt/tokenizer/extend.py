@@ -368,6 +368,20 @@ class Extension:
     report: dict[str, Any]
 
 
+def _checked_selection(add: int | None, coverage: float | None, min_frequency: int) -> int | None:
+    """How many tokens to add (DEFAULT_ADD when neither --add nor --coverage is given); a ConfigError naming the
+    option for a value out of range."""
+    if add is None and coverage is None:
+        add = DEFAULT_ADD
+    if add is not None and add < 1:
+        raise ConfigError(f"--add {add}: add at least one token")
+    if min_frequency < 1:
+        raise ConfigError(f"--min-frequency {min_frequency}: a count of occurrences, at least 1")
+    if coverage is not None and not 0 < coverage < 1:
+        raise ConfigError(f"--coverage {coverage}: a share of the domain tokens to save, between 0 and 1 (e.g. 0.1)")
+    return add
+
+
 def extend_base(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -385,14 +399,7 @@ def extend_base(
     A candidate seen fewer than `min_frequency` times in `texts` is never added (its row would barely train).
     `where` starts the error for a tokenizer that cannot be extended (default: the CLI's "--base BASE").
     """
-    if add is None and coverage is None:
-        add = DEFAULT_ADD
-    if add is not None and add < 1:
-        raise ConfigError(f"--add {add}: add at least one token")
-    if min_frequency < 1:
-        raise ConfigError(f"--min-frequency {min_frequency}: a count of occurrences, at least 1")
-    if coverage is not None and not 0 < coverage < 1:
-        raise ConfigError(f"--coverage {coverage}: a share of the domain tokens to save, between 0 and 1 (e.g. 0.1)")
+    add = _checked_selection(add, coverage, min_frequency)
     base_spec = check_extendable(tokenizer, base, where)
     backend = tokenizer.backend_tokenizer
     started = time.perf_counter()
