@@ -28,6 +28,21 @@ from dapt.config import (
 from dapt.errors import ConfigError, DataError, disk_full_reported
 from dapt.preflight import check_positions, check_split_lengths, checkpoint_space_mb, disk_warning, model_positions
 from dapt.run_folder import ATTEMPT_NAME, make_current, read_attempt, remove, set_aside, stage_folder
+from dapt.stages import (
+    adapt,
+    base,
+    cost,
+    curate,
+    evaluate,
+    extend_context,
+    extend_vocab,
+    ingest,
+    pretrain,
+    restore,
+    tapt,
+    tasks,
+    tokenize,
+)
 from dapt.stages.context import StageContext, say
 
 StageFunction = Callable[[StageContext], dict[str, Any]]
@@ -49,7 +64,6 @@ class StageSpec:
 
 def plan(config: PipelineConfig) -> list[StageSpec]:
     """The stages of a pipeline, in dependency order."""
-    from dapt.stages import base, curate, evaluate, extend_context, extend_vocab, ingest, pretrain, tokenize
 
     dump = config.model_dump(mode="json")
     # how tokenisation runs (workers, batch size, backend) changes no shard: not part of the cache key
@@ -163,7 +177,6 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
 def cost_stages(dump: dict[str, Any], pipeline_seed: int, precision: str) -> list[StageSpec]:
     """What adaptation cost (`dapt.stages.cost`): safety and retention of both bases and of every variant of an
     instruction or preference task (each seed, all the data), then the gates on them."""
-    from dapt.stages import cost
 
     # what the answers depend on; the gates' thresholds belong to the gates stage alone
     measured = {"safety": {k: dump["safety"][k] for k in ("max_new_tokens", "judge")}, **precision_config(precision)}
@@ -218,7 +231,6 @@ def cost_stages(dump: dict[str, Any], pipeline_seed: int, precision: str) -> lis
 def restore_stages(dump: dict[str, Any], measured: dict[str, Any]) -> list[StageSpec]:
     """`restore` (`dapt.stages.restore`: the DAPT base merged with the original, or given the chat vector) and
     `cost-restored` (its safety, retention and held-out perplexity, as the bases')."""
-    from dapt.stages import cost, restore
 
     held_out = {k: dump["pretrain"][k] for k in ("seq_len", "document_mask")}  # evaluate-lm's windows
     return [
@@ -249,7 +261,6 @@ def precision_config(precision: str) -> dict[str, str]:
 
 def task_data_stage(task: dict[str, Any], pipeline_seed: int) -> StageSpec:
     """The stage that reads a task's examples and splits them into train and test."""
-    from dapt.stages import tasks
 
     return StageSpec(
         f"task-{task['name']}",
@@ -267,7 +278,6 @@ def variant_stages(task: dict[str, Any], pipeline_seed: int, bases: dict[str, st
     `precision` is the pipeline's `pretrain.precision`, which they all compute in.
     """
     computes_in = precision_config(precision)
-    from dapt.stages import adapt, evaluate, tapt
 
     stages: list[StageSpec] = []
     # what the adapt stage needs; data, splits and TAPT belong to the stages before it

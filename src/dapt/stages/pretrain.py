@@ -33,7 +33,7 @@ from dapt.data.shards import ShardSet, WindowMixer, eval_windows, open_split, sp
 from dapt.errors import ConfigError, DataError
 from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
 from dapt.model.lora import add_lora, load_adapter_weights, merged_model
-from dapt.pipeline import StageContext
+from dapt.stages.context import StageContext
 from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, average_checkpoints, load_full_weights
 from dapt.train.distributed import is_main_process, wait_for_everyone
 from dapt.train.forgetting import DocumentLosses, ForgettingGuard, ForgettingSettings

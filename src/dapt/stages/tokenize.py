@@ -47,7 +47,7 @@ from dapt.data.tokenization import (
     tokenize_parts,
 )
 from dapt.errors import DataError
-from dapt.pipeline import StageContext
+from dapt.stages.context import StageContext
 
 BATCH = 256
 SCRATCH = "parts"  # the tokenized batches of an unfinished run, inside the stage's folder
