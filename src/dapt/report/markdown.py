@@ -373,7 +373,6 @@ def training_lines(pretrain: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    base, pretrain, funnel = report["base"], report["pretrain"], report["data"]["funnel"]
     lines = [
         f"# dapt report — run `{report['run']}`",
         "",
@@ -381,8 +380,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Did domain-adaptive pretraining pay off?",
         "",
+        *_verdict_lines(report["tasks"]),
+        _language_model_line(report["base"]),
+        "",
+        "The interval comes from resampling the test examples (paired); with one seed it does not cover "
+        "seed-to-seed variation — set `seeds:` on a task for that. Read small differences as noise.",
+        *cost_lines(report.get("cost")),
+        "",
+        *_base_lines(report["base"]),
+        *_pretraining_lines(report["pretrain"]),
+        *_task_lines(report),
+        *_funnel_lines(report["data"]),
+        *_lineage_and_time_lines(report),
     ]
-    for task in report["tasks"]:
+    return "\n".join(lines) + "\n"
+
+
+def _verdict_lines(tasks: list[dict[str, Any]]) -> list[str]:
+    """Each task's answer to the report's question: the primary metric, control vs DAPT, with the interval."""
+    lines: list[str] = []
+    for task in tasks:
         d, p, q = task["difference"], task["primary"], task["secondary"]
         low, high = d[f"{p}_ci95"]
         lines.append(
@@ -402,13 +419,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                     else f"does not reach the control's full-data {METRIC_LABELS[p]} with less data."
                 )
             )
-    lines += [
-        _language_model_line(base),
-        "",
-        "The interval comes from resampling the test examples (paired); with one seed it does not cover "
-        "seed-to-seed variation — set `seeds:` on a task for that. Read small differences as noise.",
-        *cost_lines(report.get("cost")),
-        "",
+    return lines
+
+
+def _base_lines(base: dict[str, Any]) -> list[str]:
+    """Both bases on the same held-out documents: perplexity and bits per byte, and what they were measured on."""
+    return [
         "## Base models",
         "",
         f"Original base: {base['original']} ({base['architecture']}, {base['parameters'] / 1e6:.1f}M parameters).",
@@ -444,6 +460,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         ),
         *long_context_lines(base),
         "",
+    ]
+
+
+def _pretraining_lines(pretrain: dict[str, Any]) -> list[str]:
+    return [
         "## Continued pretraining",
         "",
         f"{pretrain['steps']} steps, {pretrain['tokens_trained']} tokens at {pretrain['tokens_per_second']:.0f} "
@@ -452,6 +473,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *training_lines(pretrain),
     ]
+
+
+def _task_lines(report: dict[str, Any]) -> list[str]:
+    """The task table, then per task: its data-efficiency curve, per-class scores and confusion matrices."""
+    lines: list[str] = []
     lines += [
         "",
         "## Tasks",
@@ -499,6 +525,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += ["", ADAPTED_NOTE.format(name=task["name"], base=task["adapted_from"])]
     if report.get("stale_adapted_tasks"):
         lines += ["", STALE_NOTE.format(names=", ".join(report["stale_adapted_tasks"]))]
+    return lines
+
+
+def _funnel_lines(data: dict[str, Any]) -> list[str]:
+    """What curation kept and dropped, and the token splits."""
+    funnel = data["funnel"]
+    lines: list[str] = []
     lines += [
         "",
         "## Data funnel",
@@ -520,8 +553,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     for task, count in funnel["decontaminated_by_task"].items():
         lines.append(f"\nDecontamination: {count} documents shared a long n-gram with the `{task}` test set.")
     lines += ["", "| token split | documents | tokens |", "|---|---|---|"]
-    for split, stats in report["data"]["token_splits"].items():
+    for split, stats in data["token_splits"].items():
         lines.append(f"| {split} | {stats['documents']} | {stats['tokens']} |")
+    return lines
+
+
+def _lineage_and_time_lines(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     lines += [
         "",
         "## Lineage",
@@ -536,4 +574,4 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|",
     ]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in report["timings"].items()]
-    return "\n".join(lines) + "\n"
+    return lines
