@@ -379,6 +379,25 @@ def _tasks(report: dict[str, Any]) -> str:
     tasks = report["tasks"]
     if not tasks:
         return "<p>This pipeline has no tasks.</p>"
+    parts = [_task_differences_figure(tasks), _task_table(tasks), _task_note(tasks)]
+    for task in tasks:
+        if "data_efficiency" in task:
+            parts += _data_efficiency(task)
+    for task in tasks:
+        if task.get("per_class"):
+            parts += _per_class(task)
+    for task in tasks:
+        if task.get("adapted_from"):
+            parts.append(
+                f"<p>{_inline_markdown(ADAPTED_NOTE.format(name=task['name'], base=task['adapted_from']))}</p>"
+            )
+    if report.get("stale_adapted_tasks"):
+        parts.append(f"<p>{_inline_markdown(STALE_NOTE.format(names=', '.join(report['stale_adapted_tasks'])))}</p>")
+    return "\n".join(parts)
+
+
+def _task_table(tasks: list[dict[str, Any]]) -> str:
+    """Both metrics of every task, control vs DAPT, with the primary metric's interval."""
     rows = []
     for task in tasks:
         control, dapt, difference = task["control"], task["dapt"], task["difference"]
@@ -411,7 +430,11 @@ def _tasks(report: dict[str, Any]) -> str:
         "DAPT (2nd metric)",
         "difference (points)",
     ]
-    figure = _image(
+    return _table(header, rows, numeric=set(range(2, 10)))
+
+
+def _task_differences_figure(tasks: list[dict[str, Any]]) -> str:
+    return _image(
         plots.task_differences(
             [t["name"] for t in tasks],
             [t["difference"][t.get("primary", "accuracy")] for t in tasks],
@@ -422,8 +445,11 @@ def _tasks(report: dict[str, Any]) -> str:
         "base. The error bar is the 95% paired-bootstrap interval over test examples: a bar whose interval "
         "crosses zero is no clear difference (grey); blue is a clear gain, red a clear loss.",
     )
+
+
+def _task_note(tasks: list[dict[str, Any]]) -> str:
     seeds = max(len(t.get("seeds", [0])) for t in tasks)
-    note = (
+    return (
         "<p>Both variants of a task use the same recipe, data, budget and seeds; only their base differs. "
         + (
             f"Accuracies are means over {seeds} seeds; the interval resamples test examples."
@@ -432,66 +458,61 @@ def _tasks(report: dict[str, Any]) -> str:
         )
         + "</p>"
     )
-    parts = [figure, _table(header, rows, numeric=set(range(2, 10))), note]
-    for task in tasks:
-        if "data_efficiency" in task:
-            primary = task.get("primary", "accuracy")
-            label = METRIC_LABELS[primary]
-            curve = [
-                [f"{p['fraction']:.0%}", with_spread(p, "control"), with_spread(p, "dapt")]
-                for p in task["data_efficiency"]
-            ]
-            parts.append(f"<h3>Data efficiency: {_e(task['name'])}</h3>")
-            matched = task.get("dapt_matches_control_full_data_at")
-            parts.append(
-                _image(
-                    plots.data_efficiency(task["data_efficiency"], label, task["control"][primary], task["name"]),
-                    f"{label} by share of the training data, control and DAPT",
-                    f"{_e(label)} of each variant trained on a share of the training data (mean over seeds; the band "
-                    "is ± one standard deviation, dots are single seeds). The dashed line is the control's score "
-                    "with all the data: "
-                    + (
-                        f"the DAPT variant reaches it with {matched:.0%} of the data."
-                        if matched is not None
-                        else "the DAPT variant does not reach it with less data."
-                    ),
-                )
+
+
+def _data_efficiency(task: dict[str, Any]) -> list[str]:
+    """A task's score by share of the training data: the plot and its table."""
+    parts: list[str] = []
+    primary = task.get("primary", "accuracy")
+    label = METRIC_LABELS[primary]
+    curve = [
+        [f"{p['fraction']:.0%}", with_spread(p, "control"), with_spread(p, "dapt")] for p in task["data_efficiency"]
+    ]
+    parts.append(f"<h3>Data efficiency: {_e(task['name'])}</h3>")
+    matched = task.get("dapt_matches_control_full_data_at")
+    parts.append(
+        _image(
+            plots.data_efficiency(task["data_efficiency"], label, task["control"][primary], task["name"]),
+            f"{label} by share of the training data, control and DAPT",
+            f"{_e(label)} of each variant trained on a share of the training data (mean over seeds; the band "
+            "is ± one standard deviation, dots are single seeds). The dashed line is the control's score "
+            "with all the data: "
+            + (
+                f"the DAPT variant reaches it with {matched:.0%} of the data."
+                if matched is not None
+                else "the DAPT variant does not reach it with less data."
+            ),
+        )
+    )
+    parts.append(_table(["share of training data", f"control {label}", f"DAPT {label}"], curve, numeric={1, 2}))
+    return parts
+
+
+def _per_class(task: dict[str, Any]) -> list[str]:
+    """A classification task's precision, recall and F1 per class, and both variants' confusion matrices."""
+    parts: list[str] = []
+    parts.append(f"<h3>Per class: {_e(task['name'])}</h3>")
+    parts.append(f"<p>{_e(PER_CLASS_NOTE[0].upper() + PER_CLASS_NOTE[1:])}.</p>")
+    rows = [
+        [_e(label), str(dapt["support"])]
+        + [f"{scores[k]:.3f}" for scores in (control, dapt) for k in ("precision", "recall", "f1")]
+        for label, control, dapt in per_class_rows(task)
+    ]
+    header = ["class", "test examples"] + [
+        f"{variant} {k}" for variant in ("control", "DAPT") for k in ("precision", "recall", "F1")
+    ]
+    parts.append(_table(header, rows, numeric=set(range(1, 8))))
+    for variant, title in (("control", "control"), ("dapt", "DAPT")):
+        matrix = task["confusion_matrix"][variant]
+        parts.append(f"<p>Confusion matrix, {title}: rows are the true class, columns the predicted one.</p>")
+        parts.append(
+            _table(
+                ["true ↓ predicted →", *(_e(label) for label in task["labels"])],
+                [[_e(label), *(str(n) for n in row)] for label, row in zip(task["labels"], matrix, strict=True)],
+                numeric=set(range(1, len(task["labels"]) + 1)),
             )
-            parts.append(_table(["share of training data", f"control {label}", f"DAPT {label}"], curve, numeric={1, 2}))
-    for task in tasks:
-        if task.get("per_class"):
-            parts.append(f"<h3>Per class: {_e(task['name'])}</h3>")
-            parts.append(f"<p>{_e(PER_CLASS_NOTE[0].upper() + PER_CLASS_NOTE[1:])}.</p>")
-            rows = [
-                [_e(label), str(dapt["support"])]
-                + [f"{scores[k]:.3f}" for scores in (control, dapt) for k in ("precision", "recall", "f1")]
-                for label, control, dapt in per_class_rows(task)
-            ]
-            header = ["class", "test examples"] + [
-                f"{variant} {k}" for variant in ("control", "DAPT") for k in ("precision", "recall", "F1")
-            ]
-            parts.append(_table(header, rows, numeric=set(range(1, 8))))
-            for variant, title in (("control", "control"), ("dapt", "DAPT")):
-                matrix = task["confusion_matrix"][variant]
-                parts.append(f"<p>Confusion matrix, {title}: rows are the true class, columns the predicted one.</p>")
-                parts.append(
-                    _table(
-                        ["true ↓ predicted →", *(_e(label) for label in task["labels"])],
-                        [
-                            [_e(label), *(str(n) for n in row)]
-                            for label, row in zip(task["labels"], matrix, strict=True)
-                        ],
-                        numeric=set(range(1, len(task["labels"]) + 1)),
-                    )
-                )
-    for task in tasks:
-        if task.get("adapted_from"):
-            parts.append(
-                f"<p>{_inline_markdown(ADAPTED_NOTE.format(name=task['name'], base=task['adapted_from']))}</p>"
-            )
-    if report.get("stale_adapted_tasks"):
-        parts.append(f"<p>{_inline_markdown(STALE_NOTE.format(names=', '.join(report['stale_adapted_tasks'])))}</p>")
-    return "\n".join(parts)
+        )
+    return parts
 
 
 def _lineage(report: dict[str, Any]) -> str:
