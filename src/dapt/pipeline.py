@@ -66,6 +66,29 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
     """The stages of a pipeline, in dependency order."""
 
     dump = config.model_dump(mode="json")
+    stages, pretrain_base, pretrain_tokens = _corpus_stages(config, dump)
+    if config.pretrain.context is not None:  # a longer window (RoPE scaling) in the base's config, then pretrain it
+        stages.append(
+            StageSpec(
+                "extend-context",
+                "extend_context",
+                extend_context.run,
+                {"context": dump["pretrain"]["context"]},
+                {"base": pretrain_base},
+                summary="the base with a longer context window (RoPE scaling in its config)",
+            )
+        )
+        pretrain_base = "extend-context"
+    stages += _pretraining_stages(config, dump, pretrain_base, pretrain_tokens)
+    for task in dump["tasks"]:
+        stages += variant_stages(task, config.seed, {"control": "base", "dapt": "pretrain"}, config.pretrain.precision)
+    return stages + cost_stages(dump, config.seed, config.pretrain.precision)
+
+
+def _corpus_stages(config: PipelineConfig, dump: dict[str, Any]) -> tuple[list[StageSpec], str, str]:
+    """From the sources to token shards: ingest, task data, curate, the original base, tokenize (and, with a
+    vocabulary extension, the extended base and its shards). Also the names of the stages pretraining starts from:
+    (its base, its shards)."""
     # how tokenisation runs (workers, batch size, backend) changes no shard: not part of the cache key
     tokenize_key = {k: v for k, v in dump["tokenize"].items() if k not in TOKENIZE_EXECUTION_FIELDS}
     stages = [
@@ -128,19 +151,14 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
                 resumable=True,
             ),
         ]
-    if config.pretrain.context is not None:  # a longer window (RoPE scaling) in the base's config, then pretrain it
-        stages.append(
-            StageSpec(
-                "extend-context",
-                "extend_context",
-                extend_context.run,
-                {"context": dump["pretrain"]["context"]},
-                {"base": pretrain_base},
-                summary="the base with a longer context window (RoPE scaling in its config)",
-            )
-        )
-        pretrain_base = "extend-context"
-    stages += [
+    return stages, pretrain_base, pretrain_tokens
+
+
+def _pretraining_stages(
+    config: PipelineConfig, dump: dict[str, Any], pretrain_base: str, pretrain_tokens: str
+) -> list[StageSpec]:
+    """Continued pretraining from `pretrain_base` on `pretrain_tokens`, then both bases' language-model evaluation."""
+    return [
         StageSpec(
             "pretrain",
             "pretrain",
@@ -169,9 +187,6 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
             summary="domain and general perplexity and bits per byte, before and after",
         ),
     ]
-    for task in dump["tasks"]:
-        stages += variant_stages(task, config.seed, {"control": "base", "dapt": "pretrain"}, config.pretrain.precision)
-    return stages + cost_stages(dump, config.seed, config.pretrain.precision)
 
 
 def cost_stages(dump: dict[str, Any], pipeline_seed: int, precision: str) -> list[StageSpec]:
