@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -723,6 +724,114 @@ class ContextConfig(Section):
         return self
 
 
+def positive_weights(mix: dict[str, float] | None) -> dict[str, float] | None:
+    """A mixture's source weights: none missing, each a positive number (else a ValueError saying so)."""
+    if mix is not None:
+        if not mix:
+            raise ValueError("empty; give each domain and replay source a weight, or remove mix")
+        bad = {name: weight for name, weight in mix.items() if not math.isfinite(weight) or weight <= 0}
+        if bad:
+            raise ValueError(
+                f"weights must be positive numbers; got {bad}. A source you do not want to train on "
+                "should leave `sources` (or become role: general_eval)"
+            )
+    return mix
+
+
+class PretrainStageConfig(Section):
+    """One stage of continued pretraining (`pretrain.stages`): its budget, its data, its stretch of the learning-rate
+    schedule and, optionally, its own window length. What a stage leaves out it takes from `pretrain:` itself, but for
+    two fields: `lr` (where the previous stage ended) and `warmup_steps` (pretrain.warmup_steps in the first stage,
+    none after)."""
+
+    name: str | None = Field(None, description="The stage's name in the log, manifest and report; None: stage1, ...")
+    steps: int | None = Field(None, gt=0, description="The stage's optimizer steps. Give steps or tokens.")
+    tokens: int | None = Field(
+        None,
+        gt=0,
+        description="The stage's training tokens, rounded up to whole optimizer steps (global_batch_tokens, or "
+        "micro_batch_size × grad_accum_steps × seq_len tokens each). Give steps or tokens.",
+    )
+    replay_fraction: float | None = Field(
+        None, ge=0, lt=1, description="The replay share in this stage (as pretrain.replay_fraction); not with mix."
+    )
+    mix: dict[str, float] | None = Field(
+        None,
+        description="Per-source weights in this stage (as pretrain.mix), e.g. an annealing stage on the "
+        "highest-quality sources; not with replay_fraction. Neither: pretrain's own mix or replay_fraction.",
+    )
+    seq_len: int | None = Field(
+        None,
+        gt=1,
+        description="Tokens per training window in this stage (a staged long-context schedule: several lengths in "
+        "sequence, each at most pretrain.context.length). Validation stays at pretrain.seq_len, so every "
+        "evaluation is comparable. None: pretrain.seq_len.",
+    )
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="Windows per forward pass in this stage (fewer for longer windows); None: pretrain's."
+    )
+    schedule: Literal["constant", "linear", "cosine", "wsd"] | None = Field(
+        None,
+        description="The learning rate after the stage's warmup: constant (held at lr), linear or cosine (decayed "
+        "to pretrain.lr × min_lr_ratio by the stage's end), wsd (held, then a linear decay over the last "
+        "decay_fraction of the stage). None: pretrain.schedule.",
+    )
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="The stage's peak learning rate (reached after its warmup). None: the rate the previous stage "
+        "ended at (the first stage: pretrain.lr).",
+    )
+    warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Steps rising linearly from the previous stage's last rate (0 in the first stage) to lr. None: "
+        "pretrain.warmup_steps in the first stage, 0 in the others.",
+    )
+    min_lr_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="linear, cosine, wsd: the stage ends at pretrain.lr × this (0: an annealing stage's decay to "
+        "zero). None: pretrain.min_lr_ratio.",
+    )
+    decay_fraction: float | None = Field(
+        None, gt=0, le=1, description="wsd: the share of the stage's steps spent decaying. None: pretrain's."
+    )
+
+    @model_validator(mode="after")
+    def _one_budget_one_data(self) -> PretrainStageConfig:
+        if (self.steps is None) == (self.tokens is None):
+            raise ValueError("give the stage's budget as steps or as tokens (one of the two)")
+        if self.mix is not None and self.replay_fraction is not None:
+            raise ValueError("give either replay_fraction or mix, not both: mix sets every share")
+        return self
+
+    _positive_weights = field_validator("mix")(positive_weights)
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """A stage of continued pretraining with every setting resolved (`PretrainConfig.training_stages`): steps, data,
+    window and the learning rate over it (`lr_start` before its warmup, `lr` after, `lr_end` at the end)."""
+
+    index: int
+    name: str
+    first_step: int  # optimizer steps trained before this stage
+    steps: int
+    tokens: int  # steps × tokens per step
+    seq_len: int
+    micro_batch_size: int
+    replay_fraction: float | str | None  # None with a mix; "plan" until the pipeline reads the plan
+    mix: dict[str, float] | None
+    schedule: str
+    warmup_steps: int
+    lr_start: float
+    lr: float
+    lr_end: float
+    decay_fraction: float
+
+
 class PretrainConfig(Section):
     """Continued pretraining: next-token prediction on domain text with a share of general replay."""
 
@@ -875,6 +984,96 @@ class PretrainConfig(Section):
         "validation loss is lower than the best checkpoint's and it is within forgetting_budget. method full only. "
         "0 or 1: no averaging.",
     )
+    stages: list[PretrainStageConfig] | None = Field(
+        None,
+        min_length=1,
+        description="Train in data stages, one after another, e.g. a main stage then an annealing stage on the "
+        "highest-quality sources with the learning rate decayed to zero (as Llama 3 finished), or a staged "
+        "long-context schedule (several seq_len in sequence). Each stage has its own budget (steps or tokens), data "
+        "(replay_fraction or mix), learning-rate segment and window; replaces max_steps. One optimizer, one "
+        "checkpoint series and one evaluation history run through all of them: every stage ends with an evaluation "
+        "(and a checkpoint), early stopping and the forgetting guard watch every stage (a stop ends the whole run; "
+        "a remix raises the replay share of the stage under way), and a killed run resumes exactly, inside a stage "
+        "or at its boundary. Each stage reads its sources in an order of its own. None: one stage made of the "
+        "settings above.",
+    )
+
+    def training_stages(self) -> list[TrainingStage]:
+        """The stages to train, every setting resolved (without `stages`: one, from the settings above). A ValueError
+        names the field of a stage whose settings do not fit together."""
+        tokens_per_row = self.micro_batch_size * self.seq_len
+        declared = self.stages or [
+            PretrainStageConfig(steps=self.max_steps, schedule=self.schedule)  # type: ignore[arg-type]
+        ]
+        resolved: list[TrainingStage] = []
+        first_step, previous_end = 0, 0.0
+        for index, stage in enumerate(declared):
+            where = f"pretrain.stages[{index}]"
+            seq_len = stage.seq_len or self.seq_len
+            micro_batch_size = stage.micro_batch_size or self.micro_batch_size
+            if self.context is not None and seq_len > self.context.length:
+                raise ValueError(
+                    f"{where}.seq_len: {seq_len} tokens, more than pretrain.context.length ({self.context.length}); "
+                    f"set it to {self.context.length} or less"
+                )
+            if self.global_batch_tokens is not None:
+                if micro_batch_size * seq_len != tokens_per_row:
+                    raise ValueError(
+                        f"{where}: with global_batch_tokens every stage's micro_batch_size × seq_len must be "
+                        f"pretrain's ({self.micro_batch_size} × {self.seq_len} = {tokens_per_row}), so that each "
+                        f"step trains global_batch_tokens; this stage has {micro_batch_size} × {seq_len}; set its "
+                        f"micro_batch_size to {max(1, tokens_per_row // seq_len)} (or drop global_batch_tokens)"
+                    )
+                tokens_per_step = self.global_batch_tokens
+            else:
+                tokens_per_step = micro_batch_size * self.grad_accum_steps * seq_len
+            steps = stage.steps if stage.steps is not None else math.ceil((stage.tokens or 0) / tokens_per_step)
+            warmup = stage.warmup_steps if stage.warmup_steps is not None else (self.warmup_steps if index == 0 else 0)
+            if self.stages is not None and warmup > steps:
+                origin = "" if stage.warmup_steps is not None else " (pretrain.warmup_steps, the first stage's default)"
+                raise ValueError(
+                    f"{where}.warmup_steps: {warmup} warmup steps{origin}, more than the stage's {steps} steps; "
+                    "lower it, or lengthen the stage"
+                )
+            schedule = stage.schedule or self.schedule
+            peak = stage.lr if stage.lr is not None else (self.lr if index == 0 else previous_end)
+            ratio = stage.min_lr_ratio if stage.min_lr_ratio is not None else self.min_lr_ratio
+            end = peak if schedule == "constant" else self.lr * ratio
+            if end > peak:
+                raise ValueError(
+                    f"{where}.min_lr_ratio: the stage's {schedule} schedule would end at pretrain.lr × {ratio:g} = "
+                    f"{end:g}, above the rate it starts from ({peak:g}: its lr, or where the stage before ended); "
+                    "lower min_lr_ratio, raise lr, or use schedule: constant"
+                )
+            if stage.mix is not None or stage.replay_fraction is not None:
+                mix, replay = stage.mix, stage.replay_fraction
+            else:
+                mix, replay = self.mix, (self.replay_fraction if self.mix is None else None)
+            resolved.append(
+                TrainingStage(
+                    index=index,
+                    name=stage.name or f"stage{index + 1}",
+                    first_step=first_step,
+                    steps=steps,
+                    tokens=steps * tokens_per_step,
+                    seq_len=seq_len,
+                    micro_batch_size=micro_batch_size,
+                    replay_fraction=replay if mix is None else None,
+                    mix=mix,
+                    schedule=schedule,
+                    warmup_steps=warmup,
+                    lr_start=previous_end,
+                    lr=peak,
+                    lr_end=end,
+                    decay_fraction=stage.decay_fraction or self.decay_fraction,
+                )
+            )
+            first_step, previous_end = first_step + steps, end
+        names = [stage.name for stage in resolved]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"pretrain.stages: stage names must be unique; repeated: {', '.join(repeated)}")
+        return resolved
 
     @field_validator("replay_fraction", mode="before")
     @classmethod
@@ -890,19 +1089,7 @@ class PretrainConfig(Section):
             raise ValueError("a share from 0 to below 1, or plan (dapt plan's recommendation)")
         return number
 
-    @field_validator("mix")
-    @classmethod
-    def _positive_weights(cls, mix: dict[str, float] | None) -> dict[str, float] | None:
-        if mix is not None:
-            if not mix:
-                raise ValueError("empty; give each domain and replay source a weight, or remove mix")
-            bad = {name: weight for name, weight in mix.items() if not math.isfinite(weight) or weight <= 0}
-            if bad:
-                raise ValueError(
-                    f"weights must be positive numbers; got {bad}. A source you do not want to train on "
-                    "should leave `sources` (or become role: general_eval)"
-                )
-        return mix
+    _positive_weights = field_validator("mix")(positive_weights)
 
     @model_validator(mode="after")
     def _shardable(self) -> PretrainConfig:
@@ -1199,21 +1386,32 @@ class PipelineConfig(Section):
         if self.pretrain.mix is not None:
             if "replay_fraction" in self.pretrain.model_fields_set:
                 raise ValueError("give either pretrain.replay_fraction or pretrain.mix, not both: mix sets every share")
-            trained = [s.name for s in self.sources if s.role in ("domain", "replay")]
-            unknown = sorted(set(self.pretrain.mix) - set(trained))
-            if unknown:
-                evaluated = [n for n in unknown if n in {s.name for s in self.sources}]
-                hint = f" ({', '.join(evaluated)}: role general_eval, never trained on)" if evaluated else ""
+            self._check_mix(self.pretrain.mix, "pretrain.mix")
+        if self.pretrain.stages is not None:
+            if "max_steps" in self.pretrain.model_fields_set:
                 raise ValueError(
-                    f"pretrain.mix names {', '.join(unknown)}{hint}, not a domain or replay source; "
-                    f"the training sources are: {', '.join(trained)}"
+                    "pretrain.max_steps: with pretrain.stages each stage sets its own steps or tokens; remove max_steps"
                 )
-            missing = [name for name in trained if name not in self.pretrain.mix]
-            if missing:
-                raise ValueError(
-                    f"pretrain.mix has no weight for {', '.join(missing)}; list every domain and replay source"
-                )
+            for index, stage in enumerate(self.pretrain.stages):
+                if stage.mix is not None:
+                    self._check_mix(stage.mix, f"pretrain.stages[{index}].mix")
+            self.pretrain.training_stages()  # raises, naming the field, when a stage's settings do not fit
         return self
+
+    def _check_mix(self, mix: dict[str, float], where: str) -> None:
+        """A mixture names every domain and replay source, and nothing else."""
+        trained = [s.name for s in self.sources if s.role in ("domain", "replay")]
+        unknown = sorted(set(mix) - set(trained))
+        if unknown:
+            evaluated = [n for n in unknown if n in {s.name for s in self.sources}]
+            hint = f" ({', '.join(evaluated)}: role general_eval, never trained on)" if evaluated else ""
+            raise ValueError(
+                f"{where} names {', '.join(unknown)}{hint}, not a domain or replay source; "
+                f"the training sources are: {', '.join(trained)}"
+            )
+        missing = [name for name in trained if name not in mix]
+        if missing:
+            raise ValueError(f"{where} has no weight for {', '.join(missing)}; list every domain and replay source")
 
 
 # ---------------------------------------------------------------------------------------------------------

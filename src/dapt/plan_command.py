@@ -356,6 +356,12 @@ def run_plan(
             "dapt plan chooses pretrain.replay_fraction, and this pipeline sets pretrain.mix (every source's share): "
             "remove mix to plan the replay fraction"
         )
+    if config.pretrain.stages is not None:
+        raise ConfigError(
+            "dapt plan predicts a run of one stage (pretrain.max_steps, one schedule), and this pipeline sets "
+            "pretrain.stages; plan a run without them (--set pretrain.stages=null --set pretrain.max_steps=N), "
+            "then give each stage its replay_fraction"
+        )
     roles = {source.role for source in config.sources}
     if "replay" not in roles:
         raise ConfigError("dapt plan varies the share of replay text, and no source has role: replay; add one")

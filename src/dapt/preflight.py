@@ -92,6 +92,9 @@ def check_positions(config: PipelineConfig, positions: int, source: str) -> None
     """Every window length the pipeline trains or tests with fits the base's positions (pretraining: the window
     `pretrain.context` extends it to, when set)."""
     lengths = [] if config.pretrain.context is not None else [("pretrain.seq_len", config.pretrain.seq_len)]
+    if config.pretrain.context is None:  # with one, the config checks each stage against its length
+        stages = config.pretrain.stages or []
+        lengths += [(f"pretrain.stages[{i}].seq_len", s.seq_len) for i, s in enumerate(stages) if s.seq_len]
     if config.pretrain.context is not None and config.pretrain.seq_len > config.pretrain.context.length:
         raise ConfigError(
             f"pretrain.seq_len: {config.pretrain.seq_len} tokens, more than pretrain.context.length "
@@ -118,6 +121,17 @@ def check_split_lengths(config: PipelineConfig, tokens: Artifact) -> None:
         counts = {split: stats.get("tokens", 0)}
         counts |= {f"{split} of {name}": s.get("tokens", 0) for name, s in stats.get("sources", {}).items()}
         short += [(what, count) for what, count in counts.items() if 0 < count <= seq_len]  # a window: seq_len + 1
+        for stage in config.pretrain.training_stages() if config.pretrain.stages else []:
+            if split.endswith("_train") and stage.seq_len > seq_len:  # a stage's longer windows: its training text
+                drawn = [f"{split} of {name}" for name in stage.mix] if stage.mix else [split]
+                long = [(what, count) for what, count in counts.items() if what in drawn and 0 < count <= stage.seq_len]
+                if long:
+                    what, count = min(long, key=lambda item: item[1])
+                    raise ConfigError(
+                        f"pretrain.stages[{stage.index}].seq_len: {stage.seq_len} tokens per window, but {what} "
+                        f"holds only {count} tokens ({tokens.path}), and a window takes seq_len + 1; set it to "
+                        f"{count - 1} or less"
+                    )
     if short:
         what, count = min(short, key=lambda item: item[1])
         held_out = "" if what.split()[0].endswith("_train") else ", or raise tokenize.eval_tokens"

@@ -80,9 +80,10 @@ def test_fp16_trains_in_half_precision_skipping_the_steps_that_overflow_while_th
     assert skipped and skipped == list(range(1, len(skipped) + 1)), "the overflowing steps are the first ones"
     assert len(skipped) < FP16_SKIPS_IN_A_ROW
     assert all("grad_norm" not in line for line in lines if line.get("skipped")), "no norm for a skipped step"
-    # the warm-up starts once the scaler lets a step through: the skipped steps kept the first learning rate
-    assert {line["lr"] for line in lines[: len(skipped)]} == {0.01 / 4}
-    assert lines[len(skipped)]["lr"] == pytest.approx(0.01 * 2 / 4)
+    # the warm-up starts once the scaler lets a step through: the skipped steps kept the first learning rate, which
+    # the first step through trains with (each step logs the rate it trained with)
+    assert {line["lr"] for line in lines[: len(skipped) + 1]} == {0.01 / 4}
+    assert lines[len(skipped) + 1]["lr"] == pytest.approx(0.01 * 2 / 4)
     assert lines[-1]["loss"] < lines[len(skipped)]["loss"] / 4, "and then it learns"
     assert result.steps == 40
 

@@ -256,6 +256,6 @@ def test_loop_settings_are_read_from_the_pretrain_config_by_name(tmp_path):
     assert (settings.monitor, settings.patience, settings.min_delta) == ("general_val_loss", 5, 0.01)
     assert settings.tracking_dir == tmp_path
     # a loop setting is the config's, under the same name, or one of these that the stage works out
-    worked_out = {"unit", "tracking_dir", "flops_per_unit"}
+    worked_out = {"unit", "tracking_dir", "flops_per_unit", "lr_segments", "evaluate_at"}  # the last two: stages
     read = {f.name for f in fields(LoopSettings)} - worked_out
     assert read <= set(PretrainConfig.model_fields) | set(STOPPING_FIELDS)

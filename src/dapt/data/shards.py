@@ -284,13 +284,21 @@ class WindowMixer:
     ever built), a new order per pass, so every window of a source is seen once per pass. The stream is
     deterministic for a seed, and `state_dict()` / `load_state_dict()` capture its position exactly (a few
     numbers, whatever the corpus size), so a resumed run sees the same batches an uninterrupted one would.
+    `stream` > 0 gives another stream for the same seed (each data stage of a staged run draws its own), with orders
+    of its own; stream 0 is the stream of a run without stages.
     """
 
     def __init__(
-        self, sources: dict[str, TokenShard | ShardSet], weights: dict[str, float], seq_len: int, seed: int
+        self,
+        sources: dict[str, TokenShard | ShardSet],
+        weights: dict[str, float],
+        seq_len: int,
+        seed: int,
+        stream: int = 0,
     ) -> None:
         self.names = [name for name in sources if weights.get(name, 0) > 0]
         self.sources, self.seq_len, self.seed = sources, seq_len, seed
+        self.key = (seed,) if stream == 0 else (seed, stream)  # what the draws and the orders are seeded with
         for name in self.names:
             if sources[name].num_windows(seq_len) == 0:
                 raise DataError(
@@ -299,20 +307,20 @@ class WindowMixer:
                 )
         probabilities = np.array([weights[name] for name in self.names], dtype=np.float64)
         self.probabilities = probabilities / probabilities.sum()
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(list(self.key) if stream else seed)
         self.passes = {name: 0 for name in self.names}  # completed passes over each source
         self.positions = {name: 0 for name in self.names}  # windows read in the current pass
         self._orders: dict[str, tuple[int, IndexPermutation]] = {}  # name -> (pass number, order of its windows)
         self.drawn = {name: 0 for name in self.names}
 
     def _order(self, name: str) -> IndexPermutation:
-        """The order of the source's windows in its current pass: a function of (seed, source, pass) only."""
+        """The order of the source's windows in its current pass: a function of (seed, stream, source, pass) only."""
         cached = self._orders.get(name)
         if cached is None or cached[0] != self.passes[name]:
             windows = self.sources[name].num_windows(self.seq_len)
             cached = (
                 self.passes[name],
-                IndexPermutation(windows, (self.seed, self.names.index(name), self.passes[name])),
+                IndexPermutation(windows, (*self.key, self.names.index(name), self.passes[name])),
             )
             self._orders[name] = cached
         return cached[1]

@@ -19,8 +19,11 @@ Recipe:
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import shutil
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dapt.config import PRETRAIN_EXECUTION_FIELDS, PretrainConfig
+from dapt.config import PRETRAIN_EXECUTION_FIELDS, PretrainConfig, TrainingStage
 from dapt.data.shards import ShardSet, WindowMixer, eval_windows, open_split, split_sources, target_documents
 from dapt.errors import ConfigError, DataError
 from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
@@ -37,8 +40,9 @@ from dapt.stages.context import StageContext
 from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, average_checkpoints, load_full_weights
 from dapt.train.distributed import is_main_process, wait_for_everyone
 from dapt.train.forgetting import DocumentLosses, ForgettingGuard, ForgettingSettings
-from dapt.train.loop import LoopSettings, train_loop
+from dapt.train.loop import LoopSettings, resolve_accumulation, train_loop
 from dapt.train.objectives import causal_lm_loss, check_documents_kept_apart, lm_batch, lm_token_losses, perplexity
+from dapt.train.schedule import ScheduleSegment, StagedSchedule
 from dapt.train.sharding import shards_over_processes, without_tied_copies
 from dapt.train.throughput import device_peak_tflops, flops_per_token, throughput_report
 
@@ -65,11 +69,77 @@ class PackedBatches:
         windows = torch.stack([next(self.mixer)[1] for _ in range(self.micro_batch_size)])  # (batch, seq_len + 1)
         return lm_batch(windows, self.eos_id)
 
+    @property
+    def drawn(self) -> dict[str, int]:
+        """Windows drawn from each pool or source."""
+        return self.mixer.drawn
+
     def state_dict(self) -> dict[str, Any]:
         return self.mixer.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mixer.load_state_dict(state)
+
+
+class StagedBatches:
+    """Micro-batches of a staged run (`pretrain.stages`): each stage's packed windows from its own WindowMixer, at its
+    own window length and micro-batch size, from its first micro-batch (`grad_accum_steps` per optimizer step) to its
+    last. The micro-batches drawn and every stage's mixer are the data position a checkpoint keeps, so a run killed
+    inside a stage, or at its boundary, resumes drawing what an uninterrupted run draws. `replay[i]`: the names of
+    stage i's replay pools or sources, whose share `raise_replay_share` raises (the forgetting guard's remix)."""
+
+    def __init__(
+        self,
+        stages: list[TrainingStage],
+        mixers: list[WindowMixer],
+        replay: list[set[str]],
+        grad_accum_steps: int,
+        eos_id: int | None,
+        on_stage: Callable[[TrainingStage], None] = lambda stage: None,
+    ) -> None:
+        self.stages, self.mixers, self.replay, self.eos_id, self.on_stage = stages, mixers, replay, eos_id, on_stage
+        self.ends = list(itertools.accumulate(stage.steps * grad_accum_steps for stage in stages))  # in micro-batches
+        self.micro_batches = 0  # drawn so far
+        self.announced = -1  # the last stage `on_stage` was told of
+
+    @property
+    def current(self) -> int:
+        """The stage of the next micro-batch (past the last stage's end: the last)."""
+        return min(bisect.bisect_right(self.ends, self.micro_batches), len(self.stages) - 1)
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        index = self.current
+        if index != self.announced:
+            self.on_stage(self.stages[index])
+            self.announced = index
+        windows = [next(self.mixers[index])[1] for _ in range(self.stages[index].micro_batch_size)]
+        self.micro_batches += 1
+        return lm_batch(torch.stack(windows), self.eos_id)  # (batch, stage seq_len + 1) windows
+
+    def raise_replay_share(self, factor: float, ceiling: float) -> tuple[float, float]:
+        """The forgetting guard's remix, in the stage that draws next (the next stages draw as configured)."""
+        index = self.current
+        return self.mixers[index].raise_share(self.replay[index], factor, ceiling)
+
+    def trains_on_replay(self) -> bool:
+        return any(mixer.share(replay) > 0 for mixer, replay in zip(self.mixers, self.replay, strict=True))
+
+    @property
+    def drawn(self) -> dict[str, int]:
+        """Windows drawn from each pool or source, over every stage."""
+        total: dict[str, int] = {}
+        for mixer in self.mixers:
+            for name, count in mixer.drawn.items():
+                total[name] = total.get(name, 0) + count
+        return total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"micro_batches": self.micro_batches, "stages": [mixer.state_dict() for mixer in self.mixers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.micro_batches = state["micro_batches"]
+        for mixer, mixer_state in zip(self.mixers, state["stages"], strict=True):
+            mixer.load_state_dict(mixer_state)
 
 
 def source_shards(shard_root: Path, context: StageContext, mix: dict[str, float], seq_len: int) -> dict[str, ShardSet]:
@@ -251,22 +321,115 @@ def load_model(context: StageContext, config: PretrainConfig, base_folder: Path)
 
 
 def training_mixture(
-    context: StageContext, config: PretrainConfig, shards: dict[str, ShardSet], shard_root: Path, seed: int
+    context: StageContext,
+    data: PretrainConfig | TrainingStage,
+    shards: dict[str, ShardSet],
+    shard_root: Path,
+    seed: int,
+    stream: int = 0,
 ) -> WindowMixer:
-    """The stream of training windows: two pools (domain and replay sources, each in proportion to its tokens),
-    or each source with its own weight (`pretrain.mix`)."""
-    if config.mix is None:
-        weights = {"domain_train": 1.0 - config.replay_fraction, "replay_train": config.replay_fraction}
-        if "replay_train" not in shards and config.replay_fraction > 0:
+    """The stream of training windows `data` (pretrain's settings, or one stage's) asks for: two pools (domain and
+    replay sources, each in proportion to its tokens), or each source with its own weight (`mix`). `stream`: the
+    mixer's own stream (a stage's; 0 without stages)."""
+    if data.mix is None:
+        replay = float(data.replay_fraction or 0.0)
+        weights = {"domain_train": 1.0 - replay, "replay_train": replay}
+        if "replay_train" not in shards and replay > 0:
             context.log("no replay text: training on domain text only (replay_fraction ignored)")
             weights = {"domain_train": 1.0}
         training = {k: shards[k] for k in weights if k in shards}
     else:
-        training = source_shards(shard_root, context, config.mix, config.seq_len)
-        weights = config.mix
+        training = source_shards(shard_root, context, data.mix, data.seq_len)
+        weights = data.mix
         total = sum(weights.values())
         context.log("mix: " + ", ".join(f"{name} {weight / total:.1%}" for name, weight in weights.items()))
-    return WindowMixer(training, weights, config.seq_len, seed)
+    return WindowMixer(training, weights, data.seq_len, seed, stream=stream)
+
+
+def replay_names(context: StageContext, mix: dict[str, float] | None) -> set[str]:
+    """What the forgetting guard's remix raises: the replay pool, or the replay sources of `mix`."""
+    role_of = {s.name: s.role for s in context.pipeline.sources}
+    return {"replay_train"} if mix is None else {name for name in mix if role_of.get(name) == "replay"}
+
+
+def staged_batches(
+    context: StageContext,
+    config: PretrainConfig,
+    settings: LoopSettings,
+    shards: dict[str, ShardSet],
+    shard_root: Path,
+    eos_id: int | None,
+) -> StagedBatches:
+    """The micro-batches of `pretrain.stages`, each stage's from a mixer of its own (stream: its number + 1)."""
+    stages = config.training_stages()
+    seed = context.config["seed"]
+    mixers = [training_mixture(context, stage, shards, shard_root, seed, stage.index + 1) for stage in stages]
+
+    def announce(stage: TrainingStage) -> None:
+        data = f"replay {stage.replay_fraction:.0%}" if stage.mix is None else f"mix {stage.mix}"
+        context.log(
+            f"stage {stage.name}: steps {stage.first_step + 1}-{stage.first_step + stage.steps}, {data}, "
+            f"{stage.micro_batch_size} × {stage.seq_len} tokens per micro-batch, lr {stage.schedule} "
+            f"{stage.lr_start:.3g} → {stage.lr:.3g} → {stage.lr_end:.3g}"
+        )
+
+    accumulation = resolve_accumulation(settings).grad_accum_steps
+    replay = [replay_names(context, stage.mix) for stage in stages]
+    return StagedBatches(stages, mixers, replay, accumulation, eos_id, on_stage=announce)
+
+
+def lr_segments(config: PretrainConfig) -> tuple[ScheduleSegment, ...]:
+    """The schedule of `pretrain.stages`, stage by stage, as multipliers of pretrain.lr."""
+    return tuple(
+        ScheduleSegment(
+            steps=stage.steps,
+            warmup_steps=stage.warmup_steps,
+            start=stage.lr_start / config.lr,
+            peak=stage.lr / config.lr,
+            end=stage.lr_end / config.lr,
+            shape=stage.schedule,  # type: ignore[arg-type]
+            decay_fraction=stage.decay_fraction,
+        )
+        for stage in config.training_stages()
+    )
+
+
+def stage_records(
+    config: PretrainConfig, batches: StagedBatches, evaluations: list[dict[str, Any]], steps_trained: int
+) -> list[dict[str, Any]]:
+    """For the manifest: each stage as configured and as trained (its steps, tokens, learning rates from its first
+    to its last step, windows drawn per pool or source, and the evaluation at its end). An early stop leaves the
+    stage under way `completed: false` and the ones after it with no steps."""
+    schedule = StagedSchedule(lr_segments(config))
+    evaluated = {evaluation["step"]: evaluation for evaluation in evaluations}
+    records = []
+    for stage, mixer in zip(batches.stages, batches.mixers, strict=True):
+        trained = max(0, min(steps_trained, stage.first_step + stage.steps) - stage.first_step)
+        last = stage.first_step + trained
+        end = evaluated.get(last) if trained else None
+        # the learning rate (of the main parameter group) at the stage's first and last step trained
+        lrs = [config.lr * schedule.factor(step - 1) for step in (stage.first_step + 1, last)] if trained else []
+        records.append(
+            {
+                "name": stage.name,
+                "first_step": stage.first_step + 1,
+                "last_step": last,
+                "steps": trained,
+                "planned_steps": stage.steps,
+                "completed": trained == stage.steps,
+                "tokens": trained * (stage.tokens // stage.steps),
+                "seq_len": stage.seq_len,
+                "micro_batch_size": stage.micro_batch_size,
+                **({"mix": stage.mix} if stage.mix is not None else {"replay_fraction": stage.replay_fraction}),
+                "schedule": stage.schedule,
+                "lr": lrs,
+                "windows_drawn": dict(mixer.drawn),
+                "end_evaluation": (
+                    {k: v for k, v in end.items() if k.endswith("_loss") or k.endswith("_se")} if end else None
+                ),
+            }
+        )
+    return records
 
 
 def held_out_splits(
@@ -284,10 +447,11 @@ def held_out_splits(
 
 
 def forgetting_guard(
-    context: StageContext, config: PretrainConfig, evaluate: HeldOutLoss, mixer: WindowMixer
+    context: StageContext, config: PretrainConfig, evaluate: HeldOutLoss, batches: PackedBatches | StagedBatches
 ) -> ForgettingGuard | None:
     """The forgetting guard `forgetting_budget` asks for (None without one), watching the general validation loss;
-    with on_forgetting remix, it raises the share of the replay sources in `mixer`."""
+    with on_forgetting remix, it raises the share of the replay sources in the mixer `batches` draws from (staged:
+    the mixer of the stage under way)."""
     if config.forgetting_budget is None:
         return None
     if "general_val_loss" not in evaluate.held_out:
@@ -297,14 +461,16 @@ def forgetting_guard(
         )
     remix = None
     if config.on_forgetting == "remix":
-        role_of = {s.name: s.role for s in context.pipeline.sources}
-        replay = {"replay_train"} if config.mix is None else {n for n in config.mix if role_of.get(n) == "replay"}
-        if mixer.share(replay) <= 0:
+        if isinstance(batches, StagedBatches):
+            trains_on_replay, remix = batches.trains_on_replay(), batches.raise_replay_share
+        else:
+            replay = replay_names(context, config.mix)
+            trains_on_replay, remix = batches.mixer.share(replay) > 0, partial(batches.mixer.raise_share, replay)
+        if not trains_on_replay:
             raise ConfigError(
                 "pretrain.on_forgetting: remix raises the replay share, but this run trains on no replay text; set "
                 "replay_fraction above 0 (or give a replay source a weight in mix), or use on_forgetting: stop"
             )
-        remix = partial(mixer.raise_share, replay)
     settings = ForgettingSettings(
         budget=config.forgetting_budget,
         action=config.on_forgetting,
@@ -372,29 +538,45 @@ def run(context: StageContext) -> dict[str, Any]:
     shard_root = context.inputs["tokens"].path / "shards"
     shards = {p.name: open_split(p) for p in shard_root.iterdir() if p.is_dir()}
 
-    # -- data: the training mixture, fixed held-out windows ----------------------------------------------
-    mixer = training_mixture(context, config, shards, shard_root, seed)
-    batches = PackedBatches(mixer, config.micro_batch_size, eos_id)
+    # -- the loop's settings; with stages, the schedule stage by stage and an evaluation at every stage's end -----
     held_out = held_out_splits(context, config, shards)
-    evaluate = HeldOutLoss(model, tokenizer, held_out, eos_id)
-    guard = forgetting_guard(context, config, evaluate, mixer)
-
-    # -- checkpoints: after every evaluation and every `checkpoint_every` steps; resumable -----------------
-    checkpointer = model_checkpointer(context.out / "checkpoints", config, model, tokenizer)
-    checkpointer.keep_last = max(checkpointer.keep_last, config.average_last)  # the checkpoints to average
     monitor = config.early_stopping.monitor
+    staged: dict[str, Any] = {}
+    if config.stages is not None:
+        ends = tuple(stage.first_step + stage.steps for stage in config.training_stages())
+        staged = {"max_steps": ends[-1], "lr_segments": lr_segments(config), "evaluate_at": ends}
     settings = LoopSettings.from_config(
         config,
         monitor=monitor if monitor in held_out else "domain_val_loss",
         tracking_dir=context.out / "tracking",
         flops_per_unit=flops_per_token(model, config.seq_len),
         peak_tflops=device_peak_tflops(config.peak_tflops),
+        **staged,
     )
+
+    # -- data: the training mixture (one per stage), fixed held-out windows ----------------------------------
+    batches: PackedBatches | StagedBatches
+    if config.stages is None:
+        batches = PackedBatches(
+            training_mixture(context, config, shards, shard_root, seed), config.micro_batch_size, eos_id
+        )
+    else:
+        batches = staged_batches(context, config, settings, shards, shard_root, eos_id)
+    evaluate = HeldOutLoss(model, tokenizer, held_out, eos_id)
+    guard = forgetting_guard(context, config, evaluate, batches)
+
+    # -- checkpoints: after every evaluation and every `checkpoint_every` steps; resumable -----------------
+    checkpointer = model_checkpointer(context.out / "checkpoints", config, model, tokenizer)
+    checkpointer.keep_last = max(checkpointer.keep_last, config.average_last)  # the checkpoints to average
     trainable = parameter_count(model, trainable_only=True)
     context.log(
         f"{config.method}: {trainable / 1e6:.2f}M of {parameter_count(model) / 1e6:.1f}M parameters trained; "
-        f"{config.max_steps} steps at most of {config.micro_batch_size * config.grad_accum_steps} × "
-        f"{config.seq_len} tokens" + (f"; replay {config.replay_fraction:.0%}" if config.mix is None else "")
+        + (
+            f"{config.max_steps} steps at most of {config.micro_batch_size * config.grad_accum_steps} × "
+            f"{config.seq_len} tokens" + (f"; replay {config.replay_fraction:.0%}" if config.mix is None else "")
+            if config.stages is None
+            else f"{settings.max_steps} steps at most in {len(config.stages)} stages"
+        )
     )
     result = train_loop(
         model,
@@ -441,7 +623,13 @@ def run(context: StageContext) -> dict[str, Any]:
         "best_step": best_step,
         "stopped_early": result.stopped_early,
         "stop_reason": result.stop_reason,
-        "windows_drawn": mixer.drawn,
+        "windows_drawn": batches.drawn,  # staged: summed over the stages
+        # with pretrain.stages: each stage's steps, tokens, data, learning rates and windows drawn
+        "stages": (
+            stage_records(config, batches, result.evaluations, result.steps)
+            if isinstance(batches, StagedBatches)
+            else None
+        ),
         "resumed": result.resumed_from,
         "processes": result.processes,
         "sharding": result.sharding,  # fsdp only when it sharded: over more than one process

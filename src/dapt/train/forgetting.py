@@ -129,7 +129,11 @@ class ForgettingGuard:
                 before, after = self.remix(self.settings.remix_factor, self.settings.remix_max_replay)
                 record["replay_share"] = [before, after]
                 if after == before:
-                    record["action"] = "remix (replay share already at remix_max_replay)"
+                    record["action"] = (
+                        "remix (replay share already at remix_max_replay)"
+                        if before > 0
+                        else "remix (no replay text in this stage's data: nothing to raise)"
+                    )
         self.checks.append(record)
         return record
 

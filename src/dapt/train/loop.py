@@ -46,7 +46,7 @@ from dapt.train.checkpoint_manager import CheckpointManager
 from dapt.train.forgetting import ForgettingGuard
 from dapt.train.precision import ACCELERATE_NAMES, PrecisionChoice, choose_precision
 from dapt.train.preemption import StopRequests, TrainingStopped
-from dapt.train.schedule import Schedule, lr_schedule
+from dapt.train.schedule import Schedule, ScheduleSegment, lr_schedule, staged_lr_schedule
 from dapt.train.throughput import model_flops_utilization
 
 # loss_fn(model, batch) -> (mean loss over the batch's counted units, number of units: tokens or examples)
@@ -80,6 +80,10 @@ class LoopSettings:
     compile: bool = False  # train through torch.compile (evaluation stays eager)
     flops_per_unit: float | None = None  # model FLOPs per trained unit (token), for MFU in the log
     peak_tflops: float | None = None  # one device's peak TFLOP/s; with flops_per_unit, each step logs its MFU
+    # a staged run (pretrain.stages): the schedule stage by stage, replacing `schedule`, warmup_steps, min_lr_ratio
+    # and decay_fraction; empty: `schedule` over max_steps
+    lr_segments: tuple[ScheduleSegment, ...] = ()
+    evaluate_at: tuple[int, ...] = ()  # steps that also evaluate (and checkpoint) besides eval_every: stage ends
 
     @classmethod
     def from_config(cls, section: BaseModel, **given: Any) -> LoopSettings:
@@ -430,14 +434,17 @@ class Trainer:
         self.backend.shard(model)
         groups = parameter_groups(model, settings.weight_decay, settings.lr, settings.embedding_lr_ratio)
         optimizer = adamw(groups, settings.lr, self.accelerator.device.type)
-        self.scheduler = lr_schedule(
-            optimizer,
-            settings.schedule,
-            settings.warmup_steps,
-            settings.max_steps,
-            settings.min_lr_ratio,
-            settings.decay_fraction,
-        )
+        if settings.lr_segments:
+            self.scheduler = staged_lr_schedule(optimizer, settings.lr_segments)
+        else:
+            self.scheduler = lr_schedule(
+                optimizer,
+                settings.schedule,
+                settings.warmup_steps,
+                settings.max_steps,
+                settings.min_lr_ratio,
+                settings.decay_fraction,
+            )
         self.model, self.optimizer = self.backend.prepare(model, optimizer)
         # the compiled module shares the model's parameters: checkpoints, evaluation and export see the same weights
         self.forward_model = compiled(self.model) if settings.compile else self.model
@@ -501,6 +508,7 @@ class Trainer:
         # nothing has been applied yet
         step_loss = self.accelerator.reduce(summed_loss, "mean").item()
         _stop_unless_finite(step_loss, "loss", self.description, step, "Lower the learning rate or check the data")
+        lr = max(self.scheduler.get_last_lr())  # the rate this step trains with (the scheduler moves on below)
         grad_norm, skipped = self.backend.clip_and_step(self.settings.grad_clip, partial(self._check_norm, step=step))
         if self.fp16:
             _count_skipped_step(skipped, self.counters, self.description, step)
@@ -512,21 +520,21 @@ class Trainer:
         self.result.steps, self.result.units = step, self.result.units + step_units
         self.result.final_train_loss = step_loss
         self.result.seconds = time.perf_counter() - self.clock
-        self.log_step(step_loss, grad_norm, skipped)
+        self.log_step(step_loss, grad_norm, skipped, lr)
 
     def _check_norm(self, grad_norm: float | None, step: int) -> None:
         """The NaN guard on the gradient norm. fp16 aside: its scaler skips a step whose norm is not finite."""
         if grad_norm is not None and not (self.fp16 and not math.isfinite(grad_norm)):
             _stop_unless_finite(grad_norm, "gradient norm", self.description, step, "Lower the learning rate")
 
-    def log_step(self, step_loss: float, grad_norm: float | None, skipped: bool) -> None:
+    def log_step(self, step_loss: float, grad_norm: float | None, skipped: bool, lr: float) -> None:
         speed = self.result.units_per_second
         mfu = model_flops_utilization(self.settings.flops_per_unit, speed, self.settings.peak_tflops, self.world)
         self.log(
             {
                 "step": self.result.steps,
                 "loss": step_loss,
-                "lr": max(self.scheduler.get_last_lr()),
+                "lr": lr,
                 **({"grad_norm": grad_norm} if grad_norm is not None else {}),
                 **({"skipped": True} if skipped else {}),  # fp16: the loss scaler skipped it
                 "units": self.result.units,
@@ -540,8 +548,10 @@ class Trainer:
         self.progress.set_postfix(loss=f"{step_loss:.4f}", **shown)
 
     def after_step(self, step: int) -> bool:
-        """Evaluate and checkpoint when due, stop when signalled; return whether training should stop early."""
+        """Evaluate and checkpoint when due (every eval_every steps and at `evaluate_at`), stop when signalled; return
+        whether training should stop early."""
         evaluated = bool(self.settings.eval_every and step % self.settings.eval_every == 0)
+        evaluated = evaluated or step in self.settings.evaluate_at
         stop = self.evaluate(step) if evaluated else False
         if evaluated or (self.checkpoints and self.checkpoints.due(step)):
             self.save_checkpoint(step)
