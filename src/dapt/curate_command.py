@@ -16,9 +16,7 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -171,30 +169,57 @@ def _curate_files(
     sample: int,
     sample_to: IO[str] | None,
 ) -> dict[str, Any]:
-    """`curate_files` once `out` is checked."""
-    from dapt.artifacts import MANIFEST_NAME, artifact_id, write_manifest
+    """`curate_files` once `out` is checked: one stage, `curate`, built into `out` by the pipeline's runner's
+    `build_artifact` (which writes the manifest, as for any stage)."""
+    from dapt.artifacts import MANIFEST_NAME
     from dapt.config import CurateConfig, SourceConfig
-    from dapt.pipeline import say
-    from dapt.run_folder import inside
-    from dapt.stages.curate import curate_corpus
-    from dapt.stages.ingest import DOCUMENTS_NAME, LEDGER_NAME, ingest_sources
+    from dapt.pipeline import StageSpec, build_artifact, say
+    from dapt.stages.ingest import DOCUMENTS_NAME, LEDGER_NAME
 
     config = config if config is not None else CurateConfig()
     source = SourceConfig(
         name=SOURCE_NAME, role="domain", kind="files", paths=list(paths), text_field=text_field, strict=strict
     )
-    (out / MANIFEST_NAME).unlink(missing_ok=True)  # unfinished from here until the new manifest is written
+
+    def ingest_and_curate(context: Any) -> dict[str, Any]:
+        return _ingest_and_curate(source, config, context.out, sample, sample_to)
+
+    spec = StageSpec(
+        "curate",
+        "curate",
+        ingest_and_curate,
+        {"source": source.model_dump(mode="json"), "curate": config.model_dump(mode="json")},
+        summary="ingest and curate files",
+    )
+    artifact = build_artifact(spec, out, {})
+    assert artifact is not None
+    metrics = artifact.metrics
+    reasons = ", ".join(f"{reason} {n}" for reason, n in Counter(metrics["dropped_by_reason"]).most_common()) or "none"
+    say(
+        f"dapt curate: {metrics['records_read']} records read, {metrics['docs_kept']} kept, {metrics['dropped']} "
+        f"dropped ({reasons}) in {artifact.manifest['timings']['seconds']:.1f}s; {out / DOCUMENTS_NAME}, "
+        f"{out / LEDGER_NAME}, {out / MANIFEST_NAME}"
+    )
+    return metrics
+
+
+def _ingest_and_curate(source: Any, config: Any, out: Path, sample: int, sample_to: IO[str] | None) -> dict[str, Any]:
+    """The stage `dapt curate` runs: ingest into a work folder inside `out`, curate into `out` (ingest's rejections
+    first in the ledger), print the samples; return the metrics, counted from the records read."""
+    from dapt.pipeline import say
+    from dapt.run_folder import inside
+    from dapt.stages.curate import curate_corpus, from_records_read
+    from dapt.stages.ingest import DOCUMENTS_NAME, LEDGER_NAME, ingest_sources
+
     for leftover in out.glob(".ingest-*"):  # an interrupted run's work folder (mkdtemp's, below)
         shutil.rmtree(inside(out, leftover), ignore_errors=True)
 
     def log(message: str) -> None:
         say(f"  {message}")
 
-    started = datetime.now(timezone.utc)
-    clock = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=".ingest-", dir=out))  # ingested documents, before curation
     try:
-        say(f"dapt curate: ingest {', '.join(paths)}")
+        say(f"dapt curate: ingest {', '.join(source.paths)}")
         ingest = ingest_sources([source], work, log)
         say(f"dapt curate: curate into {out}")
         curated = curate_corpus(
@@ -209,40 +234,7 @@ def _curate_files(
             print_dropped_samples(out / LEDGER_NAME, work / DOCUMENTS_NAME, sample, sample_to or sys.stdout)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    records_read = ingest["documents"] + ingest["rejected"]
-    dropped_by_reason = Counter(ingest["rejected_by_reason"]) + Counter(curated["dropped_by_reason"])
-    metrics = {
-        "records_read": records_read,
-        "docs_kept": curated["docs_kept"],
-        "dropped": records_read - curated["docs_kept"],
-        "dropped_by_reason": dict(sorted(dropped_by_reason.items())),
-        "blocks": {"ingest": {"seen": records_read, "dropped": ingest["rejected"]}, **curated["blocks"]},
-        "ingest": ingest,
-        "curate": curated,
-    }
-    run_config = {"source": source.model_dump(mode="json"), "curate": config.model_dump(mode="json")}
-    seconds = time.perf_counter() - clock
-    write_manifest(
-        out,
-        kind="curate",
-        name="curate",
-        id=artifact_id("curate", run_config, {}),
-        config=run_config,
-        inputs={},
-        metrics=metrics,
-        timings={
-            "started": started.isoformat(timespec="seconds"),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(seconds, 2),
-        },
-    )
-    reasons = ", ".join(f"{reason} {n}" for reason, n in dropped_by_reason.most_common()) or "none"
-    say(
-        f"dapt curate: {records_read} records read, {metrics['docs_kept']} kept, {metrics['dropped']} dropped "
-        f"({reasons}) in {seconds:.1f}s; {out / DOCUMENTS_NAME}, {out / LEDGER_NAME}, {out / MANIFEST_NAME}"
-    )
-    return metrics
+    return {**from_records_read(ingest, curated), "ingest": ingest, "curate": curated}
 
 
 def _snippet(text: str) -> str:

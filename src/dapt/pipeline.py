@@ -18,7 +18,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dapt.artifacts import SCHEMA_VERSION, Artifact, artifact_id, content_hash, read_artifact, write_manifest
+from dapt.artifacts import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    Artifact,
+    artifact_id,
+    content_hash,
+    read_artifact,
+    write_manifest,
+)
 from dapt.config import (
     CURATE_EXECUTION_FIELDS,
     PRETRAIN_EXECUTION_FIELDS,
@@ -486,7 +494,7 @@ def _run_stage(
 
     main = is_main_process()
     inputs = {role: artifacts[source] for role, source in spec.inputs.items()}
-    stage_id = artifact_id(spec.kind, spec.config, {role: a.id for role, a in inputs.items()})
+    stage_id = stage_artifact_id(spec, inputs)
     name = run_dir / spec.name
     folder = stage_folder(run_dir, spec.name, stage_id)
     # the stage's name deleted (`rm -r runs/x/pretrain`) while its artifact is kept: build it again
@@ -508,33 +516,58 @@ def _run_stage(
         set_aside_first = deleted or existing is not None  # kept: nothing finished is deleted
         _start_attempt(spec, header, run_dir, folder, set_aside_first, stage_id, inputs, reason)
     wait_for_everyone()
-    started = datetime.now(timezone.utc)
-    clock = time.perf_counter()
-    context = StageContext(spec.name, name, spec.config, inputs, config)
     with disk_full_reported(name, _then(spec, name), _space_needed(spec, inputs)):
-        metrics = spec.run(context)
-        seconds = time.perf_counter() - clock
-        if not main:
-            wait_for_everyone()  # until the main process has written the manifest
-            return _finished(name)
-        artifact = write_manifest(
-            name,
-            kind=spec.kind,
-            name=spec.name,
-            id=stage_id,
-            config=spec.config,
-            inputs=inputs,
-            metrics=metrics,
-            timings={
-                "started": started.isoformat(timespec="seconds"),
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "seconds": round(seconds, 2),
-            },
-        )
-    say(f"{header}: done in {seconds:.1f}s")
+        artifact = build_artifact(spec, name, inputs, config, write=main)
+    if artifact is None:
+        wait_for_everyone()  # until the main process has written the manifest
+        return _finished(name)
+    say(f"{header}: done in {artifact.manifest['timings']['seconds']:.1f}s")
     if several:
         wait_for_everyone()
     return artifact
+
+
+def stage_artifact_id(spec: StageSpec, inputs: dict[str, Artifact]) -> str:
+    """The id of what `spec` builds from `inputs`: its kind, config and the inputs' ids (see dapt.artifacts)."""
+    return artifact_id(spec.kind, spec.config, {role: a.id for role, a in inputs.items()})
+
+
+def build_artifact(
+    spec: StageSpec,
+    out: Path,
+    inputs: dict[str, Artifact],
+    config: PipelineConfig | None = None,
+    *,
+    write: bool = True,
+) -> Artifact | None:
+    """Run one stage into `out` and finish it with its manifest, written last: the one place dapt writes a manifest.
+
+    The runner calls it for every pipeline stage, once `out` is prepared (see `_run_stage`); `dapt curate PATH...`
+    and `dapt evaluate --harness` call it for the one stage they run (`config`: None, no pipeline). Without `write`
+    (a process other than the main one of a distributed stage), the stage runs and nothing is written: None.
+    """
+    if write:
+        (out / MANIFEST_NAME).unlink(missing_ok=True)  # unfinished from here until the new manifest is written
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    metrics = spec.run(StageContext(spec.name, out, spec.config, inputs, config))
+    seconds = time.perf_counter() - clock
+    if not write:
+        return None
+    return write_manifest(
+        out,
+        kind=spec.kind,
+        name=spec.name,
+        id=stage_artifact_id(spec, inputs),
+        config=spec.config,
+        inputs=inputs,
+        metrics=metrics,
+        timings={
+            "started": started.isoformat(timespec="seconds"),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 2),
+        },
+    )
 
 
 def _start_attempt(

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from dapt.artifacts import content_hash, read_artifact
 from dapt.cli import main
-from dapt.config import CurateConfig
-from dapt.curate_command import curate_files
+from dapt.config import CurateConfig, config_from_dict
+from dapt.curate_command import SOURCE_NAME, curate_files
+from dapt.pipeline import run_pipeline
 
 WORDS = "contract clause party lease tenant court ruling damages notice breach remedy term".split()
 
@@ -133,6 +134,33 @@ def test_usage_mistakes_are_clear_errors(corpus: Path, capsys) -> None:
     assert "--sample: only for `dapt curate PATH... --out DIR`" in capsys.readouterr().err
     assert main(["curate", "pipeline.yaml"]) == 2  # one .yaml argument is a pipeline, run as before
     assert "pipeline file 'pipeline.yaml' not found" in capsys.readouterr().err
+
+
+def test_the_pipeline_curate_stage_accounts_for_ingest_rejections_as_dapt_curate_does(corpus: Path) -> None:
+    assert main(["curate", "data", "--out", "out"]) == 0
+    config = config_from_dict(
+        {
+            "name": "t",
+            "base": {"preset": {}},
+            "sources": [{"name": SOURCE_NAME, "role": "domain", "kind": "files", "paths": ["data"]}],
+        }
+    )
+    stage = run_pipeline(config, corpus / "run", until="curate")["curate"]
+    ledger = pq.read_table(stage.path / "rejection_ledger.parquet").to_pylist()
+    assert ledger == pq.read_table(corpus / "out" / "rejection_ledger.parquet").to_pylist()
+    assert [row["block"] for row in ledger][:2] == ["ingest", "ingest"]  # ingest's rejections first, as in its own
+    assert ledger[:2] == pq.read_table(corpus / "run" / "ingest" / "rejection_ledger.parquet").to_pylist()
+    kept = pq.read_table(stage.path / "documents.parquet").column("id").to_pylist()
+    assert kept == pq.read_table(corpus / "out" / "documents.parquet").column("id").to_pylist()
+    assert stage.metrics["records_read"] == 13 == len(kept) + len(ledger) and stage.metrics["dropped"] == len(ledger)
+    assert stage.metrics["docs_in"] == 11 and stage.metrics["dropped_by_reason"] == {  # curation's own counts
+        "exact_duplicate": 1,
+        "too_short": 1,
+    }
+    # one manifest writer: `dapt curate`'s manifest has exactly the fields of a pipeline stage's
+    command = read_artifact(corpus / "out").manifest
+    assert list(command) == list(stage.manifest) and list(command["timings"]) == list(stage.manifest["timings"])
+    assert command["kind"] == stage.kind == "curate" and command["versions"] == stage.manifest["versions"]
 
 
 LINE_KINDS = st.sampled_from(

@@ -5,13 +5,18 @@ import json
 import pytest
 import torch
 
-from dapt.artifacts import content_hash, read_artifact, write_manifest
+from dapt.artifacts import artifact_id, content_hash, read_artifact, write_manifest
 from dapt.cli import main
-from dapt.config import BaseConfig, PresetConfig
+from dapt.config import BaseConfig, PresetConfig, config_from_dict
 from dapt.model.load import load_original_base, save_model_folder
+from dapt.pipeline import StageSpec, run_stages
 
 pytest.importorskip("lm_eval")
 pytestmark = pytest.mark.integration
+
+CONFIG = config_from_dict(
+    {"name": "t", "base": {"preset": {}}, "sources": [{"name": "d", "role": "domain", "kind": "pydoc_topics"}]}
+)
 
 
 @pytest.fixture
@@ -92,6 +97,17 @@ def test_harness_results_of_an_artifact_go_to_their_own_artifact(tmp_path, local
     assert harness.kind == "harness" and harness.manifest["inputs"]["model"]["id"] == "p0"
     assert "acc,none" in harness.metrics["dapt_words"]
     assert json.loads((harness.path / "results.json").read_text())["results"] == harness.metrics
+    # one manifest writer: the fields of a pipeline stage's manifest, the id a stage of this config would have
+    stage = run_stages([StageSpec("stage", "stage", lambda context: {}, {})], CONFIG, tmp_path / "other")["stage"]
+    assert list(harness.manifest) == list(stage.manifest)
+    assert list(harness.manifest["timings"]) == list(stage.manifest["timings"])
+    assert harness.manifest["inputs"]["model"] == {
+        "name": "pretrain",
+        "kind": "pretrain",
+        "id": "p0",
+        "content_hash": before,
+    }
+    assert harness.id == artifact_id("harness", harness.manifest["config"], {"model": "p0"})
 
 
 def test_harness_errors_name_the_task_and_the_model(tmp_path, local_task, capsys):

@@ -88,7 +88,8 @@ def test_no_task_test_text_reaches_pretraining(run_dir):
     assert {"language", "gopher_quality", "gopher_repetition", "c4"} <= curate["blocks"].keys()
     assert "toxicity" not in curate["blocks"]
     ledger = pq.read_table(run_dir / "curate" / "rejection_ledger.parquet")
-    assert ledger.num_rows + curate["docs_kept"] == read_artifact(run_dir / "ingest").metrics["documents"]
+    ingest = read_artifact(run_dir / "ingest").metrics
+    assert ledger.num_rows + curate["docs_kept"] == curate["records_read"] == ingest["documents"] + ingest["rejected"]
 
 
 def test_pretraining_measured_before_and_during_and_saved_checkpoints(run_dir):
@@ -245,6 +246,11 @@ def test_records_skipped_at_ingest_are_counted_in_the_report(tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["data"]["funnel"]["ingest_rejected_by_reason"] == {"malformed_json": 1}
     assert "ingest skipped 1 (malformed_json)" in (tmp_path / "run" / "report.md").read_text()
+    # the curate stage's ledger accounts for that record too, as `dapt curate`'s does
+    ledger = pq.read_table(tmp_path / "run" / "curate" / "rejection_ledger.parquet").to_pylist()
+    assert [(row["source"], row["reason"], row["line"]) for row in ledger if row["block"] == "ingest"] == [
+        ("extra", "malformed_json", 2)
+    ]
 
 
 def test_a_from_scratch_base_can_train_its_tokenizer_on_the_curated_corpus(run_dir, tmp_path):

@@ -1,17 +1,23 @@
 """`dapt lineage`: harness results (`dapt evaluate --harness` on an artifact) sit under the model they scored."""
 
 import json
-from datetime import datetime, timezone
 
 from dapt.artifacts import write_manifest
 from dapt.cli import main
-from dapt.eval.harness import write_harness_artifact
+from dapt.harness_command import build_harness_artifact
 
 
 def _results(tasks, scores):
     """The results dict as run_harness builds it from lm-eval's output."""
     return {"model": "m", "tasks": tasks, "lm_eval_version": "0", "num_fewshot": None, "limit": None,
             "results": scores, "n_samples": {}, "seconds": 1.0}  # fmt: skip
+
+
+def _harness(model, tasks, scores):
+    """`dapt evaluate --harness` on an artifact, lm-eval's answer given."""
+    return build_harness_artifact(
+        model, tasks, num_fewshot=None, limit=None, include_path=None, evaluate=lambda: _results(tasks, scores)
+    )
 
 
 def _run_folder(tmp_path):
@@ -29,11 +35,10 @@ def _run_folder(tmp_path):
 
 def test_harness_scores_hang_under_the_model_they_scored(tmp_path, capsys):
     run, base, pretrain = _run_folder(tmp_path)
-    started = datetime.now(timezone.utc)
     scores = {"hellaswag": {"acc,none": 0.25, "acc_stderr,none": 0.01, "acc_norm,none": 0.3}}
-    write_harness_artifact(pretrain, _results(["hellaswag"], scores), include_path=None, started=started, seconds=1)
+    _harness(pretrain, ["hellaswag"], scores)
     words = {"dapt_words": {"acc,none": 0.625, "acc_stderr,none": 0.2}}
-    write_harness_artifact(base, _results(["dapt_words"], words), include_path=None, started=started, seconds=1)
+    _harness(base, ["dapt_words"], words)
 
     assert main(["lineage", str(run), "--json"]) == 0
     (root,) = json.loads(capsys.readouterr().out)
@@ -52,9 +57,7 @@ def test_harness_scores_hang_under_the_model_they_scored(tmp_path, capsys):
 def test_a_group_shows_the_tasks_asked_for_not_its_subtasks(tmp_path, capsys):
     run, _, pretrain = _run_folder(tmp_path)
     scores = {"mmlu": {"acc,none": 0.4}, "mmlu_law": {"acc,none": 0.3}, "mmlu_math": {"acc,none": 0.5}}
-    write_harness_artifact(
-        pretrain, _results(["mmlu"], scores), include_path=None, started=datetime.now(timezone.utc), seconds=1
-    )
+    _harness(pretrain, ["mmlu"], scores)
     assert main(["lineage", str(run), "--json"]) == 0
     (root,) = json.loads(capsys.readouterr().out)
     (harness,) = root["children"][0]["children"]
@@ -63,10 +66,7 @@ def test_a_group_shows_the_tasks_asked_for_not_its_subtasks(tmp_path, capsys):
 
 def test_harness_of_a_rebuilt_model_is_left_out(tmp_path, capsys):
     run, _, pretrain = _run_folder(tmp_path)
-    write_harness_artifact(
-        pretrain, _results(["t"], {"t": {"acc,none": 0.5}}), include_path=None, started=datetime.now(timezone.utc),
-        seconds=1,
-    )  # fmt: skip
+    _harness(pretrain, ["t"], {"t": {"acc,none": 0.5}})
     manifest = json.loads((run / "pretrain" / "manifest.json").read_text())
     manifest["id"] = "p1"  # the pretrain stage ran again with another config
     (run / "pretrain" / "manifest.json").write_text(json.dumps(manifest))

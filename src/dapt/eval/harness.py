@@ -4,10 +4,8 @@ Runs lm-eval (the optional extra `dapt-lm[harness]`) through its Python API — 
 `hf` model on the folder, and a `TaskManager` that also reads task YAMLs from `--include-path` — so a
 base or variant is scored on the same benchmarks, with the same prompts and metrics, as published models.
 
-Where the results go: for a dapt artifact (a folder with manifest.json and model/), a new artifact next to
-it, `harness-<name>/` (results.json + a manifest naming the model artifact, its id and content hash) —
-never inside the model's own artifact, whose files are hashed and must not change. For any other model
-folder, `lm_eval_results.json` inside it. `--out FILE` writes the JSON there instead.
+Where the results go is the command's business (`dapt.harness_command`): for a dapt artifact, a new artifact
+next to it, `harness-<name>/`, never inside the model's own artifact, whose files are hashed and must not change.
 """
 
 from __future__ import annotations
@@ -15,14 +13,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dapt.artifacts import artifact_id, atomic_write_text, read_artifact, write_manifest
+from dapt.artifacts import read_artifact
 from dapt.errors import ConfigError
-from dapt.run_folder import run_folder_of
 
 
 def model_location(model: Path) -> tuple[Path, Any]:
@@ -57,39 +53,6 @@ def task_manager(task_names: list[str], include_path: Path | None) -> Any:
             "ones, and --include-path adds a folder of your own task YAMLs"
         )
     return manager
-
-
-def write_harness_artifact(
-    artifact: Any, results: dict[str, Any], *, include_path: Path | None, started: datetime, seconds: float
-) -> Path:
-    """Write `harness-<name>/` in the model artifact's run folder: results.json, then the manifest (inputs: the model,
-    metrics: {task: {metric,filter: value}}); return the path of results.json."""
-    name = f"harness-{artifact.manifest['name']}"
-    target = run_folder_of(artifact.path) / name  # the run folder, also when given a path in .artifacts/
-    target.mkdir(exist_ok=True)
-    (target / "manifest.json").unlink(missing_ok=True)  # unfinished until the new manifest is written
-    atomic_write_text(target / "results.json", json.dumps(results, indent=2, default=str) + "\n")
-    config = {
-        "tasks": results["tasks"],
-        "num_fewshot": results["num_fewshot"],
-        "limit": results["limit"],
-        "include_path": str(include_path),
-    }
-    write_manifest(
-        target,
-        kind="harness",
-        name=name,
-        id=artifact_id("harness", config, {"model": artifact.id}),
-        config=config,
-        inputs={"model": artifact},
-        metrics=results["results"],
-        timings={
-            "started": started.isoformat(timespec="seconds"),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(seconds, 2),
-        },
-    )
-    return target / "results.json"
 
 
 def load_lm_eval() -> Callable[..., dict[str, Any]]:

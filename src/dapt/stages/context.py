@@ -31,7 +31,7 @@ class StageContext:
     out: Path
     config: dict[str, Any]
     inputs: dict[str, Artifact]
-    pipeline: PipelineConfig
+    pipeline: PipelineConfig | None  # None: a stage a command runs without a pipeline (`dapt curate PATH...`)
 
     def log(self, message: str) -> None:
         say(f"  {message}")

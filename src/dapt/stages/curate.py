@@ -3,17 +3,21 @@
 The task test texts are passed in so that no document sharing a long n-gram with them reaches
 pretraining: a model that saw the test set during pretraining would make the comparison dishonest.
 Each ledger row carries the dropped document's file and line (from its meta), so a surprising drop can
-be looked up in the user's own files. The documents are streamed in batches through a process pool
-(`curate.workers`, `curate.batch_size`; see `dapt.data.executor`), so memory holds a few batches of text
-and a few hundred bytes per document, not the corpus. A killed curate, run again, continues after the batches
-it had finished (the stage is resumable: see `dapt.data.executor`).
+be looked up in the user's own files; the ledger starts with the records ingest could not read, so that it
+accounts for every record read (`dapt curate PATH...` writes the same ledger). The documents are streamed in
+batches through a process pool (`curate.workers`, `curate.batch_size`; see `dapt.data.executor`), so memory holds
+a few batches of text and a few hundred bytes per document, not the corpus. A killed curate, run again, continues
+after the batches it had finished (the stage is resumable: see `dapt.data.executor`).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pyarrow.parquet as pq
 
 from dapt.config import CURATE_EXECUTION_FIELDS
 from dapt.data.curate import curation_options
@@ -47,7 +51,10 @@ def curate_corpus(
         log=log,
         show_progress=True,
     )
-    if stats["docs_kept"] + sum(stats["dropped_by_reason"].values()) != stats["docs_in"]:
+    earlier = pq.ParquetFile(earlier_rejections).metadata.num_rows if earlier_rejections is not None else 0
+    ledger_rows = pq.ParquetFile(out / LEDGER_NAME).metadata.num_rows
+    dropped_here = sum(stats["dropped_by_reason"].values())
+    if stats["docs_kept"] + dropped_here != stats["docs_in"] or ledger_rows != earlier + dropped_here:
         raise AssertionError("curate lost documents: kept + ledger != input")  # the ledger invariant
     dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(stats["dropped_by_reason"].items())) or "none"
     log(f"{stats['docs_in']} documents in, {stats['docs_kept']} kept; dropped: {dropped}")
@@ -62,7 +69,27 @@ def curate_corpus(
     return stats
 
 
+def from_records_read(ingest: dict[str, Any], curated: dict[str, Any]) -> dict[str, Any]:
+    """The account of curation from the raw records (ingest's metrics, then `curate_corpus`'s stats): records read =
+    kept + dropped, `dropped` being the rows of the ledger, which holds ingest's rejections first."""
+    records_read = ingest["documents"] + ingest["rejected"]
+    dropped_by_reason = Counter(ingest["rejected_by_reason"]) + Counter(curated["dropped_by_reason"])
+    return {
+        "records_read": records_read,
+        "docs_kept": curated["docs_kept"],
+        "dropped": records_read - curated["docs_kept"],
+        "dropped_by_reason": dict(sorted(dropped_by_reason.items())),
+        "blocks": {"ingest": {"seen": records_read, "dropped": ingest["rejected"]}, **curated["blocks"]},
+    }
+
+
 def run(context: StageContext) -> dict[str, Any]:
+    """Curate the ingested corpus. Its ledger starts with ingest's rejections, as `dapt curate`'s does, so that
+    one file accounts for every record read. The stats keep curation's own counts (`docs_in`: the documents
+    ingested, `dropped_by_reason`: what curation dropped); `records_read` and `dropped` count from the raw
+    records (records_read = docs_kept + dropped = docs_kept + the ledger's rows)."""
+    assert context.pipeline is not None
+    corpus = context.inputs["corpus"]
     contamination = {
         artifact.manifest["config"]["task"]["name"]: [
             example_text(e) for e in read_examples(artifact.path / "test.parquet")
@@ -70,8 +97,9 @@ def run(context: StageContext) -> dict[str, Any]:
         for role, artifact in context.inputs.items()
         if role.startswith("task:")
     }
-    return curate_corpus(
-        context.inputs["corpus"].path / DOCUMENTS_NAME,
+    ingest_ledger = corpus.path / LEDGER_NAME
+    stats = curate_corpus(
+        corpus.path / DOCUMENTS_NAME,
         context.out,
         options={
             **context.config["curate"],
@@ -79,4 +107,8 @@ def run(context: StageContext) -> dict[str, Any]:
         },
         contamination=contamination,
         log=context.log,
+        earlier_rejections=ingest_ledger if ingest_ledger.is_file() else None,  # an older ingest may have none
     )
+    ingest_rejected = pq.ParquetFile(ingest_ledger).metadata.num_rows if ingest_ledger.is_file() else 0
+    records_read = stats["docs_in"] + ingest_rejected
+    return {**stats, "records_read": records_read, "dropped": records_read - stats["docs_kept"]}
