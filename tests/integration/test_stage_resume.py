@@ -101,3 +101,33 @@ def test_a_run_killed_inside_each_stage_resumes_to_the_uninterrupted_run(tmp_pat
     assert anneal["lr"] == [pytest.approx(3e-3), pytest.approx(3e-4)], "then decayed linearly towards zero"
     assert [e["step"] for e in metrics["evaluations"]] == [0, 10, 20], "each stage ends with an evaluation"
     assert main["end_evaluation"]["domain_val_loss"] == metrics["evaluations"][1]["domain_val_loss"]
+
+
+def test_the_guard_and_early_stopping_watch_every_stage(tmp_path):
+    from dapt.cli import main
+
+    pipeline = staged_pipeline(tmp_path)
+    guarded = ["--set", "pretrain.forgetting_budget=0.02", "--set", "pretrain.on_forgetting=remix"]
+    stages = [
+        "--set",
+        "pretrain.stages.0.steps=3",
+        "--set",
+        "pretrain.stages.1.steps=3",
+        "--set",
+        "pretrain.eval_every=2",
+    ]
+    assert main(["pretrain", str(pipeline), "--out", str(tmp_path / "run"), *guarded, *stages]) == 0
+    metrics = json.loads((tmp_path / "run" / "pretrain" / "manifest.json").read_text())["metrics"]
+    steps = [evaluation["step"] for evaluation in metrics["evaluations"]]
+    assert steps == [0, 2, 3, 4, 6], "every eval_every steps and at each stage's end"
+    assert [check["step"] for check in metrics["forgetting"]["checks"]] == steps, "the guard judged every one"
+
+    # an improvement of 10 nats is never met: early stopping ends the run at its first evaluation, inside main (the
+    # same run folder: the corpus is reused)
+    stop = ["--set", "pretrain.early_stopping.patience=1", "--set", "pretrain.early_stopping.min_delta=10"]
+    assert main(["pretrain", str(pipeline), "--out", str(tmp_path / "run"), *stages, *stop]) == 0
+    metrics = json.loads((tmp_path / "run" / "pretrain" / "manifest.json").read_text())["metrics"]
+    assert metrics["stopped_early"] and metrics["steps"] == 2
+    main_stage, anneal = metrics["stages"]
+    assert (main_stage["steps"], main_stage["completed"], anneal["steps"]) == (2, False, 0)
+    assert set(anneal["windows_drawn"].values()) == {0} and anneal["lr"] == [] and anneal["end_evaluation"] is None

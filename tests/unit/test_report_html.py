@@ -353,3 +353,28 @@ def test_page_renders_in_a_headless_browser(run_dir, tmp_path):
     assert distinct_colours(pixels) > 50, "the page rendered blank"
     # the plots are drawn, not broken-image icons: the lower half of the page (figures, tables) has ink too
     assert distinct_colours(pixels[1500:]) > 50
+
+
+def test_data_stages_are_a_table_beside_the_loss_curves_and_in_report_md():
+    from dapt.report.markdown import render_markdown
+
+    report = hostile_report()
+    stage = {"first_step": 1, "steps": 3, "completed": True, "micro_batch_size": 4, "seq_len": 64, "schedule": "wsd"}
+    report["pretrain"]["stages"] = [
+        stage
+        | {"name": "<i>main</i>", "last_step": 3, "planned_steps": 3, "tokens": 768, "replay_fraction": 0.2}
+        | {"lr": [1e-3, 1e-3], "windows_drawn": {"domain_train": 10, "replay_train": 2}}
+        | {"end_evaluation": {"domain_val_loss": 2.5, "general_val_loss": 3.25}},
+        stage
+        | {"name": "anneal", "first_step": 4, "last_step": 5, "steps": 2, "planned_steps": 4, "completed": False}
+        | {"tokens": 256, "seq_len": 128, "micro_batch_size": 1, "mix": {"hq": 3, "wiki": 1}, "schedule": "linear"}
+        | {"lr": [1e-3, 5e-4], "windows_drawn": {"hq": 2, "wiki": 0}, "end_evaluation": None},
+    ]
+    page = Page(render_html(copy.deepcopy(report)))
+    assert "i" not in page.tags, "a stage's name is data, never markup"
+    shown = page.text("loss-curves")
+    assert "Trained in 2 data stages" in shown and "<i>main</i> 1-3 768 4 × 64 replay 20%" in shown
+    assert "1.00e-03 → 1.00e-03 (wsd) domain_train 10, replay_train 2 2.5000" in shown
+    assert "anneal 4-5 (2 of 4) 256 1 × 128 hq 75%, wiki 25% 1.00e-03 → 5.00e-04 (linear) hq 2, wiki 0" in shown
+    markdown = render_markdown(report)
+    assert "| anneal | 4-5 (2 of 4) | 256 | 1 × 128 | hq 75%, wiki 25% |" in markdown

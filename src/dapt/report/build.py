@@ -214,8 +214,9 @@ def build_report(config: PipelineConfig, run_dir: Path, artifacts: dict[str, Art
                 "evaluations",
             )
         }
-        # the forgetting guard's checks and the averaged checkpoints (None when off or made by an older dapt)
-        | {key: pretrain.get(key) for key in ("forgetting", "average")},
+        # the forgetting guard's checks, the averaged checkpoints and the data stages (None when off or made by an
+        # older dapt)
+        | {key: pretrain.get(key) for key in ("forgetting", "average", "stages")},
         "data": {
             "funnel": {
                 "documents_in": curate["docs_in"],

@@ -23,6 +23,7 @@ from dapt.report.markdown import (
     COST_HEADING,
     METRIC_LABELS,
     PER_CLASS_NOTE,
+    STAGE_HEADERS,
     STALE_NOTE,
     UNBOUNDED_METRICS,
     change,
@@ -34,6 +35,7 @@ from dapt.report.markdown import (
     num,
     per_class_rows,
     render_markdown,
+    stage_rows,
     val_loss_text,
     with_spread,
 )
@@ -156,10 +158,16 @@ def _loss_curves(report: dict[str, Any]) -> str:
         + "</p>"
     )
     figure = _image(
-        plots.loss_curves(curve, pretrain["evaluations"], pretrain["best_step"]),
+        plots.loss_curves(
+            curve,
+            pretrain["evaluations"],
+            pretrain["best_step"],
+            [stage["last_step"] for stage in (pretrain.get("stages") or [])[:-1] if stage["steps"]],
+        ),
         "training and validation loss per step",
         "Training loss at every optimizer step (on the domain + replay mix) and held-out validation loss at each "
-        "evaluation; step 0 is the original base. The dashed line marks the best step.",
+        "evaluation; step 0 is the original base. The dashed line marks the best step"
+        + ("; dotted lines, the ends of the data stages." if pretrain.get("stages") else "."),
     )
     guard, average = pretrain.get("forgetting"), pretrain.get("average")
     checks = {check["step"]: check for check in guard["checks"]} if guard else {}
@@ -185,7 +193,14 @@ def _loss_curves(report: dict[str, Any]) -> str:
         if guard
         else ""
     )
-    return "\n".join([summary, budget, figure, table])
+    stages = stage_rows(pretrain)
+    staged = (
+        f"<p>Trained in {len(stages)} data stages (pretrain.stages); validation at every stage's end, on the same "
+        "windows throughout.</p>" + _table(STAGE_HEADERS, [[_e(cell) for cell in row] for row in stages], numeric={2})
+        if stages
+        else ""
+    )
+    return "\n".join([summary, budget, staged, figure, table])
 
 
 def _heldout_sources(report: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -333,6 +333,70 @@ def forgetting_text(check: dict[str, Any] | None) -> str:
     return f"{check['rise']:+.2%}{error} ({action})"
 
 
+STAGE_HEADERS = [
+    "stage",
+    "steps",
+    "tokens",
+    "window",
+    "data",
+    "lr (first → last step)",
+    "windows drawn",
+    "domain val loss at its end",
+    "general val loss at its end",
+]
+
+
+def stage_data_text(stage: dict[str, Any]) -> str:
+    """A stage's data: its replay share, or each source's share of its mix."""
+    if stage.get("mix") is None:
+        return f"replay {stage['replay_fraction']:.0%}"
+    total = sum(stage["mix"].values())
+    return ", ".join(f"{name} {weight / total:.0%}" for name, weight in stage["mix"].items())
+
+
+def stage_rows(pretrain: dict[str, Any]) -> list[list[str]]:
+    """One row per data stage (`pretrain.stages`), as trained: its steps (of those planned, when an early stop cut
+    it), tokens, window, data, learning rate, windows drawn and the validation losses at its end."""
+    rows = []
+    for stage in pretrain.get("stages") or []:
+        steps = f"{stage['first_step']}-{stage['last_step']}" if stage["steps"] else "none"
+        if not stage["completed"]:
+            steps += f" ({stage['steps']} of {stage['planned_steps']})"
+        lr = " → ".join(f"{rate:.2e}" for rate in stage["lr"]) + f" ({stage['schedule']})" if stage["lr"] else ""
+        drawn = ", ".join(f"{name} {count}" for name, count in stage["windows_drawn"].items())
+        end = stage.get("end_evaluation") or {}
+        rows.append(
+            [
+                stage["name"],
+                steps,
+                f"{stage['tokens']:,}",
+                f"{stage['micro_batch_size']} × {stage['seq_len']}",
+                stage_data_text(stage),
+                lr,
+                drawn,
+                val_loss_text(end, "domain") if end else "",
+                val_loss_text(end, "general") if end else "",
+            ]
+        )
+    return rows
+
+
+def stage_lines(pretrain: dict[str, Any]) -> list[str]:
+    """The data stages as a table (nothing for a run without stages)."""
+    rows = stage_rows(pretrain)
+    if not rows:
+        return []
+    return [
+        f"Trained in {len(rows)} data stages (`pretrain.stages`); validation at every stage's end, on the same "
+        "windows throughout:",
+        "",
+        "| " + " | ".join(STAGE_HEADERS) + " |",
+        "|" + "---|" * len(STAGE_HEADERS),
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+    ]
+
+
 def training_lines(pretrain: dict[str, Any]) -> list[str]:
     """The evaluations of continued pretraining (and, with them, the forgetting guard's checks and the average of
     the last checkpoints), for the section "Continued pretraining"."""
@@ -471,6 +535,7 @@ def _pretraining_lines(pretrain: dict[str, Any]) -> list[str]:
         f"tokens/s ({pretrain['train_seconds']:.0f} s of training); best step {pretrain['best_step']}."
         + (f" Stopped early: {pretrain['stop_reason']}." if pretrain["stopped_early"] else ""),
         "",
+        *stage_lines(pretrain),
         *training_lines(pretrain),
     ]
 

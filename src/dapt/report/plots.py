@@ -41,8 +41,14 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def loss_curves(train_curve: dict[str, list[float]], evaluations: list[dict[str, Any]], best_step: int) -> bytes:
-    """Training loss per optimizer step, domain / general validation loss per evaluation, the best step marked.
+def loss_curves(
+    train_curve: dict[str, list[float]],
+    evaluations: list[dict[str, Any]],
+    best_step: int,
+    stage_ends: Sequence[int] = (),
+) -> bytes:
+    """Training loss per optimizer step, domain / general validation loss per evaluation, the best step marked (and
+    the steps that end a data stage, dotted).
 
     `train_curve` is `{"step": [...], "loss": [...]}`; `evaluations` are `{"step", "domain_val_loss",
     "general_val_loss"}` records (either loss may be missing).
@@ -59,6 +65,8 @@ def loss_curves(train_curve: dict[str, list[float]], evaluations: list[dict[str,
             steps, losses = zip(*points, strict=True)
             axes.plot(steps, losses, color=colour, marker=marker, markersize=5, linewidth=1.5, label=label)
     axes.axvline(best_step, color="black", linestyle="--", linewidth=1, label=f"best step ({best_step})")
+    for number, step in enumerate(stage_ends):
+        axes.axvline(step, color=GREY, linestyle=":", linewidth=1, label="end of a data stage" if number == 0 else None)
     axes.set_xlabel("optimizer step")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 2.5 on a short run
     axes.set_ylabel("loss (nats / token)")
