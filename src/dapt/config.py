@@ -994,8 +994,8 @@ class PretrainConfig(Section):
         "checkpoint series and one evaluation history run through all of them: every stage ends with an evaluation "
         "(and a checkpoint), early stopping and the forgetting guard watch every stage (a stop ends the whole run; "
         "a remix raises the replay share of the stage under way), and a killed run resumes exactly, inside a stage "
-        "or at its boundary. Each stage reads its sources in an order of its own. None: one stage made of the "
-        "settings above.",
+        "or at its boundary. The first stage draws what a run without stages would, each later one in an order of its "
+        "own. None: one stage made of the settings above.",
     )
 
     def training_stages(self) -> list[TrainingStage]:
@@ -1557,8 +1557,11 @@ def explain_fields(model: type[BaseModel] = PipelineConfig, indent: str = "") ->
 
 
 def _section_type(annotation: Any) -> type[BaseModel] | None:
-    candidates = [annotation, *getattr(annotation, "__args__", ())]
-    for candidate in candidates:
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
+    """The section class inside a field's type (`X`, `X | None`, `list[X]`, `list[X] | None`), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()):
+        nested = _section_type(argument)
+        if nested is not None:
+            return nested
     return None

@@ -187,3 +187,16 @@ def test_a_stage_window_longer_than_the_base_takes_is_named_before_anything_runs
     with pytest.raises(ConfigError, match=r"pretrain.stages\[1\].seq_len: 2048 tokens, but the base model takes at"):
         check_positions(config, 1024, "base/model/config.json")
     check_positions(pipeline(stages=[{"steps": 2, "seq_len": 1024}]), 1024, "base/model/config.json")
+
+
+def test_one_stage_draws_what_the_run_without_stages_draws(tmp_path):
+    from dapt.stages.pretrain import PackedBatches, training_mixture
+
+    config = pipeline(stages=[{"steps": 4}])
+    staged = batches_of(tmp_path, config)
+    shards = tmp_path / "tokens" / "shards"
+    context = StageContext("pretrain", tmp_path / "pretrain", {"seed": 0}, {}, config)
+    opened = {p.name: open_split(p) for p in shards.iterdir()}
+    unstaged = PackedBatches(training_mixture(context, config.pretrain, opened, shards, seed=0), 4, eos_id=None)
+    for _ in range(8):
+        assert torch.equal(staged()["input_ids"], unstaged()["input_ids"])

@@ -360,10 +360,11 @@ def staged_batches(
     shard_root: Path,
     eos_id: int | None,
 ) -> StagedBatches:
-    """The micro-batches of `pretrain.stages`, each stage's from a mixer of its own (stream: its number + 1)."""
+    """The micro-batches of `pretrain.stages`, each stage's from a mixer of its own."""
     stages = config.training_stages()
     seed = context.config["seed"]
-    mixers = [training_mixture(context, stage, shards, shard_root, seed, stage.index + 1) for stage in stages]
+    # stream 0 in the first stage: the stream of the run without stages; an order of its own in every other
+    mixers = [training_mixture(context, stage, shards, shard_root, seed, stream=stage.index) for stage in stages]
 
     def announce(stage: TrainingStage) -> None:
         data = f"replay {stage.replay_fraction:.0%}" if stage.mix is None else f"mix {stage.mix}"
