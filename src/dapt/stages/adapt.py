@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -96,24 +98,37 @@ def train_lm_variant(
 ) -> dict[str, Any]:
     """The part instruction tuning and DPO share: the loop over `count` examples batched by `rows(index)`,
     then the export (LoRA merged into a plain HF folder, adapters kept), and the common metrics."""
-    task, seed = context.config["task"], context.config["seed"]
+    task = context.config["task"]
     result = fit_variant(context, model, rows, count, loss_fn, unit)
     trainable = parameter_count(model, trainable_only=True)
     if task["recipe"] == "lora":
         model.save_pretrained(context.out / "adapter")
         model = merged_model(model)
     save_model_folder(model, tokenizer, context.out / "model")
+    return variant_metrics(context, result, {"top_blocks": None}, trainable, parameter_count(model), count)
+
+
+def variant_metrics(
+    context: StageContext,
+    result: TrainResult,
+    recipe_details: dict[str, Any],
+    trainable: int,
+    parameters: int,
+    train_examples: int,
+) -> dict[str, Any]:
+    """What every variant's manifest records: which run of which base, the recipe (`recipe_details`: top_blocks, and
+    a classifier's feature_caching), what was trained and how."""
     return {
         "variant": context.config["variant"],
-        "seed": seed,
+        "seed": context.config["seed"],
         "data_fraction": context.config.get("data_fraction", 1.0),
         "base_artifact": context.inputs["base"].manifest["name"],
         "base_id": context.inputs["base"].id,
-        "recipe": task["recipe"],
-        "top_blocks": None,
+        "recipe": context.config["task"]["recipe"],
+        **recipe_details,
         "trainable_parameters": trainable,
-        "parameters": parameter_count(model),
-        "train_examples": count,
+        "parameters": parameters,
+        "train_examples": train_examples,
         "steps": result.steps,
         "final_train_loss": result.final_train_loss,
         "train_seconds": round(result.seconds, 1),
@@ -124,75 +139,51 @@ def train_lm_variant(
 
 
 def run(context: StageContext) -> dict[str, Any]:
+    """The variant of the task's type: a classifier, an instruction follower or a DPO variant."""
     if context.config["task"]["type"] == "instruction":
         return run_instruction(context)
     if context.config["task"]["type"] == "preference":
         return run_preference(context)
+    return run_classification(context)
+
+
+@dataclass
+class EncodedExamples:
+    """The training examples as tensors: token ids and mask [examples, max_length] (right-padded), the index of
+    each one's last real token [examples] (the head reads it) and its label's index [examples]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    last_index: torch.Tensor
+    labels: torch.Tensor
+
+
+Batches = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+Loss = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, int]]
+
+
+def run_classification(context: StageContext) -> dict[str, Any]:
+    """A sequence classifier on the base: a new head, trained with the task's recipe (full, LoRA or top blocks)."""
     task, seed = context.config["task"], context.config["seed"]
     torch.manual_seed(seed)  # same head initialisation and batch order for the control and the DAPT variant
     base_folder = context.inputs["base"].path / "model"
-    task_folder = context.inputs["task"].path
-    labels = json.loads((task_folder / "labels.json").read_text())
-    train, fraction = training_examples(context)
+    labels = json.loads((context.inputs["task"].path / "labels.json").read_text())
+    train, _ = training_examples(context)
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     classifier = build_classifier(base_folder, labels, pad_id)
-    label_index = torch.tensor([labels.index(e["label"]) for e in train])
     input_ids, attention_mask = encode_right_padded(tokenizer, [e["text"] for e in train], task["max_length"], pad_id)
-    last_index = attention_mask.sum(dim=1) - 1  # the head reads the last real token
-
+    examples = EncodedExamples(
+        input_ids,
+        attention_mask,
+        last_index=attention_mask.sum(dim=1) - 1,
+        labels=torch.tensor([labels.index(e["label"]) for e in train]),
+    )
     feature_caching: dict[str, Any] | None = None  # the top-blocks recipe's pass: rates and peak memory
     if task["recipe"] == "top_blocks":
-        # The frozen lower blocks see each example once, in the precision the top blocks then train in (kept as
-        # fp32 features); every epoch then runs only the top blocks.
-        classifier.eval()
-        progress = Progress("top-blocks features", len(train), "examples")
-        with autocast(choose_precision(precision_setting(context))):
-            features = cached_frozen_features(
-                classifier,
-                input_ids,
-                attention_mask,
-                task["top_blocks"],
-                FEATURE_BATCH,
-                lambda examples, tokens: progress.update(examples, tokens=tokens),
-            )
-        progress.close()
-        feature_caching = {
-            **{name: round(rate, 1) for name, rate in progress.rates().items()},
-            "peak_rss_mb": peak_rss_mb(),
-        }
-        context.log(f"frozen features cached; peak RSS {feature_caching['peak_rss_mb']['main']:,.0f} MB")
-        trained: torch.nn.Module = TopBlocks(classifier, task["top_blocks"])
-        freeze_all_but(classifier, trained)
-
-        def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-            return classification_loss(model(batch["features"], batch["last_index"]), batch["labels"])
-
-        def rows(index: torch.Tensor) -> dict[str, torch.Tensor]:
-            longest = int(last_index[index].max()) + 1
-            return {
-                "features": features[index, :longest],
-                "last_index": last_index[index],
-                "labels": label_index[index],
-            }
+        trained, rows, loss_fn, feature_caching = top_blocks_training(context, classifier, examples)
     else:
-        # full: every weight; lora: adapters on the decoder, the head (`score`) in full
-        trained = classifier
-        if task["recipe"] == "lora":
-            trained = add_lora(classifier, LoraConfig.model_validate(task["lora"]), task_type="SEQ_CLS")
-
-        def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            return classification_loss(logits, batch["labels"])
-
-        def rows(index: torch.Tensor) -> dict[str, torch.Tensor]:
-            longest = int(last_index[index].max()) + 1
-            return {
-                "input_ids": input_ids[index, :longest],
-                "attention_mask": attention_mask[index, :longest],
-                "labels": label_index[index],
-            }
-
+        trained, rows, loss_fn = whole_model_training(task, classifier, examples)
     trainable = parameter_count(trained, trainable_only=True)
     context.log(
         f"recipe {task['recipe']}"
@@ -208,25 +199,76 @@ def run(context: StageContext) -> dict[str, Any]:
     for parameter in classifier.parameters():
         parameter.requires_grad_(True)
     save_model_folder(classifier, tokenizer, context.out / "model")
-    return {
-        "variant": context.config["variant"],
-        "seed": seed,
-        "data_fraction": fraction,
-        "base_artifact": context.inputs["base"].manifest["name"],
-        "base_id": context.inputs["base"].id,
-        "recipe": task["recipe"],
+    details = {
         "top_blocks": task["top_blocks"] if task["recipe"] == "top_blocks" else None,
         "feature_caching": feature_caching,
-        "trainable_parameters": trainable,
-        "parameters": parameter_count(classifier),
-        "train_examples": len(train),
-        "steps": result.steps,
-        "final_train_loss": result.final_train_loss,
-        "train_seconds": round(result.seconds, 1),
-        "processes": result.processes,
-        "sharding": result.sharding,
-        **result.precision.record(),
     }
+    return variant_metrics(context, result, details, trainable, parameter_count(classifier), len(train))
+
+
+def top_blocks_training(
+    context: StageContext, classifier: torch.nn.Module, examples: EncodedExamples
+) -> tuple[torch.nn.Module, Batches, Loss, dict[str, Any]]:
+    """The top-blocks recipe: the frozen lower blocks see each example once, in the precision the top blocks then
+    train in (kept as fp32 features); every epoch then runs only the top blocks. Returns what trains, its batches,
+    its loss and the feature pass's rates and peak memory."""
+    task = context.config["task"]
+    classifier.eval()
+    progress = Progress("top-blocks features", len(examples.labels), "examples")
+    with autocast(choose_precision(precision_setting(context))):
+        features = cached_frozen_features(
+            classifier,
+            examples.input_ids,
+            examples.attention_mask,
+            task["top_blocks"],
+            FEATURE_BATCH,
+            lambda count, tokens: progress.update(count, tokens=tokens),
+        )
+    progress.close()
+    feature_caching = {
+        **{name: round(rate, 1) for name, rate in progress.rates().items()},
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    context.log(f"frozen features cached; peak RSS {feature_caching['peak_rss_mb']['main']:,.0f} MB")
+    trained = TopBlocks(classifier, task["top_blocks"])
+    freeze_all_but(classifier, trained)
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        return classification_loss(model(batch["features"], batch["last_index"]), batch["labels"])
+
+    def rows(index: torch.Tensor) -> dict[str, torch.Tensor]:
+        longest = int(examples.last_index[index].max()) + 1
+        return {
+            "features": features[index, :longest],
+            "last_index": examples.last_index[index],
+            "labels": examples.labels[index],
+        }
+
+    return trained, rows, loss_fn, feature_caching
+
+
+def whole_model_training(
+    task: dict[str, Any], classifier: torch.nn.Module, examples: EncodedExamples
+) -> tuple[torch.nn.Module, Batches, Loss]:
+    """The full recipe (every weight) or LoRA (adapters on the decoder, the head, `score`, in full): what trains,
+    its batches and its loss."""
+    trained = classifier
+    if task["recipe"] == "lora":
+        trained = add_lora(classifier, LoraConfig.model_validate(task["lora"]), task_type="SEQ_CLS")
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return classification_loss(logits, batch["labels"])
+
+    def rows(index: torch.Tensor) -> dict[str, torch.Tensor]:
+        longest = int(examples.last_index[index].max()) + 1
+        return {
+            "input_ids": examples.input_ids[index, :longest],
+            "attention_mask": examples.attention_mask[index, :longest],
+            "labels": examples.labels[index],
+        }
+
+    return trained, rows, loss_fn
 
 
 def run_instruction(context: StageContext) -> dict[str, Any]:
