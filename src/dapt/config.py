@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,6 +25,13 @@ class Section(BaseModel):
     """A config section: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+    # the fields that say how a stage runs (workers, a backend), not what it makes: left out of its cache key
+    execution_fields: ClassVar[tuple[str, ...]] = ()
+
+    def cache_key(self) -> dict[str, Any]:
+        """The section as its stage's cache key: every field as JSON but the execution-only ones, so that changing
+        how a stage runs does not rebuild it (nor anything after it)."""
+        return self.model_dump(mode="json", exclude=set(self.execution_fields))
 
 
 # A name that becomes a folder name (the run folder, a task's stage folders): one path component that stays one
@@ -386,13 +393,6 @@ class C4Config(Section):
     )
 
 
-CURATE_EXECUTION_FIELDS = ("workers", "batch_size", "backend")  # CurateConfig: how it runs, not what it keeps
-# PretrainConfig: how training runs, not what it trains (the same weights within float noise; checkpoints are
-# interchangeable), so neither is part of the pretrain stage's cache key, like the number of processes.
-PRETRAIN_EXECUTION_FIELDS = ("sharding", "compile", "max_logits_mb")
-TOKENIZE_EXECUTION_FIELDS = ("workers", "batch_size", "backend")  # TokenizeConfig: how it runs, not its shards
-
-
 class CurateConfig(Section):
     """Cleaning before tokenisation. Every dropped document lands in the rejection ledger with its reason.
 
@@ -513,7 +513,8 @@ class CurateConfig(Section):
         default_factory=ToxicityConfig, description="Toxicity filter, off by default (dapt.data.toxicity)."
     )
     # How curation runs (dapt.data.executor): none of these changes which documents are kept, so none is part of
-    # the curate stage's cache key (CURATE_EXECUTION_FIELDS).
+    # the curate stage's cache key.
+    execution_fields: ClassVar[tuple[str, ...]] = ("workers", "batch_size", "backend")
     workers: int = Field(
         0,
         ge=0,
@@ -543,6 +544,9 @@ class CurateConfig(Section):
                 f"{self.near_dedup_bands} (each band takes num_perm / bands signature rows)"
             )
         return self
+
+
+CURATE_EXECUTION_FIELDS = CurateConfig.execution_fields  # for stages.curate, until it reads its typed section
 
 
 class TokenizeConfig(Section):
@@ -585,7 +589,8 @@ class TokenizeConfig(Section):
         "that start inside its stretch of tokens, so it can run over by part of one document.",
     )
     # How tokenisation runs (dapt.data.tokenization): none of these changes the shards, so none is part of the
-    # tokenize stage's cache key (TOKENIZE_EXECUTION_FIELDS).
+    # tokenize stage's cache key.
+    execution_fields: ClassVar[tuple[str, ...]] = ("workers", "batch_size", "backend")
     workers: int = Field(
         0,
         ge=0,
@@ -835,6 +840,9 @@ class TrainingStage:
 class PretrainConfig(Section):
     """Continued pretraining: next-token prediction on domain text with a share of general replay."""
 
+    # How training runs, not what it trains (the same weights within float noise; checkpoints are interchangeable),
+    # so none is part of the pretrain stage's cache key, like the number of processes.
+    execution_fields: ClassVar[tuple[str, ...]] = ("sharding", "compile", "max_logits_mb")
     seq_len: int = Field(256, gt=1, description="Tokens per packed training sequence.")
     micro_batch_size: int = Field(4, gt=0, description="Sequences per forward pass.")
     grad_accum_steps: int = Field(1, gt=0, description="Forward passes per optimizer step.")
@@ -1169,6 +1177,16 @@ class JudgeConfig(Section):
     max_tokens: int = Field(8, gt=0, description="Tokens the judge may reply with (the rating is one digit).")
 
 
+class TaptConfig(Section):
+    """Task-adaptive pretraining, as its stage receives it: a task's tapt_* fields (declared and documented on the
+    task, `TaskConfig.tapt()`), under the names the stage's cache key has always had."""
+
+    steps: int = Field(gt=0, description="The task's tapt_steps: next-token steps on its training text.")
+    lr: float = Field(gt=0, description="The task's tapt_lr.")
+    seq_len: int = Field(gt=1, description="The task's tapt_seq_len: tokens per packed window.")
+    micro_batch_size: int = Field(gt=0, description="The task's tapt_micro_batch_size: windows per optimizer step.")
+
+
 class TaskConfig(Section):
     """A downstream task. Each is adapted twice: from the DAPT base and from the original base (the control)."""
 
@@ -1192,6 +1210,7 @@ class TaskConfig(Section):
     )
     tapt_lr: float = Field(5e-5, gt=0, description="TAPT learning rate.")
     tapt_seq_len: int = Field(128, gt=1, description="TAPT tokens per packed window.")
+    tapt_micro_batch_size: int = Field(4, gt=0, description="TAPT packed windows per optimizer step.")
     data: TaskDataConfig
     test_fraction: float = Field(0.3, gt=0, lt=1, description="Share held out for testing when no test file.")
     recipe: Literal["top_blocks", "full", "lora"] = Field(
@@ -1231,6 +1250,15 @@ class TaskConfig(Section):
     )
 
     _folder_name = field_validator("name")(folder_name)
+
+    def tapt(self) -> TaptConfig:
+        """The TAPT stage's section: this task's tapt_* settings."""
+        return TaptConfig(
+            steps=self.tapt_steps,
+            lr=self.tapt_lr,
+            seq_len=self.tapt_seq_len,
+            micro_batch_size=self.tapt_micro_batch_size,
+        )
 
     @model_validator(mode="after")
     def _recipe_fits_type(self) -> TaskConfig:

@@ -27,12 +27,7 @@ from dapt.artifacts import (
     read_artifact,
     write_manifest,
 )
-from dapt.config import (
-    CURATE_EXECUTION_FIELDS,
-    PRETRAIN_EXECUTION_FIELDS,
-    TOKENIZE_EXECUTION_FIELDS,
-    PipelineConfig,
-)
+from dapt.config import PipelineConfig, Section, TaskConfig
 from dapt.errors import ConfigError, DataError, disk_full_reported
 from dapt.preflight import check_positions, check_split_lengths, checkpoint_space_mb, disk_warning, model_positions
 from dapt.run_folder import ATTEMPT_NAME, make_current, read_attempt, remove, set_aside, stage_folder
@@ -58,7 +53,10 @@ StageFunction = Callable[[StageContext], dict[str, Any]]
 
 @dataclass
 class StageSpec:
-    """One planned stage: what it is, what configures it, what it reads."""
+    """One planned stage: what it is, what configures it, what it reads.
+
+    `config` is the stage's cache key (see `stage_artifact_id`) and its manifest's record; a stage configured by a
+    typed section gets it as `section` too (`config` then holds the section's `cache_key()`)."""
 
     name: str
     kind: str
@@ -68,6 +66,7 @@ class StageSpec:
     summary: str = ""
     resumable: bool = False  # an interrupted attempt's folder is handed back to the stage, not cleared
     distributed: bool = False  # launched over several processes, it runs on all (the others on the main one only)
+    section: Section | None = None  # the typed config section the stage reads (`StageContext.section_of`)
 
 
 def plan(config: PipelineConfig) -> list[StageSpec]:
@@ -81,9 +80,10 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
                 "extend-context",
                 "extend_context",
                 extend_context.run,
-                {"context": dump["pretrain"]["context"]},
+                {"context": config.pretrain.context.cache_key()},
                 {"base": pretrain_base},
                 summary="the base with a longer context window (RoPE scaling in its config)",
+                section=config.pretrain.context,
             )
         )
         pretrain_base = "extend-context"
@@ -97,8 +97,7 @@ def _corpus_stages(config: PipelineConfig, dump: dict[str, Any]) -> tuple[list[S
     """From the sources to token shards: ingest, task data, curate, the original base, tokenize (and, with a
     vocabulary extension, the extended base and its shards). Also the names of the stages pretraining starts from:
     (its base, its shards)."""
-    # how tokenisation runs (workers, batch size, backend) changes no shard: not part of the cache key
-    tokenize_key = {k: v for k, v in dump["tokenize"].items() if k not in TOKENIZE_EXECUTION_FIELDS}
+    tokenize_key = config.tokenize.cache_key()  # how tokenisation runs (workers, ...) changes no shard
     stages = [
         StageSpec("ingest", "ingest", ingest.run, {"sources": dump["sources"]}, summary="read the text sources"),
     ]
@@ -109,20 +108,21 @@ def _corpus_stages(config: PipelineConfig, dump: dict[str, Any]) -> tuple[list[S
             "curate",
             "curate",
             curate.run,
-            # how curation runs (workers, backend) changes nothing it keeps: not part of the cache key
-            {"curate": {k: v for k, v in dump["curate"].items() if k not in CURATE_EXECUTION_FIELDS}},
+            {"curate": config.curate.cache_key()},  # how curation runs (workers, ...) changes nothing it keeps
             {"corpus": "ingest", **task_inputs},
             summary="clean, dedup, decontaminate",
             resumable=True,  # a killed run keeps its finished batches
+            section=config.curate,
         ),
         StageSpec(
             "base",
             "base",
             base.run,
-            {"base": dump["base"], "seed": config.seed},
+            {"base": config.base.cache_key(), "seed": config.seed},
             # a from-scratch preset may train its tokenizer on the curated text
             {"corpus": "curate"} if config.base.preset and config.base.preset.tokenizer_vocab_size else {},
             summary="materialise the original base",
+            section=config.base,
         ),
         StageSpec(
             "tokenize",
@@ -132,6 +132,7 @@ def _corpus_stages(config: PipelineConfig, dump: dict[str, Any]) -> tuple[list[S
             {"corpus": "curate", "base": "base"},
             summary="packed token shards + held-out splits",
             resumable=True,  # a killed run keeps its finished parts
+            section=config.tokenize,
         ),
     ]
     # Vocabulary extension: the original base gains domain tokens (trained on the domain_train split only), and
@@ -145,9 +146,10 @@ def _corpus_stages(config: PipelineConfig, dump: dict[str, Any]) -> tuple[list[S
                 "extend-vocab",
                 "extend_vocab",
                 extend_vocab.run,
-                {"vocab": dump["vocab"]},
+                {"vocab": config.vocab.cache_key()},
                 {"corpus": "curate", "tokens": "tokenize", "base": "base"},
                 summary="the original base with domain tokens added (tokenizer + embeddings)",
+                section=config.vocab,
             ),
             StageSpec(
                 "tokenize-extended",
@@ -157,6 +159,7 @@ def _corpus_stages(config: PipelineConfig, dump: dict[str, Any]) -> tuple[list[S
                 {"corpus": "curate", "base": "extend-vocab", "splits": "tokenize"},
                 summary="packed token shards with the extended tokenizer, the same documents per split",
                 resumable=True,
+                section=config.tokenize,
             ),
         ]
     return stages, pretrain_base, pretrain_tokens
@@ -171,14 +174,12 @@ def _pretraining_stages(
             "pretrain",
             "pretrain",
             pretrain.run,
-            {
-                "pretrain": {k: v for k, v in dump["pretrain"].items() if k not in PRETRAIN_EXECUTION_FIELDS},
-                "seed": config.seed,
-            },
+            {"pretrain": config.pretrain.cache_key(), "seed": config.seed},
             {"tokens": pretrain_tokens, "base": pretrain_base},
             summary="continued pretraining → the DAPT base",
             resumable=True,
             distributed=True,
+            section=config.pretrain,
         ),
         StageSpec(
             "evaluate-lm",
@@ -294,6 +295,10 @@ def task_data_stage(task: dict[str, Any], pipeline_seed: int) -> StageSpec:
     )
 
 
+# a task's fields that configure its TAPT stage (`TaskConfig.tapt()`), not its variants
+TAPT_FIELDS = ("tapt_steps", "tapt_lr", "tapt_seq_len", "tapt_micro_batch_size")
+
+
 def variant_stages(task: dict[str, Any], pipeline_seed: int, bases: dict[str, str], precision: str) -> list[StageSpec]:
     """A task's variants and their evaluations, per seed and data fraction, with TAPT first when asked.
 
@@ -305,7 +310,7 @@ def variant_stages(task: dict[str, Any], pipeline_seed: int, bases: dict[str, st
     stages: list[StageSpec] = []
     # what the adapt stage needs; data, splits and TAPT belong to the stages before it
     # (the judge belongs to the evaluation)
-    not_adapt = ("data", "test_fraction", "seeds", "data_fractions", "tapt_steps", "tapt_lr", "tapt_seq_len", "judge")
+    not_adapt = ("data", "test_fraction", "seeds", "data_fractions", "judge", *TAPT_FIELDS)
     task_config = {k: v for k, v in task.items() if k not in not_adapt}
     for seed, fraction in task_runs(task, pipeline_seed):
         for variant, base_stage in bases.items():
@@ -314,23 +319,16 @@ def variant_stages(task: dict[str, Any], pipeline_seed: int, bases: dict[str, st
             if task.get("tapt_steps"):  # task-adaptive pretraining first, for both variants alike
                 tapt_stage = f"tapt-{task['name']}-{variant}"
                 if tapt_stage not in {stage.name for stage in stages}:
+                    settings = TaskConfig.model_validate(task).tapt()
                     stages.append(
                         StageSpec(
                             tapt_stage,
                             "tapt",
                             tapt.run,
-                            {
-                                "tapt": {
-                                    "steps": task["tapt_steps"],
-                                    "lr": task["tapt_lr"],
-                                    "seq_len": task["tapt_seq_len"],
-                                    "micro_batch_size": 4,
-                                },
-                                "seed": pipeline_seed,
-                                **computes_in,
-                            },
+                            {"tapt": settings.cache_key(), "seed": pipeline_seed, **computes_in},
                             {"task": f"task-{task['name']}", "base": base_stage},
                             summary="task-adaptive pretraining on the task's training text",
+                            section=settings,
                         )
                     )
                 base_stage = tapt_stage
@@ -550,7 +548,7 @@ def build_artifact(
         (out / MANIFEST_NAME).unlink(missing_ok=True)  # unfinished from here until the new manifest is written
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
-    metrics = spec.run(StageContext(spec.name, out, spec.config, inputs, config))
+    metrics = spec.run(StageContext(spec.name, out, spec.config, inputs, config, spec.section))
     seconds = time.perf_counter() - clock
     if not write:
         return None

@@ -50,7 +50,7 @@ def run_base_stage(model_folder, out) -> dict:
             "sources": [{"name": "d", "role": "domain", "kind": "pydoc_topics"}],
         }
     )
-    context = StageContext("base", out, {"base": config.base.model_dump(mode="json"), "seed": 0}, {}, config)
+    context = StageContext("base", out, {"base": config.base.cache_key(), "seed": 0}, {}, config, config.base)
     out.mkdir()
     return base_stage.run(context)
 

@@ -20,7 +20,7 @@ from dapt.tokenizer.train import train_tokenizer
 
 
 def run(context: StageContext) -> dict[str, Any]:
-    config = BaseConfig.model_validate(context.config["base"])
+    config = context.section_of(BaseConfig)
     torch.manual_seed(context.config["seed"])  # only a from-scratch preset draws random weights
     context.log(f"loading {config.model or 'a from-scratch preset'}")
     trained_tokenizer = None

@@ -21,7 +21,7 @@ from dapt.stages.pretrain import link_or_copy_folder
 
 
 def run(context: StageContext) -> dict[str, Any]:
-    settings = ContextConfig.model_validate(context.config["context"])
+    settings = context.section_of(ContextConfig)
     base = context.inputs["base"].path / "model"
     config = AutoConfig.from_pretrained(base)
     changed = extend_context(config, settings)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dapt.config import PRETRAIN_EXECUTION_FIELDS, PretrainConfig, TrainingStage
+from dapt.config import PretrainConfig, TrainingStage
 from dapt.data.shards import ShardSet, WindowMixer, eval_windows, open_split, split_sources, target_documents
 from dapt.errors import ConfigError, DataError
 from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
@@ -529,8 +529,7 @@ def forgetting_record(config: PretrainConfig, guard: ForgettingGuard | None) -> 
 
 
 def run(context: StageContext) -> dict[str, Any]:
-    execution = {field: getattr(context.pipeline.pretrain, field) for field in PRETRAIN_EXECUTION_FIELDS}
-    config = PretrainConfig.model_validate({**context.config["pretrain"], **execution})
+    config = context.section_of(PretrainConfig)
     seed = context.config["seed"]
     torch.manual_seed(seed)
     base_folder = context.inputs["base"].path / "model"

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from dapt.config import TaptConfig
 from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
 from dapt.stages.context import StageContext
 from dapt.stages.tasks import example_text, read_examples
@@ -29,33 +30,32 @@ def packed_windows(token_lists: list[list[int]], seq_len: int) -> torch.Tensor:
 
 
 def run(context: StageContext) -> dict[str, Any]:
-    settings, seed = context.config["tapt"], context.config["seed"]
+    settings, seed = context.section_of(TaptConfig), context.config["seed"]
     torch.manual_seed(seed)
     model, tokenizer = load_causal_lm(context.inputs["base"].path / "model")
     texts = [example_text(e) for e in read_examples(context.inputs["task"].path / "train.parquet")]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    windows = packed_windows([ids + [tokenizer.eos_token_id] for ids in encoded], settings["seq_len"])
+    windows = packed_windows([ids + [tokenizer.eos_token_id] for ids in encoded], settings.seq_len)
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
     position = {"step": 0}
 
     def next_batch() -> dict[str, torch.Tensor]:
-        start = position["step"] * settings["micro_batch_size"]
+        start = position["step"] * settings.micro_batch_size
         position["step"] += 1
-        index = order[[(start + i) % len(windows) for i in range(settings["micro_batch_size"])]]
+        index = order[[(start + i) % len(windows) for i in range(settings.micro_batch_size)]]
         return lm_batch(windows[index], tokenizer.eos_token_id)
 
     context.log(
-        f"{len(windows)} windows of {settings['seq_len']} tokens from {len(texts)} training texts; "
-        f"{settings['steps']} steps"
+        f"{len(windows)} windows of {settings.seq_len} tokens from {len(texts)} training texts; {settings.steps} steps"
     )
     result = train_loop(
         model,
         next_batch,
         causal_lm_loss,
         LoopSettings(
-            max_steps=settings["steps"],
-            lr=settings["lr"],
-            warmup_steps=min(2, settings["steps"]),
+            max_steps=settings.steps,
+            lr=settings.lr,
+            warmup_steps=min(2, settings.steps),
             precision=context.config.get("precision", "auto"),  # the pipeline's, when not auto
         ),
         metrics_file=context.out / "metrics.jsonl",

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from dapt.config import TOKENIZE_EXECUTION_FIELDS, TokenizeConfig
+from dapt.config import TokenizeConfig
 from dapt.data.progress import peak_rss_mb
 from dapt.data.tokenization import (
     ROLE_CODE,
@@ -128,8 +128,7 @@ def split_texts(splits_file: Path, documents_file: Path, wanted: tuple[str, ...]
 
 
 def run(context: StageContext) -> dict[str, Any]:
-    execution = {name: getattr(context.pipeline.tokenize, name) for name in TOKENIZE_EXECUTION_FIELDS}
-    config = TokenizeConfig.model_validate({**context.config["tokenize"], **execution})
+    config = context.section_of(TokenizeConfig)
     documents_file = context.inputs["corpus"].path / "documents.parquet"
     tokenizer_folder = context.inputs["base"].path / "model"
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
