@@ -223,10 +223,12 @@ def test_seeds_and_data_fractions_give_means_and_a_data_efficiency_curve(own_run
 
 
 def test_task_adaptive_pretraining_runs_before_both_variants(tmp_path, capsys):
-    assert main(["run", str(TINY), "--out", str(tmp_path), "--set", "tasks.0.tapt_steps=3"]) == 0
+    tapt_settings = ["--set", "tasks.0.tapt_steps=3", "--set", "tasks.0.tapt_micro_batch_size=2"]
+    assert main(["run", str(TINY), "--out", str(tmp_path), *tapt_settings]) == 0
     for variant, parent in (("control", "base"), ("dapt", "pretrain")):
         tapt = read_artifact(tmp_path / f"tapt-xml-subpackage-{variant}")
         assert tapt.manifest["inputs"]["base"]["name"] == parent and tapt.metrics["steps"] == 3
+        assert tapt.metrics["tokens_trained"] == 3 * 2 * 128  # steps × tapt_micro_batch_size × tapt_seq_len
         adapted = read_artifact(tmp_path / f"adapt-xml-subpackage-{variant}")
         assert adapted.manifest["inputs"]["base"]["name"] == f"tapt-xml-subpackage-{variant}"
     capsys.readouterr()
