@@ -27,7 +27,7 @@ from dapt.artifacts import (
     read_artifact,
     write_manifest,
 )
-from dapt.config import PipelineConfig, Section, TaskConfig
+from dapt.config import PipelineConfig, RestoreConfig, Section, TaskConfig
 from dapt.errors import ConfigError, DataError, disk_full_reported
 from dapt.preflight import check_positions, check_split_lengths, checkpoint_space_mb, disk_warning, model_positions
 from dapt.run_folder import ATTEMPT_NAME, make_current, read_attempt, remove, set_aside, stage_folder
@@ -90,7 +90,7 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
     stages += _pretraining_stages(config, dump, pretrain_base, pretrain_tokens)
     for task in dump["tasks"]:
         stages += variant_stages(task, config.seed, {"control": "base", "dapt": "pretrain"}, config.pretrain.precision)
-    return stages + cost_stages(dump, config.seed, config.pretrain.precision)
+    return stages + cost_stages(dump, config.seed, config.pretrain.precision, config.restore)
 
 
 def _corpus_stages(config: PipelineConfig, dump: dict[str, Any]) -> tuple[list[StageSpec], str, str]:
@@ -198,9 +198,12 @@ def _pretraining_stages(
     ]
 
 
-def cost_stages(dump: dict[str, Any], pipeline_seed: int, precision: str) -> list[StageSpec]:
+def cost_stages(
+    dump: dict[str, Any], pipeline_seed: int, precision: str, restoring: RestoreConfig | None = None
+) -> list[StageSpec]:
     """What adaptation cost (`dapt.stages.cost`): safety and retention of both bases and of every variant of an
-    instruction or preference task (each seed, all the data), then the gates on them."""
+    instruction or preference task (each seed, all the data), then the gates on them; with `restoring`, of the
+    restored base too."""
 
     # what the answers depend on; the gates' thresholds belong to the gates stage alone
     measured = {"safety": {k: dump["safety"][k] for k in ("max_new_tokens", "judge")}, **precision_config(precision)}
@@ -244,15 +247,15 @@ def cost_stages(dump: dict[str, Any], pipeline_seed: int, precision: str) -> lis
         "tasks": tasks,
     }
     inputs = {"bases": "cost-bases", "lm": "evaluate-lm"}
-    if dump.get("restore") is not None:  # restoring what adaptation cost: a third base, measured like the others
-        stages += restore_stages(dump, measured)
+    if restoring is not None:  # restoring what adaptation cost: a third base, measured like the others
+        stages += restore_stages(dump, measured, restoring)
         inputs["restored"] = "cost-restored"
     inputs |= {name: name for task in tasks for names in task["runs"].values() for name in names}
     stages.append(StageSpec("gates", "gates", cost.run_gates, gates, inputs, summary="what adaptation cost: the gates"))
     return stages
 
 
-def restore_stages(dump: dict[str, Any], measured: dict[str, Any]) -> list[StageSpec]:
+def restore_stages(dump: dict[str, Any], measured: dict[str, Any], restoring: RestoreConfig) -> list[StageSpec]:
     """`restore` (`dapt.stages.restore`: the DAPT base merged with the original, or given the chat vector) and
     `cost-restored` (its safety, retention and held-out perplexity, as the bases')."""
 
@@ -262,9 +265,10 @@ def restore_stages(dump: dict[str, Any], measured: dict[str, Any]) -> list[Stage
             "restore",
             "restore",
             restore.run,
-            {"restore": dump["restore"]},
+            {"restore": restoring.cache_key()},
             {"base": "pretrain", "original": "base"},
-            summary=f"the DAPT base restored by {dump['restore']['method'].replace('_', ' ')}",
+            summary=f"the DAPT base restored by {restoring.method.replace('_', ' ')}",
+            section=restoring,
         ),
         StageSpec(
             "cost-restored",

@@ -68,8 +68,42 @@ RECORDED = {
         "cost-bases": "6a63190761a707a2",
         "gates": "256bec5bdf3dbd9a",
     },
+    "tiny with every typed section": {
+        "ingest": "e2db3552327e49ce",
+        "task-xml-subpackage": "2341f3cc4333d92b",
+        "curate": "6497460bdf00e02d",
+        "base": "ba7d144d117d518c",
+        "tokenize": "fd7bdffdb9c4c6aa",
+        "extend-vocab": "2ed4ee0bd96dd356",
+        "tokenize-extended": "fb7cb4bfff0be9b6",
+        "extend-context": "75b4705d2005d766",
+        "pretrain": "361f5656aa850080",
+        "evaluate-lm": "44940db891a989fd",
+        "tapt-xml-subpackage-control": "008002de8d18dfc0",
+        "adapt-xml-subpackage-control": "883d28727ffce5ab",
+        "evaluate-xml-subpackage-control": "c706e1e109ebb9b1",
+        "tapt-xml-subpackage-dapt": "7cdf295c3b1d20da",
+        "adapt-xml-subpackage-dapt": "acc011763ebe6370",
+        "evaluate-xml-subpackage-dapt": "35df870b4b939545",
+        "cost-bases": "1123f9ba289de494",
+        "restore": "7f76c07067de19be",
+        "cost-restored": "8bf60fde0d5821d2",
+        "gates": "fd1dd3f56a47fb9f",
+    },
 }
-CASES = {"demo": (DEMO, []), "tiny": (TINY, []), "tiny with TAPT": (TINY, ["tasks.0.tapt_steps=3"])}
+# every stage that reads a typed section planned: vocabulary and context extension, TAPT, restore
+EVERY_SECTION = [
+    "restore={method: merge, weight: 0.25}",
+    "vocab.add=8",
+    "pretrain.context.length=256",
+    "tasks.0.tapt_steps=2",
+]
+CASES = {
+    "demo": (DEMO, []),
+    "tiny": (TINY, []),
+    "tiny with TAPT": (TINY, ["tasks.0.tapt_steps=3"]),
+    "tiny with every typed section": (TINY, EVERY_SECTION),
+}
 
 
 def stage_ids(specs: list[StageSpec]) -> dict[str, str]:
@@ -106,12 +140,12 @@ def test_how_a_stage_runs_is_not_part_of_its_id():
 
 
 def test_every_typed_section_is_the_one_its_cache_key_was_made_from():
-    config = load_config(TINY, ["tasks.0.tapt_steps=3", "vocab.add=8", "pretrain.context.length=256"])
-    specs = plan(config)
-    typed = {spec.name: spec for spec in specs if spec.section is not None}
+    config = load_config(TINY, EVERY_SECTION)
+    typed = {spec.name: spec for spec in plan(config) if spec.section is not None}
     assert {"base", "curate", "tokenize", "extend-vocab", "tokenize-extended", "extend-context", "pretrain"} <= set(
         typed
     )
+    assert {"tapt-xml-subpackage-control", "tapt-xml-subpackage-dapt", "restore"} <= set(typed)
     for spec in typed.values():
         (key,) = (value for value in spec.config.values() if isinstance(value, dict))
         assert key == spec.section.cache_key(), spec.name

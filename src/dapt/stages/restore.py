@@ -75,7 +75,7 @@ def check_same_ids(dapt: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase
 
 
 def run(context: StageContext) -> dict[str, Any]:
-    settings = RestoreConfig.model_validate(context.config["restore"])
+    settings = context.section_of(RestoreConfig)
     weight = settings.weight
     assert weight is not None  # the config fills in the method's default
     dapt_folder = context.inputs["base"].path / "model"  # the DAPT base: the restored model is its child
