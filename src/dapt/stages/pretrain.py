@@ -528,6 +528,49 @@ def forgetting_record(config: PretrainConfig, guard: ForgettingGuard | None) -> 
     }
 
 
+def loop_settings(
+    context: StageContext, config: PretrainConfig, model: torch.nn.Module, held_out: dict[str, Any]
+) -> LoopSettings:
+    """The loop's settings; with stages, the schedule stage by stage and an evaluation at every stage's end."""
+    monitor = config.early_stopping.monitor
+    staged: dict[str, Any] = {}
+    if config.stages is not None:
+        ends = tuple(stage.first_step + stage.steps for stage in config.training_stages())
+        staged = {"max_steps": ends[-1], "lr_segments": lr_segments(config), "evaluate_at": ends}
+    return LoopSettings.from_config(
+        config,
+        monitor=monitor if monitor in held_out else "domain_val_loss",
+        tracking_dir=context.out / "tracking",
+        flops_per_unit=flops_per_token(model, config.seq_len),
+        peak_tflops=device_peak_tflops(config.peak_tflops),
+        **staged,
+    )
+
+
+def choose_average(
+    context: StageContext,
+    average: tuple[dict[str, Any], Path] | None,
+    best: dict[str, Any],
+    monitor: str,
+    steps: int,
+) -> tuple[Path | None, dict[str, Any]]:
+    """With average_last: whether the averaged checkpoints become the DAPT base (they must beat the best step on
+    `monitor` within the forgetting budget); returns their folder if so (else None) and the record of the base kept."""
+    if average is None:
+        return None, best
+    record, folder = average
+    within = not record.get("forgetting", {}).get("over_budget", False)
+    record["exported"] = within and record[monitor] < best[monitor]
+    context.log(
+        f"the average {'is' if record['exported'] else 'is not'} the DAPT base: {monitor} "
+        f"{record[monitor]:.4f} vs the best step's {best[monitor]:.4f}"
+        + ("" if within else "; over the forgetting budget")
+    )
+    if not record["exported"]:
+        return None, best
+    return folder, {"step": steps, **{k: v for k, v in record.items() if k not in ("forgetting", "exported")}}
+
+
 def run(context: StageContext) -> dict[str, Any]:
     config = context.section_of(PretrainConfig)
     seed = context.config["seed"]
@@ -538,21 +581,8 @@ def run(context: StageContext) -> dict[str, Any]:
     shard_root = context.inputs["tokens"].path / "shards"
     shards = {p.name: open_split(p) for p in shard_root.iterdir() if p.is_dir()}
 
-    # -- the loop's settings; with stages, the schedule stage by stage and an evaluation at every stage's end -----
     held_out = held_out_splits(context, config, shards)
-    monitor = config.early_stopping.monitor
-    staged: dict[str, Any] = {}
-    if config.stages is not None:
-        ends = tuple(stage.first_step + stage.steps for stage in config.training_stages())
-        staged = {"max_steps": ends[-1], "lr_segments": lr_segments(config), "evaluate_at": ends}
-    settings = LoopSettings.from_config(
-        config,
-        monitor=monitor if monitor in held_out else "domain_val_loss",
-        tracking_dir=context.out / "tracking",
-        flops_per_unit=flops_per_token(model, config.seq_len),
-        peak_tflops=device_peak_tflops(config.peak_tflops),
-        **staged,
-    )
+    settings = loop_settings(context, config, model, held_out)
 
     # -- data: the training mixture (one per stage), fixed held-out windows ----------------------------------
     batches: PackedBatches | StagedBatches
@@ -596,19 +626,7 @@ def run(context: StageContext) -> dict[str, Any]:
 
     # -- with average_last: the last checkpoints averaged; the DAPT base if it beats the best within the budget --
     average = evaluate_average(context, config, checkpointer, model, evaluate, guard)
-    averaged_folder = None
-    if average is not None:
-        record, folder = average
-        within = not record.get("forgetting", {}).get("over_budget", False)
-        record["exported"] = within and record[settings.monitor] < best[settings.monitor]
-        averaged_folder = folder if record["exported"] else None
-        context.log(
-            f"the average {'is' if record['exported'] else 'is not'} the DAPT base: {settings.monitor} "
-            f"{record[settings.monitor]:.4f} vs the best step's {best[settings.monitor]:.4f}"
-            + ("" if within else "; over the forgetting budget")
-        )
-        if record["exported"]:
-            best = {"step": result.steps, **{k: v for k, v in record.items() if k not in ("forgetting", "exported")}}
+    averaged_folder, best = choose_average(context, average, best, settings.monitor, result.steps)
 
     # -- the DAPT base: the best checkpoint (or the original, if nothing beat it), by the main process -----
     if is_main_process():
