@@ -1,14 +1,20 @@
-"""Corpora read for measuring them: the texts that paths name, and the seeded order samples are drawn in.
+"""Corpora read for measuring them: the texts that paths name, streamed, and the seeded samples drawn from them.
 
 `dapt assess` streams a domain (and a general) corpus through `iter_texts`; the tokenizer tools (`dapt tokenizer
-train|compare`) read all of it with `read_texts`. Both take files, globs, folders of files and dapt artifact
-folders (a run's `curate/`, of which only the sources whose role fits the side asked for are read), and both draw
-their samples in `sample_order`, so the same corpus gives the same numbers in each.
+train|extend|compare`) iterate over a `CorpusTexts`, which reads the paths anew on every pass, as often as a tool
+needs, and never holds the corpus. Both take files, globs, folders of files and dapt artifact folders (a run's
+`curate/`, of which only the sources whose role fits the side asked for are read). The pipeline's extend-vocab
+stage streams one split of a tokenization the same way (`SplitTexts`).
+
+Figures that need whole documents (fertility) are taken on a `WordSample`: documents in a seeded random order
+until a number of words, drawn in one pass with memory for the sample only, so the same corpus gives the same
+sample however it is read, and a corpus smaller than the budget is measured whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import heapq
+from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +25,7 @@ import yaml
 
 from dapt.artifacts import read_artifact
 from dapt.data.ingest import iter_file_documents
+from dapt.data.progress import Progress
 from dapt.errors import DataError
 
 SEED = 0  # every sample of a corpus is drawn with this seed: the same corpus gives the same report
@@ -105,11 +112,148 @@ def iter_texts(
 
 
 def read_texts(paths: list[str], *, side: str, text_field: str, base_dir: Path) -> tuple[list[str], list[str]]:
-    """All the texts the paths name, in memory, and the notes of `iter_texts`: for tools that need every
-    document at once (tokenizer training); `dapt assess` streams them through its `scan_corpus`."""
+    """All the texts the paths name, in memory, and the notes of `iter_texts`: for a few documents only (a
+    corpus of any size is read through `CorpusTexts`, which holds none of it)."""
     notes: list[str] = []
     texts = list(iter_texts(paths, side=side, text_field=text_field, base_dir=base_dir, notes=notes))
     return texts, notes
+
+
+class CorpusTexts:
+    """The texts `iter_texts` gives for the paths, read anew on every pass: a corpus a tool can go over as often as
+    it needs without holding it (a pass keeps one batch of documents in memory).
+
+    After a pass that read to the end, `documents` and `chars` count what it read and `notes` holds the
+    artifact folders' notes (which documents were taken); before, `documents` is None.
+    """
+
+    def __init__(self, paths: list[str], *, side: str, text_field: str, base_dir: Path) -> None:
+        self.paths, self.side, self.text_field, self.base_dir = paths, side, text_field, base_dir
+        self.documents: int | None = None
+        self.chars = 0
+        self.notes: list[str] = []
+
+    def __iter__(self) -> Iterator[str]:
+        notes: list[str] = []
+        documents = chars = 0
+        for text in iter_texts(
+            self.paths, side=self.side, text_field=self.text_field, base_dir=self.base_dir, notes=notes
+        ):
+            documents += 1
+            chars += len(text)
+            yield text
+        self.documents, self.chars, self.notes = documents, chars, notes
+
+
+class SplitTexts:
+    """The texts of one split of a tokenization (its `splits.parquet`, one row per curated document, in corpus
+    order), read batch by batch from the curated corpus on every pass, in corpus order.
+
+    `documents` (how many the split holds) is counted from the small `split` column when it is made. A
+    DataError when the two files do not list the same documents.
+    """
+
+    BATCH = 1024  # documents a batch: a few MB of text
+
+    def __init__(self, splits_file: Path, documents_file: Path, split: str) -> None:
+        self.splits_file, self.documents_file, self.split = splits_file, documents_file, split
+        listed, corpus = pq.ParquetFile(splits_file), pq.ParquetFile(documents_file)
+        if listed.metadata.num_rows != corpus.metadata.num_rows:
+            raise DataError(f"{splits_file} does not list the documents of {documents_file}; rerun the pipeline")
+        self.documents = sum(
+            int(pc.sum(pc.equal(batch.column(0), split)).as_py() or 0)
+            for batch in listed.iter_batches(columns=["split"], batch_size=65_536)
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        listed = pq.ParquetFile(self.splits_file).iter_batches(columns=["id", "split"], batch_size=self.BATCH)
+        held = pa.table({"id": pa.array([], pa.string()), "split": pa.array([], pa.string())})
+        corpus = pq.ParquetFile(self.documents_file)
+        for batch in corpus.iter_batches(columns=["id", "text"], batch_size=self.BATCH):
+            while held.num_rows < batch.num_rows:  # the two files' batches need not end at the same rows
+                held = pa.concat_tables([held, pa.Table.from_batches([next(listed)]).cast(held.schema)])
+            rows, held = held.slice(0, batch.num_rows), held.slice(batch.num_rows)
+            if not rows.column("id").combine_chunks().equals(batch.column("id")):
+                raise DataError(
+                    f"{self.splits_file} does not list the documents of {self.documents_file}; rerun the pipeline"
+                )
+            chosen = pc.fill_null(pc.equal(rows.column("split").combine_chunks(), self.split), False)
+            yield from batch.filter(chosen).column("text").to_pylist()
+
+
+def with_progress(texts: Iterable[str], description: str, total: int | None = None) -> Iterator[str]:
+    """`texts`, passed on one at a time while a `Progress` line on stderr shows documents/s and characters/s (and
+    an ETA when `total`, the documents expected, is known; a list's length is)."""
+    if total is None and isinstance(texts, Sized):
+        total = len(texts)
+    progress = Progress(description, total or 0, "documents")
+    try:
+        for text in texts:
+            yield text
+            progress.update(1, characters=len(text))
+    finally:
+        progress.close()
+
+
+class WordSample:
+    """Whole documents in a seeded random order until `max_words` whitespace words, drawn from a stream in one pass.
+
+    Each document offered draws a random key (seeded: the same stream gives the same sample); the sample is the
+    documents with the smallest keys, in key order, up to and including the one that brings the count to
+    `max_words` — what "documents in a seeded random order until N words" means on a list — and the whole
+    corpus when it has fewer words. A max-heap on the key holds the candidates: a document leaves it as soon
+    as the documents with smaller keys reach `max_words` without it, so memory is the sample plus one document.
+    """
+
+    def __init__(self, max_words: int, seed: int = SEED) -> None:
+        self.max_words = max_words
+        self._rng = np.random.default_rng(seed)
+        self._keys = self._rng.random(4096)
+        self._next_key = 0
+        self._heap: list[tuple[float, int, int, str]] = []  # (-key, position, words, text)
+        self._words = 0
+        self.offered = 0
+
+    def offer(self, text: str) -> None:
+        if self._next_key == len(self._keys):
+            self._keys, self._next_key = self._rng.random(4096), 0
+        key = float(self._keys[self._next_key])
+        self._next_key += 1
+        self.offered += 1
+        if self._words >= self.max_words and key > -self._heap[0][0]:
+            return  # it would come after documents that already reach the budget: never in the sample
+        words = len(text.split())
+        heapq.heappush(self._heap, (-key, self.offered - 1, words, text))
+        self._words += words
+        while self._heap and self._words - self._heap[0][2] >= self.max_words:
+            self._words -= heapq.heappop(self._heap)[2]
+
+    def passing(self, texts: Iterable[str]) -> Iterator[str]:
+        """`texts`, each offered to the sample on its way through (to sample during a pass made for other work)."""
+        for text in texts:
+            self.offer(text)
+            yield text
+
+    def texts(self) -> list[str]:
+        """The sampled documents, in the seeded random order (smallest key first)."""
+        return [text for _, _, _, text in sorted(self._heap, key=lambda entry: (-entry[0], entry[1]))]
+
+    @property
+    def words(self) -> int:
+        return self._words
+
+    @property
+    def covers_corpus(self) -> bool:
+        """Whether every document offered is in the sample."""
+        return len(self._heap) == self.offered
+
+
+def sample_texts(texts: Iterable[str], max_words: int, seed: int = SEED) -> list[str]:
+    """Whole documents of `texts` in a seeded random order until `max_words` words (`WordSample`), in one pass."""
+    sample = WordSample(max_words, seed)
+    for text in texts:
+        sample.offer(text)
+    return sample.texts()
 
 
 def sample_order(count: int, seed: int = SEED) -> np.ndarray:

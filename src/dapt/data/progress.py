@@ -81,8 +81,11 @@ class Progress:
         elapsed = time.perf_counter() - self.started
         rates = self.rates()
         rate = rates[f"{self.unit}_per_s"]
-        share = f" ({self.done / self.total:.0%})" if self.total else ""
-        parts = [f"{self.description}: {self.done:,}/{self.total:,} {self.unit}{share}"]
+        if self.total:
+            counted = f"{self.done:,}/{self.total:,} {self.unit} ({self.done / self.total:.0%})"
+        else:  # a stream of unknown length
+            counted = f"{self.done:,} {self.unit}"
+        parts = [f"{self.description}: {counted}"]
         parts.append(f"{_count(rate)} {self.unit}/s")
         for name in self.counters:
             per_second = rates[f"{name}_per_s"]

@@ -1,8 +1,9 @@
 """extend-vocab: the original base with domain tokens added — ChipNeMo's vocabulary extension as a stage.
 
 Recipe (`dapt.tokenizer.extend` does the work, as `dapt tokenizer extend` does alone):
-1. read the curated domain documents of the `domain_train` split of the original tokenization (`tokenize`),
-   so that no held-out document shapes the new vocabulary;
+1. stream the curated domain documents of the `domain_train` split of the original tokenization (`tokenize`),
+   batch by batch on each of the recipe's passes (memory does not grow with the corpus), so that no held-out
+   document shapes the new vocabulary;
 2. extend the original base: BPE tokens of the domain text that the base lacks, ranked by the base tokens
    they save, appended as merges after the base's (text without them encodes exactly as before); embedding
    rows for them initialised as the mean of their pieces' rows, the table padded to a multiple of 64;
@@ -21,6 +22,7 @@ from typing import Any
 
 from dapt.artifacts import atomic_write_text
 from dapt.config import VocabConfig
+from dapt.data.corpus_texts import SplitTexts
 from dapt.errors import DataError
 from dapt.model.load import load_causal_lm, save_model_folder
 from dapt.stages.context import StageContext
@@ -50,20 +52,20 @@ SUMMARY_KEYS = (  # of the extension's report, kept in the manifest
 
 def run(context: StageContext) -> dict[str, Any]:
     config = context.section_of(VocabConfig)
-    texts = split_texts(
-        context.inputs["tokens"].path / "splits.parquet",
-        context.inputs["corpus"].path / "documents.parquet",
-        wanted=("domain_train", "domain_val", "general_val"),
-    )
-    if not texts.get("domain_train"):
+    splits_file = context.inputs["tokens"].path / "splits.parquet"
+    documents_file = context.inputs["corpus"].path / "documents.parquet"
+    domain_train = SplitTexts(splits_file, documents_file, "domain_train")  # read anew on every pass, never held
+    if not domain_train.documents:
         raise DataError("vocab: no domain training documents to extend the vocabulary on (see the tokenize stage)")
+    # the held-out splits are small (tokenize.eval_max_tokens each): read whole
+    texts = split_texts(splits_file, documents_file, wanted=("domain_val", "general_val"))
     model, tokenizer = load_causal_lm(context.inputs["base"].path / "model")
     size = f"{config.add} tokens" if config.add is not None else f"tokens until {config.coverage:.0%} fewer"
     context.log(f"extending the base's {len(tokenizer):,}-token vocabulary: {size}, from the domain training text")
     extension = extend_base(
         model,
         tokenizer,
-        texts["domain_train"],
+        domain_train,
         add=config.add,
         coverage=config.coverage,
         domain_vocab_size=config.domain_vocab_size,

@@ -7,22 +7,24 @@ pieces costs sequence length and is harder for the model to learn as a unit. Com
 extended (or newly trained) tokenizer, the numbers say what an extension bought on the domain and what it
 cost on general text (a merge-based extension never costs anything there; see `extend.py`).
 
-The counting is `dapt assess`'s own (`dapt.tokenizer.fertility`), so the numbers agree with its report.
+The counting is `dapt assess`'s own (`dapt.tokenizer.fertility`), so the numbers agree with its report. The
+corpora are streamed: one pass per side draws the sample every tokenizer is measured on.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from dapt.data.corpus_texts import sample_order
+from dapt.data.corpus_texts import WordSample, with_progress
 from dapt.errors import ConfigError, DataError
 from dapt.tokenizer.fertility import SPLIT_WORD_TOKENS, tokenizer_fertility
-from dapt.tokenizer.train import read_corpus
+from dapt.tokenizer.train import open_corpus
 
 # Up to 2M words per side (about 14 MB of English; ~10 s per tokenizer at the ~1.4 MB/s that offset-tracking
 # tokenisation ran at here on SciPy's docstrings). A bigger corpus is sampled by whole documents in a seeded
@@ -30,26 +32,23 @@ from dapt.tokenizer.train import read_corpus
 MEASURE_MAX_WORDS = 2_000_000
 
 
-def fertility_sample(texts: list[str], max_words: int = MEASURE_MAX_WORDS) -> list[str]:
-    """Whole documents in a seeded random order until `max_words` words: all of them when the corpus is smaller."""
-    sample: list[str] = []
-    words = 0
-    for index in sample_order(len(texts)):
-        sample.append(texts[index])
-        words += len(texts[index].split())
-        if words >= max_words:
-            break
+def fertility_sample(texts: Iterable[str], max_words: int = MEASURE_MAX_WORDS) -> WordSample:
+    """Whole documents in a seeded random order until `max_words` words (all of them when the corpus is smaller),
+    drawn in one pass over `texts` with memory for the sample only."""
+    sample = WordSample(max_words)
+    for text in texts:
+        sample.offer(text)
     return sample
 
 
-def measure(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_words: int = MEASURE_MAX_WORDS) -> dict[str, Any]:
-    """Tokens per word and per character, and the share of words in ≥ SPLIT_WORD_TOKENS pieces, on `texts`.
+def measure_documents(tokenizer: PreTrainedTokenizerBase, documents: list[str]) -> dict[str, Any]:
+    """Tokens per word and per character, and the share of words in ≥ SPLIT_WORD_TOKENS pieces, on every document.
 
     Special tokens are not counted. Documents holding only whitespace are skipped (as `tokenizer_fertility`
     skips them), so characters and tokens come from the same documents.
     """
-    sample = [text for text in fertility_sample(texts, max_words) if text.strip()]
-    fertility = tokenizer_fertility(tokenizer, sample, max_words=sys.maxsize)  # every sampled document
+    sample = [text for text in documents if text.strip()]
+    fertility = tokenizer_fertility(tokenizer, sample, max_words=sys.maxsize)  # every document
     characters = sum(map(len, sample))
     return {
         "documents": len(sample),
@@ -60,6 +59,13 @@ def measure(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_words: int
         "tokens_per_char": fertility.tokens / max(characters, 1),
         "split_share": fertility.split_share,
     }
+
+
+def measure(
+    tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], max_words: int = MEASURE_MAX_WORDS
+) -> dict[str, Any]:
+    """`measure_documents` on a seeded sample of `texts` of up to about `max_words` words (`fertility_sample`)."""
+    return measure_documents(tokenizer, fertility_sample(texts, max_words).texts())
 
 
 def _looks_local(spec: str) -> bool:
@@ -91,15 +97,30 @@ def load_tokenizer(spec: str, option: str = "--base") -> PreTrainedTokenizerBase
 
 
 def compare_tokenizers(
-    tokenizers: dict[str, PreTrainedTokenizerBase], domain: list[str], general: list[str] | None = None
+    tokenizers: dict[str, PreTrainedTokenizerBase], domain: Iterable[str], general: Iterable[str] | None = None
 ) -> dict[str, Any]:
-    """Each tokenizer measured on the same domain (and general) documents; keys are the names given."""
-    report: dict[str, Any] = {"split_word_tokens": SPLIT_WORD_TOKENS, "tokenizers": {}}
+    """Each tokenizer measured on the same domain (and general) documents; keys are the names given.
+
+    Each side is read once, as a stream, to draw its sample (`fertility_sample`); `sample` in the report says,
+    per side, how many documents were read and how many of them were measured.
+    """
+    samples = {"domain": fertility_sample(with_progress(domain, "tokenizer compare: read domain text"))}
+    if general is not None:
+        samples["general"] = fertility_sample(with_progress(general, "tokenizer compare: read general text"))
+    drawn = {side: sample.texts() for side, sample in samples.items()}
+    report: dict[str, Any] = {
+        "split_word_tokens": SPLIT_WORD_TOKENS,
+        "sample": {
+            side: {"documents_read": sample.offered, "documents": len(drawn[side]), "max_words": MEASURE_MAX_WORDS}
+            for side, sample in samples.items()
+        },
+        "tokenizers": {},
+    }
     for name, tokenizer in tokenizers.items():
         report["tokenizers"][name] = {
             "vocab_size": len(tokenizer),
-            "domain": measure(tokenizer, domain),
-            "general": None if general is None else measure(tokenizer, general),
+            "domain": measure_documents(tokenizer, drawn["domain"]),
+            "general": measure_documents(tokenizer, drawn["general"]) if "general" in drawn else None,
         }
     return report
 
@@ -150,8 +171,8 @@ def run_compare(
     as_json: bool = False,
 ) -> int:
     """The CLI's entry point: measure, print a table (or JSON with --json)."""
-    domain_texts = read_corpus(paths, text_field=text_field, side="domain")
-    general_texts = None if not general else read_corpus(general, text_field=text_field, side="general")
+    domain_texts = open_corpus(paths, text_field=text_field, side="domain")
+    general_texts = None if not general else open_corpus(general, text_field=text_field, side="general")
     named = {"base": load_tokenizer(base, "--base")}
     if other is not None:
         named["other"] = load_tokenizer(other, "--other")
@@ -160,12 +181,19 @@ def run_compare(
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
-    domain = report["tokenizers"]["base"]["domain"]
-    line = f"dapt tokenizer compare: domain {domain['documents']:,} documents, {domain['words']:,} words"
-    if general_texts is not None:
-        general_side = report["tokenizers"]["base"]["general"]
-        line += f"; general {general_side['documents']:,} documents, {general_side['words']:,} words"
-    print(line)
+    sides = ["domain"] + (["general"] if general_texts is not None else [])
+    print("dapt tokenizer compare: " + "; ".join(_measured_on(side, report) for side in sides))
     print(f"base = {base}" + (f", other = {other}" if other else ""))
     print(render_table(report))
     return 0
+
+
+def _measured_on(side: str, report: dict[str, Any]) -> str:
+    """What a side was measured on: "domain 300 documents, 13,800 words (all 300 read)" or a sample of them."""
+    measured, sample = report["tokenizers"]["base"][side], report["sample"][side]
+    read = sample["documents_read"]
+    if sample["documents"] == read:
+        where = f"all {read:,} read"
+    else:
+        where = f"a seeded random sample of the {read:,} read, up to {sample['max_words']:,} words"
+    return f"{side} {measured['documents']:,} documents, {measured['words']:,} words ({where})"

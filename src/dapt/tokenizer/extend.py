@@ -33,17 +33,22 @@ tokens (e.g. "Ġinterpol" on the way from "Ġinter" + "pol" + "ate" to "Ġinterp
 against K; the split is chosen to need the fewest new ones, preferring ones the domain tokenizer learned
 too. A string the base already has can never be an intermediate: a merge producing it would change how the
 base's own text is encoded.
+
+The domain text is streamed, never held: `extend_base` reads it four times (base token counts and the
+fertility sample; the domain tokenizer's training; its token counts; the extended tokenizer's counts), each pass
+one batch at a time, so memory is the word counts, the id counts and a bounded sample, whatever the corpus size.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import math
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,10 +60,11 @@ from tokenizers import Tokenizer, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dapt.artifacts import atomic_write_text
+from dapt.data.corpus_texts import WordSample, with_progress
 from dapt.errors import ConfigError, DataError
 from dapt.model.byte_level import BYTE_DECODER, has_type
-from dapt.tokenizer.compare import check_model_spec, measure
-from dapt.tokenizer.train import byte_level_bpe, read_corpus
+from dapt.tokenizer.compare import MEASURE_MAX_WORDS, check_model_spec, measure_documents
+from dapt.tokenizer.train import byte_level_bpe, open_corpus
 
 # The domain tokenizer only proposes candidates; its size bounds how many there are. 32k is Llama 2's whole
 # vocabulary (ChipNeMo trained theirs to extend it); on SciPy's 5 MB of docstrings it took ~10 s on 2 cores.
@@ -117,13 +123,14 @@ class Candidate:
         return self.frequency * (len(self.pieces) - 1)
 
 
-def _batches(texts: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(texts), ENCODE_BATCH):
-        yield texts[start : start + ENCODE_BATCH]
+def _batches(texts: Iterable[str]) -> Iterator[list[str]]:
+    iterator = iter(texts)
+    while batch := list(itertools.islice(iterator, ENCODE_BATCH)):
+        yield batch
 
 
-def count_ids(tokenizer: Tokenizer, texts: list[str]) -> np.ndarray:
-    """How often each id occurs in the tokenizer's encoding of `texts` (no special tokens)."""
+def count_ids(tokenizer: Tokenizer, texts: Iterable[str]) -> np.ndarray:
+    """How often each id occurs in the tokenizer's encoding of `texts` (no special tokens), read batch by batch."""
     counts = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
     for batch in _batches(texts):
         for encoding in tokenizer.encode_batch(batch, add_special_tokens=False):
@@ -142,8 +149,14 @@ def splits_digits(tokenizer: Tokenizer) -> bool:
     return bool(merged) and not any(DIGIT.search(token) for token in merged)
 
 
-def domain_candidates(base_spec: dict[str, Any], texts: list[str], domain_vocab_size: int) -> list[Candidate]:
-    """Step 1-3: train the domain tokenizer; its tokens the base lacks, most savings first."""
+def domain_candidates(
+    base_spec: dict[str, Any], texts: Iterable[str], domain_vocab_size: int, documents: int | None = None
+) -> list[Candidate]:
+    """Step 1-3: train the domain tokenizer; its tokens the base lacks, most savings first.
+
+    `texts` is read twice (to train, then to count the domain tokenizer's tokens); `documents`, when known, is
+    how many it holds (for the progress lines' ETA).
+    """
     base = Tokenizer.from_str(json.dumps(base_spec))
     domain, trainer = byte_level_bpe(domain_vocab_size, pre_tokenizer_from=base)
     if splits_digits(base):
@@ -153,8 +166,8 @@ def domain_candidates(base_spec: dict[str, Any], texts: list[str], domain_vocab_
         domain.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), domain.pre_tokenizer]
         )
-    domain.train_from_iterator(texts, trainer, length=len(texts))
-    frequency = count_ids(domain, texts)
+    domain.train_from_iterator(with_progress(texts, "extend: train the domain tokenizer", documents), trainer)
+    frequency = count_ids(domain, with_progress(texts, "extend: count the domain tokenizer's tokens", documents))
     base_vocab = base.get_vocab(with_added_tokens=True)
     candidates = []
     for token, index in domain.get_vocab().items():
@@ -385,7 +398,7 @@ def _checked_selection(add: int | None, coverage: float | None, min_frequency: i
 def extend_base(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
+    texts: Iterable[str],
     *,
     add: int | None = None,
     coverage: float | None = None,
@@ -396,18 +409,25 @@ def extend_base(
 ) -> Extension:
     """The whole recipe on a loaded base; the model is changed in place and returned with the new tokenizer.
 
+    `texts` is read four times, one batch at a time (a list, a `CorpusTexts` or a `SplitTexts`: anything that
+    gives the same texts on every pass, not a one-shot iterator). Fertility before and after is measured on a
+    seeded sample of them (`dapt.tokenizer.compare.fertility_sample`); the token counts on all of them.
     A candidate seen fewer than `min_frequency` times in `texts` is never added (its row would barely train).
     `where` starts the error for a tokenizer that cannot be extended (default: the CLI's "--base BASE").
     """
+    if iter(texts) is texts:
+        raise TypeError("extend_base reads the texts several times: pass a list or a CorpusTexts, not an iterator")
     add = _checked_selection(add, coverage, min_frequency)
     base_spec = check_extendable(tokenizer, base, where)
     backend = tokenizer.backend_tokenizer
     started = time.perf_counter()
     base_vocab = set(backend.get_vocab(with_added_tokens=True))
-    base_tokens = int(count_ids(backend, texts).sum())
+    sample = WordSample(MEASURE_MAX_WORDS)  # drawn during the first pass, for fertility before and after
+    base_tokens = int(count_ids(backend, sample.passing(with_progress(texts, "extend: count the base's tokens"))).sum())
+    documents = sample.offered
     candidates = [
         candidate
-        for candidate in domain_candidates(base_spec, texts, domain_vocab_size)
+        for candidate in domain_candidates(base_spec, texts, domain_vocab_size, documents)
         if candidate.frequency >= min_frequency
     ]
     if not candidates:
@@ -424,8 +444,10 @@ def extend_base(
     rows = extend_embeddings(model, list(new_ids.values()), piece_ids, len(extended))
     seconds = time.perf_counter() - started
 
-    before, after = measure(tokenizer, texts), measure(extended, texts)
-    extended_tokens = int(count_ids(extended.backend_tokenizer, texts).sum())
+    sampled = sample.texts()
+    before, after = measure_documents(tokenizer, sampled), measure_documents(extended, sampled)
+    counting = with_progress(texts, "extend: count the extended tokenizer's tokens", documents)
+    extended_tokens = int(count_ids(extended.backend_tokenizer, counting).sum())
     ranked = {candidate.token: candidate for candidate in selection.chosen}
     frequency = {candidate.token: candidate.frequency for candidate in candidates}
     report = {
@@ -446,7 +468,8 @@ def extend_base(
         "new_vocab_size": len(extended),
         **rows,
         "padded_to_multiple_of": PAD_MULTIPLE,
-        "domain_documents": len(texts),
+        "domain_documents": documents,
+        "fertility_sample": {"documents": len(sampled), "words": sample.words, "max_words": MEASURE_MAX_WORDS},
         "domain_tokens_before": base_tokens,
         "domain_tokens_after": extended_tokens,
         "domain_tokens_saved_estimated": selection.estimated_savings,
@@ -471,6 +494,17 @@ def extend_base(
     return Extension(model=model, tokenizer=extended, report=report)
 
 
+def _sampled(report: dict[str, Any]) -> str:
+    """Where tokens per word were measured, when it was not on every document."""
+    sample, documents = report["fertility_sample"], report["domain_documents"]
+    if sample["documents"] >= documents:
+        return ""
+    return (
+        f" (on a seeded random sample of {sample['documents']:,} of the {documents:,} documents, "
+        f"{sample['words']:,} words)"
+    )
+
+
 def run_extend(
     base: str,
     paths: list[str],
@@ -489,7 +523,7 @@ def run_extend(
     check_model_spec(base, "--base")
     if Path(base).expanduser().resolve() == out.expanduser().resolve():
         raise ConfigError(f"--out {out}: that is the base's folder; a base is never modified, choose another folder")
-    texts = read_corpus(paths, text_field=text_field)
+    texts = open_corpus(paths, text_field=text_field)
     model, tokenizer, origin = load_original_base(BaseConfig(model=base))
     extension = extend_base(
         model,
@@ -516,7 +550,7 @@ def run_extend(
     print(
         f"  domain tokens {report['domain_tokens_before']:,} → {report['domain_tokens_after']:,} ({-saved:+.1%}; "
         f"estimated {-report['domain_tokens_saved_estimated'] / max(report['domain_tokens_before'], 1):+.1%}); "
-        f"tokens per word {before['tokens_per_word']:.3f} → {after['tokens_per_word']:.3f}"
+        f"tokens per word {before['tokens_per_word']:.3f} → {after['tokens_per_word']:.3f}" + _sampled(report)
     )
     top = [entry for entry in report["added_tokens"] if entry["role"] == "ranked"][:8]
     print("  top: " + ", ".join(repr(entry["text"] or entry["token"]) for entry in top))

@@ -8,23 +8,28 @@ characters — and decodes back exactly; there is no unknown token.
 
 The tokenizer gets the special tokens a base needs (`<|endoftext|>` as bos and eos, `<|pad|>`) and is saved
 as a `PreTrainedTokenizerFast` folder that `AutoTokenizer.from_pretrained` loads.
+
+The corpus is streamed: the trainer (`tokenizers`' `train_from_iterator`) takes the documents one batch at a
+time and keeps only the count of each distinct word, so memory grows with the corpus's vocabulary, not its
+size. The fertility printed at the end is measured on a seeded sample drawn during that same pass.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from dapt.data.corpus_texts import read_texts
+from dapt.data.corpus_texts import CorpusTexts, WordSample, with_progress
 from dapt.errors import ConfigError, DataError
 from dapt.model.byte_level import END_OF_TEXT, PAD
-from dapt.tokenizer.fertility import tokenizer_fertility
+from dapt.tokenizer.fertility import FERTILITY_SAMPLE_WORDS, tokenizer_fertility
 
 SPECIAL_TOKENS = (END_OF_TEXT, PAD)
 # A pair seen once is noise in the corpus, not a unit of the language: merging it spends a vocabulary slot on
@@ -34,12 +39,14 @@ BYTE_ALPHABET = pre_tokenizers.ByteLevel.alphabet()  # the 256 printable stand-i
 SMALLEST_VOCAB = len(BYTE_ALPHABET) + len(SPECIAL_TOKENS)
 
 
-def read_corpus(paths: list[str], *, text_field: str = "text", side: str = "domain") -> list[str]:
-    """The non-empty texts of `paths`: files, globs, folders of files, or dapt artifact folders.
+def open_corpus(paths: list[str], *, text_field: str = "text", side: str = "domain") -> CorpusTexts:
+    """The non-empty texts of `paths` (files, globs, folders of files, or dapt artifact folders), to iterate over as
+    often as needed: each pass reads them anew, batch by batch, and none is held.
 
-    Files are read by `dapt.data.ingest` (txt, md, jsonl, parquet); a folder holding `documents.parquet` is
+    Files are read by `dapt.data.ingest` (txt, md, jsonl, parquet, ...); a folder holding `documents.parquet` is
     read as an artifact, as `dapt assess` reads it (inside a run, only the sources whose role fits `side`).
-    Every path that exists nowhere is named in one DataError, rather than the first one only.
+    Every path that exists nowhere is named in one DataError, rather than the first one only; paths that hold no
+    non-empty document are a DataError on the first pass.
     """
     missing = [path for path in paths if not glob.glob(os.path.expanduser(path), recursive=True)]
     if missing:
@@ -47,8 +54,7 @@ def read_corpus(paths: list[str], *, text_field: str = "text", side: str = "doma
             f"{side} text: not found: {', '.join(missing)} (looked in {Path.cwd()}); check the paths, or make "
             "them absolute"
         )
-    texts, _ = read_texts(paths, side=side, text_field=text_field, base_dir=Path.cwd())
-    return texts
+    return CorpusTexts(paths, side=side, text_field=text_field, base_dir=Path.cwd())
 
 
 def byte_level_bpe(
@@ -77,8 +83,8 @@ def byte_level_bpe(
     return tokenizer, trainer
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer of (at most) `vocab_size` tokens trained on `texts`.
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of (at most) `vocab_size` tokens trained on `texts`, read once, as a stream.
 
     Ids 0 and 1 are `<|endoftext|>` (bos and eos) and `<|pad|>`, then the 256 bytes, then the merges. A
     corpus with fewer pairs seen at least MIN_PAIR_FREQUENCY times than the size asks for gives a smaller
@@ -90,7 +96,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
             f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens); typical sizes are 8k-64k"
         )
     core, trainer = byte_level_bpe(vocab_size, SPECIAL_TOKENS)
-    core.train_from_iterator(texts, trainer, length=len(texts))
+    core.train_from_iterator(texts, trainer, length=len(texts) if isinstance(texts, Sized) else None)
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token=END_OF_TEXT,
@@ -101,19 +107,25 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 
 def run_train(paths: list[str], *, vocab_size: int, out: Path, text_field: str = "text") -> int:
-    """The CLI's entry point: train, save the folder, print what came out."""
-    texts = read_corpus(paths, text_field=text_field)
+    """The CLI's entry point: train on the streamed corpus, save the folder, print what came out."""
+    corpus = open_corpus(paths, text_field=text_field)
+    sample = WordSample(FERTILITY_SAMPLE_WORDS)  # drawn during the training pass: no second read for it
     started = time.perf_counter()
-    tokenizer = train_tokenizer(texts, vocab_size)
+    tokenizer = train_tokenizer(sample.passing(with_progress(corpus, "tokenizer train: read and count")), vocab_size)
     seconds = time.perf_counter() - started
     tokenizer.save_pretrained(out)
-    fertility = tokenizer_fertility(tokenizer, texts)
+    fertility = tokenizer_fertility(tokenizer, sample.texts(), max_words=sys.maxsize)  # every sampled document
+    measured = (
+        "on them"
+        if sample.covers_corpus
+        else f"on a seeded random sample of {len(sample.texts()):,} of them ({sample.words:,} words)"
+    )
     size = len(tokenizer)
     print(
         f"dapt tokenizer train: {size:,} tokens"
         + (f" (asked for {vocab_size:,}: the corpus has no more pairs seen twice)" if size < vocab_size else "")
-        + f" from {len(texts):,} documents ({sum(map(len, texts)) / 1e6:.1f}M characters) in {seconds:.1f} s; "
-        f"{fertility.tokens_per_word:.2f} tokens per word on them"
+        + f" from {corpus.documents:,} documents ({corpus.chars / 1e6:.1f}M characters), read and trained in "
+        f"{seconds:.1f} s; {fertility.tokens_per_word:.2f} tokens per word {measured}"
     )
     print(f"saved to {out} (load with AutoTokenizer.from_pretrained)")
     return 0
