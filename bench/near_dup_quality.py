@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
-from dapt.data.curate import normalize_text
 from dapt.curation_defaults import DEFAULT_BANDS, DEFAULT_NUM_PERM, DEFAULT_SHINGLE
+from dapt.data.curate import normalize_text
 from dapt.data.near_dup import PRIME, NearDuplicateFinder
 from dapt.data.pydocs import docstring_documents
 

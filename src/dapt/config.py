@@ -546,9 +546,6 @@ class CurateConfig(Section):
         return self
 
 
-CURATE_EXECUTION_FIELDS = CurateConfig.execution_fields  # for stages.curate, until it reads its typed section
-
-
 class TokenizeConfig(Section):
     """Tokenisation with the base's tokenizer into packed shards, and held-out splits by document."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from dapt.config import CURATE_EXECUTION_FIELDS
+from dapt.config import CurateConfig
 from dapt.data.curate import curation_options
 from dapt.data.executor import curate_to_files
 from dapt.stages.context import StageContext
@@ -101,10 +101,7 @@ def run(context: StageContext) -> dict[str, Any]:
     stats = curate_corpus(
         corpus.path / DOCUMENTS_NAME,
         context.out,
-        options={
-            **context.config["curate"],
-            **{field: getattr(context.pipeline.curate, field) for field in CURATE_EXECUTION_FIELDS},
-        },
+        options=context.section_of(CurateConfig).model_dump(),
         contamination=contamination,
         log=context.log,
         earlier_rejections=ingest_ledger if ingest_ledger.is_file() else None,  # an older ingest may have none
