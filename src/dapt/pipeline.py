@@ -1,11 +1,13 @@
 """Run a pipeline config: plan the stages, run them in order, skip the ones already finished.
 
-The plan is a list of `StageSpec`s in dependency order. Each writes one artifact folder in the run
-folder, named after the stage (`ingest`, `pretrain`, `adapt-<task>-dapt`, ...). A stage is skipped
-(cache hit) when its folder holds a finished artifact with the same id, made from inputs with the
-same content; otherwise its folder is cleared and it runs again. An interrupted pretraining run resumes when
-run again with the same config and inputs; with others, it is not cleared when it has checkpoints: the run
-stops and says what differs (deleting the folder is the user's call).
+The plan is a list of `StageSpec`s in dependency order. Each writes one artifact, kept by id under the run
+folder's `.artifacts/` and reached through a link named after the stage (`ingest`, `pretrain`,
+`adapt-<task>-dapt`, ...; `dapt.run_folder`). A stage is skipped (cache hit) when its link leads to a finished
+artifact with the same id, made from inputs with the same content; otherwise it builds under its new id and the
+link moves, while the earlier finished artifact stays (a base is never modified once written; `dapt gc` removes
+what nothing refers to). An interrupted resumable stage (curate, tokenize, pretrain) continues from what it
+finished when run again with the same config and inputs; one interrupted under another config is kept, and the
+run says what differs and how to resume it. `build_artifact` is the one place a manifest is written.
 """
 
 from __future__ import annotations

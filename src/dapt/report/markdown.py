@@ -605,7 +605,7 @@ def _funnel_lines(data: dict[str, Any]) -> list[str]:
         + (
             " Before that, ingest skipped "
             + ", ".join(f"{n} ({reason})" for reason, n in funnel["ingest_rejected_by_reason"].items())
-            + " records (see ingest/rejection_ledger.parquet)."
+            + " records (listed first in the curate artifact's rejection_ledger.parquet, and in ingest's)."
             if funnel.get("ingest_rejected_by_reason")
             else ""
         ),
