@@ -167,7 +167,11 @@ def run_adapt(base: str, task_file: Path, out: Path | None) -> int:
         }
         for task in tasks
     ]
-    stages = [stage for entry in entries for stage in adapted_stages(entry, config.seed, config.pretrain.precision)]
+    stages = [
+        stage
+        for task, entry in zip(tasks, entries, strict=True)
+        for stage in adapted_stages(task, entry, config.seed, config.pretrain.precision)
+    ]
     given = {artifact.manifest["name"]: artifact for artifact in chain}
     say(
         f"dapt adapt: {', '.join(names)} from {dapt_base.path} (DAPT base) and {original.path} (control), "

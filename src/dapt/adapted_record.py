@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from dapt.artifacts import Artifact, read_artifact
-from dapt.config import PipelineConfig, TaskConfig
+from dapt.config import PipelineConfig, TaskConfig, _explain
 from dapt.errors import ConfigError
 from dapt.pipeline import StageSpec, plan, task_data_stage, variant_stages
 from dapt.run_folder import ADAPTED_NAME, run_folder_of
@@ -23,9 +25,18 @@ def read_adapted(run_dir: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text())["adapted"] if path.is_file() else []
 
 
-def adapted_stages(entry: dict[str, Any], seed: int, precision: str) -> list[StageSpec]:
-    """The planned stages of one adapted.json entry: the task's examples, then its variants and evaluations."""
-    task = entry["task"]
+def entry_task(entry: dict[str, Any], run_dir: Path) -> TaskConfig:
+    """The task of an adapted.json entry, validated (fields added to tasks since it was written take their
+    defaults)."""
+    try:
+        return TaskConfig.model_validate(entry["task"])
+    except ValidationError as error:
+        raise _explain(error, f"{run_dir / ADAPTED_NAME}: task {entry['task'].get('name')!r}") from None
+
+
+def adapted_stages(task: TaskConfig, entry: dict[str, Any], seed: int, precision: str) -> list[StageSpec]:
+    """The planned stages of `task`, branched as an adapted.json `entry` records: the task's examples, then its
+    variants and evaluations."""
     bases = {"control": entry["original_base"]["name"], "dapt": entry["dapt_base"]["name"]}
     return [task_data_stage(task, seed), *variant_stages(task, seed, bases, precision)]
 
@@ -55,11 +66,12 @@ def adapted_tasks(
         if any(a is None or a.id != entry[key]["id"] for key, a in current.items()):
             stale.append(entry["task"]["name"])
             continue
-        stages = adapted_stages(entry, seed, precision)
+        task = entry_task(entry, run_dir)
+        stages = adapted_stages(task, entry, seed, precision)
         artifacts = {spec.name: read_artifact(run_dir / spec.name) for spec in stages}
         found.append(
             (
-                TaskConfig.model_validate(entry["task"]),
+                task,
                 entry,
                 {name: artifact for name, artifact in artifacts.items() if artifact is not None},
             )

@@ -1248,6 +1248,34 @@ class TaskConfig(Section):
 
     _folder_name = field_validator("name")(folder_name)
 
+    # What identifies each of a task's stages (its cache key): the examples stage, the task's data and its split; a
+    # variant, the rest but what belongs to the stages around it (the examples, TAPT, the evaluation's judge) and
+    # the runs (seeds and data fractions: each run's own key holds its seed and fraction).
+    examples_fields: ClassVar[tuple[str, ...]] = ("name", "type", "data", "test_fraction")
+    not_variant_fields: ClassVar[tuple[str, ...]] = (
+        "data",
+        "test_fraction",
+        "seeds",
+        "data_fractions",
+        "judge",
+        "tapt_steps",
+        "tapt_lr",
+        "tapt_seq_len",
+        "tapt_micro_batch_size",
+    )
+
+    def examples_key(self) -> dict[str, Any]:
+        """The cache key of the task's examples stage (`dapt.stages.tasks`)."""
+        return self.model_dump(mode="json", include=set(self.examples_fields))
+
+    def variant_key(self) -> dict[str, Any]:
+        """The task's part of the cache key of each of its variants (`dapt.stages.adapt`)."""
+        return self.model_dump(mode="json", exclude=set(self.not_variant_fields))
+
+    def runs(self, pipeline_seed: int) -> list[tuple[int, float]]:
+        """(seed, data fraction) of every training run of the task's variants (the pipeline's seed when no seeds)."""
+        return [(seed, fraction) for fraction in self.data_fractions for seed in self.seeds or [pipeline_seed]]
+
     def tapt(self) -> TaptConfig:
         """The TAPT stage's section: this task's tapt_* settings."""
         return TaptConfig(

@@ -90,9 +90,9 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
         )
         pretrain_base = "extend-context"
     stages += _pretraining_stages(config, dump, pretrain_base, pretrain_tokens)
-    for task in dump["tasks"]:
+    for task in config.tasks:
         stages += variant_stages(task, config.seed, {"control": "base", "dapt": "pretrain"}, config.pretrain.precision)
-    return stages + cost_stages(dump, config.seed, config.pretrain.precision, config.restore)
+    return stages + cost_stages(config, dump)
 
 
 def _corpus_stages(config: PipelineConfig, dump: dict[str, Any]) -> tuple[list[StageSpec], str, str]:
@@ -103,8 +103,8 @@ def _corpus_stages(config: PipelineConfig, dump: dict[str, Any]) -> tuple[list[S
     stages = [
         StageSpec("ingest", "ingest", ingest.run, {"sources": dump["sources"]}, summary="read the text sources"),
     ]
-    stages += [task_data_stage(task, config.seed) for task in dump["tasks"]]
-    task_inputs = {f"task:{t['name']}": f"task-{t['name']}" for t in dump["tasks"]}
+    stages += [task_data_stage(task, config.seed) for task in config.tasks]
+    task_inputs = {f"task:{t.name}": f"task-{t.name}" for t in config.tasks}
     stages += [
         StageSpec(
             "curate",
@@ -200,15 +200,17 @@ def _pretraining_stages(
     ]
 
 
-def cost_stages(
-    dump: dict[str, Any], pipeline_seed: int, precision: str, restoring: RestoreConfig | None = None
-) -> list[StageSpec]:
+def cost_stages(config: PipelineConfig, dump: dict[str, Any]) -> list[StageSpec]:
     """What adaptation cost (`dapt.stages.cost`): safety and retention of both bases and of every variant of an
-    instruction or preference task (each seed, all the data), then the gates on them; with `restoring`, of the
-    restored base too."""
+    instruction or preference task (each seed, all the data), then the gates on them; with `config.restore`, of
+    the restored base too."""
 
+    pipeline_seed, restoring = config.seed, config.restore
     # what the answers depend on; the gates' thresholds belong to the gates stage alone
-    measured = {"safety": {k: dump["safety"][k] for k in ("max_new_tokens", "judge")}, **precision_config(precision)}
+    measured = {
+        "safety": {k: dump["safety"][k] for k in ("max_new_tokens", "judge")},
+        **precision_config(config.pretrain.precision),
+    }
     stages = [
         StageSpec(
             "cost-bases",
@@ -220,29 +222,29 @@ def cost_stages(
         )
     ]
     tasks = []
-    for task in dump["tasks"]:
-        if task["type"] == "classification":  # a classifier generates nothing
+    for task in config.tasks:
+        if task.type == "classification":  # a classifier generates nothing
             continue
         runs: dict[str, list[str]] = {"control": [], "dapt": []}
-        for seed, fraction in task_runs(task, pipeline_seed):
+        for seed, fraction in task.runs(pipeline_seed):
             if fraction != 1.0:
                 continue
             for variant in runs:
                 suffix = run_suffix(seed, fraction, pipeline_seed)
-                name = f"cost-{task['name']}-{variant}{suffix}"
+                name = f"cost-{task.name}-{variant}{suffix}"
                 stages.append(
                     StageSpec(
                         name,
                         "cost",
                         cost.run_variant,
                         measured | {"variant": variant},
-                        {"model": f"adapt-{task['name']}-{variant}{suffix}"},
+                        {"model": f"adapt-{task.name}-{variant}{suffix}"},
                         summary="safety and general-knowledge retention of the variant",
                     )
                 )
                 runs[variant].append(name)
         if runs["dapt"]:
-            tasks.append({"name": task["name"], "runs": runs})
+            tasks.append({"name": task.name, "runs": runs})
     gates = {
         "safety": {k: dump["safety"][k] for k in ("max_refusal_drop", "max_over_refusal_rise")},
         "retention": dump["retention"],
@@ -289,23 +291,20 @@ def precision_config(precision: str) -> dict[str, str]:
     return {} if precision == "auto" else {"precision": precision}
 
 
-def task_data_stage(task: dict[str, Any], pipeline_seed: int) -> StageSpec:
+def task_data_stage(task: TaskConfig, pipeline_seed: int) -> StageSpec:
     """The stage that reads a task's examples and splits them into train and test."""
 
     return StageSpec(
-        f"task-{task['name']}",
+        f"task-{task.name}",
         "task",
         tasks.run,
-        {"task": {k: task[k] for k in ("name", "type", "data", "test_fraction")}, "seed": pipeline_seed},
+        {"task": task.examples_key(), "seed": pipeline_seed},
         summary="labelled train/test examples",
+        section=task,
     )
 
 
-# a task's fields that configure its TAPT stage (`TaskConfig.tapt()`), not its variants
-TAPT_FIELDS = ("tapt_steps", "tapt_lr", "tapt_seq_len", "tapt_micro_batch_size")
-
-
-def variant_stages(task: dict[str, Any], pipeline_seed: int, bases: dict[str, str], precision: str) -> list[StageSpec]:
+def variant_stages(task: TaskConfig, pipeline_seed: int, bases: dict[str, str], precision: str) -> list[StageSpec]:
     """A task's variants and their evaluations, per seed and data fraction, with TAPT first when asked.
 
     `bases` names the stage (or given artifact) each variant starts from: {"control": ..., "dapt": ...};
@@ -314,40 +313,43 @@ def variant_stages(task: dict[str, Any], pipeline_seed: int, bases: dict[str, st
     computes_in = precision_config(precision)
 
     stages: list[StageSpec] = []
-    # what the adapt stage needs; data, splits and TAPT belong to the stages before it
-    # (the judge belongs to the evaluation)
-    not_adapt = ("data", "test_fraction", "seeds", "data_fractions", "judge", *TAPT_FIELDS)
-    task_config = {k: v for k, v in task.items() if k not in not_adapt}
-    for seed, fraction in task_runs(task, pipeline_seed):
+    for seed, fraction in task.runs(pipeline_seed):
         for variant, base_stage in bases.items():
-            if task.get("start_from"):  # DPO after SFT: start from (and compare with) that task's variant
-                base_stage = f"adapt-{task['start_from']}-{variant}"
-            if task.get("tapt_steps"):  # task-adaptive pretraining first, for both variants alike
-                tapt_stage = f"tapt-{task['name']}-{variant}"
+            if task.start_from:  # DPO after SFT: start from (and compare with) that task's variant
+                base_stage = f"adapt-{task.start_from}-{variant}"
+            if task.tapt_steps:  # task-adaptive pretraining first, for both variants alike
+                tapt_stage = f"tapt-{task.name}-{variant}"
                 if tapt_stage not in {stage.name for stage in stages}:
-                    settings = TaskConfig.model_validate(task).tapt()
+                    settings = task.tapt()
                     stages.append(
                         StageSpec(
                             tapt_stage,
                             "tapt",
                             tapt.run,
                             {"tapt": settings.cache_key(), "seed": pipeline_seed, **computes_in},
-                            {"task": f"task-{task['name']}", "base": base_stage},
+                            {"task": f"task-{task.name}", "base": base_stage},
                             summary="task-adaptive pretraining on the task's training text",
                             section=settings,
                         )
                     )
                 base_stage = tapt_stage
-            adapted = f"adapt-{task['name']}-{variant}{run_suffix(seed, fraction, pipeline_seed)}"
+            adapted = f"adapt-{task.name}-{variant}{run_suffix(seed, fraction, pipeline_seed)}"
             stages.append(
                 StageSpec(
                     adapted,
                     "adapt",
                     adapt.run,
-                    {"task": task_config, "variant": variant, "seed": seed, "data_fraction": fraction, **computes_in},
-                    {"task": f"task-{task['name']}", "base": base_stage},
-                    summary=f"{task['type']} variant from the {'original' if variant == 'control' else 'DAPT'} "
+                    {
+                        "task": task.variant_key(),
+                        "variant": variant,
+                        "seed": seed,
+                        "data_fraction": fraction,
+                        **computes_in,
+                    },
+                    {"task": f"task-{task.name}", "base": base_stage},
+                    summary=f"{task.type} variant from the {'original' if variant == 'control' else 'DAPT'} "
                     f"base (seed {seed}, {fraction:.0%} of the training data)",
+                    section=task,
                 )
             )
             stages.append(
@@ -356,25 +358,20 @@ def variant_stages(task: dict[str, Any], pipeline_seed: int, bases: dict[str, st
                     "evaluate_task",
                     evaluate.run_task,
                     {
-                        "max_length": task["max_length"],
-                        "type": task["type"],
-                        "max_new_tokens": task["max_new_tokens"],
-                        "beta": task["beta"],
+                        "max_length": task.max_length,
+                        "type": task.type,
+                        "max_new_tokens": task.max_new_tokens,
+                        "beta": task.beta,
                         # only when set, so that the ids of runs without a judge stay as they were
-                        **({"judge": task["judge"], "task_name": task["name"]} if task.get("judge") else {}),
+                        **({"judge": task.judge.model_dump(mode="json"), "task_name": task.name} if task.judge else {}),
                         **computes_in,
                     },
-                    {"task": f"task-{task['name']}", "model": adapted, "reference": base_stage},
+                    {"task": f"task-{task.name}", "model": adapted, "reference": base_stage},
                     summary="test-set metrics",
+                    section=task,
                 )
             )
     return stages
-
-
-def task_runs(task: dict[str, Any], pipeline_seed: int) -> list[tuple[int, float]]:
-    """(seed, data fraction) of every training run of a task's variants."""
-    seeds = task.get("seeds") or [pipeline_seed]
-    return [(seed, fraction) for fraction in task.get("data_fractions") or [1.0] for seed in seeds]
 
 
 def run_suffix(seed: int, fraction: float, pipeline_seed: int) -> str:

@@ -59,14 +59,15 @@ def test_lora_classifier_exports_a_plain_folder_that_predicts_what_the_adapters_
             "max_length": 16,
             "data": {"kind": "files", "train": "unused.jsonl"},
         }
-    ).model_dump(mode="json")
+    )
     out = tmp_path / "adapt"
     out.mkdir()
     inputs = {
         "base": Artifact(tmp_path / "base", {"name": "base", "id": "b0", "kind": "base"}),
         "task": Artifact(task_folder, {"name": "task-t", "id": "t0", "kind": "task"}),
     }
-    context = StageContext("adapt-t-dapt", out, {"task": task, "variant": "dapt", "seed": 0}, inputs, None)
+    key = {"task": task.variant_key(), "variant": "dapt", "seed": 0}
+    context = StageContext("adapt-t-dapt", out, key, inputs, None, task)
     metrics = adapt.run(context)
     assert metrics["recipe"] == "lora" and 0 < metrics["trainable_parameters"] < metrics["parameters"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dapt.adapted_record import adapted_stages, entry_task
 from dapt.artifacts import artifact_id
 from dapt.config import CurateConfig, PretrainConfig, TaptConfig, TokenizeConfig, load_config
 from dapt.pipeline import StageSpec, plan
@@ -146,10 +147,35 @@ def test_every_typed_section_is_the_one_its_cache_key_was_made_from():
         typed
     )
     assert {"tapt-xml-subpackage-control", "tapt-xml-subpackage-dapt", "restore"} <= set(typed)
+    # a task's stages read its TaskConfig, each keyed by its own part of it
+    assert {"task-xml-subpackage", "adapt-xml-subpackage-dapt", "evaluate-xml-subpackage-dapt"} <= set(typed)
+    (task,) = config.tasks
     for spec in typed.values():
+        if spec.kind in ("task", "adapt", "evaluate_task"):
+            assert spec.section is task, spec.name
+            continue
         (key,) = (value for value in spec.config.values() if isinstance(value, dict))
         assert key == spec.section.cache_key(), spec.name
     assert typed["pretrain"].section is config.pretrain
+    assert typed["task-xml-subpackage"].config["task"] == task.examples_key()
+    assert typed["adapt-xml-subpackage-dapt"].config["task"] == task.variant_key()
+    assert {"data", "judge", "tapt_steps", "seeds"}.isdisjoint(task.variant_key())
+    evaluation = typed["evaluate-xml-subpackage-dapt"].config
+    assert (evaluation["max_length"], evaluation["type"]) == (task.max_length, task.type)
+
+
+def test_an_adapted_task_recorded_before_a_field_existed_plans_with_its_default(tmp_path):
+    """adapted.json keeps a task as it was dumped then: a field added to tasks since takes its default."""
+    (task,) = load_config(TINY).tasks
+    old = task.model_dump(mode="json")
+    del old["beta"], old["tapt_micro_batch_size"]
+    entry = {"task": old, "original_base": {"name": "base"}, "dapt_base": {"name": "pretrain"}}
+    planned = adapted_stages(entry_task(entry, tmp_path), entry, 0, "auto")
+    current = adapted_stages(task, entry, 0, "auto")
+    assert [(s.name, s.config, s.inputs, s.section) for s in planned] == [
+        (s.name, s.config, s.inputs, s.section) for s in current
+    ]
+    assert planned[-1].section.beta == 0.1
 
 
 def test_tapt_micro_batch_size_comes_from_the_task():

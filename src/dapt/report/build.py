@@ -20,7 +20,7 @@ from dapt.artifacts import Artifact, atomic_write_text, read_artifact
 from dapt.config import PipelineConfig, TaskConfig
 from dapt.eval.metrics import paired_bootstrap
 from dapt.lineage import lineage
-from dapt.pipeline import plan, run_suffix, task_runs
+from dapt.pipeline import plan, run_suffix
 from dapt.report.html import render_html
 from dapt.report.markdown import COST_HEADING, METRIC_LABELS, render_markdown
 
@@ -43,7 +43,7 @@ def _example_scores(artifact: Artifact) -> np.ndarray:
 def _task_entry(task: TaskConfig, pipeline_seed: int, artifacts: dict[str, Artifact]) -> dict[str, Any]:
     """Control vs DAPT for one task: means over seeds on all the data, the paired interval, the data-efficiency
     curve. A run that has not finished is left out (and listed under `missing_runs`)."""
-    runs = task_runs(task.model_dump(), pipeline_seed)
+    runs = task.runs(pipeline_seed)
     results: dict[tuple[str, float], list[Artifact]] = {}
     missing = []
     for seed, fraction in runs:

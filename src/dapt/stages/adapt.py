@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
-from dapt.config import LoraConfig
+from dapt.config import TaskConfig
 from dapt.data.progress import Progress, peak_rss_mb
 from dapt.data.tasks import split_examples
 from dapt.model.chat import encode_pair, pad_pairs, uses_chat_template
@@ -66,14 +66,12 @@ def fit_variant(
     context: StageContext, model: torch.nn.Module, rows: Any, count: int, loss_fn: Any, unit: str
 ) -> TrainResult:
     """The task's training budget (epochs × batches of `rows(index)` over `count` examples, same seed for both
-    variants) through the one training loop."""
-    task = context.config["task"]
-    stream = shuffled_batches(count, task["batch_size"], context.config["seed"], rows)
-    settings = LoopSettings(
-        max_steps=task["epochs"] * math.ceil(count / task["batch_size"]),
-        lr=task["lr"],
-        warmup_steps=task["warmup_steps"],
-        weight_decay=task["weight_decay"],
+    variants) through the one training loop, with the task's lr, warmup_steps and weight_decay."""
+    task = context.section_of(TaskConfig)
+    stream = shuffled_batches(count, task.batch_size, context.config["seed"], rows)
+    settings = LoopSettings.from_config(
+        task,
+        max_steps=task.epochs * math.ceil(count / task.batch_size),
         unit=unit,
         precision=precision_setting(context),
     )
@@ -83,7 +81,7 @@ def fit_variant(
         loss_fn,
         settings,
         metrics_file=context.out / "metrics.jsonl",
-        description=f"adapt {task['name']} ({context.config['variant']})",
+        description=f"adapt {task.name} ({context.config['variant']})",
     )
 
 
@@ -98,10 +96,9 @@ def train_lm_variant(
 ) -> dict[str, Any]:
     """The part instruction tuning and DPO share: the loop over `count` examples batched by `rows(index)`,
     then the export (LoRA merged into a plain HF folder, adapters kept), and the common metrics."""
-    task = context.config["task"]
     result = fit_variant(context, model, rows, count, loss_fn, unit)
     trainable = parameter_count(model, trainable_only=True)
-    if task["recipe"] == "lora":
+    if context.section_of(TaskConfig).recipe == "lora":
         model.save_pretrained(context.out / "adapter")
         model = merged_model(model)
     save_model_folder(model, tokenizer, context.out / "model")
@@ -124,7 +121,7 @@ def variant_metrics(
         "data_fraction": context.config.get("data_fraction", 1.0),
         "base_artifact": context.inputs["base"].manifest["name"],
         "base_id": context.inputs["base"].id,
-        "recipe": context.config["task"]["recipe"],
+        "recipe": context.section_of(TaskConfig).recipe,
         **recipe_details,
         "trainable_parameters": trainable,
         "parameters": parameters,
@@ -139,12 +136,14 @@ def variant_metrics(
 
 
 def run(context: StageContext) -> dict[str, Any]:
-    """The variant of the task's type: a classifier, an instruction follower or a DPO variant."""
-    if context.config["task"]["type"] == "instruction":
-        return run_instruction(context)
-    if context.config["task"]["type"] == "preference":
-        return run_preference(context)
-    return run_classification(context)
+    """The variant of the task's type (its `TaskConfig` is the stage's section): a classifier, an instruction
+    follower or a DPO variant."""
+    task = context.section_of(TaskConfig)
+    if task.type == "instruction":
+        return run_instruction(context, task)
+    if task.type == "preference":
+        return run_preference(context, task)
+    return run_classification(context, task)
 
 
 @dataclass
@@ -162,9 +161,9 @@ Batches = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 Loss = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, int]]
 
 
-def run_classification(context: StageContext) -> dict[str, Any]:
+def run_classification(context: StageContext, task: TaskConfig) -> dict[str, Any]:
     """A sequence classifier on the base: a new head, trained with the task's recipe (full, LoRA or top blocks)."""
-    task, seed = context.config["task"], context.config["seed"]
+    seed = context.config["seed"]
     torch.manual_seed(seed)  # same head initialisation and batch order for the control and the DAPT variant
     base_folder = context.inputs["base"].path / "model"
     labels = json.loads((context.inputs["task"].path / "labels.json").read_text())
@@ -172,7 +171,7 @@ def run_classification(context: StageContext) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     classifier = build_classifier(base_folder, labels, pad_id)
-    input_ids, attention_mask = encode_right_padded(tokenizer, [e["text"] for e in train], task["max_length"], pad_id)
+    input_ids, attention_mask = encode_right_padded(tokenizer, [e["text"] for e in train], task.max_length, pad_id)
     examples = EncodedExamples(
         input_ids,
         attention_mask,
@@ -180,39 +179,38 @@ def run_classification(context: StageContext) -> dict[str, Any]:
         labels=torch.tensor([labels.index(e["label"]) for e in train]),
     )
     feature_caching: dict[str, Any] | None = None  # the top-blocks recipe's pass: rates and peak memory
-    if task["recipe"] == "top_blocks":
-        trained, rows, loss_fn, feature_caching = top_blocks_training(context, classifier, examples)
+    if task.recipe == "top_blocks":
+        trained, rows, loss_fn, feature_caching = top_blocks_training(context, task.top_blocks, classifier, examples)
     else:
         trained, rows, loss_fn = whole_model_training(task, classifier, examples)
     trainable = parameter_count(trained, trainable_only=True)
     context.log(
-        f"recipe {task['recipe']}"
-        + (f" (last {task['top_blocks']} blocks + head)" if task["recipe"] == "top_blocks" else "")
-        + (" (adapters + head)" if task["recipe"] == "lora" else "")
+        f"recipe {task.recipe}"
+        + (f" (last {task.top_blocks} blocks + head)" if task.recipe == "top_blocks" else "")
+        + (" (adapters + head)" if task.recipe == "lora" else "")
         + f": {trainable / 1e6:.2f}M of {parameter_count(classifier) / 1e6:.1f}M parameters trained, "
-        f"{len(train)} examples × {task['epochs']} epochs"
+        f"{len(train)} examples × {task.epochs} epochs"
     )
     result = fit_variant(context, trained, rows, len(train), loss_fn, unit="ex")
-    if task["recipe"] == "lora":
+    if task.recipe == "lora":
         trained.save_pretrained(context.out / "adapter")
         classifier = merged_model(trained)  # a plain AutoModelForSequenceClassification folder
     for parameter in classifier.parameters():
         parameter.requires_grad_(True)
     save_model_folder(classifier, tokenizer, context.out / "model")
     details = {
-        "top_blocks": task["top_blocks"] if task["recipe"] == "top_blocks" else None,
+        "top_blocks": task.top_blocks if task.recipe == "top_blocks" else None,
         "feature_caching": feature_caching,
     }
     return variant_metrics(context, result, details, trainable, parameter_count(classifier), len(train))
 
 
 def top_blocks_training(
-    context: StageContext, classifier: torch.nn.Module, examples: EncodedExamples
+    context: StageContext, top_blocks: int, classifier: torch.nn.Module, examples: EncodedExamples
 ) -> tuple[torch.nn.Module, Batches, Loss, dict[str, Any]]:
-    """The top-blocks recipe: the frozen lower blocks see each example once, in the precision the top blocks then
-    train in (kept as fp32 features); every epoch then runs only the top blocks. Returns what trains, its batches,
-    its loss and the feature pass's rates and peak memory."""
-    task = context.config["task"]
+    """The top-blocks recipe (the last `top_blocks` decoder blocks and the head train): the frozen lower blocks see
+    each example once, in the precision the top blocks then train in (kept as fp32 features); every epoch then runs
+    only the top blocks. Returns what trains, its batches, its loss and the feature pass's rates and peak memory."""
     classifier.eval()
     progress = Progress("top-blocks features", len(examples.labels), "examples")
     with autocast(choose_precision(precision_setting(context))):
@@ -220,7 +218,7 @@ def top_blocks_training(
             classifier,
             examples.input_ids,
             examples.attention_mask,
-            task["top_blocks"],
+            top_blocks,
             FEATURE_BATCH,
             lambda count, tokens: progress.update(count, tokens=tokens),
         )
@@ -230,7 +228,7 @@ def top_blocks_training(
         "peak_rss_mb": peak_rss_mb(),
     }
     context.log(f"frozen features cached; peak RSS {feature_caching['peak_rss_mb']['main']:,.0f} MB")
-    trained = TopBlocks(classifier, task["top_blocks"])
+    trained = TopBlocks(classifier, top_blocks)
     freeze_all_but(classifier, trained)
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -248,13 +246,13 @@ def top_blocks_training(
 
 
 def whole_model_training(
-    task: dict[str, Any], classifier: torch.nn.Module, examples: EncodedExamples
+    task: TaskConfig, classifier: torch.nn.Module, examples: EncodedExamples
 ) -> tuple[torch.nn.Module, Batches, Loss]:
     """The full recipe (every weight) or LoRA (adapters on the decoder, the head, `score`, in full): what trains,
     its batches and its loss."""
     trained = classifier
-    if task["recipe"] == "lora":
-        trained = add_lora(classifier, LoraConfig.model_validate(task["lora"]), task_type="SEQ_CLS")
+    if task.recipe == "lora":
+        trained = add_lora(classifier, task.lora, task_type="SEQ_CLS")
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -271,21 +269,21 @@ def whole_model_training(
     return trained, rows, loss_fn
 
 
-def run_instruction(context: StageContext) -> dict[str, Any]:
+def run_instruction(context: StageContext, task: TaskConfig) -> dict[str, Any]:
     """Instruction tuning (SFT): the loss on the response tokens only; full or LoRA; exported merged."""
-    task, seed = context.config["task"], context.config["seed"]
+    seed = context.config["seed"]
     torch.manual_seed(seed)
     base_folder = context.inputs["base"].path / "model"
     train, _ = training_examples(context)
     model, tokenizer = load_causal_lm(base_folder)
-    if task["recipe"] == "lora":
-        model = add_lora(model, LoraConfig.model_validate(task["lora"]))
+    if task.recipe == "lora":
+        model = add_lora(model, task.lora)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pairs = [encode_pair(tokenizer, e["prompt"], e["response"], task["max_length"]) for e in train]
+    pairs = [encode_pair(tokenizer, e["prompt"], e["response"], task.max_length) for e in train]
     context.log(
-        f"recipe {task['recipe']} ({'chat template' if uses_chat_template(tokenizer) else 'built-in template'}): "
+        f"recipe {task.recipe} ({'chat template' if uses_chat_template(tokenizer) else 'built-in template'}): "
         f"{parameter_count(model, trainable_only=True) / 1e6:.2f}M of {parameter_count(model) / 1e6:.1f}M parameters "
-        f"trained, {len(train)} pairs × {task['epochs']} epochs, loss on response tokens only"
+        f"trained, {len(train)} pairs × {task.epochs} epochs, loss on response tokens only"
     )
     metrics = train_lm_variant(
         context,
@@ -317,27 +315,27 @@ def pair_logps(
     return torch.cat(out)
 
 
-def run_preference(context: StageContext) -> dict[str, Any]:
+def run_preference(context: StageContext, task: TaskConfig) -> dict[str, Any]:
     """DPO from the starting model (the base, or an instruction variant of it), which is also the reference.
 
     The reference's log-probabilities are computed once, before the first update, so no second copy of
     the model is kept in memory. With LoRA the adapters start at zero: step 0's policy is the reference.
     """
-    task, seed = context.config["task"], context.config["seed"]
+    seed = context.config["seed"]
     torch.manual_seed(seed)
     start_folder = context.inputs["base"].path / "model"
     train, _ = training_examples(context)
     model, tokenizer = load_causal_lm(start_folder)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    chosen = [encode_pair(tokenizer, e["prompt"], e["chosen"], task["max_length"]) for e in train]
-    rejected = [encode_pair(tokenizer, e["prompt"], e["rejected"], task["max_length"]) for e in train]
+    chosen = [encode_pair(tokenizer, e["prompt"], e["chosen"], task.max_length) for e in train]
+    rejected = [encode_pair(tokenizer, e["prompt"], e["rejected"], task.max_length) for e in train]
     # the reference in the precision the policy trains in: step 0's policy is the reference, its margin 0
     precision = choose_precision(precision_setting(context))
     reference_chosen = pair_logps(model, chosen, pad_id, precision)
     reference_rejected = pair_logps(model, rejected, pad_id, precision)
-    if task["recipe"] == "lora":
-        model = add_lora(model, LoraConfig.model_validate(task["lora"]))
-    beta = task["beta"]
+    if task.recipe == "lora":
+        model = add_lora(model, task.lora)
+    beta = task.beta
 
     def rows(index: torch.Tensor) -> dict[str, torch.Tensor]:
         picked = index.tolist()
@@ -354,7 +352,7 @@ def run_preference(context: StageContext) -> dict[str, Any]:
         return loss, count
 
     context.log(
-        f"DPO (β {beta}, recipe {task['recipe']}) from {context.inputs['base'].manifest['name']}: "
-        f"{len(train)} preference pairs × {task['epochs']} epochs"
+        f"DPO (β {beta}, recipe {task.recipe}) from {context.inputs['base'].manifest['name']}: "
+        f"{len(train)} preference pairs × {task.epochs} epochs"
     )
     return {**train_lm_variant(context, model, tokenizer, rows, len(train), loss_fn, unit="pair"), "beta": beta}

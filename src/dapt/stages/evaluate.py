@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from dapt.config import TaskConfig
 from dapt.data.shards import document_position_ids, packed_windows
 from dapt.errors import DataError
 from dapt.eval.judge import endpoint, rate
@@ -252,10 +253,12 @@ def run_lm(context: StageContext) -> dict[str, Any]:
 
 @torch.no_grad()
 def run_task(context: StageContext) -> dict[str, Any]:
-    if context.config.get("type") == "instruction":
-        return run_instruction(context)
-    if context.config.get("type") == "preference":
-        return run_preference(context)
+    """A variant on its task's test split (the task's `TaskConfig` is the stage's section)."""
+    task = context.section_of(TaskConfig)
+    if task.type == "instruction":
+        return run_instruction(context, task)
+    if task.type == "preference":
+        return run_preference(context, task)
     folder = context.inputs["model"].path / "model"
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
@@ -269,7 +272,7 @@ def run_task(context: StageContext) -> dict[str, Any]:
     predicted: list[int] = []
     for start in tqdm(range(0, len(test), BATCH), desc=f"evaluate {context.name}", unit="batch", leave=False):
         texts = [e["text"] for e in test[start : start + BATCH]]
-        input_ids, attention_mask = encode_right_padded(tokenizer, texts, context.config["max_length"], pad_id)
+        input_ids, attention_mask = encode_right_padded(tokenizer, texts, task.max_length, pad_id)
         with autocast(precision):
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         predicted += logits.argmax(dim=-1).tolist()
@@ -290,7 +293,7 @@ def run_task(context: StageContext) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def run_instruction(context: StageContext) -> dict[str, Any]:
+def run_instruction(context: StageContext, task: TaskConfig) -> dict[str, Any]:
     """Greedy answers to the test prompts, scored against the references; loaded as a user would load it."""
     folder = context.inputs["model"].path / "model"
     model, tokenizer = load_causal_lm(folder)
@@ -301,12 +304,12 @@ def run_instruction(context: StageContext) -> dict[str, Any]:
     context.log(str(precision))
     rows = []
     for example in tqdm(test, desc=f"evaluate {context.name}", unit="prompt", leave=False):
-        prefix = prompt_ids(tokenizer, example["prompt"])[-context.config["max_length"] :]
+        prefix = prompt_ids(tokenizer, example["prompt"])[-task.max_length :]
         with autocast(precision):
             output = model.generate(
                 input_ids=torch.tensor([prefix]),
                 attention_mask=torch.ones(1, len(prefix), dtype=torch.long),
-                max_new_tokens=context.config["max_new_tokens"],
+                max_new_tokens=task.max_new_tokens,
                 do_sample=False,
                 eos_token_id=stop,
                 pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0],
@@ -327,10 +330,10 @@ def run_instruction(context: StageContext) -> dict[str, Any]:
     metrics["examples"] = len(rows)
     metrics |= precision.record()
     metrics["judge"] = None  # no judge endpoint configured: the metrics above compare words with the reference
-    judge = context.config.get("judge")
-    if judge:
+    if task.judge is not None:
+        judge = task.judge.model_dump()
         ratings = [
-            rate(judge, context.config["task_name"], r["prompt"], r["reference"], r["generated"])
+            rate(judge, task.name, r["prompt"], r["reference"], r["generated"])
             for r in tqdm(rows, desc=f"judge {context.name}", unit="answer", leave=False)
         ]
         for row, rating in zip(rows, ratings, strict=True):
@@ -348,16 +351,15 @@ def run_instruction(context: StageContext) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def run_preference(context: StageContext) -> dict[str, Any]:
+def run_preference(context: StageContext, task: TaskConfig) -> dict[str, Any]:
     """Held-out pairs: does the variant's implicit reward β·log(π/π_ref) prefer the chosen response?"""
     policy, tokenizer = load_causal_lm(context.inputs["model"].path / "model")
     reference, _ = load_causal_lm(context.inputs["reference"].path / "model")
-    beta = context.config["beta"]
+    beta = task.beta
     test = read_examples(context.inputs["task"].path / "test.parquet")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    length = context.config["max_length"]
-    chosen = [encode_pair(tokenizer, e["prompt"], e["chosen"], length) for e in test]
-    rejected = [encode_pair(tokenizer, e["prompt"], e["rejected"], length) for e in test]
+    chosen = [encode_pair(tokenizer, e["prompt"], e["chosen"], task.max_length) for e in test]
+    rejected = [encode_pair(tokenizer, e["prompt"], e["rejected"], task.max_length) for e in test]
     precision = choose_precision(precision_setting(context))  # the variant's training precision
     context.log(str(precision))
     reward_chosen = beta * (

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dapt.config import TaskDataConfig
+from dapt.config import TaskConfig
 from dapt.data.tasks import (
     docstring_classification_examples,
     docstring_instruction_examples,
@@ -48,19 +47,9 @@ def read_examples(path: Path) -> list[dict[str, str]]:
     return pq.read_table(path).to_pylist()
 
 
-@dataclass(frozen=True)
-class TaskData:
-    """What this stage needs of a task's config: the recipe fields belong to the adapt stage."""
-
-    name: str
-    type: str
-    data: TaskDataConfig
-    test_fraction: float
-
-
 def run(context: StageContext) -> dict[str, Any]:
-    spec = context.config["task"]
-    task = TaskData(spec["name"], spec["type"], TaskDataConfig.model_validate(spec["data"]), spec["test_fraction"])
+    """The task's examples (its `TaskConfig` is the stage's section; of it, this stage reads `examples_fields`)."""
+    task = context.section_of(TaskConfig)
     if task.type in ("instruction", "preference"):
         return run_instruction(context, task)
     data, seed = task.data, context.config["seed"]
@@ -103,7 +92,7 @@ def run(context: StageContext) -> dict[str, Any]:
     }
 
 
-def run_instruction(context: StageContext, task: TaskData) -> dict[str, Any]:
+def run_instruction(context: StageContext, task: TaskConfig) -> dict[str, Any]:
     data, seed = task.data, context.config["seed"]
     preference = task.type == "preference"
     if data.kind == "python_docstrings":
