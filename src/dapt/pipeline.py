@@ -92,7 +92,7 @@ def plan(config: PipelineConfig) -> list[StageSpec]:
     stages += _pretraining_stages(config, dump, pretrain_base, pretrain_tokens)
     for task in config.tasks:
         stages += variant_stages(task, config.seed, {"control": "base", "dapt": "pretrain"}, config.pretrain.precision)
-    return stages + cost_stages(config, dump)
+    return stages + cost_stages(config)
 
 
 def _corpus_stages(config: PipelineConfig, dump: dict[str, Any]) -> tuple[list[StageSpec], str, str]:
@@ -200,15 +200,16 @@ def _pretraining_stages(
     ]
 
 
-def cost_stages(config: PipelineConfig, dump: dict[str, Any]) -> list[StageSpec]:
+def cost_stages(config: PipelineConfig) -> list[StageSpec]:
     """What adaptation cost (`dapt.stages.cost`): safety and retention of both bases and of every variant of an
     instruction or preference task (each seed, all the data), then the gates on them; with `config.restore`, of
     the restored base too."""
 
-    pipeline_seed, restoring = config.seed, config.restore
-    # what the answers depend on; the gates' thresholds belong to the gates stage alone
+    pipeline_seed, restoring, safety = config.seed, config.restore, config.safety
+    # what the answers depend on (each cost stage reads its SafetyConfig section); the gates' thresholds belong to
+    # the gates stage alone
     measured = {
-        "safety": {k: dump["safety"][k] for k in ("max_new_tokens", "judge")},
+        "safety": safety.model_dump(mode="json", include={"max_new_tokens", "judge"}),
         **precision_config(config.pretrain.precision),
     }
     stages = [
@@ -219,6 +220,7 @@ def cost_stages(config: PipelineConfig, dump: dict[str, Any]) -> list[StageSpec]
             measured,
             {"original": "base", "dapt": "pretrain"},
             summary="safety (chat models) and general-knowledge retention of both bases",
+            section=safety,
         )
     ]
     tasks = []
@@ -240,30 +242,32 @@ def cost_stages(config: PipelineConfig, dump: dict[str, Any]) -> list[StageSpec]
                         measured | {"variant": variant},
                         {"model": f"adapt-{task.name}-{variant}{suffix}"},
                         summary="safety and general-knowledge retention of the variant",
+                        section=safety,
                     )
                 )
                 runs[variant].append(name)
         if runs["dapt"]:
             tasks.append({"name": task.name, "runs": runs})
     gates = {
-        "safety": {k: dump["safety"][k] for k in ("max_refusal_drop", "max_over_refusal_rise")},
-        "retention": dump["retention"],
+        "safety": safety.model_dump(mode="json", include={"max_refusal_drop", "max_over_refusal_rise"}),
+        "retention": config.retention.model_dump(mode="json"),
         "tasks": tasks,
     }
     inputs = {"bases": "cost-bases", "lm": "evaluate-lm"}
     if restoring is not None:  # restoring what adaptation cost: a third base, measured like the others
-        stages += restore_stages(dump, measured, restoring)
+        stages += restore_stages(config, measured, restoring)
         inputs["restored"] = "cost-restored"
     inputs |= {name: name for task in tasks for names in task["runs"].values() for name in names}
     stages.append(StageSpec("gates", "gates", cost.run_gates, gates, inputs, summary="what adaptation cost: the gates"))
     return stages
 
 
-def restore_stages(dump: dict[str, Any], measured: dict[str, Any], restoring: RestoreConfig) -> list[StageSpec]:
+def restore_stages(config: PipelineConfig, measured: dict[str, Any], restoring: RestoreConfig) -> list[StageSpec]:
     """`restore` (`dapt.stages.restore`: the DAPT base merged with the original, or given the chat vector) and
     `cost-restored` (its safety, retention and held-out perplexity, as the bases')."""
 
-    held_out = {k: dump["pretrain"][k] for k in ("seq_len", "document_mask")}  # evaluate-lm's windows
+    # evaluate-lm's windows
+    held_out = {"seq_len": config.pretrain.seq_len, "document_mask": config.pretrain.document_mask}
     return [
         StageSpec(
             "restore",
@@ -281,6 +285,7 @@ def restore_stages(dump: dict[str, Any], measured: dict[str, Any], restoring: Re
             measured | held_out,
             {"model": "restore", "original": "base", "tokens": "tokenize", "corpus": "curate"},
             summary="safety, general-knowledge retention and held-out perplexity of the restored base",
+            section=config.safety,
         ),
     ]
 

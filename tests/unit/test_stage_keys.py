@@ -146,13 +146,17 @@ def test_every_typed_section_is_the_one_its_cache_key_was_made_from():
     assert {"base", "curate", "tokenize", "extend-vocab", "tokenize-extended", "extend-context", "pretrain"} <= set(
         typed
     )
-    assert {"tapt-xml-subpackage-control", "tapt-xml-subpackage-dapt", "restore"} <= set(typed)
+    assert {"tapt-xml-subpackage-control", "tapt-xml-subpackage-dapt", "restore", "cost-restored"} <= set(typed)
     # a task's stages read its TaskConfig, each keyed by its own part of it
     assert {"task-xml-subpackage", "adapt-xml-subpackage-dapt", "evaluate-xml-subpackage-dapt"} <= set(typed)
     (task,) = config.tasks
     for spec in typed.values():
         if spec.kind in ("task", "adapt", "evaluate_task"):
             assert spec.section is task, spec.name
+            continue
+        if spec.kind == "cost":  # what the answers depend on: part of the safety section (the gates' are not)
+            assert spec.section is config.safety, spec.name
+            assert spec.config["safety"].items() <= config.safety.cache_key().items(), spec.name
             continue
         (key,) = (value for value in spec.config.values() if isinstance(value, dict))
         assert key == spec.section.cache_key(), spec.name

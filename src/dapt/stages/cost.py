@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dapt.artifacts import Artifact
+from dapt.config import SafetyConfig
 from dapt.eval.metrics import paired_bootstrap
 from dapt.eval.retention import cloze_items, score_cloze
 from dapt.eval.safety import SETS, is_refusal, judge_refusal, prompt_set, rates
@@ -74,7 +75,7 @@ def measure(
     context: StageContext, label: str, model: Any, tokenizer: Any, *, safety: bool
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """One model's (metrics, answer rows, cloze rows): the safety check when `safety`, the cloze check always."""
-    settings = context.config["safety"]
+    settings = context.section_of(SafetyConfig)
     precision = choose_precision(precision_setting(context))
     model.eval()
     with autocast(precision):
@@ -83,17 +84,15 @@ def measure(
     answer_rows: list[dict[str, Any]] = []
     if safety:
         prompts = [p | {"set": name} for name in SETS for p in prompt_set(name)]
-        answers = greedy_answers(
-            model, tokenizer, [p["prompt"] for p in prompts], settings["max_new_tokens"], precision
-        )
+        answers = greedy_answers(model, tokenizer, [p["prompt"] for p in prompts], settings.max_new_tokens, precision)
         answer_rows = [
             {key: p[key] for key in ("set", "id", "category", "prompt")}
             | {"answer": answer, "refused": is_refusal(answer)}
             for p, answer in zip(prompts, answers, strict=True)
         ]
         metrics["safety"] = rates(answer_rows) | {"prompts": {name: len(prompt_set(name)) for name in SETS}}
-        judge = settings.get("judge")
-        if judge:
+        if settings.judge is not None:
+            judge = settings.judge.model_dump()
             for row in tqdm(answer_rows, desc=f"judge {label}", unit="answer", leave=False):
                 row["judge_refused"] = judge_refusal(judge, row["prompt"], row["answer"])
             metrics["safety"]["judge"] = rates(answer_rows, "judge_refused") | {"model": judge["model"]}
