@@ -40,7 +40,7 @@ from dapt.stages.context import StageContext
 from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, average_checkpoints, load_full_weights
 from dapt.train.distributed import is_main_process, wait_for_everyone
 from dapt.train.forgetting import DocumentLosses, ForgettingGuard, ForgettingSettings
-from dapt.train.loop import LoopSettings, resolve_accumulation, train_loop
+from dapt.train.loop import LoopSettings, TrainResult, resolve_accumulation, train_loop
 from dapt.train.objectives import causal_lm_loss, check_documents_kept_apart, lm_batch, lm_token_losses, perplexity
 from dapt.train.schedule import ScheduleSegment, StagedSchedule
 from dapt.train.sharding import shards_over_processes, without_tied_copies
@@ -571,6 +571,34 @@ def choose_average(
     return folder, {"step": steps, **{k: v for k, v in record.items() if k not in ("forgetting", "exported")}}
 
 
+def training_record(
+    config: PretrainConfig, result: TrainResult, batches: PackedBatches | StagedBatches, best_step: int
+) -> dict[str, Any]:
+    """What the loop did, for the manifest: steps, tokens, speed, stops, data drawn (per stage), processes and
+    precision."""
+    return {
+        "method": config.method,
+        "steps": result.steps,
+        "tokens_trained": result.units,
+        "tokens_per_second": round(result.units_per_second, 1),
+        "train_seconds": round(result.seconds - result.eval_seconds, 1),
+        "best_step": best_step,
+        "stopped_early": result.stopped_early,
+        "stop_reason": result.stop_reason,
+        "windows_drawn": batches.drawn,  # staged: summed over the stages
+        # with pretrain.stages: each stage's steps, tokens, data, learning rates and windows drawn
+        "stages": (
+            stage_records(config, batches, result.evaluations, result.steps)
+            if isinstance(batches, StagedBatches)
+            else None
+        ),
+        "resumed": result.resumed_from,
+        "processes": result.processes,
+        "sharding": result.sharding,  # fsdp only when it sharded: over more than one process
+        **result.precision.record(),  # what it computed in and why (auto: what the device can do)
+    }
+
+
 def run(context: StageContext) -> dict[str, Any]:
     config = context.section_of(PretrainConfig)
     seed = context.config["seed"]
@@ -633,25 +661,7 @@ def run(context: StageContext) -> dict[str, Any]:
         export_dapt_base(context, config, best_step, base_folder, checkpointer, model, tokenizer, averaged_folder)
     context.log(f"best step {best_step}: " + ", ".join(f"{k} {initial[k]:.4f} → {best[k]:.4f}" for k in held_out))
     return {
-        "method": config.method,
-        "steps": result.steps,
-        "tokens_trained": result.units,
-        "tokens_per_second": round(result.units_per_second, 1),
-        "train_seconds": round(result.seconds - result.eval_seconds, 1),
-        "best_step": best_step,
-        "stopped_early": result.stopped_early,
-        "stop_reason": result.stop_reason,
-        "windows_drawn": batches.drawn,  # staged: summed over the stages
-        # with pretrain.stages: each stage's steps, tokens, data, learning rates and windows drawn
-        "stages": (
-            stage_records(config, batches, result.evaluations, result.steps)
-            if isinstance(batches, StagedBatches)
-            else None
-        ),
-        "resumed": result.resumed_from,
-        "processes": result.processes,
-        "sharding": result.sharding,  # fsdp only when it sharded: over more than one process
-        **result.precision.record(),  # what it computed in and why (auto: what the device can do)
+        **training_record(config, result, batches, best_step),
         "initial": {**initial, **{k.replace("_loss", "_ppl"): perplexity(initial[k]) for k in held_out}},
         "best": {**best, **{k.replace("_loss", "_ppl"): perplexity(best[k]) for k in held_out}},
         "evaluations": result.evaluations,
