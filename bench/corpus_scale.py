@@ -216,6 +216,9 @@ def main() -> None:
         seconds = manifest(run, stage)["timings"]["seconds"]
         stages[stage] = {"seconds": seconds, "rss_main_mb": measured["rss_main_mb"]}
         stages[stage]["rss_largest_worker_mb"] = measured["rss_largest_worker_mb"]
+        # how busy the machine was (1, 5 and 15-minute load averages as the stage ended): rates on a shared
+        # machine are only comparable with this beside them
+        stages[stage]["load_average"] = [round(load, 1) for load in os.getloadavg()]
         print(f"{stage}: {stages[stage]}", file=sys.stderr)
     ingest, curate, tokenize = (manifest(run, s)["metrics"] for s in ("ingest", "curate", "tokenize"))
     tokens, documents = tokens_in_shards(run)
@@ -252,6 +255,7 @@ def main() -> None:
             "steps": args.pretrain_steps,
             "seconds": manifest(run, "pretrain")["timings"]["seconds"],
             "rss_main_mb": measured["rss_main_mb"],
+            "load_average": [round(load, 1) for load in os.getloadavg()],
         }
 
     if not args.skip_contenders:

@@ -570,7 +570,8 @@ class TokenizeConfig(Section):
         gt=0,
         description="Tokens per held-out split at most (the document that crosses it included): pretraining "
         "evaluates both validation splits whole at every evaluation, so this bounds an evaluation's cost (2 × "
-        "32,768 tokens: 256 windows of 256). Must be at least eval_tokens.",
+        "32,768 tokens: 256 windows of 256). Must be at least eval_tokens; left unset, it is raised to "
+        "eval_tokens when that is larger.",
     )
     max_train_tokens: int | None = Field(
         None,
@@ -610,6 +611,8 @@ class TokenizeConfig(Section):
 
     @model_validator(mode="after")
     def _eval_cap_holds_the_floor(self) -> TokenizeConfig:
+        if "eval_max_tokens" not in self.model_fields_set and self.eval_max_tokens < self.eval_tokens:
+            self.eval_max_tokens = self.eval_tokens  # a config that sets only eval_tokens means that many
         if self.eval_max_tokens < self.eval_tokens:
             raise ValueError(
                 f"eval_max_tokens ({self.eval_max_tokens}) is below eval_tokens ({self.eval_tokens}); raise "

@@ -3,7 +3,9 @@
 import pytest
 
 from dapt.cli import main
-from dapt.config import apply_overrides, config_from_dict, load_config
+from pydantic import ValidationError
+
+from dapt.config import TokenizeConfig, apply_overrides, config_from_dict, load_config
 from dapt.errors import ConfigError
 
 MINIMAL = {
@@ -164,3 +166,11 @@ def test_how_curation_runs_is_not_part_of_the_curate_cache_key():
 
     assert curate_config({}) == curate_config({"workers": 1, "batch_size": 64, "backend": "ray"})
     assert curate_config({}) != curate_config({"min_words": 3})
+
+
+def test_held_out_cap_follows_a_larger_floor_unless_set():
+    # a config from before eval_max_tokens existed sets only eval_tokens: it still means that many tokens
+    assert TokenizeConfig(eval_tokens=65536).eval_max_tokens == 65536
+    assert TokenizeConfig(eval_tokens=1024).eval_max_tokens == 32768
+    with pytest.raises(ValidationError, match="eval_max_tokens .4096. is below eval_tokens"):
+        TokenizeConfig(eval_tokens=65536, eval_max_tokens=4096)
