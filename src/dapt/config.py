@@ -842,7 +842,7 @@ class PretrainConfig(Section):
 
     # How training runs, not what it trains (the same weights within float noise; checkpoints are interchangeable),
     # so none is part of the pretrain stage's cache key, like the number of processes.
-    execution_fields: ClassVar[tuple[str, ...]] = ("sharding", "compile", "max_logits_mb")
+    execution_fields: ClassVar[tuple[str, ...]] = ("sharding", "compile", "max_logits_mb", "context_parallel")
     seq_len: int = Field(256, gt=1, description="Tokens per packed training sequence.")
     micro_batch_size: int = Field(4, gt=0, description="Sequences per forward pass.")
     grad_accum_steps: int = Field(1, gt=0, description="Forward passes per optimizer step.")
@@ -937,6 +937,18 @@ class PretrainConfig(Section):
         "has 1.6 GB of them; the demo's 4 × 256-token micro-batch 0.2 GB (not chunked). 0: never chunk. Models "
         "that soft-cap or scale their logits after the LM head (Gemma 2, Cohere, Granite) need 0. Evaluation "
         "passes (no backward) chunk above 256 MB whatever this says. Not part of the stage's cache key.",
+    )
+    context_parallel: int = Field(
+        1,
+        ge=1,
+        description="Processes that split each window's sequence (context parallelism): each runs the model on "
+        "seq_len / N of a row's tokens and, in every attention layer, all-gathers the keys and values of the rest "
+        "(packed documents kept apart across the split), so activations and logits per process shrink N-fold and a "
+        "window longer than one device holds still trains. The processes launched (torchrun --nproc_per_node) must "
+        "be a multiple of it; each group of N trains the same rows, and micro_batch_size is split over the groups. "
+        "With sharding none or fsdp, not with DeepSpeed or compile; models with full causal attention (no sliding "
+        "window or soft-capping). Tested over two CPU processes (gloo); the same collectives run on NCCL. 1: each "
+        "process trains whole rows. Not part of the stage's cache key.",
     )
     peak_tflops: float | None = Field(
         None, gt=0, description="The device's peak TFLOP/s for MFU; None: looked up for known GPUs, else no MFU."

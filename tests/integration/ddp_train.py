@@ -10,7 +10,8 @@ every process crashes in step 5, and a fresh model resumes from step 4 to the en
 the checkpoint files this process read in full (`reads`); -deeper resumes a model with one layer more, which the
 checkpoint does not fit; with accumulate, each step accumulates the gradients of 2 micro-batches. With
 DDP_TRAIN_MAX_LOGITS_BYTES set, the loss is computed a chunk of positions at a time above that many bytes of logits
-(dapt.model.chunked_loss).
+(dapt.model.chunked_loss); with DDP_TRAIN_CONTEXT_PARALLEL=N, N processes split each row's sequence
+(dapt.model.context_parallel).
 """
 
 import json
@@ -141,6 +142,7 @@ def main(metrics_file: Path, sharding: str, fault: str | None) -> None:
         sharding=sharding,
         grad_accum_steps=2 if fault == "accumulate" else MICRO_BATCHES,
         precision=os.environ.get("DDP_TRAIN_PRECISION", "auto"),
+        context_parallel=int(os.environ.get("DDP_TRAIN_CONTEXT_PARALLEL", "1")),
     )
     reads = None
     if fault is not None and fault.startswith("crash-and-resume"):
@@ -180,6 +182,7 @@ def main(metrics_file: Path, sharding: str, fault: str | None) -> None:
         rank = torch.distributed.get_rank()
         shard_file = metrics_file.with_name(f"{metrics_file.name}.rank{rank}.json")
         shard = {"held": held, "of": weight.numel(), "sharding": result.sharding, "reads": reads}
+        shard["context_parallel"] = result.context_parallel
         shard_file.write_text(json.dumps(shard))
     leave()  # without it, a rank can abort at interpreter exit (SIGABRT), now and then
 

@@ -39,7 +39,8 @@ def layout(name: str) -> tuple[str, dict[str, str]]:
     zeroN[-offload][-bf16][-accumulate] (DeepSpeed ZeRO stage N, told as `accelerate launch` with a DeepSpeed config
     tells it; -offload: the optimizer state in host memory; -bf16: trained in bf16; -accumulate: 2 micro-batches
     a step). -chunked: the loss over 48 positions' logits at a time (dapt.model.chunked_loss), 3 chunks per process
-    and step with the preset's byte-level vocabulary of 258 entries."""
+    and step with the preset's byte-level vocabulary of 258 entries. -cp: both processes train every row, each on
+    half of its tokens (context parallelism, dapt.model.context_parallel)."""
     if name.startswith("zero"):
         stage, *options = name.removeprefix("zero").split("-")
         deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": stage}
@@ -52,6 +53,8 @@ def layout(name: str) -> tuple[str, dict[str, str]]:
         return "none", {**ENV, **deepspeed}
     if name.endswith("-chunked"):
         return name.removesuffix("-chunked"), {**ENV, "DDP_TRAIN_MAX_LOGITS_BYTES": str(48 * 258 * 4)}
+    if name.endswith("-cp"):
+        return name.removesuffix("-cp"), {**ENV, "DDP_TRAIN_CONTEXT_PARALLEL": "2"}
     return name, ENV
 
 
@@ -62,7 +65,8 @@ def single_process_metrics(tmp_path_factory) -> Path:
     return single
 
 
-@pytest.mark.parametrize("sharding", ["none", "fsdp", "fsdp-chunked", "zero1", "zero2", "zero2-offload"])
+# ZeRO stage 1 is covered by the resume tests below (zero1-bf16*)
+@pytest.mark.parametrize("sharding", ["none", "fsdp", "fsdp-chunked", "none-cp", "fsdp-cp", "zero2", "zero2-offload"])
 def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
     double = tmp_path / "double.jsonl"
     argument, env = layout(sharding)
@@ -85,7 +89,8 @@ def test_two_processes_match_one(tmp_path, single_process_metrics, sharding):
     assert norms == pytest.approx(records(single_process_metrics, "grad_norm"), rel=1e-4)
     assert records(double, "units")[-1] == 8 * 8 * 32, "tokens are counted over both processes"
     shards = [json.loads((tmp_path / f"double.jsonl.rank{rank}.json").read_text()) for rank in (0, 1)]
-    if sharding == "fsdp":
+    assert shards[0]["context_parallel"] == (2 if sharding.endswith("-cp") else 1)
+    if sharding.startswith("fsdp"):
         assert [shard["held"] for shard in shards] == [shards[0]["of"] // 2] * 2, "each process holds half a layer"
         assert shards[0]["sharding"] == "fsdp"
     elif sharding.startswith("zero"):

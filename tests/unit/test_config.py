@@ -1,10 +1,9 @@
 """Config errors name the key and say what to do; the CLI turns them into exit code 2, no traceback."""
 
 import pytest
-
-from dapt.cli import main
 from pydantic import ValidationError
 
+from dapt.cli import main
 from dapt.config import TokenizeConfig, apply_overrides, config_from_dict, load_config
 from dapt.errors import ConfigError
 

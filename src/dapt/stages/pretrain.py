@@ -595,6 +595,7 @@ def training_record(
         "resumed": result.resumed_from,
         "processes": result.processes,
         "sharding": result.sharding,  # fsdp only when it sharded: over more than one process
+        "context_parallel": result.context_parallel,  # processes per sequence (1: whole rows per process)
         **result.precision.record(),  # what it computed in and why (auto: what the device can do)
     }
 

@@ -38,7 +38,8 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from dapt.artifacts import atomic_write_text
-from dapt.errors import TrainingError, raised_everywhere
+from dapt.errors import ConfigError, TrainingError, raised_everywhere
+from dapt.model.context_parallel import ContextParallel
 from dapt.train import zero
 from dapt.train.backends import backend_for, start_processes
 from dapt.train.checkpoint import Checkpointer
@@ -78,6 +79,8 @@ class LoopSettings:
     tracking_dir: Path | None = None  # where local trackers (tensorboard, mlflow) write
     sharding: str = "none"  # none: DDP over several processes | fsdp: weights, grads, moments sharded (FSDP2)
     compile: bool = False  # train through torch.compile (evaluation stays eager)
+    # processes that split each row's sequence (dapt.model.context_parallel); 1: each process takes whole rows
+    context_parallel: int = 1
     flops_per_unit: float | None = None  # model FLOPs per trained unit (token), for MFU in the log
     peak_tflops: float | None = None  # one device's peak TFLOP/s; with flops_per_unit, each step logs its MFU
     # a staged run (pretrain.stages): the schedule stage by stage, replacing `schedule`, warmup_steps, min_lr_ratio
@@ -119,6 +122,7 @@ class TrainResult:
     resumed_from: int | None = None  # the step this run resumed from, if it did
     processes: int = 1
     sharding: str = "none"  # what the loop did: fsdp only over more than one process; deepspeed-zeroN
+    context_parallel: int = 1  # processes per sequence
     # what it computed in (fp32, bf16: autocast from fp32 master weights, or fp16) and why
     precision: PrecisionChoice = field(default_factory=lambda: PrecisionChoice("fp32", "set in the config"))
 
@@ -249,6 +253,41 @@ def _rows_of_rank(batch: Any, rank: int, world: int) -> Any:
     if isinstance(batch, list | tuple):
         return type(batch)(_rows_of_rank(value, rank, world) for value in batch)
     return batch
+
+
+class RowSharing:
+    """Data parallelism alone: each process trains whole rows of the global batch (`_rows_of_rank`)."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    def share(self, batch: Any) -> Any:
+        return _rows_of_rank(batch, self.rank, self.world)
+
+    def attention(self, model: torch.nn.Module) -> nullcontext:
+        return nullcontext()
+
+
+def batch_sharing(
+    settings: LoopSettings, backend_name: str, rank: int, world: int, model: torch.nn.Module
+) -> RowSharing | ContextParallel:
+    """How this launch splits a global micro-batch over its processes: by rows, or also along each row's sequence
+    (`settings.context_parallel` processes per row: dapt.model.context_parallel, refused where it is not tested)."""
+    size = settings.context_parallel
+    if size == 1:
+        return RowSharing(rank, world)
+    refused = None
+    if world == 1:
+        refused = f"it needs {size} processes per sequence and this run has one; {DDP_LAUNCH}"
+    elif backend_name.startswith("deepspeed"):
+        refused = "it is not available with DeepSpeed; use sharding: none (DDP) or fsdp"
+    elif settings.compile:
+        refused = "it is not available with compile: true"
+    if refused:
+        raise raised_everywhere(ConfigError(f"pretrain.context_parallel: {size}: {refused}"))
+    sharing = ContextParallel(size, rank, world)
+    sharing.check(model)
+    return sharing
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -405,13 +444,20 @@ class Trainer:
         self.accelerator = self._start_accelerator()
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.main_process = self.accelerator.is_main_process
+        self.sharing = batch_sharing(settings, self.backend.name, self.rank, self.world, model)
         self._build(model)
         self.checkpoints = (
             CheckpointManager(checkpointer, self.backend, self.scheduler, next_batch) if checkpointer else None
         )
         self.counters = {"bad_evaluations": 0, "last_evaluated": -1, "skipped_in_a_row": 0}
         self.result = TrainResult(
-            steps=0, units=0, seconds=0.0, processes=self.world, sharding=self.backend.name, precision=chosen
+            steps=0,
+            units=0,
+            seconds=0.0,
+            processes=self.world,
+            sharding=self.backend.name,
+            context_parallel=settings.context_parallel,
+            precision=chosen,
         )
         if self.main_process:
             tqdm.write(f"  {description}: {chosen}")
@@ -490,8 +536,9 @@ class Trainer:
         accumulation = self.settings.grad_accum_steps
         summed_loss, step_units = torch.zeros((), device=self.accelerator.device), 0
         for micro_step in range(accumulation):
-            batch = _to_device(_rows_of_rank(self.next_batch(), self.rank, self.world), self.accelerator.device)
-            with self.backend.micro_batch(last=micro_step == accumulation - 1):
+            batch = _to_device(self.sharing.share(self.next_batch()), self.accelerator.device)
+            last = micro_step == accumulation - 1
+            with self.backend.micro_batch(last=last), self.sharing.attention(self.forward_model):
                 loss, units = self.loss_fn(self.forward_model, batch)
                 self.backend.backward(loss / accumulation)
             summed_loss += loss.detach().float() / accumulation
