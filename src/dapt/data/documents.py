@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -84,6 +84,25 @@ def write_documents(
         if columns[0] or count == 0:
             flush(writer)
     return count
+
+
+def document_texts(path: Path, batch_size: int = 4096) -> tuple[int, Iterator[str]]:
+    """The `text` column of a document table, read `batch_size` rows at a time (memory does not grow with the
+    file), and how many rows it has."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"document file '{path}' not found (looked in {path.resolve().parent})")
+    parquet = pq.ParquetFile(path)
+    if "text" not in parquet.schema_arrow.names:
+        raise DataError(
+            f"{path}: not a document table, no text column; expected columns {', '.join(DOCUMENT_SCHEMA.names)}"
+        )
+
+    def texts() -> Iterator[str]:
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=["text"]):
+            yield from batch.column(0).to_pylist()
+
+    return parquet.metadata.num_rows, texts()
 
 
 def read_documents(path: Path) -> pa.Table:

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from dapt.config import BaseConfig
-from dapt.data.documents import read_documents
+from dapt.data.corpus_texts import with_progress
+from dapt.data.documents import document_texts
 from dapt.model.byte_level import NOT_IN_UTF8, describe_bytes, missing_bytes
 from dapt.model.load import check_vocab, load_original_base, parameter_count, save_model_folder
 from dapt.stages.context import StageContext
@@ -25,9 +26,12 @@ def run(context: StageContext) -> dict[str, Any]:
     context.log(f"loading {config.model or 'a from-scratch preset'}")
     trained_tokenizer = None
     if config.preset is not None and config.preset.tokenizer_vocab_size:
-        texts = read_documents(context.inputs["corpus"].path / "documents.parquet").column("text").to_pylist()
-        context.log(f"training a {config.preset.tokenizer_vocab_size}-token BPE tokenizer on {len(texts)} documents")
-        trained_tokenizer = train_tokenizer(texts, config.preset.tokenizer_vocab_size)
+        # streamed from the curated corpus, a batch at a time: memory does not grow with it
+        count, texts = document_texts(context.inputs["corpus"].path / "documents.parquet")
+        context.log(f"training a {config.preset.tokenizer_vocab_size}-token BPE tokenizer on {count} documents")
+        trained_tokenizer = train_tokenizer(
+            with_progress(texts, "tokenizer", count), config.preset.tokenizer_vocab_size
+        )
     model, tokenizer, origin = load_original_base(config, trained_tokenizer)
     check_vocab(model, tokenizer, "base")
     missing = missing_bytes(tokenizer)
