@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from dapt.errors import TrainingError
-from dapt.train.loop import LoopSettings, train_loop
+from dapt.errors import ConfigError, TrainingError
+from dapt.train.loop import LoopSettings, batch_sharing, train_loop
 from dapt.train.schedule import warmup_cosine_factor
 from dapt.train.sharding import decoder_layers
 
@@ -259,3 +259,15 @@ def test_loop_settings_are_read_from_the_pretrain_config_by_name(tmp_path):
     worked_out = {"unit", "tracking_dir", "flops_per_unit", "lr_segments", "evaluate_at"}  # the last two: stages
     read = {f.name for f in fields(LoopSettings)} - worked_out
     assert read <= set(PretrainConfig.model_fields) | set(STOPPING_FIELDS)
+
+
+def test_context_parallelism_is_refused_where_it_cannot_run():
+    settings = LoopSettings(max_steps=1, lr=1e-3, context_parallel=2)
+    with pytest.raises(
+        ConfigError, match="context_parallel: 2: it needs 2 processes per sequence and this run has one"
+    ):
+        batch_sharing(settings, "none", rank=0, world=1, model=torch.nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="not available with DeepSpeed"):
+        batch_sharing(settings, "deepspeed-zero2", rank=0, world=2, model=torch.nn.Linear(2, 2))
+    one = batch_sharing(LoopSettings(max_steps=1, lr=1e-3), "none", rank=1, world=2, model=torch.nn.Linear(2, 2))
+    assert torch.equal(one.share(torch.arange(4)), torch.tensor([1, 3])), "without it: rows rank, rank + world, ..."
