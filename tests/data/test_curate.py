@@ -117,7 +117,7 @@ def test_decontamination_runs_before_dedup() -> None:
     assert result.stats["decontaminated_by_task"] == {"qa": 2}
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     st.lists(
         st.one_of(

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.integration
 TINY = Path(__file__).parent / "tiny.yaml"
-# Checkpoint every 2 steps, no early stop, 30 steps: room for several kills.
+# Checkpoint every 2 steps, no early stop, 20 steps: room for several kills.
 SETTINGS = [
     "--set",
-    "pretrain.max_steps=30",
+    "pretrain.max_steps=20",
     "--set",
     "pretrain.checkpoint_every=2",
     "--set",
@@ -57,7 +57,7 @@ def test_sigkilled_runs_resume_to_the_weights_of_an_uninterrupted_run(tmp_path, 
     interrupted = tmp_path / "interrupted"
     rng = random.Random(7)
     kills = 0
-    for target in sorted(rng.sample(range(3, 28), 3)):
+    for target in sorted(rng.sample(range(3, 18), 3)):
         process = pretrain(interrupted, extra)
         deadline = time.time() + 120
         while process.poll() is None and logged_step(interrupted) < target and time.time() < deadline:
@@ -71,15 +71,15 @@ def test_sigkilled_runs_resume_to_the_weights_of_an_uninterrupted_run(tmp_path, 
     assert pretrain(interrupted, extra).wait(timeout=300) == 0
 
     finished = json.loads((interrupted / "pretrain" / "manifest.json").read_text())
-    assert finished["metrics"]["resumed"] is not None and finished["metrics"]["steps"] == 30
-    for folder in ("model", "checkpoints/step-000030"):
+    assert finished["metrics"]["resumed"] is not None and finished["metrics"]["steps"] == 20
+    for folder in ("model", "checkpoints/step-000020"):
         expected = load_file(reference / "pretrain" / folder / "model.safetensors")
         got = load_file(interrupted / "pretrain" / folder / "model.safetensors")
         assert expected.keys() == got.keys()
         for name in expected:
             assert (expected[name] - got[name]).abs().max().item() <= 1e-6, name
     records = [json.loads(line) for line in (interrupted / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "loss" in r] == list(range(1, 31)), "every step logged once, in order"
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 21)), "every step logged once, in order"
     drawn = finished["metrics"]["windows_drawn"]
     assert drawn == json.loads((reference / "pretrain" / "manifest.json").read_text())["metrics"]["windows_drawn"]
     if extra:
