@@ -950,6 +950,19 @@ class PretrainConfig(Section):
         "window or soft-capping). Tested over two CPU processes (gloo); the same collectives run on NCCL. 1: each "
         "process trains whole rows. Not part of the stage's cache key.",
     )
+    attention_window: int | None = Field(
+        None,
+        gt=0,
+        description="Sliding-window attention for the DAPT base: every attention layer attends only to the last N "
+        "tokens of its document (itself included, as transformers' sliding_window counts), so attention costs "
+        "O(seq_len × N) rather than O(seq_len²). Set in the base's config before training, so the exported DAPT base "
+        "carries it and transformers computes the same attention at inference. For Mistral, Mixtral, Qwen2 and Qwen3 "
+        "bases (Qwen's use_sliding_window turned on, max_window_layers 0: every layer windowed) and from-scratch "
+        "presets with base.preset.sliding_window (a Mistral); below seq_len (at or above it, every token already "
+        "sees its whole window). On CPUs dapt computes it block by block with SDPA, exactly (dapt/model/"
+        "local_attention.py); elsewhere transformers' own kernels take it. Not with context_parallel. None: the "
+        "base's own attention. Part of the stage's cache key when set.",
+    )
     peak_tflops: float | None = Field(
         None, gt=0, description="The device's peak TFLOP/s for MFU; None: looked up for known GPUs, else no MFU."
     )
@@ -1017,6 +1030,14 @@ class PretrainConfig(Section):
         "or at its boundary. The first stage draws what a run without stages would, each later one in an order of its "
         "own. None: one stage made of the settings above.",
     )
+
+    def cache_key(self) -> dict[str, Any]:
+        """Section.cache_key, without attention_window while it is None: the field came after runs whose pretrain
+        artifacts must keep their ids (tests/unit/test_stage_keys.py); set, it changes the trained model and the key."""
+        key = super().cache_key()
+        if self.attention_window is None:
+            del key["attention_window"]
+        return key
 
     def training_stages(self) -> list[TrainingStage]:
         """The stages to train, every setting resolved (without `stages`: one, from the settings above). A ValueError
@@ -1120,6 +1141,19 @@ class PretrainConfig(Section):
             )
         if self.sharding == "fsdp" and self.precision == "fp16":
             raise ValueError("sharding 'fsdp' with precision 'fp16' is not supported; use precision: bf16 (or auto)")
+        if self.attention_window is not None:
+            longest = max(stage.seq_len or self.seq_len for stage in self.stages or [self])
+            if self.attention_window >= longest:
+                raise ValueError(
+                    f"attention_window: {self.attention_window} tokens, not below the longest training window "
+                    f"(seq_len {longest}), where every token already sees its whole window; set it below {longest}, "
+                    "or remove it"
+                )
+            if self.context_parallel > 1:
+                raise ValueError(
+                    "attention_window with context_parallel > 1 is not supported (context parallelism needs full "
+                    "causal attention); set context_parallel: 1, or remove attention_window"
+                )
         if self.average_last > 1 and self.method == "lora":
             raise ValueError(
                 "average_last with method 'lora' is not supported (averaging the A and B factors is not averaging "
@@ -1464,6 +1498,15 @@ class PipelineConfig(Section):
                 if stage.mix is not None:
                     self._check_mix(stage.mix, f"pretrain.stages[{index}].mix")
             self.pretrain.training_stages()  # raises, naming the field, when a stage's settings do not fit
+        preset = self.base.preset
+        if self.pretrain.attention_window is not None and preset is not None and preset.sliding_window is None:
+            raise ValueError(
+                "pretrain.attention_window: a from-scratch preset without base.preset.sliding_window is a Llama, "
+                "which has no sliding-window attention in transformers; set base.preset.sliding_window (the preset is "
+                "then a Mistral; its max_position_embeddings, "
+                f"{preset.max_position_embeddings}, keeps full attention in the original base), or remove "
+                "pretrain.attention_window"
+            )
         return self
 
     def _check_mix(self, mix: dict[str, float], where: str) -> None:

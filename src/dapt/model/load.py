@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -27,6 +29,7 @@ from transformers import (
 from dapt.config import BaseConfig, PresetConfig
 from dapt.errors import ConfigError
 from dapt.model.byte_level import byte_level_tokenizer
+from dapt.model.local_attention import set_attention_window
 
 
 def find_package_file(spec: str) -> Path:
@@ -152,28 +155,39 @@ def save_model_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 
 
 def load_causal_lm(
-    folder: Path, attn_implementation: str = "sdpa", weights: bool = True
+    folder: Path, attn_implementation: str = "sdpa", weights: bool = True, attention_window: int | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a model folder written by `save_model_folder` (fp32 weights; mixed precision is the loop's job).
 
     Without `weights`, the model is built from its config with its parameters on the meta device (no memory, the
     weight file never read) and its buffers real: under FSDP the processes other than the main one get their
-    shards of the weights from it (`dapt.train.sharding.shard_model`).
+    shards of the weights from it (`dapt.train.sharding.shard_model`). With `attention_window`, every attention
+    layer gets a sliding window of that many tokens (`model_config`).
     """
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if not weights:
         from accelerate import init_empty_weights
-        from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(folder)
         with init_empty_weights(include_buffers=False):
             model = AutoModelForCausalLM.from_config(
-                config, dtype=torch.float32, attn_implementation=attn_implementation
+                model_config(folder, attention_window), dtype=torch.float32, attn_implementation=attn_implementation
             )
         model.tie_weights()  # moving each parameter to the meta device one by one untied the LM head
         return model, tokenizer
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attn_implementation)
+    options = {} if attention_window is None else {"config": model_config(folder, attention_window)}
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation=attn_implementation, **options
+    )
     return model, tokenizer
+
+
+def model_config(folder: Path, attention_window: int | None = None) -> PretrainedConfig:
+    """The config of a model folder; with `attention_window`, set before any model is built from it (Qwen2's layers
+    read their window when built): a ConfigError for a family without sliding-window attention."""
+    config = AutoConfig.from_pretrained(folder)
+    if attention_window is not None:
+        set_attention_window(config, attention_window)
+    return config
 
 
 def parameter_count(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -34,7 +34,8 @@ import torch
 from dapt.config import PretrainConfig, TrainingStage
 from dapt.data.shards import ShardSet, WindowMixer, eval_windows, open_split, split_sources, target_documents
 from dapt.errors import ConfigError, DataError
-from dapt.model.load import load_causal_lm, parameter_count, save_model_folder
+from dapt.model.load import load_causal_lm, model_config, parameter_count, save_model_folder
+from dapt.model.local_attention import attention_window_layers
 from dapt.model.lora import add_lora, load_adapter_weights, merged_model
 from dapt.stages.context import StageContext
 from dapt.train.checkpoint import LOOP_STATE, TRAINING_STATE, Checkpointer, average_checkpoints, load_full_weights
@@ -187,13 +188,18 @@ def export_dapt_base(
     elif best_step == 0:
         context.log("no step improved the domain validation loss: the DAPT base is the base it started from")
         link_or_copy_folder(base_folder, context.out / "model")
+        if config.attention_window is not None:  # its weights, with the window they were evaluated with
+            (context.out / "model" / "config.json").unlink()  # a hard link to the base's: never written through
+            model_config(base_folder, config.attention_window).save_pretrained(context.out / "model")
     elif config.method == "lora":
         best_folder = checkpointer.step_folder(best_step)
         link_or_copy_folder(best_folder, context.out / "adapter")  # the adapters alone, for peft users
         if any(parameter.dtype != torch.float32 for parameter in model.parameters()):
             # DeepSpeed in bf16/fp16 cast the frozen base to 16 bits: merge onto the fp32 base as it was loaded,
             # so the DAPT base is the same whichever way it was launched
-            model = add_lora(load_causal_lm(base_folder, context.pipeline.base.attn_implementation)[0], config.lora)
+            attention = context.pipeline.base.attn_implementation
+            original = load_causal_lm(base_folder, attention, attention_window=config.attention_window)[0]
+            model = add_lora(original, config.lora)
         load_adapter_weights(model, best_folder)
         save_model_folder(merged_model(model), tokenizer, context.out / "model")
     else:
@@ -307,7 +313,10 @@ def load_model(context: StageContext, config: PretrainConfig, base_folder: Path)
         base_folder,
         context.pipeline.base.attn_implementation,
         weights=is_main_process() or not shards_over_processes(config.sharding),
+        attention_window=config.attention_window,
     )
+    if config.attention_window is not None:
+        context.log(f"attention_window {config.attention_window}: {attention_window_layers(model.config)}")
     if config.gradient_checkpointing:
         # transformers 5 renamed it; older releases only have gradient_checkpointing_enable
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -596,6 +605,7 @@ def training_record(
         "processes": result.processes,
         "sharding": result.sharding,  # fsdp only when it sharded: over more than one process
         "context_parallel": result.context_parallel,  # processes per sequence (1: whole rows per process)
+        "attention_window": config.attention_window,  # the sliding window set in the DAPT base (None: the base's own)
         **result.precision.record(),  # what it computed in and why (auto: what the device can do)
     }
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from dapt.data.shards import document_position_ids
 from dapt.errors import ConfigError, raised_everywhere
 from dapt.model.chunked_loss import chunk_positions, head_returns_losses, logit_transform, logits_bytes
+from dapt.model.local_attention import local_attention
 from dapt.model.packed_attention import packed_attention, transformers_model
 
 # Above this size a forward pass's fp32 logits are not materialised whole: the loss is computed a chunk of positions
@@ -31,8 +32,10 @@ def lm_batch(windows: torch.Tensor, eos_id: int | None) -> dict[str, torch.Tenso
 
 
 def _lm_logits(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
-    """The model's logits for packed windows; documents kept apart when `position_ids` restart per document."""
-    with packed_attention(model, input_ids, position_ids):
+    """The model's logits for packed windows; documents kept apart when `position_ids` restart per document. On CPUs
+    dapt's own attention runs when it is exact: document by document (`packed_attention`), or block by block for a
+    sliding-window model (`local_attention`); at most one of them applies to a model."""
+    with packed_attention(model, input_ids, position_ids), local_attention(model, input_ids):
         return model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
 
 
