@@ -29,7 +29,7 @@ from dapt.data.curate import curation_options
 source, out, where, kill_at, arguments = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 settings, contamination = json.loads(arguments)
 options = curation_options(**settings)
-write_replacing, write_table = executor._write_replacing, executor.pq.ParquetWriter.write_table
+write_replacing, write_table = executor.write_replacing, executor.pq.ParquetWriter.write_table
 
 def write_replacing_then_die(path, write):
     if where == "map" and path.name == f"part-{kill_at:06d}.state.parquet":
@@ -41,7 +41,7 @@ def write_table_then_die(self, table, *args, **kwargs):
     if where == "write" and str(self.where).endswith("documents.parquet"):
         os.kill(os.getpid(), signal.SIGKILL)
 
-executor._write_replacing = write_replacing_then_die
+executor.write_replacing = write_replacing_then_die
 executor.pq.ParquetWriter.write_table = write_table_then_die
 executor.curate_to_files(
     source, out / "documents.parquet", out / "ledger.parquet", options=options, contamination=contamination
@@ -130,3 +130,29 @@ def test_parts_of_other_settings_or_documents_are_made_again(tmp_path, monkeypat
     texts[25] = "Another text. " + texts[25]
     changed = documents.set_column(1, "text", pa.array(texts, pa.string()))
     assert curate_and_interrupt(changed, workers=1, min_words=10) == [2]  # the batch whose documents changed
+
+
+def test_the_ray_backends_map_step_reads_finished_parts_back(tmp_path) -> None:
+    # what a Ray actor does with each slice (dapt.data.ray_backend), here without a Ray runtime: a killed run's
+    # finished parts are read back, the others curated again, and the state rows are those of an uninterrupted run
+    from dapt.data.ray_backend import RAY_STATE_SUFFIX, _CurateSlices, _slices
+
+    documents, _ = mixed_corpus(120)
+    source = tmp_path / "in.parquet"
+    pq.write_table(documents, source, row_group_size=50)
+    scratch = tmp_path / SCRATCH_NAME
+    scratch.mkdir()
+    options = curation_options(backend="ray", batch_size=16)
+    slices = pa.Table.from_pylist(_slices(pq.ParquetFile(source), 16))
+    uninterrupted = _CurateSlices(str(source), str(scratch), options, [])(slices)
+    parts = sorted(scratch.glob(f"part-*{RAY_STATE_SUFFIX}"))
+    assert len(parts) == 10  # row groups of 50, 50 and 20 rows, cut in slices of 16, 16, 16, 2 | ... | 16, 4
+    for state in parts[1::2]:  # as if killed in the map step: the odd parts never finished
+        state.with_name(state.name.replace(RAY_STATE_SUFFIX, ".done")).unlink()
+    finished = {state: state.stat().st_mtime_ns for state in parts[0::2]}
+    unfinished = {state: state.stat().st_mtime_ns for state in parts[1::2]}
+
+    resumed = _CurateSlices(str(source), str(scratch), options, [])(slices)
+    assert resumed.equals(uninterrupted)
+    assert {state: state.stat().st_mtime_ns for state in finished} == finished, "read back, not curated again"
+    assert all(state.stat().st_mtime_ns != mtime for state, mtime in unfinished.items()), "curated again"

@@ -257,7 +257,7 @@ class ScratchPart:
         return marker if marker.get("fingerprint") == fingerprint else None
 
 
-def _write_replacing(path: Path, write: Callable[[Path], None]) -> None:
+def write_replacing(path: Path, write: Callable[[Path], None]) -> None:
     """`write(temporary)` then rename it to `path`: a killed run never leaves a half-written `path`."""
     temporary = path.with_name(path.name + ".tmp")
     write(temporary)
@@ -292,7 +292,7 @@ def prepare_scratch(folder: Path, options: Mapping[str, Any], eval_ngrams: Seque
         shutil.rmtree(scratch)
     if not recorded.is_file():
         scratch.mkdir(parents=True, exist_ok=True)
-        _write_replacing(recorded, lambda path: path.write_text(settings))
+        write_replacing(recorded, lambda path: path.write_text(settings))
     return scratch
 
 
@@ -329,7 +329,7 @@ def curate_part(
     texts = part.file(".parquet.tmp")
     state = curator(batch, texts)
     os.replace(texts, part.texts)
-    _write_replacing(part.state, lambda path: pq.write_table(_map_state_table(state), path))
+    write_replacing(part.state, lambda path: pq.write_table(_map_state_table(state), path))
     if curator.finder is not None:
         keys = np.ascontiguousarray(band_keys(state.signatures, bands).T)
 
@@ -337,7 +337,7 @@ def curate_part(
             with open(path, "wb") as file:
                 np.save(file, keys)
 
-        _write_replacing(part.band_keys, save_band_keys)
+        write_replacing(part.band_keys, save_band_keys)
     marker = {
         "fingerprint": fingerprint,
         "rows": len(state.ids),
@@ -346,7 +346,7 @@ def curate_part(
         "pii_replaced": dict(state.pii_replaced),
         "pii_changed": state.pii_changed,
     }
-    _write_replacing(part.marker, lambda path: path.write_text(json.dumps(marker)))
+    write_replacing(part.marker, lambda path: path.write_text(json.dumps(marker)))
     return marker
 
 

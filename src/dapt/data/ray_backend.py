@@ -13,6 +13,10 @@ work that grows with the corpus done by Ray Data.
   paired documents come to the driver, which verifies and clusters them exactly as the local backend does.
 - write: the driver streams the scratch files in input order with the verdicts.
 
+Resumable like the local backend: each slice's cleaned texts, state rows and marker (last, naming the slice's
+documents by a hash of their Arrow bytes) are written to its part in the scratch folder, which outlives a killed run;
+run again with the same settings, the map step reads the finished parts' rows back instead of curating them again.
+
 Rows carry their position in the input, and every reduction orders by it, so the kept documents, the
 ledger and the counts equal the local backend's (tests/data/test_curate_ray.py checks it on a local Ray).
 The driver holds one verdict slot per document (8 bytes) and the rows of the dropped ones, never text.
@@ -21,6 +25,7 @@ The driver holds one verdict slot per document (8 bytes) and the rows of the dro
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +38,16 @@ import pyarrow.parquet as pq
 
 from dapt.data.curate import Decontaminator, NearDedup
 from dapt.data.documents import DOCUMENT_SCHEMA
-from dapt.data.executor import BatchCurator, Verdict, corpus_stats, near_dup_finder, write_outputs
+from dapt.data.executor import (
+    BatchCurator,
+    ScratchPart,
+    Verdict,
+    batch_fingerprint,
+    corpus_stats,
+    near_dup_finder,
+    write_outputs,
+    write_replacing,
+)
 from dapt.data.near_dup import PRIME, band_keys, bucket_pairs
 from dapt.errors import ConfigError
 
@@ -86,9 +100,28 @@ class _CurateSlices:
         tables = []
         for item in slices.to_pylist():
             batch = self._slice(item["row_group"], item["start"], item["rows"])
-            state = self.curator(batch, self.scratch / f"part-{item['part']:06d}.parquet")
-            tables.append(_state_table(item["first_row"], state))
+            tables.append(self._curated(batch, ScratchPart(self.scratch, item["part"]), item["first_row"]))
         return pa.concat_tables(tables) if tables else STATE_SCHEMA.empty_table()
+
+    def _curated(self, batch: pa.RecordBatch, part: ScratchPart, first_row: int) -> pa.Table:
+        """The slice's state rows: read back when an earlier, killed run finished this part from the same documents
+        (its marker names them), else curated, with the cleaned texts, the state and the marker (last) written
+        under temporary names and renamed, as the local backend's parts are."""
+        fingerprint = batch_fingerprint(batch)
+        if part.finished(fingerprint) is not None:
+            return pq.read_table(part.file(RAY_STATE_SUFFIX), schema=STATE_SCHEMA)
+        texts = part.file(".parquet.tmp")
+        state = self.curator(batch, texts)
+        os.replace(texts, part.texts)
+        table = _state_table(first_row, state)
+        write_replacing(part.file(RAY_STATE_SUFFIX), lambda path: pq.write_table(table, path))
+        write_replacing(part.marker, lambda path: path.write_text(json.dumps({"fingerprint": fingerprint})))
+        return table
+
+
+# A Ray part's state rows (STATE_SCHEMA) in the scratch folder, next to its cleaned texts and its marker: a killed
+# run, run again, reads the finished parts' rows back instead of curating their documents again.
+RAY_STATE_SUFFIX = ".ray-state.parquet"
 
 
 def _state_table(first_row: int, state) -> pa.Table:
