@@ -478,13 +478,27 @@ class MapSummary:
 
     def read(self, indices: np.ndarray, columns: list[str]) -> pa.Table:
         """`columns` of the cleaned texts' files for the documents at `indices` (corpus indices, ascending)."""
+        tables = list(self._read_by_part(indices, columns))
+        return pa.concat_tables(tables) if tables else DOCUMENT_SCHEMA.empty_table().select(columns)
+
+    def _read_by_part(self, indices: np.ndarray, columns: list[str]) -> Iterator[pa.Table]:
         starts = np.array([start for _, start in self.parts], dtype=np.int64)
         owners = np.searchsorted(starts, indices, side="right") - 1
-        tables = [
-            pq.read_table(self.parts[owner][0].texts, columns=columns).take(indices[owners == owner] - starts[owner])
-            for owner in np.unique(owners).tolist()
-        ]
-        return pa.concat_tables(tables) if tables else DOCUMENT_SCHEMA.empty_table().select(columns)
+        for owner in np.unique(owners).tolist():
+            yield pq.read_table(self.parts[owner][0].texts, columns=columns).take(
+                indices[owners == owner] - starts[owner]
+            )
+
+    def signatures(self, indices: np.ndarray, finder: NearDuplicateFinder) -> np.ndarray:
+        """The MinHash signatures of the documents at `indices` (corpus indices, ascending), uint32 of shape
+        (len(indices), num_perm), computed part by part: one part's texts in memory at a time, not all of them
+        (on a 4 GB corpus whose LSH paired many documents, holding their texts took the main process to 2.4 GB)."""
+        signatures = np.empty((len(indices), finder.num_perm), dtype=np.uint32)
+        done = 0
+        for table in self._read_by_part(indices, ["text"]):
+            signatures[done : done + table.num_rows] = finder.signatures(table.column("text").to_pylist())
+            done += table.num_rows
+        return signatures
 
 
 @dataclass
@@ -565,13 +579,11 @@ def reduce_parts(
 
         candidates = banded_candidate_pairs(keys_by_band(), members, len(survivors))
         paired = np.unique(candidates)  # positions among the survivors, ascending
-        texts = summary.read(survivors[paired], ["id", "text"])
-        signatures = near.finder.signatures(texts.column("text").to_pylist())
+        signatures = summary.signatures(survivors[paired], near.finder)
         # Positions among the paired documents keep the input order, so clusters and their first documents are
         # those found among all survivors.
-        rejections = near.judge_signatures(
-            texts.column("id").to_pylist(), signatures, np.searchsorted(paired, candidates)
-        )
+        ids = summary.read(survivors[paired], ["id"]).column("id").to_pylist()
+        rejections = near.judge_signatures(ids, signatures, np.searchsorted(paired, candidates))
         for position, rejection in zip(paired.tolist(), rejections, strict=True):
             if rejection is not None:
                 verdicts.dropped[int(survivors[position])] = (near.name, rejection.reason, rejection.detail)
