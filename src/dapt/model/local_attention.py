@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, PretrainedConfig
 
 from dapt.errors import ConfigError
-from dapt.model.packed_attention import _document_spans, transformers_model
+from dapt.model.packed_attention import document_spans, transformers_model
 
 NAME = "dapt_local_sdpa"
 
@@ -54,7 +54,7 @@ LOCAL_ATTENTION_FAMILIES = ("mistral", "mixtral", "qwen2", "qwen3")
 
 def window_blocks(spans: list[tuple[int, int]], window: int, block: int) -> list[tuple[int, int, int]]:
     """(query start, query end, key start) of every block of `block` queries in one row: the block's queries see the
-    keys from key start to query end. spans: each document's (start, end) in the row (`_document_spans`)."""
+    keys from key start to query end. spans: each document's (start, end) in the row (`document_spans`)."""
     blocks = []
     for start, end in spans:
         if end - start <= window:  # every query sees its whole document so far: one causal block
@@ -100,7 +100,7 @@ def local_sdpa_forward(
     rows = (
         [[(0, length)]] * batch
         if position_ids is None
-        else [_document_spans(p) for p in position_ids.expand(batch, -1)]
+        else [document_spans(p) for p in position_ids.expand(batch, -1)]
     )
 
     # blocks of equal shape and offset, over every row, share one mask and one batched call

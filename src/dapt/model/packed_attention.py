@@ -26,7 +26,7 @@ from transformers import AttentionInterface
 NAME = "dapt_packed_sdpa"
 
 
-def _document_spans(position_ids: torch.Tensor) -> list[tuple[int, int]]:
+def document_spans(position_ids: torch.Tensor) -> list[tuple[int, int]]:
     """(start, end) of each document in one row: a document starts where the position id is 0."""
     starts = torch.nonzero(position_ids == 0).flatten().tolist()
     if not starts or starts[0] != 0:
@@ -53,7 +53,7 @@ def packed_sdpa_forward(
         raise RuntimeError(f"{NAME} is for training and scoring packed windows, not decoding with a cache")
     position_ids = kwargs.get("position_ids")
     options = {"dropout_p": dropout, "scale": scaling, "is_causal": True, "enable_gqa": key.shape[1] != query.shape[1]}
-    spans = [] if position_ids is None else [_document_spans(p) for p in position_ids.expand(query.shape[0], -1)]
+    spans = [] if position_ids is None else [document_spans(p) for p in position_ids.expand(query.shape[0], -1)]
     if all(len(row_spans) == 1 for row_spans in spans):  # no window holds two documents: one call, as plain sdpa
         return F.scaled_dot_product_attention(query, key, value, **options).transpose(1, 2).contiguous(), None
     rows: list[torch.Tensor | None] = [None] * len(spans)
