@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
+from dapt.data.documents import stream_parquet
 from dapt.errors import ConfigError
 
 SOURCE_NAME = "input"  # the `source` of every document read by this command
@@ -248,7 +249,7 @@ def print_dropped_samples(ledger_path: Path, documents_path: Path, per_reason: i
 
     from dapt.data.ingest import location
 
-    ledger = pq.ParquetFile(ledger_path)
+    ledger = stream_parquet(ledger_path)
     counts: Counter[str] = Counter()
     samples: dict[str, list[dict]] = {}  # by reason, in ledger order: ingest's reasons first
     for batch in ledger.iter_batches():

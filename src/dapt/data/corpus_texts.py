@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import yaml
 
 from dapt.artifacts import read_artifact
+from dapt.data.documents import stream_parquet
 from dapt.data.ingest import iter_file_documents
 from dapt.data.progress import Progress
 from dapt.errors import DataError
@@ -52,7 +52,7 @@ def _artifact_texts(folder: Path, side: str, notes: list[str]) -> Iterator[str]:
             f"rerun that stage, or pass {folder / 'documents.parquet'} to read the file as it is"
         )
     path = folder / "documents.parquet"
-    parquet = pq.ParquetFile(path)
+    parquet = stream_parquet(path)
     missing = [name for name in ("text", "source") if name not in parquet.schema_arrow.names]
     if missing:
         raise DataError(f"{path}: not a document table, missing column(s) {', '.join(missing)}")
@@ -157,7 +157,7 @@ class SplitTexts:
 
     def __init__(self, splits_file: Path, documents_file: Path, split: str) -> None:
         self.splits_file, self.documents_file, self.split = splits_file, documents_file, split
-        listed, corpus = pq.ParquetFile(splits_file), pq.ParquetFile(documents_file)
+        listed, corpus = stream_parquet(splits_file), stream_parquet(documents_file)
         if listed.metadata.num_rows != corpus.metadata.num_rows:
             raise DataError(f"{splits_file} does not list the documents of {documents_file}; rerun the pipeline")
         self.documents = sum(
@@ -166,9 +166,9 @@ class SplitTexts:
         )
 
     def __iter__(self) -> Iterator[str]:
-        listed = pq.ParquetFile(self.splits_file).iter_batches(columns=["id", "split"], batch_size=self.BATCH)
+        listed = stream_parquet(self.splits_file).iter_batches(columns=["id", "split"], batch_size=self.BATCH)
         held = pa.table({"id": pa.array([], pa.string()), "split": pa.array([], pa.string())})
-        corpus = pq.ParquetFile(self.documents_file)
+        corpus = stream_parquet(self.documents_file)
         for batch in corpus.iter_batches(columns=["id", "text"], batch_size=self.BATCH):
             while held.num_rows < batch.num_rows:  # the two files' batches need not end at the same rows
                 held = pa.concat_tables([held, pa.Table.from_batches([next(listed)]).cast(held.schema)])

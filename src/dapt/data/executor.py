@@ -74,7 +74,7 @@ from dapt.data.curate import (
     normalize_text,
     word_ngrams,
 )
-from dapt.data.documents import DOCUMENT_SCHEMA
+from dapt.data.documents import DOCUMENT_SCHEMA, stream_parquet
 from dapt.data.ingest import REJECTION_LEDGER_SCHEMA
 from dapt.data.near_dup import PRIME, NearDuplicateFinder, band_keys, banded_candidate_pairs
 from dapt.data.pii import PiiScrubber
@@ -377,7 +377,7 @@ def document_batches(source: Path | pa.Table, batch_size: int) -> tuple[int, Ite
         source = Path(source)
         if not source.is_file():
             raise DataError(f"document file '{source}' not found (looked in {source.resolve().parent})")
-        parquet = pq.ParquetFile(source)
+        parquet = stream_parquet(source)
         schema, rows, where = parquet.schema_arrow, parquet.metadata.num_rows, f"{source}"
     missing = [name for name in DOCUMENT_SCHEMA.names if name not in schema.names]
     if missing:
@@ -680,7 +680,7 @@ def write_outputs(
         pq.ParquetWriter(ledger_out, REJECTION_LEDGER_SCHEMA, compression="zstd") as ledger,
     ):
         if earlier_rejections is not None:
-            for batch in pq.ParquetFile(earlier_rejections).iter_batches():
+            for batch in stream_parquet(earlier_rejections).iter_batches():
                 ledger.write_batch(batch)
         for path, part_verdicts in zip(parts, verdicts_by_part, strict=True):
             part = pq.read_table(path)

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dapt.data.curate import LEDGER_SCHEMA
-from dapt.data.documents import make_doc_id
+from dapt.data.documents import make_doc_id, stream_parquet
 from dapt.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -662,7 +662,7 @@ def _column_records(batches: Iterator[pa.RecordBatch], column: str, text_field: 
 
 def _parquet_documents(path: Path, shown: str, text_field: str) -> Iterator[Record]:
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = stream_parquet(path)
     except (pa.ArrowException, OSError) as error:
         yield Rejected("unreadable_file", f"not a readable Parquet file ({error})")
         return

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dapt.data.curate import Decontaminator, NearDedup
-from dapt.data.documents import DOCUMENT_SCHEMA
+from dapt.data.documents import DOCUMENT_SCHEMA, stream_parquet
 from dapt.data.executor import (
     BatchCurator,
     ScratchPart,
@@ -85,7 +85,7 @@ class _CurateSlices:
     def __init__(
         self, source: str, scratch: str, options: Mapping[str, Any], eval_ngrams: Sequence[tuple[str, ...]]
     ) -> None:
-        self.file = pq.ParquetFile(source)
+        self.file = stream_parquet(source)
         self.scratch = Path(scratch)
         self.curator = BatchCurator(options, [tuple(gram) for gram in eval_ngrams])
         self._row_group: tuple[int, pa.Table] | None = None  # the last one read: slices of one come together

@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dapt.data.documents import stream_parquet
 from dapt.data.executor import available_cores
 from dapt.data.progress import Progress
 from dapt.data.shards import token_dtype
@@ -161,7 +162,7 @@ def document_batches(documents_file: Path, batch_size: int) -> tuple[int, Iterat
     """The number of documents and their record batches of `batch_size` rows (id, text, source), read lazily."""
     if not documents_file.is_file():
         raise DataError(f"document file '{documents_file}' not found; run the curate stage first")
-    parquet = pq.ParquetFile(documents_file)
+    parquet = stream_parquet(documents_file)
     missing = [name for name in ("id", "text", "source") if name not in parquet.schema_arrow.names]
     if missing:
         raise DataError(f"{documents_file}: lacks column(s) {', '.join(missing)}; it needs id, text and source")

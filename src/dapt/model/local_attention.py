@@ -98,9 +98,7 @@ def local_sdpa_forward(
     window = kwargs["sliding_window"] or length  # None: a full-attention layer (Qwen2's lower layers)
     position_ids = kwargs.get("position_ids")
     rows = (
-        [[(0, length)]] * batch
-        if position_ids is None
-        else [document_spans(p) for p in position_ids.expand(batch, -1)]
+        [[(0, length)]] * batch if position_ids is None else [document_spans(p) for p in position_ids.expand(batch, -1)]
     )
 
     # blocks of equal shape and offset, over every row, share one mask and one batched call

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from dapt.config import TokenizeConfig
+from dapt.data.documents import stream_parquet
 from dapt.data.progress import peak_rss_mb
 from dapt.data.tokenization import (
     ROLE_CODE,
@@ -79,7 +80,7 @@ class SameSplits:
         self._ids = self._stream_ids()
 
     def _stream_ids(self) -> Iterator[str]:
-        for batch in pq.ParquetFile(self.file).iter_batches(columns=["id"]):
+        for batch in stream_parquet(self.file).iter_batches(columns=["id"]):
             yield from batch.column("id").to_pylist()
 
     def check(self, first: int, ids: list[str]) -> None:
@@ -104,7 +105,7 @@ def split_texts(splits_file: Path, documents_file: Path, wanted: tuple[str, ...]
     rows = np.flatnonzero(chosen.to_numpy(zero_copy_only=False))  # Arrow all along: no Python object per document
     selected = listed.take(pa.array(rows, pa.int64()))
     names = selected.column("split").to_pylist()
-    corpus = pq.ParquetFile(documents_file)
+    corpus = stream_parquet(documents_file)
     if corpus.metadata.num_rows != listed.num_rows:
         raise DataError(f"{splits_file} does not list the documents of {documents_file}; rerun the pipeline")
     group_ends = np.cumsum([corpus.metadata.row_group(g).num_rows for g in range(corpus.num_row_groups)])
