@@ -172,6 +172,14 @@ def run_python(code: str, *args: str, cwd: Path | None = None) -> dict:
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
+def commit() -> str | None:
+    """The git commit of this checkout, when it is one."""
+    found = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
 def manifest(run: Path, stage: str) -> dict:
     return json.loads((run / stage / "manifest.json").read_text())
 
@@ -242,6 +250,7 @@ def main() -> None:
         "benchmark": "corpus_scale",
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {cores} cores, {platform.python_version()}",
+        "commit": commit(),  # the code measured
         "corpus": corpus,
         "stages": stages,
         "ingest_documents": ingest.get("documents"),
