@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from dapt.errors import ConfigError, raised_everywhere
-from dapt.model.packed_attention import transformers_model
+from dapt.model.packed_attention import document_spans, transformers_model
 
 NAME = "dapt_context_parallel_sdpa"
 
@@ -69,14 +69,9 @@ def document_segments(position_ids: torch.Tensor | None, length: int, offset: in
 
     position_ids: (T,) positions restarting at 0 where each packed document starts (`document_position_ids`), or
     None: the row is one sequence."""
-    if position_ids is None:
-        starts = [0]
-    else:
-        starts = torch.nonzero(position_ids == 0).flatten().tolist()
-        if not starts or starts[0] != 0:
-            starts = [0, *starts]
+    spans = [(0, length)] if position_ids is None else document_spans(position_ids)
     segments = []
-    for start, end in zip(starts, [*starts[1:], length], strict=True):
+    for start, end in spans:
         query_start, query_end = max(start, offset), min(end, offset + chunk)
         if query_start < query_end:
             segments.append((query_start - offset, query_end - offset, start, query_end))
